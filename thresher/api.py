@@ -1,0 +1,41 @@
+"""The stages as Python calls: `thresher.run(config)` and `thresher.plan(config)`."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from thresher.config import Config, Plan, load_config, make_plan
+from thresher.rundir import create_run_dir
+
+ConfigLike = str | os.PathLike[str] | dict | Config | None
+
+
+def plan(config: ConfigLike = None) -> Plan:
+    """Validate a config and expand it into streams, trainers and SAEs; runs nothing."""
+    return make_plan(load_config(config))
+
+
+def run(config: ConfigLike = None, *, inline: bool = False,
+        progress: bool | None = None) -> Path:
+    """Harvest, train and write statistics; returns the run directory.
+
+    `config` is a YAML path, a dict, a Config, or None for the built-in default run.
+    `inline=True` runs every role in this process without Ray (debugging, one-GPU boxes).
+    """
+    the_plan = plan(config)
+    executor = "inline" if inline else "ray"
+    run_dir = create_run_dir(the_plan, executor)
+    start = time.perf_counter()
+    if inline:
+        from thresher.inline import run_inline
+
+        outcome = run_inline(the_plan, run_dir, progress_enabled=progress)
+    else:
+        from thresher.pipeline import run_ray
+
+        outcome = run_ray(the_plan, run_dir, progress_enabled=progress)
+    from thresher.outcome import finalize
+
+    return finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start)

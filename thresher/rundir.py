@@ -1,0 +1,102 @@
+"""The run directory: its layout, `run.json`, and atomic JSON writes.
+
+Layout (format_version 1; see docs/formats.md):
+
+  <out>/<name>/
+    run.json                       resolved config, plan, versions, git commit, harvest counters
+    inputs.parquet                 example_id -> origin, text, token ids fed to the model
+    saes/<sae_id>/cfg.json         SAELens-loadable config
+    saes/<sae_id>/sae_weights.safetensors
+    saes/<sae_id>/checkpoint/      resume state (weights, Adam moments, step, stream cursor)
+    stats/summary.parquet          one row per SAE
+    stats/features.parquet         one row per (SAE, feature)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from thresher.analysis.parquet import INPUTS_SCHEMA, write_table_atomic
+from thresher.config import Plan, run_dir_of
+
+FORMAT_VERSION = 1
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    import thresher
+
+    out = {"thresher": thresher.__version__, "python": platform.python_version(),
+           "torch": torch.__version__, "numpy": numpy.__version__, "pyarrow": pa.__version__}
+    for name in ("ray", "transformers", "transformer_lens"):
+        try:
+            module = __import__(name)
+            out[name] = getattr(module, "__version__", "unknown")
+        except ImportError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    """The commit of the thresher checkout running this, if it is one (no shell involved)."""
+    here = Path(__file__).resolve().parent
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
+                                text=True, timeout=5, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def create_run_dir(plan: Plan, executor: str) -> Path:
+    run_dir = Path(run_dir_of(plan.config))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_run_json(run_dir, plan, executor, status="running")
+    return run_dir
+
+
+def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
+                   extra: dict[str, Any] | None = None) -> Path:
+    record = {
+        "format_version": FORMAT_VERSION,
+        "status": status,
+        "executor": executor,
+        "config": plan.config.to_dict(),
+        "plan": [
+            {"stream_id": s.stream_id,
+             "trainers": [{"trainer_id": t.trainer_id, "saes": [c.to_dict() for c in t.saes]}
+                          for t in s.trainers]}
+            for s in plan.streams
+        ],
+        "versions": versions(),
+        "git_commit": git_commit(),
+        **(extra or {}),
+    }
+    return write_json_atomic(record, run_dir / "run.json")
+
+
+def write_inputs_manifest(run_dir: str | Path, manifest: pa.Table) -> Path:
+    return write_table_atomic(manifest.cast(INPUTS_SCHEMA), Path(run_dir) / "inputs.parquet")

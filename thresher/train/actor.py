@@ -1,0 +1,80 @@
+"""The trainer actor: a thin Ray wrapper that runs a TrainLoop against a StreamActor."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from thresher.block import ActivationBlock
+from thresher.config import Config, TrainerPlan, torch_threads
+from thresher.harvest.stream import BatchReader, EndOfStream, Group, NotReady
+
+
+def _trainer_actor_cls() -> Any:
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=-1)
+    class TrainerActor:
+        # Constructor arguments are small (config dataclasses and a handle), never tensors:
+        # a restarted actor re-runs __init__ from them and resumes from its checkpoint.
+        def __init__(self, cfg: Config, stream_id: str, plan: TrainerPlan, run_dir: str,
+                     stream: Any) -> None:
+            self.cfg, self.stream_id, self.plan = cfg, stream_id, plan
+            self.run_dir, self.stream = run_dir, stream
+            self.log_full = False
+            # Ray set OMP_NUM_THREADS from num_cpus (1 when fractional): set ours explicitly.
+            torch.set_num_threads(torch_threads(cfg, "trainer"))
+
+        def run(self) -> Any:
+            from thresher.analysis.evaluate import trainer_result
+            from thresher.train.loop import TrainLoop
+            from thresher.train.trainer import Trainer
+
+            cfg, tid = self.cfg, self.plan.trainer_id
+            stats = None
+            while stats is None:
+                stats = ray.get(self.stream.stats.remote())
+            device = "cuda" if cfg.resources.gpus_per_trainer > 0 else "cpu"
+            trainer = Trainer(tid, self.plan.saes, cfg.train, stats, self.run_dir,
+                              device=device, hook_name=cfg.source.hook)
+            start = time.perf_counter()
+
+            def fetch(g: int) -> Group[Any]:
+                status, payload = ray.get(self.stream.group.remote(tid, g, trainer.step))
+                if status == "end":
+                    raise EndOfStream
+                if status == "wait":
+                    self.log_full = bool(payload)
+                    raise NotReady
+                return payload
+
+            def load(handles: Any) -> list[ActivationBlock]:
+                return [ActivationBlock.from_columns(c) for c in ray.get(list(handles))]
+
+            reader = BatchReader(fetch, load, cfg.train.batch_size, trainer.resumed_cursor)
+            loop = TrainLoop(trainer, reader,
+                             commit=lambda c: ray.get(self.stream.commit.remote(tid, c)),
+                             checkpoint_every=cfg.train.checkpoint_every)
+            while loop.advance() == "blocked":
+                if self.log_full:
+                    loop.checkpoint()  # the pump waits on us: commit so chunks can go
+            trainer.export()
+            (holdout_ref,) = ray.get(self.stream.holdout.remote())
+            holdout = ActivationBlock.from_columns(ray.get(holdout_ref))
+            return trainer_result(cfg, self.stream_id, trainer, holdout,
+                                  loop.counters.to_dict(), time.perf_counter() - start)
+
+    return TrainerActor
+
+
+_TRAINER_ACTOR: Any = None
+
+
+def trainer_actor_cls() -> Any:
+    """The Ray actor class, built on first use so importing this module never needs Ray."""
+    global _TRAINER_ACTOR
+    if _TRAINER_ACTOR is None:
+        _TRAINER_ACTOR = _trainer_actor_cls()
+    return _TRAINER_ACTOR

@@ -1,0 +1,110 @@
+"""The training loop of one trainer along the stream, shared by the Ray and inline executors.
+
+`TrainLoop.advance()` steps the trainer on batches until it finishes or the next batch is not
+in the log yet; the executor decides what to do while blocked (the Ray actor waits, the inline
+executor harvests more). Checkpoints commit the cursor to the log, which is what lets the log
+release chunks; a blocked trainer whose log is full checkpoints early so the pump can go on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from thresher.harvest.stream import (
+    BatchReader,
+    Cursor,
+    EndOfStream,
+    NotReady,
+    example_id_entropy_bits,
+)
+from thresher.train.trainer import Trainer
+
+# Committed by a finished trainer: past every group, so it never holds a chunk back.
+CURSOR_DONE = Cursor(group=2**62, offset=0)
+
+Status = Literal["finished", "blocked"]
+
+
+@dataclass
+class LoopCounters:
+    batches: int = 0
+    entropy_bits_sum: float = 0.0
+    entropy_bits_min: float = float("inf")
+    batch_rows: int = 0
+    checkpoints: int = 0
+    seconds: float = 0.0  # time spent stepping (not waiting)
+    last_metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        mean = self.entropy_bits_sum / self.batches if self.batches else float("nan")
+        return {
+            "batches": self.batches,
+            "checkpoints": self.checkpoints,
+            "step_seconds": self.seconds,
+            # Shuffle quality: entropy of example ids per batch vs its maximum log2(batch rows).
+            "example_id_entropy_bits_mean": mean,
+            "example_id_entropy_bits_min": self.entropy_bits_min if self.batches else float("nan"),
+            "example_id_entropy_bits_max_possible": float(np.log2(max(self.batch_rows, 1))),
+            "last_metrics": self.last_metrics,
+        }
+
+
+class TrainLoop:
+    def __init__(self, trainer: Trainer, reader: BatchReader[Any],
+                 commit: Callable[[Cursor], None], checkpoint_every: int) -> None:
+        self.trainer = trainer
+        self.reader = reader
+        self.commit = commit
+        self.checkpoint_every = checkpoint_every
+        self.committed = reader.cursor
+        self.done = False
+        self.counters = LoopCounters()
+
+    def advance(self) -> Status:
+        while not self.done:
+            if self.trainer.finished:
+                self._finish()
+                break
+            try:
+                batch = self.reader.next_batch()
+            except NotReady:
+                return "blocked"
+            except EndOfStream:
+                self._finish()
+                break
+            start = time.perf_counter()
+            metrics = self.trainer.train_step(batch)
+            self.counters.seconds += time.perf_counter() - start
+            self._count(batch.example_id, metrics)
+            if self.trainer.step % self.checkpoint_every == 0:
+                self.checkpoint()
+        return "finished"
+
+    def checkpoint(self) -> None:
+        """Save every SAE here and tell the log; a no-op if nothing moved since the last one."""
+        cursor = self.reader.cursor
+        if cursor == self.committed and self.counters.checkpoints:
+            return
+        self.trainer.save_checkpoint(cursor)
+        self.commit(cursor)
+        self.committed = cursor
+        self.counters.checkpoints += 1
+
+    def _finish(self) -> None:
+        self.checkpoint()
+        self.commit(CURSOR_DONE)
+        self.done = True
+
+    def _count(self, example_id: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
+        c = self.counters
+        bits = example_id_entropy_bits(example_id)
+        c.batches += 1
+        c.entropy_bits_sum += bits
+        c.entropy_bits_min = min(c.entropy_bits_min, bits)
+        c.batch_rows = max(c.batch_rows, len(example_id))
+        c.last_metrics = {k: np.asarray(v).tolist() for k, v in metrics.items()}
