@@ -1,0 +1,102 @@
+"""Trainer: one trainer's bank of SAEs, its step counters, checkpoints and export.
+
+A plain class (no Ray, no stream loop): `TrainLoop` feeds it batches, the Ray actor and the
+inline executor place it. It restores from its SAEs' checkpoints in `__init__`, so a restarted
+actor resumes where its last complete checkpoint left off.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from thresher.block import ActivationBlock
+from thresher.config import SAEConfig, TrainConfig
+from thresher.harvest.stream import Cursor, StreamStats
+from thresher.train.checkpoint import (
+    export_sae,
+    find_restore_point,
+    load_generation,
+    read_checkpoint_info,
+    save_sae_checkpoint,
+)
+from thresher.train.sae import SAEBank
+
+log = logging.getLogger(__name__)
+
+
+class Trainer:
+    def __init__(self, trainer_id: str, saes: Sequence[SAEConfig], train: TrainConfig,
+                 stats: StreamStats, run_dir: str | Path, device: str = "cpu",
+                 hook_name: str = "") -> None:
+        self.trainer_id = trainer_id
+        self.saes = list(saes)
+        self.train = train
+        self.stats = stats
+        self.run_dir = Path(run_dir)
+        self.hook_name = hook_name
+        self.total_steps = max(1, math.ceil(train.tokens / train.batch_size))
+        self.bank = SAEBank(self.saes, stats, train, self.total_steps, device=device)
+        self.rows_seen = 0
+        self.resumed_cursor = Cursor()
+        self._restore()
+
+    @property
+    def step(self) -> int:
+        return self.bank.steps_taken
+
+    @property
+    def finished(self) -> bool:
+        return self.step >= self.total_steps
+
+    def _restore(self) -> None:
+        point = find_restore_point(self.run_dir, self.saes, self.stats.scale)
+        if point is None:
+            partial = [sae.sae_id for sae in self.saes
+                       if read_checkpoint_info(self.run_dir, sae.sae_id) is not None]
+            if partial:
+                log.warning("trainer %s: only %s of its SAEs have checkpoints; starting every "
+                            "SAE from step 0", self.trainer_id, partial)
+            return
+        for sae in self.saes:
+            self.bank.set_sae_state(sae.sae_id,
+                                    load_generation(self.run_dir, sae.sae_id, point[sae.sae_id]))
+        first = next(iter(point.values()))
+        self.bank.steps_taken = first.step
+        self.rows_seen = first.rows_seen
+        self.resumed_cursor = first.cursor
+        log.info("trainer %s resumed at step %d (cursor %s)", self.trainer_id, first.step,
+                 first.cursor)
+
+    def train_step(self, batch: ActivationBlock) -> dict[str, np.ndarray]:
+        """One step of every SAE on `batch`; per-SAE metrics in the order of `saes`."""
+        if self.finished:
+            raise RuntimeError(f"trainer {self.trainer_id} has already taken all "
+                               f"{self.total_steps} steps")
+        # A copy: arrays from Ray's object store are read-only, and torch wants writable memory.
+        x = torch.from_numpy(np.array(batch.float32(), dtype=np.float32, copy=True))
+        metrics = self.bank.step(x)
+        self.rows_seen += len(batch)
+        return metrics
+
+    def save_checkpoint(self, cursor: Cursor) -> None:
+        """Checkpoint every SAE of this trainer at the current step, `cursor` its stream place."""
+        for sae in self.saes:
+            save_sae_checkpoint(self.run_dir, sae, self.bank.get_sae_state(sae.sae_id),
+                                step=self.step, rows_seen=self.rows_seen, cursor=cursor,
+                                input_scale=self.stats.scale)
+
+    def export(self) -> list[Path]:
+        """The final SAELens-format files of every SAE; returns the SAEs' folders."""
+        folders = []
+        for sae in self.saes:
+            record = {"sae": sae.to_dict(), "trainer_id": self.trainer_id, "step": self.step,
+                      "rows_seen": self.rows_seen, "total_steps": self.total_steps}
+            folders.append(export_sae(self.run_dir, sae, self.bank.sae_params(sae.sae_id),
+                                      self.stats.scale, self.hook_name, record))
+        return folders
