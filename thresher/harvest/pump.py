@@ -140,8 +140,10 @@ def _stream_actor_cls() -> Any:
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = False
             res = self.cfg.resources
-            ds = ray.data.from_items(inputs.batches, override_num_blocks=min(
-                len(inputs.batches), max(1, 4 * res.harvesters)))
+            # One block per input batch: each harvest output reaches the pump on its own, so
+            # trainers start on the first chunk instead of waiting for a bundle of forwards.
+            ds = ray.data.from_items(inputs.batches,
+                                     override_num_blocks=max(1, len(inputs.batches)))
             ds = ds.map_batches(
                 Harvester,
                 fn_constructor_kwargs={"source": source, "device": _device(res.gpus_per_harvester),

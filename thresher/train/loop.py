@@ -8,6 +8,7 @@ release chunks; a blocked trainer whose log is full checkpoints early so the pum
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from thresher.block import ActivationBlock
 from thresher.harvest.stream import (
     BatchReader,
     Cursor,
@@ -39,6 +41,9 @@ class LoopCounters:
     checkpoints: int = 0
     seconds: float = 0.0  # time spent stepping (not waiting)
     last_metrics: dict[str, list[float]] = field(default_factory=dict)
+    # A running hash of every batch's (example_id, position) rows, in order: trainers of one
+    # stream, and both executors, must end with the same digest.
+    digest: Any = field(default_factory=hashlib.sha256)
 
     def to_dict(self) -> dict[str, Any]:
         mean = self.entropy_bits_sum / self.batches if self.batches else float("nan")
@@ -51,6 +56,7 @@ class LoopCounters:
             "example_id_entropy_bits_min": self.entropy_bits_min if self.batches else float("nan"),
             "example_id_entropy_bits_max_possible": float(np.log2(max(self.batch_rows, 1))),
             "last_metrics": self.last_metrics,
+            "batch_digest": self.digest.hexdigest(),
         }
 
 
@@ -80,7 +86,7 @@ class TrainLoop:
             start = time.perf_counter()
             metrics = self.trainer.train_step(batch)
             self.counters.seconds += time.perf_counter() - start
-            self._count(batch.example_id, metrics)
+            self._count(batch, metrics)
             if self.trainer.step % self.checkpoint_every == 0:
                 self.checkpoint()
         return "finished"
@@ -100,11 +106,13 @@ class TrainLoop:
         self.commit(CURSOR_DONE)
         self.done = True
 
-    def _count(self, example_id: np.ndarray, metrics: dict[str, np.ndarray]) -> None:
+    def _count(self, batch: ActivationBlock, metrics: dict[str, np.ndarray]) -> None:
         c = self.counters
-        bits = example_id_entropy_bits(example_id)
+        bits = example_id_entropy_bits(batch.example_id)
         c.batches += 1
         c.entropy_bits_sum += bits
         c.entropy_bits_min = min(c.entropy_bits_min, bits)
-        c.batch_rows = max(c.batch_rows, len(example_id))
+        c.batch_rows = max(c.batch_rows, len(batch))
+        c.digest.update(np.ascontiguousarray(batch.example_id, dtype=np.int64).tobytes())
+        c.digest.update(np.ascontiguousarray(batch.position, dtype=np.int32).tobytes())
         c.last_metrics = {k: np.asarray(v).tolist() for k, v in metrics.items()}

@@ -1,0 +1,51 @@
+"""Shared fixtures: one Ray per test session (ray.init costs ~5 s), small run configs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[Any]:
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)  # never join a cluster left around by something else
+    ray.init(num_cpus=2, object_store_memory=768 * 2**20, include_dashboard=False,
+             log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def smoke_config(out: Path, **overrides: Any) -> dict[str, Any]:
+    """A run of a few tens of seconds: MiniLM (real weights) layer 3 on stdlib docstrings."""
+    cfg: dict[str, Any] = {
+        "run": {"name": "smoke", "out": str(out), "seed": 0},
+        "source": {
+            "backbone": {"kind": "hf_text", "model": "minilm"},
+            "hook": "layer.3",
+            "inputs": {"kind": "python_docstrings", "context": 64, "max_tokens": 14000},
+            "batch_size": 32,
+        },
+        "stream": {"chunk_rows": 1024, "capacity_chunks": 8, "mix_chunks": 2,
+                   "holdout_rows": 2048, "norm_rows": 1024},
+        "train": {"batch_size": 256, "tokens": 8192, "checkpoint_every": 8, "warmup_steps": 4,
+                  "d_sae": 256, "k": 16, "lr": 2e-3},
+        "sweep": [{"arch": "topk", "k": [8, 16]}, {"arch": "relu", "l1": 1.0}],
+        "resources": {"harvesters": 1, "trainers": 2, "cpus_per_harvester": 1,
+                      "cpus_per_trainer": 0, "harvester_threads": 1, "trainer_threads": 1},
+    }
+    for section, values in overrides.items():
+        if isinstance(values, dict) and isinstance(cfg.get(section), dict):
+            cfg[section] = {**cfg[section], **values}
+        else:
+            cfg[section] = values
+    return cfg
