@@ -26,7 +26,7 @@ def main() -> None:
     cfg["run"]["out"] = args.out
     cfg.pop("source_file")
     start = time.perf_counter()
-    run_dir = thresher.run(cfg, inline=args.inline, progress=False)
+    run_dir = thresher.run(cfg, inline=args.inline, progress=False, overwrite=True)
     wall = time.perf_counter() - start
     record = json.loads((run_dir / "run.json").read_text())
     t = record["timings"]

@@ -24,7 +24,7 @@ def run(sweep: list[dict], trainers: int, inline: bool, name: str) -> tuple[floa
     cfg["sweep"] = sweep
     cfg["resources"]["trainers"] = trainers
     start = time.perf_counter()
-    run_dir = thresher.run(cfg, inline=inline, progress=False)
+    run_dir = thresher.run(cfg, inline=inline, progress=False, overwrite=True)
     return time.perf_counter() - start, json.loads((run_dir / "run.json").read_text())
 
 

@@ -16,6 +16,7 @@ from thresher.analysis.parquet import FEATURES_SCHEMA, INPUTS_SCHEMA, SUMMARY_SC
 from thresher.config import expand_sweep, load_config
 from thresher.harvest.backbones import load_tokenizer
 from thresher.harvest.inputs import build_inputs
+from thresher.rundir import RunExistsError
 
 from .conftest import smoke_config
 
@@ -119,3 +120,18 @@ def test_inline_and_ray_give_the_same_weights(ray_run: Path, inline_run: Path) -
     ray_digest = {i["batch_digest"] for i in run_json(ray_run)["trainers"].values()}
     inline_digest = {i["batch_digest"] for i in run_json(inline_run)["trainers"].values()}
     assert ray_digest == inline_digest
+
+
+def test_an_existing_run_needs_resume_or_overwrite(inline_run: Path) -> None:
+    cfg = smoke_config(inline_run.parent)
+    before = load_file(next((inline_run / "saes").iterdir()) / "sae_weights.safetensors")
+    with pytest.raises(RunExistsError, match=r"--resume to continue it.*--overwrite"):
+        thresher.run(cfg, inline=True, progress=False)
+    # resuming a finished run restores every SAE at its last step: nothing more to train
+    resumed = thresher.resume(inline_run, inline=True, progress=False)
+    record = run_json(resumed)
+    assert record["status"] == "complete"
+    assert all(info["batches"] == 0 for info in record["trainers"].values())
+    after = load_file(next((resumed / "saes").iterdir()) / "sae_weights.safetensors")
+    for name in before:
+        np.testing.assert_array_equal(before[name], after[name])

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from thresher.config import Config, Plan, load_config, make_plan
-from thresher.rundir import create_run_dir
+from thresher.rundir import config_of_run, create_run_dir
 
 ConfigLike = str | os.PathLike[str] | dict | Config | None
 
@@ -17,16 +17,18 @@ def plan(config: ConfigLike = None) -> Plan:
     return make_plan(load_config(config))
 
 
-def run(config: ConfigLike = None, *, inline: bool = False,
-        progress: bool | None = None) -> Path:
+def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | None = None,
+        resume: bool = False, overwrite: bool = False) -> Path:
     """Harvest, train and write statistics; returns the run directory.
 
     `config` is a YAML path, a dict, a Config, or None for the built-in default run.
     `inline=True` runs every role in this process without Ray (debugging, one-GPU boxes).
+    An existing run directory is an error unless `resume` (continue from its checkpoints and
+    stream cursors) or `overwrite` (start again) is set.
     """
     the_plan = plan(config)
     executor = "inline" if inline else "ray"
-    run_dir = create_run_dir(the_plan, executor)
+    run_dir = create_run_dir(the_plan, executor, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
     if inline:
         from thresher.inline import run_inline
@@ -39,3 +41,9 @@ def run(config: ConfigLike = None, *, inline: bool = False,
     from thresher.outcome import finalize
 
     return finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start)
+
+
+def resume(run_dir: str | os.PathLike[str], *, inline: bool = False,
+           progress: bool | None = None) -> Path:
+    """Continue a run from its checkpoints, with the config it was started with."""
+    return run(config_of_run(run_dir), inline=inline, progress=progress, resume=True)

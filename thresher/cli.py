@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from thresher.config import ConfigError
+from thresher.rundir import RunExistsError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,6 +25,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inline", action="store_true",
                      help="run every role in this process, without Ray")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    again = run.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="RUN_DIR",
+                       help="continue the run in RUN_DIR from its checkpoints (its own config)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start again if the run directory already holds a run")
     return parser
 
 
@@ -36,14 +42,24 @@ def main(argv: list[str] | None = None) -> int:
             print(thresher.plan(args.config).describe())
             return 0
         if args.command == "run":
-            the_plan = thresher.plan(args.config)
-            print(the_plan.describe(), flush=True)
-            run_dir = thresher.run(the_plan.config, inline=args.inline,
-                                   progress=False if args.no_progress else None)
+            progress = False if args.no_progress else None
+            if args.resume:
+                if args.config:
+                    raise ConfigError("--resume takes the run directory; drop CONFIG (the "
+                                      "run's own config is in its run.json)")
+                run_dir = thresher.resume(args.resume, inline=args.inline, progress=progress)
+            else:
+                the_plan = thresher.plan(args.config)
+                print(the_plan.describe(), flush=True)
+                run_dir = thresher.run(the_plan.config, inline=args.inline, progress=progress,
+                                       overwrite=args.overwrite)
             _print_summary(run_dir)
             return 0
     except ConfigError as exc:
         print(f"thresher: config error: {exc}", file=sys.stderr)
+        return 2
+    except RunExistsError as exc:
+        print(f"thresher: {exc}", file=sys.stderr)
         return 2
     return 1
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import uuid
 from pathlib import Path
@@ -71,11 +72,47 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def create_run_dir(plan: Plan, executor: str) -> Path:
+class RunExistsError(ValueError):
+    """The run directory already holds a run and neither resume nor overwrite was asked for."""
+
+
+def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
+                   overwrite: bool = False) -> Path:
+    """Make the run directory; an existing run is continued (resume) or cleared (overwrite).
+
+    Trainers restore from any checkpoint they find, so starting a new run on top of an old one
+    would silently continue it: that needs an explicit choice.
+    """
     run_dir = Path(run_dir_of(plan.config))
+    previous = run_dir / "run.json"
+    if previous.exists() and not resume:
+        if not overwrite:
+            status = json.loads(previous.read_text()).get("status", "unknown")
+            raise RunExistsError(
+                f"{run_dir} already holds a run (status {status}). Pass --resume to continue "
+                "it from its checkpoints, --overwrite to start again, or choose another "
+                "run.name / run.out")
+        for name in ("saes", "stats", "run.json", "inputs.parquet"):
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    if resume and not previous.exists():
+        raise RunExistsError(f"nothing to resume: {run_dir} holds no run.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_json(run_dir, plan, executor, status="running")
     return run_dir
+
+
+def config_of_run(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config a run was started with (from its run.json)."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise RunExistsError(f"{run_dir} is not a thresher run directory: no run.json")
+    config = json.loads(path.read_text())["config"]
+    config.pop("source_file", None)
+    return config
 
 
 def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,

@@ -1,0 +1,31 @@
+"""Harvest a stream's rows into memory with the plain classes (no Ray, no training).
+
+For baselines and checks that need the very rows the SAEs saw: the held-out rows and the
+training rows in stream order, cut exactly as the pump cuts them.
+"""
+
+from __future__ import annotations
+
+from thresher.block import ActivationBlock
+from thresher.config import Config, config_dir, torch_threads
+from thresher.harvest.backbones import load_tokenizer
+from thresher.harvest.harvester import Harvester
+from thresher.harvest.inputs import build_inputs
+from thresher.harvest.stream import Chunker
+
+
+def collect_stream(cfg: Config) -> tuple[ActivationBlock, ActivationBlock]:
+    """(held-out rows, training rows) of the config's stream, as a run would cut them."""
+    source = cfg.source
+    inputs = build_inputs(source, cfg.run.seed, config_dir(cfg), load_tokenizer(source.backbone))
+    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"))
+    steps = -(-cfg.train.tokens // cfg.train.batch_size)
+    chunker = Chunker(cfg.stream.chunk_rows, cfg.stream.holdout_rows, cfg.stream.norm_rows,
+                      wanted_rows=steps * cfg.train.batch_size)
+    chunks: list[ActivationBlock] = []
+    for batch in inputs.batches:
+        if chunker.done:
+            break
+        chunks += chunker.add(harvester.harvest(batch))
+    chunks += chunker.finish()
+    return chunker.holdout_block(), ActivationBlock.concat(chunks)
