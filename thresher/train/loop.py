@@ -39,6 +39,8 @@ class LoopCounters:
     entropy_bits_min: float = float("inf")
     batch_rows: int = 0
     checkpoints: int = 0
+    skipped_batches: int = 0  # batches with NaN or Inf activations, never trained on
+    resumed_from_step: int = 0  # > 0 when this trainer restarted from a checkpoint
     seconds: float = 0.0  # time spent stepping (not waiting)
     last_metrics: dict[str, list[float]] = field(default_factory=dict)
     # A running hash of every batch's (example_id, position) rows, in order: trainers of one
@@ -50,6 +52,8 @@ class LoopCounters:
         return {
             "batches": self.batches,
             "checkpoints": self.checkpoints,
+            "skipped_nonfinite_batches": self.skipped_batches,
+            "resumed_from_step": self.resumed_from_step,
             "step_seconds": self.seconds,
             # Shuffle quality: entropy of example ids per batch vs its maximum log2(batch rows).
             "example_id_entropy_bits_mean": mean,
@@ -69,7 +73,7 @@ class TrainLoop:
         self.checkpoint_every = checkpoint_every
         self.committed = reader.cursor
         self.done = False
-        self.counters = LoopCounters()
+        self.counters = LoopCounters(resumed_from_step=trainer.step)
 
     def advance(self) -> Status:
         while not self.done:
@@ -83,6 +87,10 @@ class TrainLoop:
             except EndOfStream:
                 self._finish()
                 break
+            if not np.isfinite(batch.float32()).all():
+                # A NaN or Inf row would poison every SAE of the bank: skip the batch, count it.
+                self.counters.skipped_batches += 1
+                continue
             start = time.perf_counter()
             metrics = self.trainer.train_step(batch)
             self.counters.seconds += time.perf_counter() - start

@@ -1,0 +1,76 @@
+"""TrainLoop on the plain log: checkpoints commit cursors, non-finite batches are skipped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from thresher.block import ActivationBlock
+from thresher.config import expand_sweep, load_config
+from thresher.harvest.stream import (
+    BatchReader,
+    BroadcastLog,
+    EndOfStream,
+    NotReady,
+    estimate_stream_stats,
+)
+from thresher.train.loop import CURSOR_DONE, TrainLoop
+from thresher.train.trainer import Trainer
+
+
+def make_log(chunks: list[np.ndarray]) -> BroadcastLog:
+    log = BroadcastLog(capacity_chunks=8, mix_chunks=2, seed=0, trainer_ids=["t0"])
+    start = 0
+    for acts in chunks:
+        n = len(acts)
+        log.append(ActivationBlock(acts.astype(np.float32), np.arange(start, start + n),
+                                   np.zeros(n, dtype=np.int32)), n)
+        start += n
+    log.finish()
+    return log
+
+
+def reader(log: BroadcastLog, batch_size: int) -> BatchReader:
+    def fetch(g: int):
+        if log.at_end(g):
+            raise EndOfStream
+        group = log.group(g)
+        if group is None:
+            raise NotReady
+        return group
+
+    return BatchReader(fetch, list, batch_size)
+
+
+def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    chunks = [rng.normal(size=(64, 16)) for _ in range(4)]
+    chunks[1][5, 3] = np.nan
+    chunks[2][7, 0] = np.inf
+    log = make_log(chunks)
+    stats = estimate_stream_stats(chunks[0])
+    cfg = load_config({
+        "train": {"batch_size": 32, "tokens": 10_000, "checkpoint_every": 2, "warmup_steps": 1,
+                  "d_sae": 32, "k": 4, "lr": 1e-2},
+        "sweep": [{"arch": "topk"}, {"arch": "relu", "l1": 1.0, "seed": 1}]})
+    train = cfg.train
+    saes = expand_sweep(cfg)
+    trainer = Trainer("t0", saes, train, stats, tmp_path)
+    commits = []
+    loop = TrainLoop(trainer, reader(log, 32), commits.append, checkpoint_every=2)
+    assert loop.advance() == "finished"
+    # 8 batches of 32 rows; rows are mixed, so count the poisoned ones on a second reader
+    check, poisoned = reader(log, 32), 0
+    for _ in range(8):
+        poisoned += not np.isfinite(check.next_batch().acts).all()
+    assert poisoned >= 1
+    assert loop.counters.skipped_batches == poisoned
+    assert trainer.step == 8 - poisoned
+    for sae_id in trainer.bank.sae_ids:
+        for tensor in trainer.bank.sae_params(sae_id).values():
+            assert torch.isfinite(tensor).all()
+    # checkpoints commit increasing cursors; a finished trainer commits past everything
+    assert commits == sorted(commits) and commits[-1] == CURSOR_DONE
+    assert (tmp_path / "saes" / saes[0].sae_id / "checkpoint" / "state.json").is_file()
