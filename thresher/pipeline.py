@@ -8,6 +8,7 @@ trainer actors of the plan, then polls progress until every trainer has returned
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +43,16 @@ def run_ray(plan: Plan, run_dir: Path, progress_enabled: bool | None = None,
     ensure_ray(cfg)
     (stream,) = plan.streams
     res = cfg.resources
-    stream_actor = stream_actor_cls().remote(cfg, stream, str(run_dir))
+    # Named actors: trainers find the stream by name, and tests and operators find both.
+    tag = f"{cfg.run.name}-{stream.stream_id}-{uuid.uuid4().hex[:8]}"
+    stream_name = f"thresher-stream-{tag}"
+    stream_actor = stream_actor_cls().options(name=stream_name).remote(cfg, stream, str(run_dir))
     harvest_ref = stream_actor.harvest.remote()
     trainers = [
         trainer_actor_cls()
-        .options(num_cpus=res.cpus_per_trainer, num_gpus=res.gpus_per_trainer)
-        .remote(cfg, stream.stream_id, t, str(run_dir), stream_actor)
+        .options(name=f"thresher-trainer-{tag}-{t.trainer_id}", num_cpus=res.cpus_per_trainer,
+                 num_gpus=res.gpus_per_trainer)
+        .remote(cfg, stream.stream_id, t, str(run_dir), stream_name)
         for t in stream.trainers
     ]
     pending = {t.run.remote(): t for t in trainers}

@@ -17,12 +17,14 @@ def _trainer_actor_cls() -> Any:
 
     @ray.remote(max_restarts=-1, max_task_retries=-1)
     class TrainerActor:
-        # Constructor arguments are small (config dataclasses and a handle), never tensors:
-        # a restarted actor re-runs __init__ from them and resumes from its checkpoint.
+        # Constructor arguments are small values (config dataclasses, the stream actor's name),
+        # never tensors or handles, which Ray would keep in the object store (ray#53727): a
+        # restarted actor re-runs __init__ from them and resumes from its checkpoint.
         def __init__(self, cfg: Config, stream_id: str, plan: TrainerPlan, run_dir: str,
-                     stream: Any) -> None:
+                     stream_actor_name: str) -> None:
             self.cfg, self.stream_id, self.plan = cfg, stream_id, plan
-            self.run_dir, self.stream = run_dir, stream
+            self.run_dir = run_dir
+            self.stream = ray.get_actor(stream_actor_name)
             self.log_full = False
             # Ray set OMP_NUM_THREADS from num_cpus (1 when fractional): set ours explicitly.
             torch.set_num_threads(torch_threads(cfg, "trainer"))
