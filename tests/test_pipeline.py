@@ -16,7 +16,7 @@ from thresher.analysis.parquet import FEATURES_SCHEMA, INPUTS_SCHEMA, SUMMARY_SC
 from thresher.config import expand_sweep, load_config
 from thresher.harvest.backbones import load_tokenizer
 from thresher.harvest.inputs import build_inputs
-from thresher.rundir import RunExistsError
+from thresher.rundir import RunDirError
 
 from .conftest import smoke_config
 
@@ -125,7 +125,7 @@ def test_inline_and_ray_give_the_same_weights(ray_run: Path, inline_run: Path) -
 def test_an_existing_run_needs_resume_or_overwrite(inline_run: Path) -> None:
     cfg = smoke_config(inline_run.parent)
     before = load_file(next((inline_run / "saes").iterdir()) / "sae_weights.safetensors")
-    with pytest.raises(RunExistsError, match=r"--resume to continue it.*--overwrite"):
+    with pytest.raises(RunDirError, match=r"--resume to continue it.*--overwrite"):
         thresher.run(cfg, inline=True, progress=False)
     # resuming a finished run restores every SAE at its last step: nothing more to train
     resumed = thresher.resume(inline_run, inline=True, progress=False)

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from thresher.config import ConfigError
-from thresher.rundir import RunExistsError
+from thresher.rundir import RunDirError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,6 +30,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue the run in RUN_DIR from its checkpoints (its own config)")
     again.add_argument("--overwrite", action="store_true",
                        help="start again if the run directory already holds a run")
+    harvest = sub.add_parser("harvest", help="harvest the source once into an LMDB activation "
+                             "cache (replay it with a `stored` source)")
+    harvest.add_argument("config", nargs="?", help="YAML config (default: the built-in run)")
+    harvest.add_argument("--out", help="store folder (default: <run.out>/<run.name>/activations)")
     return parser
 
 
@@ -55,10 +59,15 @@ def main(argv: list[str] | None = None) -> int:
                                        overwrite=args.overwrite)
             _print_summary(run_dir)
             return 0
+        if args.command == "harvest":
+            from thresher.harvest.cache import harvest_and_describe
+
+            print(harvest_and_describe(args.config, args.out))
+            return 0
     except ConfigError as exc:
         print(f"thresher: config error: {exc}", file=sys.stderr)
         return 2
-    except RunExistsError as exc:
+    except RunDirError as exc:
         print(f"thresher: {exc}", file=sys.stderr)
         return 2
     return 1

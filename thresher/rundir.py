@@ -29,6 +29,8 @@ from thresher.analysis.parquet import INPUTS_SCHEMA, write_table_atomic
 from thresher.config import Plan, run_dir_of
 
 FORMAT_VERSION = 1
+# Set by Ray in the driver of a `ray job submit` job (ray/_private/runtime_env/constants.py).
+SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
@@ -72,8 +74,8 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-class RunExistsError(ValueError):
-    """The run directory already holds a run and neither resume nor overwrite was asked for."""
+class RunDirError(ValueError):
+    """A run directory that cannot be used as asked (exists, missing, or temporary)."""
 
 
 def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
@@ -83,12 +85,18 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
     Trainers restore from any checkpoint they find, so starting a new run on top of an old one
     would silently continue it: that needs an explicit choice.
     """
+    out = plan.config.run.out
+    if SUBMITTED_JOB_ENV in os.environ and "://" not in out and not Path(out).is_absolute():
+        raise RunDirError(
+            f"run.out is the relative path {out!r}, but this is a `ray job submit` job, whose "
+            "working directory is temporary and deleted afterwards. Set run.out to an absolute "
+            "path on storage every node shares, or to a URI")
     run_dir = Path(run_dir_of(plan.config))
     previous = run_dir / "run.json"
     if previous.exists() and not resume:
         if not overwrite:
             status = json.loads(previous.read_text()).get("status", "unknown")
-            raise RunExistsError(
+            raise RunDirError(
                 f"{run_dir} already holds a run (status {status}). Pass --resume to continue "
                 "it from its checkpoints, --overwrite to start again, or choose another "
                 "run.name / run.out")
@@ -99,7 +107,7 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
             elif path.exists():
                 path.unlink()
     if resume and not previous.exists():
-        raise RunExistsError(f"nothing to resume: {run_dir} holds no run.json")
+        raise RunDirError(f"nothing to resume: {run_dir} holds no run.json")
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_json(run_dir, plan, executor, status="running")
     return run_dir
@@ -109,7 +117,7 @@ def config_of_run(run_dir: str | Path) -> dict[str, Any]:
     """The resolved config a run was started with (from its run.json)."""
     path = Path(run_dir) / "run.json"
     if not path.is_file():
-        raise RunExistsError(f"{run_dir} is not a thresher run directory: no run.json")
+        raise RunDirError(f"{run_dir} is not a thresher run directory: no run.json")
     config = json.loads(path.read_text())["config"]
     config.pop("source_file", None)
     return config

@@ -1,0 +1,86 @@
+"""`ray job submit` against a real `ray start --head` on loopback with token auth.
+
+The cluster is started in its own temp dir, so the session Ray of the other tests never sees
+it. The job's working directory is a temporary copy, so run.out must be absolute; a relative
+one is refused with the fix (checked without a cluster, as Ray marks a job's driver).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from thresher.config import load_config, make_plan
+from thresher.rundir import SUBMITTED_JOB_ENV, RunDirError, create_run_dir
+
+from .conftest import smoke_config
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def token_cluster() -> Iterator[dict[str, str]]:
+    temp = Path(tempfile.mkdtemp(prefix="thr-ray-", dir="/tmp"))
+    dashboard = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    env.pop("RAY_ADDRESS", None)
+    start = [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--num-cpus=2",
+             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
+             f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats"]
+    subprocess.run(start, env=env, check=True, capture_output=True, text=True, timeout=180)
+    client = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}
+    try:
+        yield client
+    finally:
+        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
+                       timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def submit(client: dict[str, str], working_dir: Path, config: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--working-dir", str(working_dir), "--",
+         str(BIN / "thresher"), "run", config, "--no-progress"],
+        env=client, capture_output=True, text=True, timeout=900)
+
+
+def test_thresher_run_as_a_ray_job(token_cluster: dict[str, str], tmp_path: Path) -> None:
+    job_dir = tmp_path / "job"
+    job_dir.mkdir()
+    out = tmp_path / "runs"
+    cfg = smoke_config(out, sweep=[{"arch": "topk", "k": 8}], resources={"trainers": 1})
+    (job_dir / "smoke.yaml").write_text(yaml.safe_dump(cfg))
+    result = submit(token_cluster, job_dir, "smoke.yaml")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    record = json.loads((out / "smoke" / "run.json").read_text())
+    assert record["status"] == "complete" and record["executor"] == "ray"
+    assert (out / "smoke" / "stats" / "summary.parquet").is_file()
+
+
+
+def test_relative_run_out_is_refused_inside_a_submitted_job(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # What Ray sets in the driver of a submitted job; the job's working directory is temporary.
+    monkeypatch.setenv(SUBMITTED_JOB_ENV, "{}")
+    cfg = smoke_config(tmp_path)
+    cfg["run"]["out"] = "runs"
+    with pytest.raises(RunDirError, match="working directory is temporary"):
+        create_run_dir(make_plan(load_config(cfg)), "ray")
+    cfg["run"]["out"] = str(tmp_path / "runs")  # absolute: fine
+    assert create_run_dir(make_plan(load_config(cfg)), "ray").is_dir()
