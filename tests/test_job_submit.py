@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,11 +54,22 @@ def token_cluster() -> Iterator[dict[str, str]]:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def submit(client: dict[str, str], working_dir: Path, config: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--working-dir", str(working_dir), "--",
-         str(BIN / "thresher"), "run", config, "--no-progress"],
-        env=client, capture_output=True, text=True, timeout=900)
+# The head's job agent registers a few seconds after `ray start` returns; until then the
+# dashboard answers every submission with this (and the submission creates no job).
+AGENT_NOT_READY = "No available agent to submit job"
+
+
+def submit(client: dict[str, str], working_dir: Path, config: str,
+           agent_wait_seconds: float = 120.0) -> subprocess.CompletedProcess:
+    command = [str(BIN / "ray"), "job", "submit", "--working-dir", str(working_dir), "--",
+               str(BIN / "thresher"), "run", config, "--no-progress"]
+    deadline = time.monotonic() + agent_wait_seconds
+    while True:
+        result = subprocess.run(command, env=client, capture_output=True, text=True, timeout=900)
+        not_ready = AGENT_NOT_READY in result.stdout + result.stderr
+        if result.returncode == 0 or not not_ready or time.monotonic() > deadline:
+            return result
+        time.sleep(2.0)
 
 
 def test_thresher_run_as_a_ray_job(token_cluster: dict[str, str], tmp_path: Path) -> None:
@@ -71,7 +83,6 @@ def test_thresher_run_as_a_ray_job(token_cluster: dict[str, str], tmp_path: Path
     record = json.loads((out / "smoke" / "run.json").read_text())
     assert record["status"] == "complete" and record["executor"] == "ray"
     assert (out / "smoke" / "stats" / "summary.parquet").is_file()
-
 
 
 def test_relative_run_out_is_refused_inside_a_submitted_job(
