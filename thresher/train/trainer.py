@@ -97,6 +97,6 @@ class Trainer:
         for sae in self.saes:
             record = {"sae": sae.to_dict(), "trainer_id": self.trainer_id, "step": self.step,
                       "rows_seen": self.rows_seen, "total_steps": self.total_steps}
-            folders.append(export_sae(self.run_dir, sae, self.bank.sae_params(sae.sae_id),
+            folders.append(export_sae(self.run_dir, sae, self.bank.inference_params(sae.sae_id),
                                       self.stats.scale, self.hook_name, record))
         return folders

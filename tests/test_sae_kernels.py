@@ -1,0 +1,116 @@
+"""Sparse TopK encode/decode against the dense reference; linear-time MonoScore against the
+O(N^2) definition."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from thresher.train import sparse
+from thresher.train.mono import batch_mono_score, mono_loss, unit_rows
+from thresher.train.sparse import dense_decode, sparse_decode, sparse_encode_gather
+
+F64 = torch.float64
+
+
+def topk_case(n: int = 3, rows: int = 37, d_in: int = 11, d_sae: int = 50, k: int = 6,
+              seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "x": torch.randn(rows, d_in, generator=g, dtype=F64),
+        "W_enc": torch.randn(n, d_in, d_sae, generator=g, dtype=F64),
+        "b_enc": torch.randn(n, d_sae, generator=g, dtype=F64),
+        "W_dec": torch.randn(n, d_sae, d_in, generator=g, dtype=F64),
+        "b_dec": torch.randn(n, d_in, generator=g, dtype=F64),
+        "k": torch.tensor(k),
+    }
+
+
+@pytest.mark.parametrize("chunk", [sparse.CHUNK_ELEMENTS, 50])
+def test_sparse_path_equals_dense_in_output_and_gradients(
+        chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sparse, "CHUNK_ELEMENTS", chunk)  # many small chunks, and one
+    case = topk_case()
+    x, k = case["x"], int(case["k"])
+    target = torch.randn(3, len(x), x.shape[1], dtype=F64,
+                         generator=torch.Generator().manual_seed(5))
+    results = []
+    for use_sparse in (True, False):
+        p = {name: case[name].clone().requires_grad_(True)
+             for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
+        pre = torch.baddbmm(p["b_enc"].unsqueeze(1), x.unsqueeze(0) - p["b_dec"].unsqueeze(1),
+                            p["W_enc"])
+        _, indices = pre.detach().topk(k, dim=-1)
+        mask = (torch.arange(k) < torch.tensor([2, 4, 6])[:, None]).to(F64).unsqueeze(1)
+        if use_sparse:
+            values = sparse_encode_gather(pre.detach(), x, p["W_enc"], p["b_enc"], p["b_dec"],
+                                          indices)
+            values = values.relu() * mask
+            out = sparse_decode(values, indices, p["W_dec"])
+        else:
+            values = pre.gather(-1, indices).relu() * mask
+            out = dense_decode(values, indices, p["W_dec"])
+        loss = ((out + p["b_dec"].unsqueeze(1) - target) ** 2).sum() + (values ** 3).sum()
+        grads = torch.autograd.grad(loss, list(p.values()))
+        results.append((out.detach(), grads))
+    (out_s, grads_s), (out_d, grads_d) = results
+    torch.testing.assert_close(out_s, out_d, rtol=1e-12, atol=1e-12)
+    for name, g_s, g_d in zip(("W_enc", "b_enc", "W_dec", "b_dec"), grads_s, grads_d,
+                              strict=True):
+        torch.testing.assert_close(g_s, g_d, rtol=1e-10, atol=1e-10, msg=name)
+
+
+def test_sparse_decode_gradcheck() -> None:
+    g = torch.Generator().manual_seed(1)
+    values = torch.randn(2, 5, 3, dtype=F64, generator=g, requires_grad=True)
+    indices = torch.randint(0, 7, (2, 5, 3), generator=g)
+    w_dec = torch.randn(2, 7, 4, dtype=F64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda v, w: sparse_decode(v, indices, w), (values, w_dec))
+
+
+# --------------------------------------------------------------------------------------------
+# MonoScore
+# --------------------------------------------------------------------------------------------
+
+
+def mono_pairwise(acts: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The O(N^2) definition (Pach et al.): NaN where a latent has no pair weight."""
+    e = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sims = e @ e.T
+    n = len(x)
+    out = np.full(acts.shape[1], np.nan)
+    for m in range(acts.shape[1]):
+        a = acts[:, m]
+        span = a.max() - a.min()
+        if span <= 0:
+            continue
+        s = (a - a.min()) / span
+        num = den = 0.0
+        for i in range(n):
+            for j in range(i + 1, n):
+                num += s[i] * s[j] * sims[i, j]
+                den += s[i] * s[j]
+        if den > 1e-8:
+            out[m] = num / den
+    return out
+
+
+def test_linear_time_monoscore_equals_the_pair_definition() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 9)) + 0.3
+    acts = rng.exponential(size=(60, 14)) * (rng.random((60, 14)) < 0.3)
+    acts[:, 0] = 0.0  # never fires: no score
+    acts[:, 1] = 0.0
+    acts[7, 1] = 2.0  # fires once: no pairs, no score
+    expected = mono_pairwise(acts, x)
+    score, has_score = batch_mono_score(torch.from_numpy(acts).float(),
+                                        unit_rows(torch.from_numpy(x).float()))
+    np.testing.assert_array_equal(has_score.numpy(), ~np.isnan(expected))
+    np.testing.assert_allclose(score.numpy()[~np.isnan(expected)],
+                               expected[~np.isnan(expected)], rtol=0, atol=1e-5)
+    # stacked over a leading bank dimension, and the loss is 1 - the mean over scored latents
+    stacked = torch.from_numpy(np.stack([acts, acts[:, ::-1].copy()]))
+    losses = mono_loss(stacked, unit_rows(torch.from_numpy(x)))
+    assert float(losses[0]) == pytest.approx(1 - np.nanmean(expected), abs=1e-10)
+    assert float(losses[1]) == pytest.approx(1 - np.nanmean(expected), abs=1e-10)
