@@ -17,14 +17,12 @@ import torch
 from thresher.analysis.evaluate import TrainerResult, trainer_result
 from thresher.block import ActivationBlock
 from thresher.config import Plan, config_dir, torch_threads
-from thresher.harvest.backbones import load_tokenizer
 from thresher.harvest.harvester import Harvester
-from thresher.harvest.inputs import build_inputs
+from thresher.harvest.inputs import decode_batch, prepare_inputs, write_manifest
 from thresher.harvest.pump import Pump
 from thresher.harvest.stream import BatchReader, EndOfStream, Group, NotReady
 from thresher.outcome import RunOutcome
 from thresher.progress import Progress
-from thresher.rundir import write_inputs_manifest
 from thresher.train.loop import TrainLoop
 from thresher.train.trainer import Trainer
 
@@ -42,11 +40,13 @@ def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) 
     train_threads = torch_threads(cfg, "trainer")
 
     start = time.perf_counter()
-    inputs = build_inputs(source, cfg.run.seed, config_dir(cfg), load_tokenizer(source.backbone))
-    write_inputs_manifest(run_dir, inputs.manifest)
+    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
+    write_manifest(run_dir, inputs.manifest)
     torch.set_num_threads(harvest_threads)
-    harvester = Harvester(source, device=_device(res.gpus_per_harvester), threads=harvest_threads)
+    harvester = Harvester(source, device=_device(res.gpus_per_harvester), threads=harvest_threads,
+                          base_dir=config_dir(cfg))
     pump: Pump[ActivationBlock] = Pump(cfg, stream, put=lambda block: block)
+    pump.counters.unreadable_inputs += inputs.unreadable
     batches = iter(inputs.batches)
     harvest_seconds = time.perf_counter() - start
 
@@ -75,8 +75,10 @@ def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) 
                 if item is None or pump.chunker.done:
                     pump.finish_harvest()
                     break
-                block = harvester.harvest(item)
-                pump.add(block, np.array([harvester.forward_calls]))
+                before = harvester.unreadable
+                block = harvester.harvest(decode_batch(inputs, item))  # CPU stage, then forward
+                pump.add(block, np.array([harvester.forward_calls]),
+                         harvester.unreadable - before)
                 moved = True
             harvest_seconds += time.perf_counter() - t0
 

@@ -1,14 +1,17 @@
-"""The harvester: one backbone forward per input batch, content-token rows out.
+"""The harvester: one backbone forward per input batch, rows out.
 
 `Harvester` is a plain class; Ray Data runs it as the `map_batches` UDF of a fixed actor pool
 (`__call__`), the inline executor calls `harvest` directly. Each input batch (see
-`thresher.harvest.inputs`) becomes exactly one forward and one ActivationBlock whose rows are
+`thresher.harvest.inputs`) becomes exactly one forward and one ActivationBlock. Text rows are
 the windows' content tokens: special tokens ([CLS], [SEP], BOS) and padding never become rows.
+Image, EEG and stored backbones make their own rows (`backbone.harvest(batch)`).
 """
 
 from __future__ import annotations
 
 import secrets
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,18 +21,43 @@ from thresher.config import ConfigError, SourceConfig
 from thresher.harvest.backbones import load_backbone
 
 
+def load_any_backbone(source: SourceConfig, device: str, base_dir: Path | None = None) -> Any:
+    """The backbone of any source kind, in eval mode on `device`."""
+    kind = source.backbone.kind
+    if kind == "open_clip":
+        from thresher.harvest.vision import OpenClipBackbone
+
+        return OpenClipBackbone(source, device)
+    if kind == "hf_vision":
+        from thresher.harvest.vision import HFVisionBackbone
+
+        return HFVisionBackbone(source, device)
+    if kind == "patchtst":
+        from thresher.harvest.eeg import PatchTSTBackbone
+
+        return PatchTSTBackbone(source, device)
+    if kind == "stored":
+        from thresher.harvest.cache import StoredBackbone
+
+        return StoredBackbone(source, base_dir if base_dir is not None else Path.cwd())
+    return load_backbone(source.backbone, source.hook, device)
+
+
 class Harvester:
     """Loads the backbone once; turns input batches into activation blocks."""
 
     def __init__(self, source: SourceConfig, device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, base_dir: str | Path | None = None) -> None:
         if threads:
             torch.set_num_threads(threads)
         self.source = source
         self.device = device
-        self.backbone = load_backbone(source.backbone, source.hook, device)
+        self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
+        self.text = source.backbone.kind in ("hf_text", "transformer_lens")
+        self.backbone = load_any_backbone(source, device, self.base_dir)
+        self.unreadable = 0  # images the CPU stage could not decode, summed over batches
         n_ctx = self.backbone.n_ctx
-        if n_ctx is not None and source.inputs.context > n_ctx:
+        if self.text and n_ctx is not None and source.inputs.context > n_ctx:
             raise ConfigError(
                 f"source.inputs.context is {source.inputs.context} but the backbone takes at "
                 f"most {n_ctx} tokens; lower context")
@@ -42,7 +70,16 @@ class Harvester:
         return self.backbone.d_model
 
     def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
-        """ONE backbone forward for one input batch; rows are its content tokens, row-major."""
+        """ONE backbone forward for one input batch; text rows are its content tokens."""
+        if not self.text:
+            if "ref" in batch and "pixels" not in batch:  # not decoded by a CPU stage yet
+                from thresher.harvest.vision import decode_images
+
+                batch = decode_images(batch, self.backbone_spec())
+            self.unreadable += int(np.sum(batch.get("unreadable", 0)))
+            block = self.backbone.harvest(batch)
+            self.forward_calls += 1
+            return block
         real = np.asarray(batch["example_id"]) >= 0  # filler rows of a short last batch
         example_id = np.asarray(batch["example_id"], dtype=np.int64)[real]
         lengths = np.asarray(batch["lengths"], dtype=np.int64)[real]
@@ -68,19 +105,29 @@ class Harvester:
             position=position.numpy().astype(np.int32),
         )
 
+    def backbone_spec(self) -> Any:
+        from thresher.harvest.vision import image_spec
+
+        return image_spec(self.source, self.base_dir)
+
     def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data UDF: each item is one input batch; one forward per item.
 
         Adds `forward_call` (int64 per row), unique to the forward that made the row across all
-        actors, so the pump can count forward calls.
+        actors, so the pump can count forward calls, and `unreadable` (int64 per row: the
+        batch's count of undecodable images on its first row, 0 elsewhere).
         """
-        n_items = len(items["example_id"])
-        blocks, calls = [], []
+        n_items = len(next(iter(items.values())))
+        blocks, calls, unreadable = [], [], []
         for i in range(n_items):
+            before = self.unreadable
             block = self.harvest({name: column[i] for name, column in items.items()})
             blocks.append(block)
             call_id = (self._nonce << 32) | self.forward_calls
             calls.append(np.full(len(block), call_id, dtype=np.int64))
+            skipped = np.zeros(len(block), dtype=np.int64)
+            skipped[:1] = self.unreadable - before
+            unreadable.append(skipped)
         if not blocks:
             block = ActivationBlock(acts=np.zeros((0, self.d_model), dtype=np.float32),
                                     example_id=np.zeros(0, dtype=np.int64),
@@ -90,4 +137,6 @@ class Harvester:
         columns = block.to_columns()
         columns["forward_call"] = (np.concatenate(calls) if calls
                                    else np.zeros(0, dtype=np.int64))
+        columns["unreadable"] = (np.concatenate(unreadable) if unreadable
+                                 else np.zeros(0, dtype=np.int64))
         return columns

@@ -1,4 +1,11 @@
-"""Inputs of a text stream: corpora, tokenised windows, input batches and the inputs manifest.
+"""Inputs of a stream: corpora, tokenised windows, input batches and the inputs manifest.
+
+`prepare_inputs` is the one entry point of both executors: it dispatches on the modality
+(text here; images in `thresher.harvest.vision`, EEG in `thresher.harvest.eeg`, a replayed
+cache in `thresher.harvest.cache`) and returns `Inputs`. Image batches hold references that
+`decode_batch` turns into pixels (the CPU stage); every other batch goes to the backbone as is.
+
+Text:
 
 A corpus is a list of (origin, text). `build_inputs` shuffles it with the run seed, tokenises
 texts in that order until `max_tokens` content tokens are cut, and cuts each text into windows
@@ -19,13 +26,24 @@ import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from thresher.analysis.parquet import INPUTS_SCHEMA
-from thresher.config import ConfigError, SourceConfig, resolve_globs
+from thresher.analysis.parquet import INPUTS_SCHEMA, write_table_atomic
+from thresher.config import (
+    EEG_BACKBONES,
+    IMAGE_BACKBONES,
+    TEXT_BACKBONES,
+    ConfigError,
+    SourceConfig,
+    resolve_globs,
+)
 from thresher.harvest.backbones import Tokenizer
+
+if TYPE_CHECKING:
+    from thresher.harvest.vision import ImageSpec
 
 # Standard-library folders that are not library code (tests, demos, the IDE, installed packages).
 _SKIP_DIRS = frozenset({"test", "tests", "idle_test", "idlelib", "turtledemo", "site-packages",
@@ -125,14 +143,41 @@ def read_text_files(paths: Sequence[str], base_dir: Path) -> list[tuple[str, str
     return texts
 
 
-def _corpus(source: SourceConfig, base_dir: Path) -> list[tuple[str, str]]:
+def read_token_files(paths: Sequence[str], base_dir: Path) -> list[tuple[str, list[int]]]:
+    """(file path, token ids) of every .npy file of integer ids named by `paths`, in order."""
+    found: list[tuple[str, list[int]]] = []
+    seen: set[Path] = set()
+    for pattern in paths:
+        matches = resolve_globs(pattern, Path(base_dir))
+        if not matches:
+            raise ConfigError(f"source.inputs.paths: no file matches {pattern!r} (relative paths "
+                              f"are read from {str(Path(base_dir).resolve())!r})")
+        for path in matches:
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                ids = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"source.inputs.paths: {str(path)!r} is not a .npy array of "
+                                  f"token ids ({exc})") from exc
+            if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+                raise ConfigError(f"source.inputs.paths: {str(path)!r} holds {ids.dtype} of "
+                                  f"shape {ids.shape}; token_files are 1-D integer arrays")
+            found.append((str(path), ids.astype(np.int64).tolist()))
+    return found
+
+
+def _corpus(source: SourceConfig, base_dir: Path) -> list[tuple[str, str | list[int]]]:
     inputs = source.inputs
     if inputs.kind == "python_docstrings":
-        return gather_python_docstrings()
+        return list(gather_python_docstrings())
     if inputs.kind == "text_files":
-        return read_text_files(inputs.paths, base_dir)
+        return list(read_text_files(inputs.paths, base_dir))
+    if inputs.kind == "token_files":
+        return list(read_token_files(inputs.paths, base_dir))
     raise ConfigError(f"source.inputs.kind {inputs.kind!r} is not a text input; "
-                      "valid: python_docstrings, text_files")
+                      "valid: python_docstrings, text_files, token_files")
 
 
 # --------------------------------------------------------------------------------------------
@@ -143,13 +188,17 @@ def _corpus(source: SourceConfig, base_dir: Path) -> list[tuple[str, str]]:
 @dataclass
 class Inputs:
     batches: list[dict[str, np.ndarray]]  # one per backbone forward, fixed shapes
-    manifest: pa.Table  # example_id, origin, text, token_ids (as fed, special tokens included)
+    # text: example_id, origin, text, token_ids (as fed, special tokens included); images and
+    # EEG: see IMAGE_INPUTS_SCHEMA / EEG_INPUTS_SCHEMA; a replayed store: the stored manifest.
+    manifest: pa.Table | None
     n_examples: int
-    n_tokens: int  # content tokens: the rows the harvest produces
+    n_tokens: int  # the rows the harvest produces (an estimate for images)
+    unreadable: int = 0  # inputs skipped while listing (a corrupt EDF); decoding counts more
+    decode: ImageSpec | None = None  # image batches hold references until decode_batch
 
 
-def _cut_windows(texts: list[tuple[str, str]], order: np.ndarray, tokenizer: Tokenizer,
-                 width: int, min_tokens: int,
+def _cut_windows(texts: list[tuple[str, str | list[int]]], order: np.ndarray,
+                 tokenizer: Tokenizer, width: int, min_tokens: int,
                  max_tokens: int | None) -> tuple[list[str], list[list[int]]]:
     """Content windows of the texts in `order`, stopping once `max_tokens` are cut."""
     origins: list[str] = []
@@ -158,7 +207,7 @@ def _cut_windows(texts: list[tuple[str, str]], order: np.ndarray, tokenizer: Tok
     budget = max_tokens if max_tokens is not None else float("inf")
     for i in order:
         origin, text = texts[int(i)]
-        ids = tokenizer.encode(text)
+        ids = list(text) if isinstance(text, list) else tokenizer.encode(text)
         for start in range(0, len(ids), width):
             window = ids[start:start + width]
             if len(window) < min_tokens:
@@ -240,3 +289,91 @@ def build_inputs(source: SourceConfig, seed: int, base_dir: Path,
     )
     return Inputs(batches=batches, manifest=manifest, n_examples=len(fed),
                   n_tokens=int(sum(len(w) for w in windows)))
+
+
+# --------------------------------------------------------------------------------------------
+# Every modality: the entry point both executors call
+# --------------------------------------------------------------------------------------------
+
+
+def modality(source: SourceConfig) -> str:
+    kind = source.backbone.kind
+    if kind in TEXT_BACKBONES:
+        return "text"
+    if kind in IMAGE_BACKBONES:
+        return "image"
+    if kind in EEG_BACKBONES:
+        return "eeg"
+    return "stored"
+
+
+def _image_rows_per_example(source: SourceConfig) -> int:
+    """Rows one image gives (for progress only; 1 where unknown without the model)."""
+    if source.hook == "embedding" or source.tokens == "cls":
+        return 1
+    backbone = source.backbone
+    try:
+        if backbone.kind == "open_clip":
+            from thresher.harvest.vision import _open_clip_model_cfg
+
+            vision = _open_clip_model_cfg(backbone)["vision_cfg"]
+            size, patch = int(vision.get("image_size", 224)), int(vision.get("patch_size", 0))
+        else:
+            from thresher.harvest.vision import _hf_vision_config
+
+            config = _hf_vision_config(backbone)
+            size, patch = int(config.image_size), int(config.patch_size)
+    except (ConfigError, TypeError, ValueError):
+        return 1
+    if patch <= 0:
+        return 1
+    return (size // patch) ** 2 + (1 if source.tokens == "all" else 0)
+
+
+def prepare_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
+    """The input batches and manifest of any source; the same for the same seed."""
+    kind = modality(source)
+    if kind == "text":
+        from thresher.harvest.backbones import load_tokenizer
+
+        return build_inputs(source, seed, base_dir, load_tokenizer(source.backbone))
+    if kind == "image":
+        from thresher.harvest.vision import build_image_inputs, image_spec
+
+        batches, manifest = build_image_inputs(source, seed, base_dir)
+        n = manifest.num_rows
+        return Inputs(batches=batches, manifest=manifest, n_examples=n,
+                      n_tokens=n * _image_rows_per_example(source),
+                      decode=image_spec(source, base_dir))
+    if kind == "eeg":
+        from thresher.harvest.eeg import build_eeg_inputs
+
+        batches, manifest, unreadable = build_eeg_inputs(source, seed, base_dir)
+        n = manifest.num_rows
+        per_window = (len(manifest.column("channels")[0]) *
+                      int(manifest.column("num_patches")[0].as_py())) if n else 0
+        return Inputs(batches=batches, manifest=manifest, n_examples=n,
+                      n_tokens=n * per_window, unreadable=unreadable)
+    from thresher.harvest.cache import build_stored_inputs
+
+    batches, stored_manifest, rows = build_stored_inputs(source, base_dir)
+    n = stored_manifest.num_rows if stored_manifest is not None else 0
+    return Inputs(batches=batches, manifest=stored_manifest, n_examples=n, n_tokens=rows)
+
+
+def decode_batch(inputs: Inputs, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The CPU stage for one batch: image references -> pixels; other batches pass through."""
+    if inputs.decode is None:
+        return batch
+    from thresher.harvest.vision import decode_images
+
+    return decode_images(batch, inputs.decode)
+
+
+def write_manifest(run_dir: str | Path, manifest: pa.Table | None) -> Path | None:
+    """inputs.parquet of the run: the text schema for text, the modality's own otherwise."""
+    if manifest is None:
+        return None
+    if manifest.schema.names == INPUTS_SCHEMA.names:
+        return write_table_atomic(manifest.cast(INPUTS_SCHEMA), Path(run_dir) / "inputs.parquet")
+    return write_table_atomic(manifest, Path(run_dir) / "inputs.parquet")

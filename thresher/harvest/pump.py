@@ -30,10 +30,12 @@ class HarvestCounters:
     rows: int = 0
     examples: set[int] = field(default_factory=set)
     seconds: float = 0.0
+    unreadable_inputs: int = 0  # images or recordings skipped because they could not be read
 
     def to_dict(self) -> dict[str, Any]:
         return {"forward_calls": self.forward_calls, "blocks": self.blocks, "rows": self.rows,
-                "examples": len(self.examples), "seconds": self.seconds}
+                "examples": len(self.examples), "seconds": self.seconds,
+                "unreadable_inputs": self.unreadable_inputs}
 
 
 class Pump(Generic[Handle]):
@@ -52,7 +54,9 @@ class Pump(Generic[Handle]):
         self.counters = HarvestCounters()
         self.harvest_done = False
 
-    def add(self, block: ActivationBlock, forward_calls: np.ndarray | None = None) -> None:
+    def add(self, block: ActivationBlock, forward_calls: np.ndarray | None = None,
+            unreadable: int = 0) -> None:
+        self.counters.unreadable_inputs += unreadable
         self.counters.blocks += 1
         self.counters.rows += len(block)
         self.counters.examples.update(np.unique(block.example_id).tolist())
@@ -123,17 +127,16 @@ def _stream_actor_cls() -> Any:
 
         def _harvest(self) -> dict[str, Any]:
             from thresher.config import config_dir
-            from thresher.harvest.backbones import load_tokenizer
             from thresher.harvest.harvester import Harvester
-            from thresher.harvest.inputs import build_inputs
-            from thresher.rundir import write_inputs_manifest
+            from thresher.harvest.inputs import prepare_inputs, write_manifest
+            from thresher.harvest.vision import decode_stage, decode_stage_remote_args
 
             start = time.perf_counter()
             source = self.stream.source
-            tokenizer = load_tokenizer(source.backbone)
-            inputs = build_inputs(source, self.cfg.run.seed, config_dir(self.cfg), tokenizer)
-            write_inputs_manifest(self.run_dir, inputs.manifest)
+            inputs = prepare_inputs(source, self.cfg.run.seed, config_dir(self.cfg))
+            write_manifest(self.run_dir, inputs.manifest)
             self.planned_rows = inputs.n_tokens
+            self.pump.counters.unreadable_inputs += inputs.unreadable
 
             ctx = ray.data.DataContext.get_current()
             ctx.execution_options.preserve_order = True  # identical chunks on every run
@@ -144,10 +147,16 @@ def _stream_actor_cls() -> Any:
             # trainers start on the first chunk instead of waiting for a bundle of forwards.
             ds = ray.data.from_items(inputs.batches,
                                      override_num_blocks=max(1, len(inputs.batches)))
+            if inputs.decode is not None:
+                # Decode and preprocess images in CPU tasks ahead of the backbone actors.
+                ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode},
+                                    batch_size=1, num_cpus=1,
+                                    ray_remote_args_fn=decode_stage_remote_args)
             ds = ds.map_batches(
                 Harvester,
                 fn_constructor_kwargs={"source": source, "device": _device(res.gpus_per_harvester),
-                                       "threads": torch_threads(self.cfg, "harvester")},
+                                       "threads": torch_threads(self.cfg, "harvester"),
+                                       "base_dir": str(config_dir(self.cfg))},
                 batch_size=1,
                 num_cpus=res.cpus_per_harvester,
                 num_gpus=res.gpus_per_harvester,
@@ -155,9 +164,10 @@ def _stream_actor_cls() -> Any:
             )
             for cols in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 forward = cols.pop("forward_call")
+                unreadable = int(np.sum(cols.pop("unreadable", 0)))
                 block = ActivationBlock.from_columns(cols)
                 with self.lock:
-                    self.pump.add(block, forward)
+                    self.pump.add(block, forward, unreadable)
                     self.lock.notify_all()
                     while self.pump.pending and self.error is None:
                         self.lock.wait(timeout=1.0)  # backpressure: the log is full

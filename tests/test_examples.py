@@ -1,0 +1,118 @@
+"""Every example config runs through `thresher run` to Parquet statistics (inline; one on Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+import thresher
+from thresher.analysis.parquet import SUMMARY_SCHEMA
+from thresher.cli import main as cli_main
+
+from .test_vision import TINY_CLIP
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _example(name: str, out: Path, **sections: Any) -> Path:
+    """The example's config with its run written under `out` (and any section overridden)."""
+    cfg = yaml.safe_load((EXAMPLES / name).read_text())
+    cfg["run"]["out"] = str(out)
+    for key, value in sections.items():
+        cfg[key] = {**cfg.get(key, {}), **value}
+    path = out / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _check_run(run_dir: Path) -> dict[str, Any]:
+    summary = pq.read_table(run_dir / "stats" / "summary.parquet")
+    assert summary.schema.equals(SUMMARY_SCHEMA)
+    assert summary.num_rows >= 2 and min(summary.column("fve").to_pylist()) > 0.0
+    assert (run_dir / "stats" / "features.parquet").is_file()
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "complete"
+    return record
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_image_folder",
+                                                  EXAMPLES / "make_image_folder.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_image_folder(tmp_path_factory.mktemp("data") / "images")
+
+
+@pytest.mark.parametrize("name", ["text_minilm.yaml", "text_transformer_lens.yaml",
+                                  "eeg_patchtst.yaml"])
+def test_example_runs_to_parquet(name: str, tmp_path: Path) -> None:
+    config = _example(name, tmp_path)
+    assert cli_main(["run", str(config), "--inline", "--no-progress"]) == 0
+    run_name = yaml.safe_load(config.read_text())["run"]["name"]
+    _check_run(tmp_path / run_name)
+
+
+def test_image_example_runs_with_its_labels(image_folder: Path, tmp_path: Path) -> None:
+    config = _example("images_open_clip.yaml", tmp_path,
+                      source={**yaml.safe_load((EXAMPLES / "images_open_clip.yaml").read_text())
+                              ["source"], "inputs": {"kind": "image_folder",
+                                                     "paths": [str(image_folder)]}})
+    assert cli_main(["run", str(config), "--inline", "--no-progress"]) == 0
+    run_dir = tmp_path / "images-open-clip"
+    record = _check_run(run_dir)
+    manifest = pq.read_table(run_dir / "inputs.parquet").to_pylist()
+    assert len(manifest) == 48 and record["harvest"]["unreadable_inputs"] == 0
+    assert {r["label_name"] for r in manifest} == {p.name for p in image_folder.iterdir()}
+
+
+def test_stored_example_replays_a_harvest(tmp_path: Path) -> None:
+    eeg = _example("eeg_patchtst.yaml", tmp_path)
+    assert cli_main(["harvest", str(eeg), "--out", str(tmp_path / "runs" / "eeg-cache")]) == 0
+    replay = _example("stored_replay.yaml", tmp_path)  # model: ../runs/eeg-cache from tmp/x
+    cfg = yaml.safe_load(replay.read_text())
+    cfg["source"]["backbone"]["model"] = str(tmp_path / "runs" / "eeg-cache")
+    replay.write_text(yaml.safe_dump(cfg))
+    assert cli_main(["run", str(replay), "--inline", "--no-progress"]) == 0
+    _check_run(tmp_path / "eeg-replay")
+
+
+def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
+        ray_session: Any, image_folder: Path, tmp_path: Path) -> None:
+    """The one Ray run: CPU decode stage -> backbone actors; same rows as inline."""
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(image_folder, folder)
+    (folder / "camera" / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    cfg: dict[str, Any] = {
+        "run": {"name": "ray-images", "out": str(tmp_path), "seed": 0},
+        "source": {"backbone": {"kind": "open_clip", "model": "ViT-B-32", "config": TINY_CLIP},
+                   "hook": "layer.1", "inputs": {"kind": "image_folder", "paths": [str(folder)]},
+                   "batch_size": 8},
+        "stream": {"chunk_rows": 128, "capacity_chunks": 8, "mix_chunks": 2,
+                   "holdout_rows": 128, "norm_rows": 128},
+        # More rows wanted than 48 images give: every image is harvested (and counted).
+        "train": {"batch_size": 64, "tokens": 1024, "checkpoint_every": 4, "warmup_steps": 1,
+                  "d_sae": 64, "k": 8},
+        "sweep": [{"arch": "topk", "k": [4, 8]}],
+        "resources": {"harvesters": 1, "trainers": 1, "cpus_per_harvester": 1,
+                      "cpus_per_trainer": 0, "harvester_threads": 1, "trainer_threads": 1},
+    }
+    ray_dir = thresher.run(cfg, progress=False)
+    inline_dir = thresher.run({**cfg, "run": {**cfg["run"], "name": "inline-images"}},
+                              inline=True, progress=False)
+    ray_record, inline_record = _check_run(ray_dir), _check_run(inline_dir)
+    assert ray_record["harvest"]["unreadable_inputs"] == 1
+    assert inline_record["harvest"]["unreadable_inputs"] == 1
+    weights = "saes/00-topk-k4/sae_weights.safetensors"
+    assert (ray_dir / weights).read_bytes() == (inline_dir / weights).read_bytes()

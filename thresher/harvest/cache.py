@@ -1,0 +1,445 @@
+"""The activation cache: harvest once into a store, replay it as a stream many times.
+
+Two layouts, read the same way by `open_store` (and so by the `stored` source):
+
+- **LMDB** (written by `thresher harvest CONFIG`): a folder holding ``data.mdb``. Keys:
+  ``header`` (JSON: format, format_version, dtype, byte order, d, backbone, hook, source,
+  columns, n_blocks, n_rows, complete), ``manifest`` (the inputs manifest as Parquet bytes),
+  ``harvest`` (JSON counters) and per block ``block/<8 digits>/<column>`` (raw little-endian
+  array bytes: acts [rows, d], example_id int64, position int32, optional label int64) with
+  ``block/<8 digits>/meta`` (JSON: rows and a CRC32 per column). No pickle anywhere.
+- **A folder of .npy shards**: ``<stem>.npy`` holds acts [rows, d] (sorted by name); optional
+  ``<stem>.example_id.npy``, ``<stem>.position.npy``, ``<stem>.label.npy`` hold the metadata
+  (absent: example_id = global row index, position 0) and an optional ``header.json`` the hook.
+
+A truncated, incomplete or corrupt store raises `StoreError` saying which and what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from thresher.block import ActivationBlock
+from thresher.config import Config, ConfigError, SourceConfig
+
+STORE_FORMAT = "thresher-activations"
+STORE_FORMAT_VERSION = 1
+_COLUMNS = {"example_id": "<i8", "position": "<i4", "label": "<i8"}
+_SHARD_META = ("example_id", "position", "label")
+DEFAULT_MAP_SIZE = 1 << 40  # LMDB's address-space reservation; the file grows as written
+
+
+class StoreError(ConfigError):
+    """An activation store that cannot be replayed; the message says why and what to do."""
+
+
+def _block_key(i: int, column: str) -> bytes:
+    return f"block/{i:08d}/{column}".encode()
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StoreWriter:
+    """Appends ActivationBlocks to an LMDB store; `close` marks it complete."""
+
+    path: Path
+    backbone: dict[str, Any]
+    hook: str
+    source: dict[str, Any]
+    map_size: int = DEFAULT_MAP_SIZE
+    n_blocks: int = 0
+    n_rows: int = 0
+    d: int | None = None
+    labelled: bool | None = None
+    bf16: bool = False
+    _env: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        import lmdb
+
+        self.path = Path(self.path)
+        if (self.path / "data.mdb").exists():
+            raise StoreError(f"{str(self.path)!r} already holds an activation store; remove it "
+                             "or choose another --out")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._env = lmdb.open(str(self.path), map_size=self.map_size, subdir=True,
+                              metasync=False, sync=False)
+        self._put({b"header": json.dumps(self._header(complete=False)).encode()})
+
+    def _header(self, complete: bool) -> dict[str, Any]:
+        acts = "<i2" if self.bf16 else "<f4"
+        return {"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION,
+                "dtype": "bfloat16" if self.bf16 else "float32", "byteorder": "little",
+                "d": self.d, "backbone": self.backbone, "hook": self.hook, "source": self.source,
+                "columns": {"acts": acts, **_COLUMNS}, "labelled": bool(self.labelled),
+                "n_blocks": self.n_blocks, "n_rows": self.n_rows, "complete": complete}
+
+    def _put(self, items: dict[bytes, bytes]) -> None:
+        with self._env.begin(write=True) as txn:
+            for key, value in items.items():
+                txn.put(key, value)
+
+    def add(self, block: ActivationBlock) -> None:
+        if len(block) == 0:
+            return
+        if self.d is None:
+            self.d, self.labelled, self.bf16 = block.d, block.label is not None, block.bf16
+        if block.d != self.d or (block.label is not None) != self.labelled:
+            raise ValueError("every block of a store must have the same width and columns")
+        columns = {"acts": np.ascontiguousarray(block.acts, dtype="<i2" if self.bf16 else "<f4"),
+                   "example_id": np.ascontiguousarray(block.example_id, dtype="<i8"),
+                   "position": np.ascontiguousarray(block.position, dtype="<i4")}
+        if block.label is not None:
+            columns["label"] = np.ascontiguousarray(block.label, dtype="<i8")
+        raw = {name: array.tobytes() for name, array in columns.items()}
+        meta = {"rows": len(block), "crc32": {name: zlib.crc32(b) for name, b in raw.items()}}
+        items = {_block_key(self.n_blocks, name): b for name, b in raw.items()}
+        items[_block_key(self.n_blocks, "meta")] = json.dumps(meta).encode()
+        self._put(items)
+        self.n_blocks += 1
+        self.n_rows += len(block)
+
+    def close(self, manifest: pa.Table | None = None,
+              counters: dict[str, Any] | None = None) -> Path:
+        items = {b"header": json.dumps(self._header(complete=True)).encode()}
+        if manifest is not None:
+            sink = io.BytesIO()
+            pq.write_table(manifest, sink)
+            items[b"manifest"] = sink.getvalue()
+        if counters is not None:
+            items[b"harvest"] = json.dumps(counters, default=str).encode()
+        self._put(items)
+        self._env.sync(True)
+        self._env.close()
+        return self.path
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+# py-lmdb allows one open environment per file and process: readers share it, counted.
+_ENVS: dict[str, tuple[Any, int]] = {}
+
+
+def _acquire_env(path: Path) -> Any:
+    import lmdb
+
+    key = str(path.resolve())
+    if key in _ENVS:
+        env, count = _ENVS[key]
+        _ENVS[key] = (env, count + 1)
+        return env
+    env = lmdb.open(key, readonly=True, lock=False, subdir=True, readahead=False,
+                    max_readers=512)
+    _ENVS[key] = (env, 1)
+    return env
+
+
+def _release_env(path: Path) -> None:
+    key = str(path.resolve())
+    if key not in _ENVS:
+        return
+    env, count = _ENVS[key]
+    if count <= 1:
+        del _ENVS[key]
+        env.close()
+    else:
+        _ENVS[key] = (env, count - 1)
+
+
+class LmdbStore:
+    """A complete LMDB store, checked on open; blocks are verified as they are read."""
+
+    def __init__(self, path: str | Path) -> None:
+        import lmdb
+
+        self.path = Path(path)
+        self._env: Any = None
+        data = self.path / "data.mdb"
+        if not data.is_file():
+            raise StoreError(f"{str(self.path)!r} is not an activation store: it has no "
+                             "data.mdb; write one with `thresher harvest CONFIG`")
+        try:
+            self._env = _acquire_env(self.path)
+        except lmdb.Error as exc:
+            raise StoreError(f"the activation store {str(self.path)!r} is corrupt or truncated "
+                             f"(lmdb: {exc}); harvest it again") from exc
+        try:
+            self._check(data)
+        except BaseException:
+            self.close()  # never keep a mapping of a file that failed its checks
+            raise
+
+    def _check(self, data: Path) -> None:
+        import lmdb
+
+        try:
+            info, stat = self._env.info(), self._env.stat()
+        except lmdb.Error as exc:
+            raise StoreError(f"the activation store {str(self.path)!r} is corrupt or truncated "
+                             f"(lmdb: {exc}); harvest it again") from exc
+        # LMDB maps the file; a page past its end would crash the process (SIGBUS), so a file
+        # shorter than the pages the store says it uses is refused up front.
+        needed = (int(info["last_pgno"]) + 1) * int(stat["psize"])
+        if data.stat().st_size < needed:
+            raise StoreError(f"the activation store {str(self.path)!r} is truncated: data.mdb "
+                             f"has {data.stat().st_size} bytes but its pages need {needed}; "
+                             "harvest it again")
+        raw = self._get(b"header")
+        if raw is None:
+            raise StoreError(f"{str(self.path)!r} is an LMDB but not a thresher activation "
+                             "store (no header)")
+        try:
+            self.header: dict[str, Any] = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(f"the header of {str(self.path)!r} is corrupt ({exc})") from exc
+        if self.header.get("format") != STORE_FORMAT:
+            raise StoreError(f"{str(self.path)!r} is not a thresher activation store")
+        if self.header.get("format_version") != STORE_FORMAT_VERSION:
+            raise StoreError(f"{str(self.path)!r} has format_version "
+                             f"{self.header.get('format_version')}; this thresher reads "
+                             f"{STORE_FORMAT_VERSION}")
+        if not self.header.get("complete"):
+            raise StoreError(f"the activation store {str(self.path)!r} is incomplete: the "
+                             "harvest that wrote it did not finish; harvest it again")
+        self.n_blocks = int(self.header["n_blocks"])
+        self.d = int(self.header["d"] or 0)
+        self.hook = str(self.header["hook"])
+        self.bf16 = self.header["dtype"] == "bfloat16"
+
+    def _get(self, key: bytes) -> bytes | None:
+        import lmdb
+
+        try:
+            with self._env.begin(buffers=False) as txn:
+                value = txn.get(key)
+        except lmdb.Error as exc:
+            raise StoreError(f"the activation store {str(self.path)!r} is corrupt (lmdb: "
+                             f"{exc}); harvest it again") from exc
+        return None if value is None else bytes(value)
+
+    def block(self, i: int) -> ActivationBlock:
+        meta_raw = self._get(_block_key(i, "meta"))
+        if meta_raw is None:
+            raise StoreError(f"the activation store {str(self.path)!r} is truncated: block {i} "
+                             f"of {self.n_blocks} is missing; harvest it again")
+        meta = json.loads(meta_raw)
+        rows = int(meta["rows"])
+        columns: dict[str, np.ndarray] = {}
+        for name, dtype in self.header["columns"].items():
+            if name == "label" and not self.header["labelled"]:
+                continue
+            raw = self._get(_block_key(i, name))
+            if raw is None or zlib.crc32(raw) != meta["crc32"][name]:
+                what = "is missing" if raw is None else "fails its checksum"
+                raise StoreError(f"the activation store {str(self.path)!r} is corrupt: column "
+                                 f"{name!r} of block {i} {what}; harvest it again")
+            array = np.frombuffer(raw, dtype=dtype)
+            columns[name] = array.reshape(rows, self.d) if name == "acts" else array
+        return ActivationBlock(acts=columns["acts"], example_id=columns["example_id"],
+                               position=columns["position"], label=columns.get("label"),
+                               bf16=self.bf16)
+
+    def manifest(self) -> pa.Table | None:
+        raw = self._get(b"manifest")
+        return None if raw is None else pq.read_table(pa.BufferReader(raw))
+
+    def close(self) -> None:
+        if self._env is not None:
+            self._env = None
+            _release_env(self.path)
+
+
+class NpyShardStore:
+    """A folder of .npy shards (acts [rows, d] per file, optional metadata siblings)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.shards = sorted(p for p in self.path.glob("*.npy") if p.name.count(".") == 1)
+        if not self.shards:
+            raise StoreError(f"{str(self.path)!r} holds no .npy shard (<name>.npy, acts of shape "
+                             "[rows, d])")
+        header = self.path / "header.json"
+        self.header: dict[str, Any] = json.loads(header.read_text()) if header.is_file() else {}
+        self.hook = str(self.header.get("hook", ""))
+        self.n_blocks = len(self.shards)
+        self.bf16 = False
+        self._offsets = [0]
+        for shard in self.shards:
+            acts = self._load(shard, mmap=True)
+            if acts.ndim != 2:
+                raise StoreError(f"shard {str(shard)!r} has shape {acts.shape}, not [rows, d]")
+            self._offsets.append(self._offsets[-1] + len(acts))
+        self.d = int(self._load(self.shards[0], mmap=True).shape[1])
+
+    @staticmethod
+    def _load(path: Path, mmap: bool = False) -> np.ndarray:
+        try:
+            return np.load(path, allow_pickle=False, mmap_mode="r" if mmap else None)
+        except (ValueError, OSError, EOFError) as exc:
+            raise StoreError(f"shard {str(path)!r} is corrupt or truncated ({exc})") from exc
+
+    def block(self, i: int) -> ActivationBlock:
+        shard = self.shards[i]
+        acts = np.asarray(self._load(shard), dtype=np.float32)
+        n = len(acts)
+        columns: dict[str, np.ndarray] = {}
+        for name in _SHARD_META:
+            side = shard.with_name(f"{shard.stem}.{name}.npy")
+            if side.is_file():
+                columns[name] = self._load(side)
+                if len(columns[name]) != n:
+                    raise StoreError(f"{str(side)!r} has {len(columns[name])} rows but its "
+                                     f"shard has {n}")
+        return ActivationBlock(
+            acts=acts,
+            example_id=columns.get("example_id",
+                                   np.arange(self._offsets[i], self._offsets[i] + n)),
+            position=columns.get("position", np.zeros(n, dtype=np.int32)),
+            label=columns.get("label"))
+
+    def manifest(self) -> pa.Table | None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def open_store(path: str | Path) -> LmdbStore | NpyShardStore:
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise StoreError(f"activation store {str(p)!r} does not exist; write one with "
+                         "`thresher harvest CONFIG` or point at a folder of .npy shards")
+    if (p / "data.mdb").exists():
+        return LmdbStore(p)
+    return NpyShardStore(p)
+
+
+def iter_store(path: str | Path) -> Iterator[ActivationBlock]:
+    store = open_store(path)
+    try:
+        for i in range(store.n_blocks):
+            yield store.block(i)
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------------------------
+# The `stored` source
+# --------------------------------------------------------------------------------------------
+
+
+def store_path(source: SourceConfig, base_dir: Path) -> Path:
+    p = Path(source.backbone.model).expanduser()
+    return p if p.is_absolute() else Path(base_dir) / p
+
+
+class StoredBackbone:
+    """Replays a store: the 'forward' of input batch {"block": [i]} is reading block i."""
+
+    n_ctx: int | None = None
+
+    def __init__(self, source: SourceConfig, base_dir: Path) -> None:
+        self.store = open_store(store_path(source, base_dir))
+        check_stored_hook(source, self.store.hook)
+        self.d_model = self.store.d
+
+    def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
+        return self.store.block(int(np.asarray(batch["block"]).reshape(-1)[0]))
+
+
+def check_stored_hook(source: SourceConfig, stored_hook: str) -> None:
+    if source.hook and stored_hook and source.hook != stored_hook:
+        raise ConfigError(f"source.hook is {source.hook!r} but the store holds hook "
+                          f"{stored_hook!r}; set source.hook to {stored_hook!r}")
+
+
+def build_stored_inputs(source: SourceConfig, base_dir: Path
+                        ) -> tuple[list[dict[str, np.ndarray]], pa.Table | None, int]:
+    """One input batch per stored block, in stored order; the stored manifest; rows."""
+    store = open_store(store_path(source, base_dir))
+    try:
+        check_stored_hook(source, store.hook)
+        batches = [{"block": np.array([i], dtype=np.int64)} for i in range(store.n_blocks)]
+        rows = int(store.header.get("n_rows", 0)) if isinstance(store, LmdbStore) else int(
+            store._offsets[-1])
+        return batches, store.manifest(), rows
+    finally:
+        store.close()
+
+
+# --------------------------------------------------------------------------------------------
+# `thresher harvest`
+# --------------------------------------------------------------------------------------------
+
+
+def default_store_path(cfg: Config) -> Path:
+    from thresher.config import run_dir_of
+
+    return Path(run_dir_of(cfg)) / "activations"
+
+
+def harvest_to_store(cfg: Config, out: str | Path | None = None,
+                     map_size: int = DEFAULT_MAP_SIZE) -> Path:
+    """Harvest the config's source once (every input, in stream order) into an LMDB store."""
+    import time
+
+    from thresher.config import config_dir, torch_threads
+    from thresher.harvest.harvester import Harvester
+    from thresher.harvest.inputs import decode_batch, prepare_inputs
+
+    source = cfg.source
+    if source.backbone.kind == "stored":
+        raise ConfigError("source.backbone.kind is 'stored': that source already replays a "
+                          "store; harvest a config with a model backbone")
+    path = Path(out) if out is not None else default_store_path(cfg)
+    start = time.perf_counter()
+    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
+    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"),
+                          base_dir=config_dir(cfg))
+    from thresher.config import _to_plain
+
+    writer = StoreWriter(path, backbone=_to_plain(source.backbone), hook=source.hook,
+                         source=_to_plain(source), map_size=map_size)
+    unreadable = inputs.unreadable
+    try:
+        for item in inputs.batches:
+            batch = decode_batch(inputs, item)
+            unreadable += int(np.sum(batch.get("unreadable", 0)))
+            writer.add(harvester.harvest(batch))
+    except BaseException:
+        writer._env.close()  # leave it incomplete: the header says so and replay refuses it
+        raise
+    counters = {"forward_calls": harvester.forward_calls, "rows": writer.n_rows,
+                "blocks": writer.n_blocks, "unreadable_inputs": unreadable,
+                "seconds": time.perf_counter() - start}
+    return writer.close(inputs.manifest, counters)
+
+
+def harvest_and_describe(config: Any, out: str | None = None) -> str:
+    """`thresher harvest`: harvest into a store, then one line saying what it holds."""
+    from thresher.config import load_config
+
+    path = harvest_to_store(load_config(config), out)
+    store = open_store(path)
+    try:
+        return (f"activation store: {path} ({store.header['n_rows']} rows x {store.d}, "
+                f"{store.n_blocks} blocks, hook {store.hook!r})")
+    finally:
+        store.close()

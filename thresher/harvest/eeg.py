@@ -1,0 +1,330 @@
+"""EEG: recordings (.npy, EDF, spkit's sample), windows, and the PatchTST backbone.
+
+A recording is channels x time. Windows of `inputs.context` samples are cut every
+`inputs.stride` samples (optionally standardised per channel, `scaling: window`); one window is
+one example. PatchTST turns a window into (channel, patch) tokens; each token is one row with
+example_id = the window and position = channel * num_patches + patch. The inputs manifest names
+each window's recording, its index in the recording, its first sample and the channel names.
+
+A recording that cannot be read (a corrupt EDF, a malformed .npy) is skipped and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from thresher.block import ActivationBlock
+from thresher.config import BackboneConfig, ConfigError, SourceConfig, resolve_globs
+
+SPKIT_SAMPLE_RATE = 128  # Hz, as spkit's own loader says
+EEG_INPUTS_SCHEMA = pa.schema([
+    ("example_id", pa.int64()),
+    ("origin", pa.string()),  # the recording's file
+    ("recording", pa.string()),
+    ("window", pa.int64()),  # index of the window within its recording
+    ("start", pa.int64()),  # first sample of the window
+    ("length", pa.int64()),  # samples in the window
+    ("channels", pa.list_(pa.string())),  # channel names; a row's channel indexes this list
+    ("num_patches", pa.int32()),  # position = channel * num_patches + patch
+])
+
+
+@dataclass
+class Recording:
+    name: str
+    origin: str
+    signals: np.ndarray  # float32 [channels, time]
+    channels: list[str]
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the hooked layer ran."""
+
+
+# --------------------------------------------------------------------------------------------
+# Recordings
+# --------------------------------------------------------------------------------------------
+
+
+def spkit_eeg_sample() -> Recording:
+    """The 14-channel, 16 s Emotiv recording shipped by spkit (PhyAAt), at 128 Hz.
+
+    Read the way spkit's own `sp.data.eeg_sample_14ch()` reads it (a pickle of a numpy array and
+    the channel names inside the installed package), without importing spkit, whose import
+    pulls in matplotlib, seaborn and more. This is spkit's shipped file, never one we wrote.
+    """
+    spec = importlib.util.find_spec("spkit")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError("source.inputs.kind 'spkit_eeg_sample' needs the spkit package: "
+                          "pip install spkit (or `pip install --no-deps spkit` for the data only)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "files" / "EEG16SecData.pkl"
+    with path.open("rb") as f:
+        signals, names = pickle.load(f)  # spkit's own data file (plain arrays and a list)
+    return Recording(name="spkit_eeg_sample_14ch", origin=str(path),
+                     signals=np.asarray(signals, dtype=np.float32).T.copy(),
+                     channels=[str(n) for n in names])
+
+
+def read_npy(path: Path) -> Recording:
+    signals = np.load(path, allow_pickle=False)
+    if signals.ndim != 2:
+        raise ValueError(f"{str(path)!r} holds shape {signals.shape}, not channels x time")
+    channels = [f"ch{i}" for i in range(signals.shape[0])]
+    return Recording(name=path.stem, origin=str(path), signals=signals.astype(np.float32),
+                     channels=channels)
+
+
+def read_edf(path: Path) -> Recording:
+    import pyedflib
+
+    with pyedflib.EdfReader(str(path)) as reader:
+        labels = [str(x).strip() for x in reader.getSignalLabels()]
+        rates = [float(reader.getSampleFrequency(i)) for i in range(reader.signals_in_file)]
+        lengths = [int(n) for n in reader.getNSamples()]
+        keep = [i for i in range(len(labels)) if rates[i] == rates[0]
+                and lengths[i] == lengths[0]]
+        signals = np.stack([reader.readSignal(i) for i in keep]).astype(np.float32)
+    return Recording(name=path.stem, origin=str(path), signals=signals,
+                     channels=[labels[i] for i in keep])
+
+
+def _select_channels(rec: Recording, wanted: tuple[str, ...]) -> Recording:
+    if not wanted:
+        return rec
+    index = {name: i for i, name in enumerate(rec.channels)}
+    missing = [name for name in wanted if name not in index]
+    if missing:
+        raise ConfigError(f"source.inputs.channels: {missing} are not channels of "
+                          f"{rec.origin!r}; its channels: {', '.join(rec.channels)}")
+    rows = [index[name] for name in wanted]
+    return Recording(rec.name, rec.origin, rec.signals[rows], list(wanted))
+
+
+def read_recordings(source: SourceConfig, base_dir: Path) -> tuple[list[Recording], list[str]]:
+    """(readable recordings in path order, unreadable files)."""
+    cfg = source.inputs
+    if cfg.kind == "spkit_eeg_sample":
+        return [_select_channels(spkit_eeg_sample(), cfg.channels)], []
+    reader = read_edf if cfg.kind == "edf" else read_npy
+    recordings: list[Recording] = []
+    unreadable: list[str] = []
+    seen: set[Path] = set()
+    for pattern in cfg.paths:
+        matches = resolve_globs(pattern, Path(base_dir))
+        if not matches:
+            raise ConfigError(f"source.inputs.paths: no file matches {pattern!r} (relative "
+                              f"paths are read from {str(Path(base_dir).resolve())!r})")
+        for path in matches:
+            if path in seen:
+                continue
+            seen.add(path)
+            try:
+                rec = reader(path)
+            except (OSError, ValueError) as exc:  # pyedflib raises OSError for a bad header
+                unreadable.append(f"{path}: {exc}")
+                continue
+            recordings.append(_select_channels(rec, cfg.channels))
+    return recordings, unreadable
+
+
+# --------------------------------------------------------------------------------------------
+# Windows
+# --------------------------------------------------------------------------------------------
+
+
+def patchtst_config(cfg: BackboneConfig) -> Any:
+    from transformers import PatchTSTConfig
+
+    if cfg.config is not None:
+        try:
+            return PatchTSTConfig(**cfg.config)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"source.backbone.config: {exc}") from exc
+    folder = Path(cfg.model).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"source.backbone.model {cfg.model!r} is not a local folder; patchtst "
+                          "loads a save_pretrained folder (of PatchTSTModel or a PatchTST head "
+                          "model) or builds random weights from `config`")
+    return PatchTSTConfig.from_pretrained(str(folder), local_files_only=True)
+
+
+def num_patches(config: Any) -> int:
+    return (int(config.context_length) - int(config.patch_length)) // int(config.patch_stride) + 1
+
+
+def cut_windows(signals: np.ndarray, context: int, stride: int,
+                scaling: str) -> tuple[np.ndarray, np.ndarray]:
+    """(windows [n, context, channels] float32, start samples) of one recording."""
+    n_channels, length = signals.shape
+    starts = np.arange(0, length - context + 1, stride, dtype=np.int64)
+    windows = np.stack([signals[:, s:s + context].T for s in starts]) if len(starts) else \
+        np.zeros((0, context, n_channels), dtype=np.float32)
+    if scaling == "window" and len(windows):
+        mean = windows.mean(axis=1, keepdims=True)
+        std = windows.std(axis=1, keepdims=True)
+        windows = (windows - mean) / np.maximum(std, 1e-8)
+    return windows.astype(np.float32), starts
+
+
+def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
+                     ) -> tuple[list[dict[str, np.ndarray]], pa.Table, int]:
+    """Input batches of windows (seeded order), the manifest, and the unreadable-file count."""
+    cfg = source.inputs
+    config = patchtst_config(source.backbone)
+    if int(config.context_length) != cfg.context:
+        raise ConfigError(f"source.inputs.context is {cfg.context} but the PatchTST model takes "
+                          f"windows of context_length {config.context_length}; set them equal")
+    recordings, unreadable = read_recordings(source, base_dir)
+    stride = cfg.stride or cfg.context
+    windows, meta = [], []
+    for rec in recordings:
+        if rec.signals.shape[0] != int(config.num_input_channels):
+            raise ConfigError(
+                f"{rec.origin!r} has {rec.signals.shape[0]} channels but the PatchTST model "
+                f"takes num_input_channels={config.num_input_channels}; pick channels with "
+                "source.inputs.channels or change the model")
+        w, starts = cut_windows(rec.signals, cfg.context, stride, cfg.scaling)
+        windows.append(w)
+        meta.extend((rec, i, int(s)) for i, s in enumerate(starts))
+    if not meta:
+        raise ConfigError(f"the EEG inputs ({cfg.kind}) gave no window of {cfg.context} samples"
+                          f"{' (unreadable: ' + '; '.join(unreadable) + ')' if unreadable else ''}"
+                          "; add recordings or lower source.inputs.context")
+    values = np.concatenate(windows)
+    order = np.random.default_rng(seed).permutation(len(meta))
+    if cfg.max_examples is not None:
+        order = order[: cfg.max_examples]
+    bs = source.batch_size
+    batches = []
+    for start in range(0, len(order), bs):
+        rows = order[start:start + bs]
+        batch_values = np.zeros((bs, *values.shape[1:]), dtype=np.float32)
+        batch_values[: len(rows)] = values[rows]
+        example_id = np.full(bs, -1, dtype=np.int64)
+        example_id[: len(rows)] = np.arange(start, start + len(rows))
+        batches.append({"values": batch_values, "example_id": example_id})
+    chosen = [meta[i] for i in order]
+    manifest = pa.table({
+        "example_id": pa.array(np.arange(len(chosen), dtype=np.int64)),
+        "origin": pa.array([rec.origin for rec, _, _ in chosen], type=pa.string()),
+        "recording": pa.array([rec.name for rec, _, _ in chosen], type=pa.string()),
+        "window": pa.array([w for _, w, _ in chosen], type=pa.int64()),
+        "start": pa.array([s for _, _, s in chosen], type=pa.int64()),
+        "length": pa.array([cfg.context] * len(chosen), type=pa.int64()),
+        "channels": pa.array([rec.channels for rec, _, _ in chosen],
+                             type=pa.list_(pa.string())),
+        "num_patches": pa.array([num_patches(config)] * len(chosen), type=pa.int32()),
+    }, schema=EEG_INPUTS_SCHEMA)
+    return batches, manifest, len(unreadable)
+
+
+# --------------------------------------------------------------------------------------------
+# Backbone
+# --------------------------------------------------------------------------------------------
+
+
+class PatchTSTBackbone:
+    """transformers PatchTSTModel cut after the hooked encoder layer; rows = (channel, patch).
+
+    Hooks: ``embeddings`` (patch embedding + positions: ``hidden_states[0]``) or ``layer.N``
+    (output of encoder layer N: ``hidden_states[N + 1]``, or ``last_hidden_state`` for the
+    last layer, since PatchTST's ``hidden_states`` hold each layer's input).
+    """
+
+    n_ctx: int | None = None
+
+    def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
+        from transformers import PatchTSTModel
+
+        from thresher.harvest.backbones import _hub_offline, _seeded
+
+        cfg = source.backbone
+        config = patchtst_config(cfg)
+        if cfg.config is not None:
+            with _seeded():
+                model = PatchTSTModel(config)
+        else:
+            try:
+                with _hub_offline():
+                    model = PatchTSTModel.from_pretrained(str(Path(cfg.model).expanduser()),
+                                                          local_files_only=True)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"source.backbone.model {cfg.model!r}: cannot load a "
+                                  f"PatchTST checkpoint ({str(exc)[:300]})") from exc
+        if getattr(model, "do_mask_input", False):
+            model.do_mask_input = False  # random patch masking is for pre-training only
+            model.masking = torch.nn.Identity()
+        n_layers = int(config.num_hidden_layers)
+        valid = ["embeddings"] + [f"layer.{i}" for i in range(n_layers)]
+        match = re.fullmatch(r"layer\.(\d+)", source.hook)
+        if source.hook != "embeddings" and (match is None or int(match.group(1)) >= n_layers):
+            raise ConfigError(f"source.hook {source.hook!r} is not a hook of this {n_layers}-"
+                              f"layer PatchTST model; valid hooks: {', '.join(valid)}")
+        layers = model.encoder.layers
+        if match:
+            layers[int(match.group(1))].register_forward_hook(self._capture_output)
+        else:
+            layers[0].register_forward_pre_hook(self._capture_input, with_kwargs=True)
+        self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        self.model = model.to(device=device, dtype=self.dtype).eval()
+        self.device = device
+        self.config = config
+        self.num_patches = num_patches(config)
+        self.n_channels = int(config.num_input_channels)
+        self.context = int(config.context_length)
+        self.use_cls = bool(getattr(config, "use_cls_token", False))
+        self._armed = False
+        self._captured: torch.Tensor | None = None
+        self.d_model = int(config.d_model)
+
+    def _capture_output(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        if self._armed:
+            self._captured = output[0] if isinstance(output, tuple) else output
+            raise _StopForward
+
+    def _capture_input(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._armed:
+            self._captured = args[0] if args else kwargs["hidden_state"]
+            raise _StopForward
+
+    def activations(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, channels, patches, d] float32 at the hook for windows [B, context, channels]."""
+        if tuple(values.shape[1:]) != (self.context, self.n_channels):
+            raise ValueError(f"windows of shape {tuple(values.shape[1:])} do not fit the model "
+                             f"(context_length {self.context}, {self.n_channels} channels)")
+        self._captured, self._armed = None, True
+        try:
+            with torch.inference_mode(), contextlib.suppress(_StopForward):
+                self.model(past_values=values.to(self.device, self.dtype))
+        finally:
+            self._armed = False
+        acts, self._captured = self._captured, None
+        assert acts is not None, "the hooked layer did not run"
+        if self.use_cls:
+            acts = acts[:, :, 1:]  # the CLS token is not a (channel, patch) token
+        return acts.float()
+
+    def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
+        real = np.asarray(batch["example_id"]) >= 0
+        example_id = np.asarray(batch["example_id"], dtype=np.int64)[real]
+        if not real.any():
+            return ActivationBlock(acts=np.zeros((0, self.d_model), dtype=np.float32),
+                                   example_id=np.zeros(0, dtype=np.int64),
+                                   position=np.zeros(0, dtype=np.int32))
+        acts = self.activations(torch.from_numpy(np.array(batch["values"][real])))
+        b, c, p, d = acts.shape
+        return ActivationBlock(
+            acts=np.ascontiguousarray(acts.reshape(b * c * p, d).cpu().numpy()),
+            example_id=np.repeat(example_id, c * p),
+            position=np.tile(np.arange(c * p, dtype=np.int32), b),
+        )
