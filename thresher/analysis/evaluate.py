@@ -1,7 +1,13 @@
-"""Final statistics: frozen SAE weights applied to the stream's held-out rows."""
+"""Final statistics: frozen SAE weights applied to the stream's held-out rows.
+
+Two callers share `evaluate_saes`: a trainer at the end of a run (its bank's `encode_decode`)
+and `thresher analyze` (the exported SAEs, `FrozenSAE`). Both hand back the same
+`TrainerResult`, which `write_run_stats` turns into the Parquet files.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -9,25 +15,41 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.analysis.stats import SAEStats
+from thresher.analysis.stats import SAEStats, StatsOptions, max_decoder_cosine
 from thresher.block import ActivationBlock
 from thresher.config import Config, SAEConfig
 from thresher.train.trainer import Trainer
 
+EncodeDecode = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
+# Summary columns that only `thresher analyze` fills in (they need the backbone): NaN otherwise.
+LM_METRIC_NAMES = ("ce_loss_clean", "ce_loss_sae", "ce_loss_zero", "ce_loss_recovered",
+                   "kl_div", "kl_recovered")
+
 
 @torch.no_grad()
+def evaluate_saes(encode_decode: EncodeDecode, sae_ids: Sequence[str], d_sae: Sequence[int],
+                  holdout: ActivationBlock, batch_rows: int = 4096,
+                  options: StatsOptions | None = None) -> dict[str, SAEStats]:
+    """Accumulate SAEStats for each SAE (in `encode_decode`'s order) over the held-out rows."""
+    stats = {sid: SAEStats(d_in=holdout.d, d_sae=n, options=options)
+             for sid, n in zip(sae_ids, d_sae, strict=True)}
+    x_all = holdout.float32()
+    for start in range(0, len(x_all), batch_rows):
+        end = start + batch_rows
+        x = torch.from_numpy(np.array(x_all[start:end]))
+        label = None if holdout.label is None else holdout.label[start:end]
+        for sae_id, (f, x_hat) in zip(sae_ids, encode_decode(x), strict=True):
+            stats[sae_id].update(x, f, x_hat, holdout.example_id[start:end],
+                                 holdout.position[start:end], label)
+    return stats
+
+
 def evaluate_trainer(trainer: Trainer, holdout: ActivationBlock,
                      batch_rows: int = 4096) -> dict[str, SAEStats]:
     """Accumulate SAEStats for every SAE of the trainer over the held-out rows."""
     bank = trainer.bank
-    stats = {sae.sae_id: SAEStats(d_in=holdout.d, d_sae=sae.d_sae) for sae in trainer.saes}
-    x_all = holdout.float32()
-    for start in range(0, len(x_all), batch_rows):
-        x = torch.from_numpy(np.array(x_all[start:start + batch_rows]))
-        outputs = bank.encode_decode(x.to(bank.device))
-        for sae_id, (f, x_hat) in zip(bank.sae_ids, outputs, strict=True):
-            stats[sae_id].update(x, f, x_hat)
-    return stats
+    return evaluate_saes(lambda x: bank.encode_decode(x.to(bank.device)), bank.sae_ids,
+                         [sae.d_sae for sae in trainer.saes], holdout, batch_rows)
 
 
 @dataclass
@@ -39,30 +61,59 @@ class TrainerResult:
     feature_columns: list[dict[str, np.ndarray]]
     loop: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    example_columns: list[dict[str, np.ndarray]] = field(default_factory=list)
+    label_columns: list[dict[str, np.ndarray]] = field(default_factory=list)
+
+
+def sae_tables(sae_id: str, stats: SAEStats, decoder_norm: np.ndarray,
+               w_dec: torch.Tensor) -> tuple[dict[str, Any], dict[str, np.ndarray],
+                                             dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(summary metrics, feature columns, example columns, label columns) of one SAE.
+
+    `decoder_norm` is in training units (inputs x * input_scale); `w_dec` in any units (only
+    directions matter for the cosine).
+    """
+    columns = stats.features()
+    columns["decoder_norm"] = np.asarray(decoder_norm, dtype=np.float64)
+    columns["max_decoder_cos"] = max_decoder_cosine(w_dec)
+    columns["sae_id"] = np.array([sae_id] * stats.d_sae, dtype=object)
+    metrics = {**stats.summary().__dict__,
+               "mean_max_decoder_cos": float(np.mean(columns["max_decoder_cos"])),
+               **{name: float("nan") for name in LM_METRIC_NAMES}}
+    examples = stats.examples()
+    examples["sae_id"] = np.array([sae_id] * len(examples["feature"]), dtype=object)
+    labels = stats.labels()
+    labels["sae_id"] = np.array([sae_id] * len(labels["feature"]), dtype=object)
+    return metrics, columns, examples, labels
 
 
 def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: ActivationBlock,
                    loop: dict[str, Any], seconds: float) -> TrainerResult:
     stats = evaluate_trainer(trainer, holdout)
     norms = trainer.bank.decoder_norms()
-    backbone = cfg.source.backbone
-    summary_rows, feature_columns = [], []
+    result = TrainerResult(trainer.trainer_id, [], [], loop, seconds)
     for sae in trainer.saes:
-        metrics = stats[sae.sae_id].summary()
-        summary_rows.append({
-            "run_name": cfg.run.name, "stream_id": stream_id,
-            "trainer_id": trainer.trainer_id, **_hyper(sae),
-            "d_in": holdout.d, "backbone": backbone.kind,
-            "model": backbone.model or "<random weights>", "hook": cfg.source.hook,
+        w_dec = trainer.bank.sae_params(sae.sae_id)["W_dec"]
+        metrics, columns, examples, labels = sae_tables(sae.sae_id, stats[sae.sae_id],
+                                                        norms[sae.sae_id], w_dec)
+        result.summary_rows.append({
+            **identity_columns(cfg, stream_id, trainer.trainer_id, sae, holdout.d),
             "input_scale": float(trainer.stats.scale), "steps": trainer.step,
-            "rows_trained": trainer.rows_seen, "train_seconds": seconds,
-            **metrics.__dict__,
+            "rows_trained": trainer.rows_seen, "train_seconds": seconds, **metrics,
         })
-        columns = stats[sae.sae_id].features()
-        columns["decoder_norm"] = norms[sae.sae_id].astype(np.float64)
-        columns["sae_id"] = np.array([sae.sae_id] * sae.d_sae, dtype=object)
-        feature_columns.append(columns)
-    return TrainerResult(trainer.trainer_id, summary_rows, feature_columns, loop, seconds)
+        result.feature_columns.append(columns)
+        result.example_columns.append(examples)
+        if holdout.label is not None:
+            result.label_columns.append(labels)
+    return result
+
+
+def identity_columns(cfg: Config, stream_id: str, trainer_id: str, sae: SAEConfig,
+                     d_in: int) -> dict[str, Any]:
+    backbone = cfg.source.backbone
+    return {"run_name": cfg.run.name, "stream_id": stream_id, "trainer_id": trainer_id,
+            **_hyper(sae), "d_in": d_in, "backbone": backbone.kind,
+            "model": backbone.model or "<random weights>", "hook": cfg.source.hook}
 
 
 def _hyper(sae: SAEConfig) -> dict[str, Any]:
@@ -71,9 +122,11 @@ def _hyper(sae: SAEConfig) -> dict[str, Any]:
 
 
 def write_run_stats(run_dir: str | Path, results: list[TrainerResult]) -> dict[str, Path]:
-    """stats/summary.parquet and stats/features.parquet from every trainer's result."""
+    """stats/{summary,features,examples}.parquet (and labels.parquet where rows carry labels)."""
     from thresher.analysis.parquet import (
+        EXAMPLES_SCHEMA,
         FEATURES_SCHEMA,
+        LABELS_SCHEMA,
         SUMMARY_SCHEMA,
         table_from_columns,
         table_from_rows,
@@ -83,10 +136,15 @@ def write_run_stats(run_dir: str | Path, results: list[TrainerResult]) -> dict[s
     stats_dir = Path(run_dir) / "stats"
     rows = [row for r in results for row in r.summary_rows]
     summary = table_from_rows(sorted(rows, key=lambda r: r["sae_id"]), SUMMARY_SCHEMA)
-    columns = [c for r in results for c in r.feature_columns]
-    columns.sort(key=lambda c: c["sae_id"][0] if len(c["sae_id"]) else "")
-    features = table_from_columns(
-        {name: np.concatenate([c[name] for c in columns]) for name in FEATURES_SCHEMA.names},
-        FEATURES_SCHEMA)
-    return {"summary": write_table_atomic(summary, stats_dir / "summary.parquet"),
-            "features": write_table_atomic(features, stats_dir / "features.parquet")}
+    written = {"summary": write_table_atomic(summary, stats_dir / "summary.parquet")}
+    for name, schema, attr in (("features", FEATURES_SCHEMA, "feature_columns"),
+                               ("examples", EXAMPLES_SCHEMA, "example_columns"),
+                               ("labels", LABELS_SCHEMA, "label_columns")):
+        columns = [c for r in results for c in getattr(r, attr)]
+        if not columns:
+            continue
+        columns.sort(key=lambda c: str(c["sae_id"][0]) if len(c["sae_id"]) else "")
+        table = table_from_columns(
+            {n: np.concatenate([c[n] for c in columns]) for n in schema.names}, schema)
+        written[name] = write_table_atomic(table, stats_dir / f"{name}.parquet")
+    return written

@@ -39,11 +39,23 @@ SUMMARY_SCHEMA = pa.schema(
         ("mse", pa.float64()),
         ("nmse", pa.float64()),
         ("fve", pa.float64()),
+        ("l2_ratio", pa.float64()),  # mean over rows of ||x_hat|| / ||x||
         ("l0", pa.float64()),
         ("l1", pa.float64()),
         ("dead_fraction", pa.float64()),
         ("dense_fraction_1pct", pa.float64()),
         ("dense_fraction_10pct", pa.float64()),
+        ("mono_score_mean", pa.float64()),  # over all features, undefined ones counted as 0
+        ("mono_score_median", pa.float64()),
+        ("mono_score_p90", pa.float64()),
+        ("mean_max_decoder_cos", pa.float64()),
+        # Language models, filled in by `thresher analyze` (the SAE spliced into the model):
+        ("ce_loss_clean", pa.float64()),
+        ("ce_loss_sae", pa.float64()),
+        ("ce_loss_zero", pa.float64()),
+        ("ce_loss_recovered", pa.float64()),
+        ("kl_div", pa.float64()),  # mean KL(p_clean || p_sae) per token
+        ("kl_recovered", pa.float64()),
     ]
 )
 
@@ -56,10 +68,37 @@ FEATURES_SCHEMA = pa.schema(
         ("log10_density", pa.float64()),  # -inf for features that never fired
         ("mean_act", pa.float64()),
         ("mean_act_when_active", pa.float64()),
+        ("std_act", pa.float64()),
         ("max_act", pa.float64()),
         ("decoder_norm", pa.float64()),  # in the SAE's training space (inputs x * input_scale)
+        ("max_decoder_cos", pa.float64()),  # largest cosine with another decoder row
+        ("mono_score", pa.float64()),  # NaN where undefined (a feature that never varied)
         ("is_dead", pa.bool_()),
         ("is_dense", pa.bool_()),
+        ("top_label", pa.int64()),  # -1 where no labelled row fired it
+        ("label_purity", pa.float64()),  # share of its labelled firing rows with top_label
+    ]
+)
+
+EXAMPLES_SCHEMA = pa.schema(
+    [
+        ("sae_id", pa.string()),
+        ("feature", pa.int32()),
+        ("kind", pa.string()),  # "top" (max-activating) or "quantile" (activation quantiles)
+        ("rank", pa.int32()),  # 0-based within (sae_id, feature, kind)
+        ("quantile", pa.float64()),  # quantile level for "quantile" rows, NaN for "top"
+        ("activation", pa.float64()),
+        ("example_id", pa.int64()),
+        ("position", pa.int32()),
+    ]
+)
+
+LABELS_SCHEMA = pa.schema(
+    [
+        ("sae_id", pa.string()),
+        ("feature", pa.int32()),
+        ("label", pa.int64()),
+        ("count", pa.int64()),  # held-out rows with this label where the feature fired
     ]
 )
 

@@ -1,0 +1,44 @@
+"""CE-loss recovered through the splice itself: identity gives 1, zero gives 0."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from thresher.config import load_config
+from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
+
+TL_CONFIG = {"n_layers": 2, "d_model": 32, "n_ctx": 24, "d_head": 8, "n_heads": 4,
+             "d_mlp": 64, "d_vocab": 257, "act_fn": "gelu", "normalization_type": "LN"}
+GPT2_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4,
+               "vocab_size": 30522, "n_positions": 32, "bos_token_id": 0, "eos_token_id": 0}
+
+
+@pytest.mark.parametrize(("backbone", "hook"), [
+    ({"kind": "transformer_lens", "config": TL_CONFIG}, "blocks.0.hook_resid_post"),
+    ({"kind": "hf_text", "config": GPT2_CONFIG}, "layer.0"),
+])
+def test_identity_recovers_one_and_zero_recovers_zero(backbone: dict, hook: str) -> None:
+    source = load_config({"source": {"backbone": backbone, "hook": hook}}).source
+    assert splice_supported(source) is None
+    lm = SplicedLM(source)
+    rng = np.random.default_rng(0)
+    windows = [np.concatenate([[0], rng.integers(1, 257, size=n)]) for n in (20, 12, 17, 5)]
+    metrics = splice_metrics(lm, windows, {"identity": lambda x: x, "zero": torch.zeros_like,
+                                           "half": lambda x: 0.5 * x},
+                             pad_id=0, n_prefix=1, n_suffix=0, batch_size=3)
+    identity, zero, half = metrics["identity"], metrics["zero"], metrics["half"]
+    assert identity.ce_loss_zero != pytest.approx(identity.ce_loss_clean, abs=1e-3)
+    assert identity.ce_loss_recovered == pytest.approx(1.0, abs=1e-5)
+    assert identity.kl_div == pytest.approx(0.0, abs=1e-6)
+    assert zero.ce_loss_recovered == pytest.approx(0.0, abs=1e-6)
+    assert zero.kl_recovered == pytest.approx(0.0, abs=1e-6)
+    assert half.ce_loss_sae != pytest.approx(identity.ce_loss_sae, abs=1e-5)  # splice bites
+
+
+def test_encoder_without_lm_head_is_refused_with_reason() -> None:
+    source = load_config({"source": {"backbone": {"kind": "hf_text", "model": "minilm"},
+                                     "hook": "layer.3"}}).source
+    reason = splice_supported(source)
+    assert reason is not None and "encoder" in reason

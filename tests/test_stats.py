@@ -1,0 +1,134 @@
+"""Streaming statistics vs brute-force recomputation over all rows at once (no model needed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from thresher.analysis.monoscore import mono_pairwise
+from thresher.analysis.stats import DENSE_THRESHOLDS, SAEStats, StatsOptions, max_decoder_cosine
+from thresher.analysis.topk_examples import row_hash
+
+
+def synthetic(rows: int = 600, d_in: int = 12, d_sae: int = 40, seed: int = 0
+              ) -> dict[str, np.ndarray]:
+    """Sparse non-negative latents with varied densities, examples spanning several rows."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, d_in))
+    density = np.geomspace(0.002, 0.6, d_sae)
+    density[3] = 0.0  # a dead feature
+    f = rng.exponential(size=(rows, d_sae)) * (rng.random((rows, d_sae)) < density)
+    f[:, 5] += 0.25  # a feature firing on every row: its min is not 0
+    x_hat = x * 0.8 + rng.normal(scale=0.1, size=x.shape)
+    example_id = np.repeat(np.arange(rows // 6), 6)[:rows].astype(np.int64) * 7 + 3
+    position = np.tile(np.arange(6), rows // 6 + 1)[:rows].astype(np.int32)
+    label = rng.integers(-1, 4, size=rows)
+    return {"x": x, "f": f, "x_hat": x_hat, "example_id": example_id, "position": position,
+            "label": label}
+
+
+def accumulate(data: dict[str, np.ndarray], batch: int, options: StatsOptions) -> SAEStats:
+    stats = SAEStats(data["x"].shape[1], data["f"].shape[1], options)
+    for s in range(0, len(data["x"]), batch):
+        sl = slice(s, s + batch)
+        stats.update(torch.from_numpy(data["x"][sl]), torch.from_numpy(data["f"][sl]),
+                     torch.from_numpy(data["x_hat"][sl]), data["example_id"][sl],
+                     data["position"][sl], data["label"][sl])
+    return stats
+
+
+def brute_force(d: dict[str, np.ndarray], options: StatsOptions) -> dict[str, Any]:
+    """Every statistic from its definition, over all rows at once."""
+    x, f, x_hat = d["x"], d["f"], d["x_hat"]
+    n, d_sae = f.shape
+    active = f > 0
+    count = active.sum(0)
+    rate = count / n
+    out: dict[str, Any] = {
+        "fire_count": count, "firing_rate": rate, "mean_act": f.mean(0),
+        "std_act": f.std(0), "max_act": f.max(0),
+        "mean_act_when_active": np.array([f[active[:, j], j].mean() if count[j] else 0.0
+                                          for j in range(d_sae)]),
+        "mse": ((x - x_hat) ** 2).mean(),
+        "fve": 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(),
+        "l2_ratio": (np.linalg.norm(x_hat, axis=1) / np.linalg.norm(x, axis=1)).mean(),
+        "l0": active.sum(1).mean(), "l1": np.abs(f).sum(1).mean(),
+        "dead_fraction": (count == 0).mean(),
+        "dense_fraction_1pct": (rate > DENSE_THRESHOLDS[0]).mean(),
+        "dense_fraction_10pct": (rate > DENSE_THRESHOLDS[1]).mean(),
+        "mono_score": mono_pairwise(f, x),
+    }
+    top, quantile, purity = {}, {}, np.full(d_sae, np.nan)
+    for j in range(d_sae):
+        rows = np.flatnonzero(active[:, j])
+        best: dict[int, tuple[float, int]] = {}  # example -> (value, position), first on a tie
+        for r in rows:
+            e, v, p = int(d["example_id"][r]), f[r, j], int(d["position"][r])
+            if e not in best or v > best[e][0] or (v == best[e][0] and p < best[e][1]):
+                best[e] = (v, p)
+        ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[: options.top_n]
+        top[j] = [(v, e, p) for e, (v, p) in ranked]
+        keys = row_hash(np.full(len(rows), j), d["example_id"][rows], d["position"][rows])
+        sample = rows[np.argsort(keys, kind="stable")[: options.reservoir]]
+        sample = sample[np.lexsort((d["position"][sample], d["example_id"][sample],
+                                    f[sample, j]))]  # by value, ties by example, position
+        picks = sorted({int(np.floor((i + 0.5) / options.quantiles * len(sample)))
+                        for i in range(options.quantiles)}) if len(sample) else []
+        quantile[j] = [(f[sample[i], j], int(d["example_id"][sample[i]])) for i in picks]
+        labels = d["label"][rows]
+        labels = labels[labels >= 0]
+        if len(labels):
+            purity[j] = np.bincount(labels).max() / len(labels)
+    out.update(top=top, quantile=quantile, label_purity=purity)
+    return out
+
+
+@pytest.mark.parametrize("batch", [600, 97, 13])
+def test_streaming_statistics_equal_brute_force(batch: int) -> None:
+    data = synthetic()
+    options = StatsOptions(top_n=5, reservoir=9, quantiles=4)
+    stats = accumulate(data, batch, options)
+    ref = brute_force(data, options)
+    feats, summary = stats.features(), stats.summary()
+    for name in ("fire_count", "firing_rate", "mean_act", "std_act", "max_act",
+                 "mean_act_when_active", "label_purity"):
+        np.testing.assert_allclose(feats[name], ref[name], rtol=1e-10, atol=1e-12,
+                                   err_msg=name)
+    np.testing.assert_allclose(feats["mono_score"], ref["mono_score"], rtol=1e-8, atol=1e-10)
+    assert np.isnan(feats["mono_score"][3]) and feats["is_dead"][3]
+    for name in ("mse", "fve", "l2_ratio", "l0", "l1", "dead_fraction",
+                 "dense_fraction_1pct", "dense_fraction_10pct"):
+        assert getattr(summary, name) == pytest.approx(ref[name], rel=1e-10), name
+    mono = np.nan_to_num(ref["mono_score"])
+    assert summary.mono_score_median == pytest.approx(np.median(mono), rel=1e-8)
+
+    examples = stats.examples()
+    for j in range(data["f"].shape[1]):
+        mine = (examples["feature"] == j) & (examples["kind"] == "top")
+        got = list(zip(examples["activation"][mine], examples["example_id"][mine],
+                       examples["position"][mine], strict=True))
+        assert got == ref["top"][j], j
+        assert list(examples["rank"][mine]) == list(range(len(got)))
+        mine = (examples["feature"] == j) & (examples["kind"] == "quantile")
+        got_q = list(zip(examples["activation"][mine], examples["example_id"][mine],
+                         strict=True))
+        assert got_q == ref["quantile"][j], j
+
+
+def test_label_counts_and_decoder_cosine() -> None:
+    data = synthetic(rows=120)
+    stats = accumulate(data, 50, StatsOptions())
+    table = stats.labels()
+    f = data["f"]
+    for feat, label, count in zip(table["feature"], table["label"], table["count"], strict=True):
+        assert count == int(((f[:, feat] > 0) & (data["label"] == label)).sum())
+    assert table["count"].sum() == int(((f > 0) & (data["label"][:, None] >= 0)).sum())
+
+    w = np.random.default_rng(1).normal(size=(30, 8))
+    unit = w / np.linalg.norm(w, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    np.testing.assert_allclose(max_decoder_cosine(torch.from_numpy(w), block=7), sims.max(1))

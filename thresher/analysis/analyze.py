@@ -1,0 +1,127 @@
+"""`thresher analyze RUN`: every statistic again, from the exported SAEs alone.
+
+Reads run.json's resolved config, harvests the stream's held-out rows again (the first
+`stream.holdout_rows` rows, cut as the run cut them; nothing else is harvested), applies each
+exported SAE (saes/<id>/, raw units) with frozen weights, and rewrites stats/*.parquet. For a
+causal language model it also splices each SAE into the model (thresher.harvest.splice) over the
+held-out windows for CE-loss recovered and KL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from thresher.analysis.evaluate import (
+    TrainerResult,
+    evaluate_saes,
+    identity_columns,
+    sae_tables,
+    write_run_stats,
+)
+from thresher.analysis.frozen import FrozenSAE, load_run_saes
+from thresher.block import ActivationBlock
+from thresher.config import Config, config_dir, load_config, torch_threads
+
+log = logging.getLogger(__name__)
+
+
+def run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass a run directory (runs/<name>)")
+    record = json.loads(path.read_text())
+    config = dict(record["config"])
+    source_file = config.pop("source_file", None)  # recorded, not a config key
+    cfg = load_config(config)
+    if source_file:  # relative input paths were read from the config file's folder
+        cfg = dataclasses.replace(cfg, source_file=source_file)
+    return record, cfg
+
+
+def collect_holdout(cfg: Config) -> ActivationBlock:
+    """The stream's held-out rows, harvested again exactly as the run cut them."""
+    from thresher.harvest.backbones import load_tokenizer
+    from thresher.harvest.harvester import Harvester
+    from thresher.harvest.inputs import build_inputs
+    from thresher.harvest.stream import Chunker
+
+    source = cfg.source
+    inputs = build_inputs(source, cfg.run.seed, config_dir(cfg), load_tokenizer(source.backbone))
+    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"))
+    chunker = Chunker(cfg.stream.chunk_rows, cfg.stream.holdout_rows, cfg.stream.norm_rows)
+    for batch in inputs.batches:
+        if chunker.holdout_count >= cfg.stream.holdout_rows:
+            break
+        chunker.add(harvester.harvest(batch))
+    return chunker.holdout_block()
+
+
+def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
+                lm_windows: int = 256) -> dict[str, Path]:
+    """Recompute stats/*.parquet of a finished run from its exported SAEs; returns the files."""
+    run_dir = Path(run_dir)
+    record, cfg = run_config(run_dir)
+    saes = load_run_saes(run_dir)
+    holdout = collect_holdout(cfg)
+    plan = record.get("plan") or [{}]
+    stream_id = str(plan[0].get("stream_id", "s0"))  # one stream per run for now
+    stats = evaluate_saes(lambda x: [s.encode_decode(x) for s in saes],
+                          [s.sae.sae_id for s in saes], [s.sae.d_sae for s in saes], holdout)
+    lm = _lm_metrics(cfg, run_dir, holdout, saes, lm_windows) if lm_metrics else {}
+    trainers = record.get("trainers") or {}
+    results: dict[str, TrainerResult] = {}
+    for sae in saes:
+        sid = sae.sae.sae_id
+        trainer_id = str(sae.record.get("trainer_id", "t0"))
+        metrics, columns, examples, labels = sae_tables(
+            sid, stats[sid], sae.decoder_norm_training_units().numpy(), sae.W_dec)
+        metrics.update(lm.get(sid, {}))
+        result = results.setdefault(trainer_id, TrainerResult(trainer_id, [], []))
+        result.summary_rows.append({
+            **identity_columns(cfg, stream_id, trainer_id, sae.sae, sae.d_in),
+            "input_scale": sae.input_scale, "steps": int(sae.record.get("step", 0)),
+            "rows_trained": int(sae.record.get("rows_seen", 0)),
+            "train_seconds": float((trainers.get(trainer_id) or {}).get("seconds", float("nan"))),
+            **metrics,
+        })
+        result.feature_columns.append(columns)
+        result.example_columns.append(examples)
+        if holdout.label is not None:
+            result.label_columns.append(labels)
+    return write_run_stats(run_dir, list(results.values()))
+
+
+def _lm_metrics(cfg: Config, run_dir: Path, holdout: ActivationBlock, saes: list[FrozenSAE],
+                max_windows: int) -> dict[str, dict[str, float]]:
+    """CE/KL per SAE over the held-out windows; {} (with a log line) where undefined."""
+    from thresher.harvest.backbones import load_tokenizer
+    from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
+
+    reason = splice_supported(cfg.source)
+    if reason is not None:
+        log.info("no CE-loss recovered for this run: %s", reason)
+        return {}
+    manifest = run_dir / "inputs.parquet"
+    if not manifest.is_file():
+        log.info("no CE-loss recovered: %s is missing", manifest)
+        return {}
+    ids = np.unique(holdout.example_id)[:max_windows]
+    table = pq.read_table(manifest, columns=["example_id", "token_ids"]).to_pydict()
+    by_id = dict(zip(table["example_id"], table["token_ids"], strict=True))
+    windows = [np.asarray(by_id[int(i)], dtype=np.int64) for i in ids]
+    tokenizer = load_tokenizer(cfg.source.backbone)
+    lm = SplicedLM(cfg.source)
+    replacements = {s.sae.sae_id: (lambda x, s=s: s.encode_decode(x)[1]) for s in saes}
+    with torch.no_grad():
+        metrics = splice_metrics(lm, windows, replacements, tokenizer.pad_id,
+                                 len(tokenizer.prefix), len(tokenizer.suffix))
+    return {sid: asdict(m) for sid, m in metrics.items()}
