@@ -40,7 +40,7 @@ def test_chunker_holds_out_whole_blocks_and_cuts_exact_chunks() -> None:
     assert [len(c) for c in chunks] == [10, 10, 6]
     train_ids = np.concatenate([c.example_id for c in chunks])
     assert train_ids.tolist() == list(range(14, 40))
-    assert chunker.stats is not None and chunker.stats.rows == 5
+    assert chunker.stats is not None and chunker.stats[""].rows == 5
 
 
 def test_chunker_stops_at_wanted_rows() -> None:
@@ -57,8 +57,8 @@ def test_stream_stats_scale_and_geometric_median() -> None:
     x = rng.normal(size=(500, 8)) * 3 + 5
     chunker = Chunker(chunk_rows=100, holdout_rows=0, norm_rows=400)
     chunker.add(ActivationBlock(x.astype(np.float32), np.arange(500), np.zeros(500, np.int32)))
-    stats = chunker.stats
-    assert stats is not None
+    assert chunker.stats is not None
+    stats = chunker.stats[""]  # a block of one unnamed hook
     scaled = x[:400] * stats.scale
     assert np.linalg.norm(scaled, axis=1).mean() == pytest.approx(np.sqrt(8), rel=1e-5)
     # The geometric median minimises the sum of distances: its gradient vanishes.

@@ -7,16 +7,26 @@ cheaply; torch stays inside the stages.
 
 Columns:
   acts        float32 [rows, d]   (bf16 travels as an int16 view, flagged by ``bf16``)
-  example_id  int64   [rows]      index into the run's inputs manifest (inputs.parquet)
+  example_id  int64   [rows]      index into the stream's inputs manifest (inputs/<stream>.parquet)
   position    int32   [rows]      token / patch index inside the example
   label       int64   [rows]      optional class label (-1 when unknown)
+
+Several hooks, one forward: a stream may carry several hook points of one backbone. Their rows
+are the same tokens, so a block holds them side by side in ``acts`` ([rows, d_1 + d_2 + ...])
+and ``hooks`` names each column range ((name, width), in order). ``select(hook)`` is the block of
+one hook, which is what an SAE trains on. Across processes each hook is its own column
+(``acts:<hook>``), so a trainer reads only its hook's bytes from the object store.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+HookLayout = tuple[tuple[str, int], ...]  # (hook name, width) per column range of acts
+_HOOK_COLUMN = "acts:"  # transport column prefix of one hook's activations
 
 
 @dataclass
@@ -26,11 +36,15 @@ class ActivationBlock:
     position: np.ndarray
     label: np.ndarray | None = None
     bf16: bool = False  # acts holds bfloat16 bits in an int16 array
+    hooks: HookLayout = ()  # () when the block carries one unnamed hook
 
     def __post_init__(self) -> None:
         n = len(self.acts)
         if self.acts.ndim != 2:
             raise ValueError(f"acts must be [rows, d], got shape {self.acts.shape}")
+        if self.hooks and sum(width for _, width in self.hooks) != self.acts.shape[1]:
+            raise ValueError(f"hook widths {self.hooks} do not add up to the {self.acts.shape[1]} "
+                             "columns of acts")
         for name in ("example_id", "position", "label"):
             col = getattr(self, name)
             if col is not None and len(col) != n:
@@ -50,8 +64,32 @@ class ActivationBlock:
         bits = np.asarray(self.acts).view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32)
 
+    def hook_span(self, hook: str) -> tuple[int, int]:
+        """The column range [start, end) of `hook` in acts."""
+        start = 0
+        for name, width in self.hooks:
+            if name == hook:
+                return start, start + width
+            start += width
+        raise KeyError(f"hook {hook!r} is not in this block; it holds "
+                       f"{[name for name, _ in self.hooks]}")
+
+    def select(self, hook: str | None) -> ActivationBlock:
+        """The rows of one hook (the block itself when it carries only that hook)."""
+        if hook is None or not self.hooks or (len(self.hooks) == 1 and self.hooks[0][0] == hook):
+            return self
+        start, end = self.hook_span(hook)
+        return ActivationBlock(acts=np.ascontiguousarray(self.acts[:, start:end]),
+                               example_id=self.example_id, position=self.position,
+                               label=self.label, bf16=self.bf16,
+                               hooks=((hook, end - start),))
+
     def to_columns(self) -> dict[str, np.ndarray]:
-        cols = {"acts": self.acts, "example_id": self.example_id, "position": self.position}
+        if self.hooks:
+            cols = {f"{_HOOK_COLUMN}{name}": self.select(name).acts for name, _ in self.hooks}
+        else:
+            cols = {"acts": self.acts}
+        cols.update({"example_id": self.example_id, "position": self.position})
         if self.label is not None:
             cols["label"] = self.label
         if self.bf16:
@@ -59,10 +97,20 @@ class ActivationBlock:
         return cols
 
     @classmethod
-    def from_columns(cls, cols: dict[str, np.ndarray]) -> ActivationBlock:
-        acts = np.asarray(cols["acts"])
-        if acts.ndim == 1:  # Ray Data hands back an object column when it holds zero rows
-            acts = acts.reshape(0, 0)
+    def from_columns(cls, cols: dict[str, np.ndarray],
+                     hooks: Sequence[str] | None = None) -> ActivationBlock:
+        """The block `to_columns` made; `hooks` picks some of its hooks (and reads only those)."""
+        hook_names = [name[len(_HOOK_COLUMN):] for name in cols if name.startswith(_HOOK_COLUMN)]
+        if hook_names:
+            wanted = list(hooks) if hooks is not None else hook_names
+            missing = [h for h in wanted if h not in hook_names]
+            if missing:
+                raise KeyError(f"hooks {missing} are not in these columns; they hold {hook_names}")
+            parts = [_matrix(cols[_HOOK_COLUMN + h]) for h in wanted]
+            acts = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+            layout: HookLayout = tuple((h, p.shape[1]) for h, p in zip(wanted, parts, strict=True))
+        else:
+            acts, layout = _matrix(cols["acts"]), ()
         bf16 = "bf16" in cols and len(cols["bf16"]) > 0
         return cls(
             acts=acts,
@@ -70,6 +118,7 @@ class ActivationBlock:
             position=np.asarray(cols["position"], dtype=np.int32),
             label=np.asarray(cols["label"], dtype=np.int64) if "label" in cols else None,
             bf16=bf16,
+            hooks=layout,
         )
 
     def take(self, index: np.ndarray | slice) -> ActivationBlock:
@@ -79,6 +128,7 @@ class ActivationBlock:
             position=self.position[index],
             label=None if self.label is None else self.label[index],
             bf16=self.bf16,
+            hooks=self.hooks,
         )
 
     @staticmethod
@@ -94,4 +144,12 @@ class ActivationBlock:
             position=np.concatenate([b.position for b in blocks]),
             label=None if any(lab is None for lab in labels) else np.concatenate(labels),
             bf16=blocks[0].bf16,
+            hooks=blocks[0].hooks,
         )
+
+
+def _matrix(column: np.ndarray) -> np.ndarray:
+    acts = np.asarray(column)
+    if acts.ndim == 1:  # Ray Data hands back an object column when it holds zero rows
+        acts = acts.reshape(0, 0)
+    return acts

@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
                              "cache (replay it with a `stored` source)")
     harvest.add_argument("config", nargs="?", help="YAML config (default: the built-in run)")
     harvest.add_argument("--out", help="store folder (default: <run.out>/<run.name>/activations)")
+    harvest.add_argument("--stream", help="the source to harvest, by name, when the config has "
+                         "several")
     analyze = sub.add_parser("analyze", help="recompute stats/*.parquet of a finished run from "
                              "its exported SAEs on the held-out rows")
     analyze.add_argument("run_dir", help="run directory (runs/<name>)")
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "harvest":
             from thresher.harvest.cache import harvest_and_describe
 
-            print(harvest_and_describe(args.config, args.out))
+            print(harvest_and_describe(args.config, args.out, args.stream))
             return 0
         if args.command == "analyze":
             from thresher.analysis.analyze import analyze_run

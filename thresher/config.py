@@ -1,9 +1,12 @@
 """Typed run configuration: one YAML file validated into frozen dataclasses.
 
-A config has five sections (``run``, ``source``, ``stream``, ``train``, ``sweep``, ``resources``).
-``load_config`` turns YAML into :class:`Config`; every error names the key path, the file and
-line, and the valid choices. ``expand_sweep`` turns the ``sweep`` grids into one
-:class:`SAEConfig` per SAE and ``make_plan`` groups them by stream and packs them onto trainers.
+A config has six sections (``run``, ``source`` or ``sources``, ``stream``, ``train``, ``sweep``,
+``resources``). ``load_config`` turns YAML into :class:`Config`; every error names the key path,
+the file and line, and the valid choices. ``expand_sweep`` turns the ``sweep`` grids into one
+:class:`SAEConfig` per SAE and hook of every stream, and ``make_plan`` packs them onto trainers.
+
+A stream is one backbone over one input set (one source); it may carry several hooks of that
+backbone from one forward pass. Everything that only changes an SAE shares the stream's harvest.
 """
 
 from __future__ import annotations
@@ -106,18 +109,27 @@ class InputsConfig:
 
 @dataclass(frozen=True)
 class SourceConfig:
+    # The stream's id in plans, SAE ids and Parquet (default s0, s1, ... in config order).
+    name: str = ""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # One hook or a list of hooks, all taken from one forward pass (a layer sweep costs one
+    # harvest); the SAEs of each hook train on that hook's rows.
     # hf_text: "layer.N" (output of encoder layer N, 0-based) or "embeddings".
     # transformer_lens: any hook name, e.g. "blocks.1.hook_resid_post".
     # open_clip, hf_vision: "layer.N" (residual output of block N) or "embedding" (the final
     # image embedding: open_clip encode_image, SigLIP pooler output, ViT final CLS).
     # patchtst: "layer.N" (output of encoder layer N) or "embeddings" (input of layer 0).
-    # stored: the cache's hook (empty takes it from the cache).
-    hook: str = "layer.3"
+    # stored: hooks held by the cache (empty takes them all).
+    hook: str | tuple[str, ...] = "layer.3"
     inputs: InputsConfig = field(default_factory=InputsConfig)
     batch_size: int = 64  # examples per backbone forward
     # Vision "layer.N" hooks: which tokens become rows: all, the CLS token, or the patches.
     tokens: Literal["all", "cls", "patches"] = "all"
+
+    @property
+    def hooks(self) -> tuple[str, ...]:
+        """The stream's hooks, in config order ("" for a stored source that takes its own)."""
+        return (self.hook,) if isinstance(self.hook, str) else self.hook
 
 
 @dataclass(frozen=True)
@@ -180,12 +192,16 @@ class ResourcesConfig:
     harvester_threads: int | None = None
     trainer_threads: int | None = None
     object_store_mb: int | None = None  # for a Ray started by thresher; None lets Ray choose
+    # Streams harvested and trained at the same time (the rest queue); None: as many as the
+    # cluster's CPUs and GPUs hold, one CPU kept free for Ray Data's own tasks.
+    concurrent_streams: int | None = None
 
 
 @dataclass(frozen=True)
 class Config:
     run: RunConfig = field(default_factory=RunConfig)
-    source: SourceConfig = field(default_factory=SourceConfig)
+    # One entry per stream. YAML writes `source:` (one stream) or `sources:` (a list).
+    sources: tuple[SourceConfig, ...] = (SourceConfig(name="s0"),)
     stream: StreamConfig = field(default_factory=StreamConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     # A list of grids; a list value inside a grid is an axis. Keys: see SWEEP_KEYS.
@@ -193,8 +209,29 @@ class Config:
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     source_file: str | None = field(default=None, compare=False)
 
+    @property
+    def source(self) -> SourceConfig:
+        """The one source of a single-stream config."""
+        if len(self.sources) != 1:
+            raise ConfigError(f"this config has {len(self.sources)} sources "
+                              f"({', '.join(s.name for s in self.sources)}); this step takes "
+                              "one: pick it with its name")
+        return self.sources[0]
+
+    def source_named(self, name: str) -> SourceConfig:
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise ConfigError(f"no source named {name!r}; this config has "
+                          f"{', '.join(s.name for s in self.sources)}")
+
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
+        """Plain data that `load_config` reads back; one stream is written as `source:`."""
+        plain = _to_plain(self)
+        if len(self.sources) == 1:
+            plain = {("source" if k == "sources" else k): (v[0] if k == "sources" else v)
+                     for k, v in plain.items()}
+        return plain
 
 
 @dataclass(frozen=True)
@@ -210,13 +247,16 @@ class SAEConfig:
     seed: int
     l0: float = 0.5
     mono_coef: float = 0.0
+    stream_id: str = "s0"  # the stream whose rows it trains on
+    hook: str = ""  # the hook of that stream ("" for a stored source's only hook)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # Sweep keys map to SAEConfig fields; `seed` is the SAE init seed (train.sae_seed by default).
-SWEEP_KEYS = ("arch", "d_sae", "k", "l1", "l0", "mono_coef", "lr", "seed")
+# `stream` and `hook` restrict a grid to some streams / hooks (default: every stream and hook).
+SWEEP_KEYS = ("arch", "d_sae", "k", "l1", "l0", "mono_coef", "lr", "seed", "stream", "hook")
 
 
 # --------------------------------------------------------------------------------------------
@@ -241,8 +281,12 @@ class _Where:
 
     file: str | None
     lines: dict[tuple[str | int, ...], int]
+    # The config wrote `source:` (one stream), held as sources[0]: name it as written.
+    single_source: bool = False
 
     def at(self, path: tuple[str | int, ...]) -> str:
+        if self.single_source and path[:2] == ("sources", 0):
+            path = ("source", *path[2:])
         name = ".".join(str(p) for p in path) or "<top>"
         where = f"`{name}`"
         if self.file:
@@ -294,11 +338,37 @@ def load_config(source: str | os.PathLike | dict | Config | None = None) -> Conf
 
 
 def validate(data: Any, where: _Where) -> Config:
-    cfg = _build(Config, data, (), where)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where.at(())} must be a mapping of sections, got {data!r}")
+    cfg = _build(Config, _sources_as_list(data, where), (), where)
     if where.file:
         cfg = dataclasses.replace(cfg, source_file=str(Path(where.file).resolve()))
     _check_semantics(cfg, where)
     return cfg
+
+
+STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def _sources_as_list(data: dict, where: _Where) -> dict:
+    """`source:` becomes a one-item `sources:`; unnamed sources are named s0, s1, ..."""
+    data = dict(data)
+    if "source" in data and "sources" in data:
+        raise ConfigError(f"{where.at(('sources',))}: give `source` (one stream) or `sources` (a "
+                          "list of streams), not both")
+    if "sources" not in data:
+        data["sources"] = [data.pop("source", {})]
+        where.single_source = True
+    if not isinstance(data["sources"], list) or not data["sources"]:
+        raise ConfigError(f"{where.at(('sources',))} must be a non-empty list of sources, got "
+                          f"{data['sources']!r}")
+    named = []
+    for i, source in enumerate(data["sources"]):
+        if isinstance(source, dict) and not source.get("name"):
+            source = {**source, "name": f"s{i}"}
+        named.append(source)
+    data["sources"] = named
+    return data
 
 
 def _type_name(tp: Any) -> str:
@@ -399,18 +469,12 @@ def _positive(cfg: Any, names: tuple[str, ...], path: tuple, where: _Where) -> N
 
 
 def _check_semantics(cfg: Config, where: _Where) -> None:
-    _positive(cfg.source, ("batch_size",), ("source",), where)
-    _positive(cfg.source.inputs, ("context", "max_tokens"), ("source", "inputs"), where)
-    _positive(
-        cfg.stream,
-        ("chunk_rows", "capacity_chunks", "mix_chunks", "norm_rows"),
-        ("stream",),
-        where,
-    )
+    _positive(cfg.stream, ("chunk_rows", "capacity_chunks", "mix_chunks", "norm_rows"),
+              ("stream",), where)
     _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "d_sae", "k", "lr"),
               ("train",), where)
     _positive(cfg.resources, ("harvesters", "trainers", "harvester_threads", "trainer_threads",
-                              "object_store_mb"), ("resources",), where)
+                              "object_store_mb", "concurrent_streams"), ("resources",), where)
     if cfg.stream.holdout_rows <= 0:
         raise ConfigError(
             f"{where.at(('stream', 'holdout_rows'))} must be positive: the final statistics are "
@@ -427,7 +491,17 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
             "group of chunks being trained on while the pump fills the next; raise "
             "capacity_chunks or lower mix_chunks"
         )
-    _check_source(cfg, where)
+    names: dict[str, int] = {}
+    for i, source in enumerate(cfg.sources):
+        path = ("sources", i)
+        if not STREAM_NAME.fullmatch(source.name):
+            raise ConfigError(f"{where.at((*path, 'name'))} is {source.name!r}: a stream name is "
+                              "letters, digits, '_', '.' and '-' (it names files)")
+        if source.name in names:
+            raise ConfigError(f"{where.at((*path, 'name'))} {source.name!r} is also the name of "
+                              f"source {names[source.name]}; stream names must be unique")
+        names[source.name] = i
+        _check_source(cfg, source, path, where)
     for i, grid in enumerate(cfg.sweep):
         for key, value in grid.items():
             if key not in SWEEP_KEYS:
@@ -438,8 +512,9 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
                     f"Valid sweep keys: {', '.join(SWEEP_KEYS)}"
                 )
             for j, item in enumerate(value if isinstance(value, list) else [value]):
-                _check_sweep_value(key, item, ("sweep", i, key) + ((j,) if isinstance(value, list)
-                                                                   else ()), where)
+                item_path = ("sweep", i, key) + ((j,) if isinstance(value, list) else ())
+                _check_sweep_value(key, item, item_path, where)
+                _check_sweep_target(cfg, key, item, item_path, where)
 
 
 def _modality(kind: str) -> str:
@@ -450,14 +525,21 @@ def _modality(kind: str) -> str:
     return "eeg"
 
 
-def _check_source(cfg: Config, where: _Where) -> None:
-    """The source's inputs exist and fit its backbone's modality."""
-    source = cfg.source
+def _check_source(cfg: Config, source: SourceConfig, path: tuple, where: _Where) -> None:
+    """The source's inputs exist and fit its backbone's modality; its hooks are distinct."""
     inputs, backbone = source.inputs, source.backbone
-    _positive(inputs, ("max_examples", "stride"), ("source", "inputs"), where)
+    _positive(source, ("batch_size",), path, where)
+    _positive(inputs, ("context", "max_tokens", "max_examples", "stride"), (*path, "inputs"),
+              where)
+    hooks = source.hooks
+    if not hooks or (backbone.kind != "stored" and not all(hooks)):
+        raise ConfigError(f"{where.at((*path, 'hook'))} is empty: name the hook point(s) to "
+                          "harvest")
+    if len(set(hooks)) != len(hooks):
+        raise ConfigError(f"{where.at((*path, 'hook'))} lists a hook twice: {list(hooks)}")
     if backbone.kind == "stored":
         if not backbone.model:
-            raise ConfigError(f"{where.at(('source', 'backbone', 'model'))} is empty: a stored "
+            raise ConfigError(f"{where.at((*path, 'backbone', 'model'))} is empty: a stored "
                               "source needs the path of a cache written by `thresher harvest` "
                               "(or a folder of .npy shards)")
         return
@@ -465,16 +547,21 @@ def _check_source(cfg: Config, where: _Where) -> None:
     if backbone_modality != inputs_modality:
         valid = {"text": TEXT_INPUTS, "image": IMAGE_INPUTS, "eeg": EEG_INPUTS}[backbone_modality]
         raise ConfigError(
-            f"{where.at(('source', 'inputs', 'kind'))} is {inputs.kind!r} ({inputs_modality}) "
+            f"{where.at((*path, 'inputs', 'kind'))} is {inputs.kind!r} ({inputs_modality}) "
             f"but the backbone {backbone.kind!r} reads {backbone_modality}; valid inputs for it: "
             f"{', '.join(valid)}")
     if source.tokens != "all" and backbone_modality != "image":
-        raise ConfigError(f"{where.at(('source', 'tokens'))} is {source.tokens!r} but only "
+        raise ConfigError(f"{where.at((*path, 'tokens'))} is {source.tokens!r} but only "
                           "image backbones choose tokens; remove it")
+    if backbone_modality == "image" and len(hooks) > 1 and "embedding" in hooks:
+        raise ConfigError(
+            f"{where.at((*path, 'hook'))}: 'embedding' gives one row per image and the layer "
+            "hooks one row per token, so they cannot share a stream's rows; put 'embedding' in a "
+            "source of its own")
     needs_paths = inputs.kind not in ("python_docstrings", "spkit_eeg_sample")
     if needs_paths and not inputs.paths:
         raise ConfigError(
-            f"{where.at(('source', 'inputs', 'paths'))} is empty: inputs of kind "
+            f"{where.at((*path, 'inputs', 'paths'))} is empty: inputs of kind "
             f"{inputs.kind!r} need at least one path")
     base = config_dir(cfg)
     for i, pattern in enumerate(inputs.paths if needs_paths else ()):
@@ -483,13 +570,25 @@ def _check_source(cfg: Config, where: _Where) -> None:
         if not found:
             what = "folder" if folders else "file"
             raise ConfigError(
-                f"{where.at(('source', 'inputs', 'paths', i))}: no {what} matches "
+                f"{where.at((*path, 'inputs', 'paths', i))}: no {what} matches "
                 f"{pattern!r} (relative paths are read from {str(base.resolve())!r})")
     if backbone.kind == "transformer_lens" and not backbone.model and backbone.config is None:
         raise ConfigError(
-            f"{where.at(('source', 'backbone'))}: set `model` to a TransformerLens model name "
+            f"{where.at((*path, 'backbone'))}: set `model` to a TransformerLens model name "
             "or `config` to HookedTransformerConfig arguments for a random-weight model"
         )
+
+
+def _check_sweep_target(cfg: Config, key: str, value: Any, path: tuple, where: _Where) -> None:
+    """A grid's `stream` / `hook` must name a stream / a hook of the config."""
+    if key == "stream" and value not in [s.name for s in cfg.sources]:
+        raise ConfigError(f"{where.at(path)} is {value!r}, not a stream of this config; streams: "
+                          f"{', '.join(s.name for s in cfg.sources)}")
+    if key == "hook":
+        hooks = sorted({h for s in cfg.sources for h in s.hooks})
+        if value not in hooks:
+            raise ConfigError(f"{where.at(path)} is {value!r}, not a hook of any source; hooks: "
+                              f"{', '.join(hooks)}")
 
 
 _SWEEP_TYPES: dict[str, Any] = {
@@ -501,6 +600,8 @@ _SWEEP_TYPES: dict[str, Any] = {
     "mono_coef": float,
     "lr": float,
     "seed": int,
+    "stream": str,
+    "hook": str,
 }
 
 
@@ -547,24 +648,51 @@ def _fmt(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def expand_sweep(cfg: Config) -> list[SAEConfig]:
-    """One SAEConfig per point of every grid, in order; ids are unique and filesystem-safe."""
+def expand_sweep(cfg: Config, hooks: dict[str, tuple[str, ...]] | None = None
+                 ) -> list[SAEConfig]:
+    """One SAEConfig per point of every grid, for every stream and hook the grid applies to.
+
+    Order: streams, then hooks, then grids. `hooks` gives each stream's hooks where they are
+    not in the config (a stored source taking its cache's); ids are unique and filesystem-safe,
+    and name the stream / the hook where the run has more than one.
+    """
     t = cfg.train
     base = {"arch": t.arch, "d_sae": t.d_sae, "k": t.k, "l1": t.l1, "lr": t.lr,
             "seed": t.sae_seed, "l0": t.l0, "mono_coef": t.mono_coef}
     grids = cfg.sweep or ({},)
     saes: list[SAEConfig] = []
-    for grid in grids:
-        axes = [(key, value if isinstance(value, list) else [value]) for key, value in grid.items()]
-        for point in itertools.product(*(values for _, values in axes)):
-            chosen = dict(zip((key for key, _ in axes), point, strict=True))
-            params = {**base, **{k: _SWEEP_TYPES[k](v) if _SWEEP_TYPES[k] in (int, float) else v
-                                 for k, v in chosen.items()}}
-            label = "-".join(f"{k}{'_' if k[-1].isdigit() else ''}{_fmt(v)}"
-                             for k, v in chosen.items() if k != "arch")
-            sae_id = f"{len(saes):02d}-{params['arch']}" + (f"-{label}" if label else "")
-            saes.append(SAEConfig(sae_id=sae_id, **params))
+    for source in cfg.sources:
+        stream_hooks = (hooks or {}).get(source.name, source.hooks)
+        for hook in stream_hooks:
+            for grid in grids:
+                if not _grid_applies(grid, source.name, hook):
+                    continue
+                axes = [(key, value if isinstance(value, list) else [value])
+                        for key, value in grid.items() if key not in ("stream", "hook")]
+                for point in itertools.product(*(values for _, values in axes)):
+                    chosen = dict(zip((key for key, _ in axes), point, strict=True))
+                    params = {**base, **{k: _SWEEP_TYPES[k](v) if _SWEEP_TYPES[k] in (int, float)
+                                         else v for k, v in chosen.items()}}
+                    label = "-".join(f"{k}{'_' if k[-1].isdigit() else ''}{_fmt(v)}"
+                                     for k, v in chosen.items() if k != "arch")
+                    parts = [f"{len(saes):02d}"]
+                    if len(cfg.sources) > 1:
+                        parts.append(source.name)
+                    if len(stream_hooks) > 1:
+                        parts.append(hook)
+                    parts += [params["arch"]] + ([label] if label else [])
+                    saes.append(SAEConfig(sae_id="-".join(parts), stream_id=source.name,
+                                          hook=hook, **params))
     return saes
+
+
+def _grid_applies(grid: dict[str, Any], stream: str, hook: str) -> bool:
+    for key, here in (("stream", stream), ("hook", hook)):
+        if key in grid:
+            wanted = grid[key] if isinstance(grid[key], list) else [grid[key]]
+            if here not in wanted:
+                return False
+    return True
 
 
 # Matmul-equivalents (rows x d_in x d_sae multiply-adds) of one training step, per arch: the
@@ -584,6 +712,7 @@ def sae_cost(sae: SAEConfig) -> float:
 @dataclass(frozen=True)
 class TrainerPlan:
     trainer_id: str
+    hook: str  # every SAE of a trainer trains on this hook of its stream
     saes: tuple[SAEConfig, ...]
 
 
@@ -591,6 +720,7 @@ class TrainerPlan:
 class StreamPlan:
     stream_id: str
     source: SourceConfig
+    hooks: tuple[str, ...]  # the hooks harvested, in block column order
     trainers: tuple[TrainerPlan, ...]
 
     @property
@@ -603,20 +733,29 @@ class Plan:
     config: Config
     streams: tuple[StreamPlan, ...]
 
+    @property
+    def trainers(self) -> list[TrainerPlan]:
+        return [trainer for stream in self.streams for trainer in stream.trainers]
+
     def describe(self) -> str:
         cfg = self.config
         res = cfg.resources
-        lines = [f"run {cfg.run.name!r} -> {run_dir_of(cfg)}  (seed {cfg.run.seed})"]
+        lines = [f"run {cfg.run.name!r} -> {run_dir_of(cfg)}  (seed {cfg.run.seed}); "
+                 f"{len(self.streams)} stream(s), {len(self.trainers)} trainer actor(s), "
+                 f"{sum(len(s.saes) for s in self.streams)} SAE(s)"]
+        if len(self.streams) > 1:
+            lines.append(f"streams at a time: {res.concurrent_streams or 'as resources allow'}")
         for stream in self.streams:
             src = stream.source
             model = src.backbone.model or "<random weights from config>"
             n_saes = len(stream.saes)
             lines += [
-                f"stream {stream.stream_id}: {src.backbone.kind} {model} @ {src.hook}, "
-                f"inputs {src.inputs.kind} (context {src.inputs.context}, "
-                f"max_tokens {src.inputs.max_tokens}), batch {src.batch_size}",
-                f"  harvest: 1 pass, {res.harvesters} harvester actor(s) x "
-                f"{res.cpus_per_harvester:g} CPU, {res.gpus_per_harvester:g} GPU",
+                f"stream {stream.stream_id}: {src.backbone.kind} {model} @ "
+                f"{', '.join(stream.hooks)}, inputs {src.inputs.kind} (context "
+                f"{src.inputs.context}, max_tokens {src.inputs.max_tokens}), batch "
+                f"{src.batch_size}",
+                f"  harvest: 1 pass for {len(stream.hooks)} hook(s), {res.harvesters} harvester "
+                f"actor(s) x {res.cpus_per_harvester:g} CPU, {res.gpus_per_harvester:g} GPU",
                 f"  stream: chunks of {cfg.stream.chunk_rows} rows, log capacity "
                 f"{cfg.stream.capacity_chunks} chunks, {cfg.stream.mix_chunks} chunks per batch "
                 f"group, {cfg.stream.holdout_rows} held-out rows",
@@ -625,7 +764,7 @@ class Plan:
                 f"{cfg.train.tokens} rows each, batch {cfg.train.batch_size}",
             ]
             for trainer in stream.trainers:
-                lines.append(f"  trainer {trainer.trainer_id}:")
+                lines.append(f"  trainer {trainer.trainer_id} @ {trainer.hook}:")
                 for sae in trainer.saes:
                     hyper = {"relu": f"l1={_fmt(sae.l1)}",
                              "jumprelu": f"l0={_fmt(sae.l0)}"}.get(sae.arch, f"k={sae.k}")
@@ -688,13 +827,52 @@ def _split_evenly(items: list[int], pieces: int) -> list[list[int]]:
 
 
 def make_plan(cfg: Config) -> Plan:
-    saes = expand_sweep(cfg)
-    packed = pack_trainers(saes, cfg.resources.trainers)
-    trainers = tuple(
-        TrainerPlan(trainer_id=f"t{i}", saes=tuple(group)) for i, group in enumerate(packed)
-    )
-    stream = StreamPlan(stream_id="s0", source=cfg.source, trainers=trainers)
-    return Plan(config=cfg, streams=(stream,))
+    """Streams with their hooks, and per stream `resources.trainers` trainer actors (at least
+    one per hook that has SAEs), each holding SAEs of one hook packed by cost."""
+    hooks = {source.name: stream_hooks(source, config_dir(cfg)) for source in cfg.sources}
+    saes = expand_sweep(cfg, hooks)
+    streams, n_trainers = [], 0
+    for source in cfg.sources:
+        by_hook = {hook: [s for s in saes if s.stream_id == source.name and s.hook == hook]
+                   for hook in hooks[source.name]}
+        by_hook = {hook: members for hook, members in by_hook.items() if members}
+        shares = _trainer_shares({h: sum(map(sae_cost, m)) for h, m in by_hook.items()},
+                                 cfg.resources.trainers)
+        trainers = []
+        for hook, members in by_hook.items():
+            for group in pack_trainers(members, shares[hook]):
+                trainers.append(TrainerPlan(trainer_id=f"t{n_trainers}", hook=hook,
+                                            saes=tuple(group)))
+                n_trainers += 1
+        streams.append(StreamPlan(stream_id=source.name, source=source,
+                                  hooks=hooks[source.name], trainers=tuple(trainers)))
+    return Plan(config=cfg, streams=tuple(streams))
+
+
+def _trainer_shares(costs: dict[str, float], n_trainers: int) -> dict[str, int]:
+    """Trainers per hook: one each, the rest in proportion to cost (largest remainders)."""
+    shares = dict.fromkeys(costs, 1)
+    spare = n_trainers - len(costs)
+    total = sum(costs.values())
+    if spare <= 0 or total <= 0:
+        return shares
+    exact = {h: spare * c / total for h, c in costs.items()}
+    for h in costs:
+        shares[h] += math.floor(exact[h])
+    left = n_trainers - sum(shares.values())
+    for h in sorted(costs, key=lambda h: exact[h] - math.floor(exact[h]), reverse=True)[:left]:
+        shares[h] += 1
+    return shares
+
+
+def stream_hooks(source: SourceConfig, base_dir: Path) -> tuple[str, ...]:
+    """The hooks a stream harvests: the config's, or for a stored source without hooks the
+    store's own (read from its header)."""
+    if source.backbone.kind != "stored" or all(source.hooks):
+        return source.hooks
+    from thresher.harvest.cache import stored_hooks
+
+    return stored_hooks(source, base_dir)
 
 
 def run_dir_of(cfg: Config) -> str:

@@ -1,9 +1,10 @@
 """The inline executor: the same plain classes as the Ray pipeline, in one process.
 
-For stepping through with a debugger and for a single-GPU box without Ray. It interleaves the
-roles cooperatively: harvest until the log is full (or every row wanted is in), then let each
-trainer step until it needs a group that is not there yet. Same config and seed give the same
-chunks, the same schedule and therefore the same SAE weights as the Ray executor.
+For stepping through with a debugger and for a single-GPU box without Ray. Streams run one
+after another. Within a stream it interleaves the roles cooperatively: harvest until the log is
+full (or every row wanted is in), then let each trainer step until it needs a group that is not
+there yet. Same config and seed give the same chunks, the same schedule and therefore the same
+SAE weights as the Ray executor.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import torch
 
 from thresher.analysis.evaluate import TrainerResult, trainer_result
 from thresher.block import ActivationBlock
-from thresher.config import Plan, config_dir, torch_threads
+from thresher.config import Config, Plan, StreamPlan, config_dir, torch_threads
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs, write_manifest
 from thresher.harvest.pump import Pump
 from thresher.harvest.stream import BatchReader, EndOfStream, Group, NotReady
-from thresher.outcome import RunOutcome
+from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
 from thresher.train.loop import TrainLoop
 from thresher.train.trainer import Trainer
@@ -33,7 +34,25 @@ def _device(gpus: float) -> str:
 
 def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) -> RunOutcome:
     cfg = plan.config
-    (stream,) = plan.streams
+    steps_total = -(-cfg.train.tokens // cfg.train.batch_size)
+    progress = Progress(len(plan.streams) * (cfg.train.tokens + cfg.stream.holdout_rows),
+                        {t.trainer_id: steps_total for t in plan.trainers},
+                        enabled=progress_enabled)
+    outcome = RunOutcome(results=[], streams={})
+    rows_before = 0
+    try:
+        for stream in plan.streams:
+            results, streamed = _run_stream(cfg, stream, run_dir, progress, rows_before)
+            outcome.results += results
+            outcome.streams[stream.stream_id] = streamed
+            rows_before += int(streamed.harvest["rows"])
+    finally:
+        progress.close()
+    return outcome
+
+
+def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progress,
+                rows_before: int) -> tuple[list[TrainerResult], StreamOutcome]:
     source = stream.source
     res = cfg.resources
     harvest_threads = torch_threads(cfg, "harvester")
@@ -59,73 +78,64 @@ def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) 
         return group
 
     loops: dict[str, TrainLoop] = {}
-    progress = Progress(
-        min(inputs.n_tokens, cfg.train.tokens + cfg.stream.holdout_rows),
-        {t.trainer_id: -(-cfg.train.tokens // cfg.train.batch_size) for t in stream.trainers},
-        enabled=progress_enabled)
+    hooks: dict[str, str] = {}
     train_start: dict[str, float] = {}
-    try:
-        while not loops or not all(loop.done for loop in loops.values()):
-            moved = False
-            # Harvest while it is useful: room in the log and rows still wanted.
-            torch.set_num_threads(harvest_threads)
-            t0 = time.perf_counter()
-            while not pump.harvest_done and not pump.pending:
-                item = next(batches, None)
-                if item is None or pump.chunker.done:
-                    pump.finish_harvest()
-                    break
-                before = harvester.unreadable
-                block = harvester.harvest(decode_batch(inputs, item))  # CPU stage, then forward
-                pump.add(block, np.array([harvester.forward_calls]),
-                         harvester.unreadable - before)
-                moved = True
-            harvest_seconds += time.perf_counter() - t0
+    while not loops or not all(loop.done for loop in loops.values()):
+        moved = False
+        # Harvest while it is useful: room in the log and rows still wanted.
+        torch.set_num_threads(harvest_threads)
+        t0 = time.perf_counter()
+        while not pump.harvest_done and not pump.pending:
+            item = next(batches, None)
+            if item is None or pump.chunker.done:
+                pump.finish_harvest()
+                break
+            before = harvester.unreadable
+            block = harvester.harvest(decode_batch(inputs, item))  # CPU stage, then forward
+            pump.add(block, np.array([harvester.forward_calls]), harvester.unreadable - before)
+            moved = True
+        harvest_seconds += time.perf_counter() - t0
 
-            if not loops and pump.stats is not None:
-                for t in stream.trainers:
-                    trainer = Trainer(t.trainer_id, t.saes, cfg.train, pump.stats, run_dir,
-                                      device=_device(res.gpus_per_trainer), hook_name=source.hook)
-                    reader = BatchReader(fetch, list, cfg.train.batch_size,
-                                         trainer.resumed_cursor)
-                    loops[t.trainer_id] = TrainLoop(
-                        trainer, reader, commit=lambda c, tid=t.trainer_id: pump.commit(tid, c),
-                        checkpoint_every=cfg.train.checkpoint_every)
-                    train_start[t.trainer_id] = time.perf_counter()
+        if not loops and pump.stats is not None:
+            for t in stream.trainers:
+                trainer = Trainer(t.trainer_id, t.saes, cfg.train, pump.stats[t.hook], run_dir,
+                                  device=_device(res.gpus_per_trainer), hook_name=t.hook)
+                reader = BatchReader(fetch, lambda blocks, h=t.hook: [b.select(h) for b in blocks],
+                                     cfg.train.batch_size, trainer.resumed_cursor)
+                loops[t.trainer_id] = TrainLoop(
+                    trainer, reader, commit=lambda c, tid=t.trainer_id: pump.commit(tid, c),
+                    checkpoint_every=cfg.train.checkpoint_every)
+                hooks[t.trainer_id] = t.hook
+                train_start[t.trainer_id] = time.perf_counter()
 
-            torch.set_num_threads(train_threads)
-            for loop in loops.values():
-                if loop.done:
-                    continue
-                before = (loop.trainer.step, pump.log.counters.released)
-                status = loop.advance()
-                if status == "blocked" and pump.log.full:
-                    loop.checkpoint()  # the pump waits on us: commit so chunks can go
-                moved |= (loop.trainer.step, pump.log.counters.released) != before or loop.done
-            progress.update(pump.counters.rows,
-                            {tid: loop.trainer.step for tid, loop in loops.items()})
-            if not moved:
-                raise RuntimeError(
-                    "the stream stalled: no trainer can step and the pump cannot append; "
-                    f"log holds {pump.log.held}/{pump.log.capacity} chunks. Raise "
-                    "stream.capacity_chunks (it must hold 2 x mix_chunks) or lower "
-                    "stream.mix_chunks")
-    finally:
-        progress.close()
+        torch.set_num_threads(train_threads)
+        for loop in loops.values():
+            if loop.done:
+                continue
+            before_step = (loop.trainer.step, pump.log.counters.released)
+            status = loop.advance()
+            if status == "blocked" and pump.log.full:
+                loop.checkpoint()  # the pump waits on us: commit so chunks can go
+            moved |= (loop.trainer.step, pump.log.counters.released) != before_step or loop.done
+        progress.update(rows_before + pump.counters.rows,
+                        {tid: loop.trainer.step for tid, loop in loops.items()})
+        if not moved:
+            raise RuntimeError(
+                f"stream {stream.stream_id} stalled: no trainer can step and the pump cannot "
+                f"append; log holds {pump.log.held}/{pump.log.capacity} chunks. Raise "
+                "stream.capacity_chunks (it must hold 2 x mix_chunks) or lower "
+                "stream.mix_chunks")
 
     holdout = pump.chunker.holdout_block()
     results: list[TrainerResult] = []
     for trainer_id, loop in loops.items():
         loop.trainer.export()
         seconds = time.perf_counter() - train_start[trainer_id]
-        results.append(trainer_result(cfg, stream.stream_id, loop.trainer, holdout,
+        results.append(trainer_result(cfg, stream.stream_id, loop.trainer,
+                                      holdout.select(hooks[trainer_id]),
                                       loop.counters.to_dict(), seconds))
     counters = pump.counters.to_dict()
     counters["seconds"] = harvest_seconds
-    return RunOutcome(
-        results=results,
-        harvest=counters,
-        log={"appended": pump.log.counters.appended, "released": pump.log.counters.released,
-             "peak_held": pump.log.counters.peak_held, "capacity": pump.log.capacity},
-        stream_stats=pump.stats.to_dict() if pump.stats else {},
-    )
+    log = {"appended": pump.log.counters.appended, "released": pump.log.counters.released,
+           "peak_held": pump.log.counters.peak_held, "capacity": pump.log.capacity}
+    return results, StreamOutcome(harvest=counters, log=log, stats=pump.stats)

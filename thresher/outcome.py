@@ -9,16 +9,48 @@ from typing import Any
 
 from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.config import Plan
+from thresher.harvest.stream import StreamStats
 from thresher.rundir import write_run_json
+
+
+@dataclass
+class StreamOutcome:
+    """One stream's harvest counters, broadcast-log counters and per-hook input statistics."""
+
+    harvest: dict[str, Any]
+    log: dict[str, Any]
+    stats: dict[str, StreamStats] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        stats = {hook: {k: v for k, v in s.to_dict().items() if k != "center"}
+                 for hook, s in (self.stats or {}).items()}
+        return {"harvest": self.harvest, "log": self.log, "stream_stats": stats}
 
 
 @dataclass
 class RunOutcome:
     results: list[TrainerResult]
-    harvest: dict[str, Any]
-    log: dict[str, Any]
-    stream_stats: dict[str, Any]
+    streams: dict[str, StreamOutcome]
     timings: dict[str, float] = field(default_factory=dict)
+
+    def harvest_totals(self) -> dict[str, Any]:
+        """Counters summed over streams (harvest seconds too: streams may have overlapped)."""
+        totals: dict[str, Any] = {}
+        for stream in self.streams.values():
+            for key, value in stream.harvest.items():
+                if key in ("started_at", "finished_at"):
+                    continue
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    totals[key] = totals.get(key, 0) + value
+        return totals
+
+    def log_totals(self) -> dict[str, Any]:
+        """Chunks appended and released over all streams, and the fullest any log ever was."""
+        logs = [stream.log for stream in self.streams.values()]
+        return {"appended": sum(log["appended"] for log in logs),
+                "released": sum(log["released"] for log in logs),
+                "peak_held": max((log["peak_held"] for log in logs), default=0),
+                "capacity": max((log["capacity"] for log in logs), default=0)}
 
 
 def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
@@ -26,18 +58,18 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
     """Write the Parquet statistics and the final run.json."""
     start = time.perf_counter()
     write_run_stats(run_dir, outcome.results)
+    harvest = outcome.harvest_totals()
     outcome.timings.update({
         "wall": wall_seconds,
-        "harvest": float(outcome.harvest.get("seconds", 0.0)),
+        "harvest": float(harvest.get("seconds", 0.0)),
         "train_steps": max((r.loop.get("step_seconds", 0.0) for r in outcome.results),
                            default=0.0),
         "write_stats": time.perf_counter() - start,
     })
-    stream_stats = {k: v for k, v in outcome.stream_stats.items() if k != "center"}
     write_run_json(run_dir, plan, executor, status="complete", extra={
-        "harvest": outcome.harvest,
-        "log": outcome.log,
-        "stream_stats": stream_stats,
+        "harvest": harvest,
+        "log": outcome.log_totals(),
+        "streams": {sid: stream.to_dict() for sid, stream in outcome.streams.items()},
         "trainers": {r.trainer_id: {**r.loop, "seconds": r.seconds} for r in outcome.results},
         "timings": outcome.timings,
     })

@@ -131,9 +131,9 @@ def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
         "executor": executor,
         "config": plan.config.to_dict(),
         "plan": [
-            {"stream_id": s.stream_id,
-             "trainers": [{"trainer_id": t.trainer_id, "saes": [c.to_dict() for c in t.saes]}
-                          for t in s.trainers]}
+            {"stream_id": s.stream_id, "hooks": list(s.hooks),
+             "trainers": [{"trainer_id": t.trainer_id, "hook": t.hook,
+                           "saes": [c.to_dict() for c in t.saes]} for t in s.trainers]}
             for s in plan.streams
         ],
         "versions": versions(),

@@ -110,10 +110,10 @@ def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: Activ
 
 def identity_columns(cfg: Config, stream_id: str, trainer_id: str, sae: SAEConfig,
                      d_in: int) -> dict[str, Any]:
-    backbone = cfg.source.backbone
+    backbone = cfg.source_named(stream_id).backbone
     return {"run_name": cfg.run.name, "stream_id": stream_id, "trainer_id": trainer_id,
             **_hyper(sae), "d_in": d_in, "backbone": backbone.kind,
-            "model": backbone.model or "<random weights>", "hook": cfg.source.hook}
+            "model": backbone.model or "<random weights>", "hook": sae.hook}
 
 
 def _hyper(sae: SAEConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tokenizers and backbones: text in, activations at one hook out.
+"""Tokenizers and backbones: text in, activations at the stream's hooks out.
 
 Two kinds, chosen by ``source.backbone.kind``:
 
@@ -11,6 +11,9 @@ Two kinds, chosen by ``source.backbone.kind``:
   from ``HookedTransformerConfig`` arguments with seeded random weights. Hooks are TransformerLens
   hook names; per-head activations are flattened to ``[B, T, heads * d_head]``.
 
+A backbone takes several hooks and runs ONE forward for all of them, stopping after the deepest;
+`forward` returns their activations side by side ([B, T, sum of `hook_widths`]), in hook order.
+
 Nothing here downloads: every Hugging Face lookup runs in offline mode, so a missing model fails
 at once with a message that says what to do instead of hanging on the network.
 """
@@ -20,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,12 +57,69 @@ class Tokenizer(Protocol):
 
 
 class Backbone(Protocol):
-    d_model: int  # width of the activations at the hook
+    hooks: tuple[str, ...]
+    hook_widths: tuple[int, ...]  # width of each hook's activations
+    d_model: int  # sum of hook_widths
     n_ctx: int | None  # longest window the model takes (None: no limit known)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Activations at the hook, float32 [B, T, d_model], for int tokens [B, T]."""
+        """Activations at the hooks side by side, float32 [B, T, d_model], for tokens [B, T]."""
         ...
+
+
+class StopForward(Exception):
+    """Raised by LayerTaps once every tapped layer has run: deeper layers never run."""
+
+
+class LayerTaps:
+    """Captures hidden states at several layers during one forward, then stops it.
+
+    `tap` registers a hook recording a module's output (or its input) under a key; `run(fn)`
+    calls fn() and returns {key: tensor}. Taps record only inside `run`, so other callers of the
+    model (a probe, the CE-loss splice) run it whole.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._captured: dict[str, torch.Tensor] = {}
+        self._armed = False
+
+    def tap(self, module: torch.nn.Module, key: str, on: str = "output",
+            input_name: str = "hidden_states") -> None:
+        self.keys.append(key)
+        if on == "output":
+            def record_output(_module: torch.nn.Module, _args: tuple, output: Any) -> None:
+                self._record(key, output[0] if isinstance(output, tuple) else output)
+
+            module.register_forward_hook(record_output)
+        else:
+            def record_input(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+                self._record(key, args[0] if args else kwargs[input_name])
+
+            module.register_forward_pre_hook(record_input, with_kwargs=True)
+
+    def _record(self, key: str, value: torch.Tensor) -> None:
+        if self._armed:
+            self._captured[key] = value
+            if len(self._captured) == len(self.keys):
+                raise StopForward
+
+    def run(self, forward: Callable[[], Any]) -> dict[str, torch.Tensor]:
+        self._captured, self._armed = {}, True
+        try:
+            with contextlib.suppress(StopForward):
+                forward()
+        finally:
+            self._armed = False
+        captured, self._captured = self._captured, {}
+        missing = [key for key in self.keys if key not in captured]
+        if missing:
+            raise RuntimeError(f"the hooked layers {missing} did not run")
+        return captured
+
+
+def hook_list(hooks: str | Sequence[str]) -> tuple[str, ...]:
+    return (hooks,) if isinstance(hooks, str) else tuple(hooks)
 
 
 # --------------------------------------------------------------------------------------------
@@ -305,9 +365,10 @@ def _layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.
 
 
 class HFTextBackbone:
-    """A transformers encoder cut after the hooked layer: deeper layers never run."""
+    """A transformers encoder cut after the deepest hooked layer: deeper layers never run."""
 
-    def __init__(self, cfg: BackboneConfig, hook: str, device: str = "cpu") -> None:
+    def __init__(self, cfg: BackboneConfig, hooks: str | Sequence[str],
+                 device: str = "cpu") -> None:
         from transformers import AutoModel
 
         if cfg.config is not None:
@@ -321,45 +382,40 @@ class HFTextBackbone:
                                                       local_files_only=True)
             except Exception as exc:
                 raise _unloadable(cfg, exc) from exc
+        self.hooks = hook_list(hooks)
         n_layers = int(model.config.num_hidden_layers)
         valid = ["embeddings"] + [f"layer.{i}" for i in range(n_layers)]
-        match = re.fullmatch(r"layer\.(\d+)", hook)
-        if hook != "embeddings" and (match is None or int(match.group(1)) >= n_layers):
-            raise ConfigError(
-                f"source.hook {hook!r} is not a hook of this {n_layers}-layer hf_text model; "
-                f"valid hooks: {', '.join(valid)}")
-        layer = int(match.group(1)) if match else 0
+        layer_of: dict[str, int | None] = {}
+        for hook in self.hooks:
+            match = re.fullmatch(r"layer\.(\d+)", hook)
+            if hook != "embeddings" and (match is None or int(match.group(1)) >= n_layers):
+                raise ConfigError(
+                    f"source.hook {hook!r} is not a hook of this {n_layers}-layer hf_text "
+                    f"model; valid hooks: {', '.join(valid)}")
+            layer_of[hook] = int(match.group(1)) if match else None
+        deepest = max((layer for layer in layer_of.values() if layer is not None), default=0)
         parent, attr, layers = _layer_list(model)
-        # Keep only the layers up to the hook; "embeddings" keeps layer 0 to read its input.
-        setattr(parent, attr, torch.nn.ModuleList(list(layers)[: layer + 1]))
-        self._target = getattr(parent, attr)[layer]
-        self._embeddings = hook == "embeddings"
-        self._captured: torch.Tensor | None = None
-        if self._embeddings:
-            self._target.register_forward_pre_hook(self._capture_input, with_kwargs=True)
-        else:
-            self._target.register_forward_hook(self._capture_output)
+        # Keep only the layers up to the deepest hook; "embeddings" is layer 0's input.
+        setattr(parent, attr, torch.nn.ModuleList(list(layers)[: deepest + 1]))
+        kept = getattr(parent, attr)
+        self._taps = LayerTaps()
+        for hook, layer in layer_of.items():
+            if layer is None:
+                self._taps.tap(kept[0], hook, on="input")
+            else:
+                self._taps.tap(kept[layer], hook)
         self.model = model.to(device=device, dtype=_dtype(cfg)).eval()
         self.device = device
         self.n_ctx: int | None = getattr(model.config, "max_position_embeddings", None)
         self.vocab_size = int(model.config.vocab_size)
-        probe = torch.zeros(1, 2, dtype=torch.long, device=device)
-        self.d_model = int(self.forward(probe, torch.ones_like(probe)).shape[-1])
-
-    def _capture_input(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        self._captured = args[0] if args else kwargs["hidden_states"]
-
-    def _capture_output(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        self._captured = output[0] if isinstance(output, tuple) else output
+        self.hook_widths = tuple(int(model.config.hidden_size) for _ in self.hooks)
+        self.d_model = sum(self.hook_widths)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        self._captured = None
         with torch.inference_mode():
-            self.model(input_ids=tokens.to(self.device),
-                       attention_mask=attention_mask.to(self.device))
-        acts, self._captured = self._captured, None
-        assert acts is not None, "the hooked layer did not run"
-        return acts.float()
+            captured = self._taps.run(lambda: self.model(
+                input_ids=tokens.to(self.device), attention_mask=attention_mask.to(self.device)))
+        return torch.cat([captured[hook].float() for hook in self.hooks], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,9 +424,10 @@ class HFTextBackbone:
 
 
 class TransformerLensBackbone:
-    """A HookedTransformer run up to the block of the hook (stop_at_layer)."""
+    """A HookedTransformer run up to the block of the deepest hook (stop_at_layer)."""
 
-    def __init__(self, cfg: BackboneConfig, hook: str, device: str = "cpu") -> None:
+    def __init__(self, cfg: BackboneConfig, hooks: str | Sequence[str],
+                 device: str = "cpu") -> None:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
         if cfg.config is not None:
@@ -389,57 +446,73 @@ class TransformerLensBackbone:
                         cfg.model, dtype=_dtype(cfg), device=device, local_files_only=True)
             except Exception as exc:
                 raise _unloadable(cfg, exc) from exc
-        if hook not in model.hook_dict:
-            close = difflib.get_close_matches(hook, list(model.hook_dict), n=3, cutoff=0.5)
-            hint = f"; closest: {', '.join(close)}" if close else ""
-            raise ConfigError(
-                f"source.hook {hook!r} is not a hook of this TransformerLens model{hint}. Hooks "
-                "look like blocks.1.hook_resid_post, blocks.0.mlp.hook_post, blocks.0.attn.hook_z"
-                ", hook_embed")
-        if hook.endswith(_NOT_PER_TOKEN):
-            raise ConfigError(
-                f"source.hook {hook!r} holds attention between token pairs [batch, head, query, "
-                "key], not one vector per token; choose e.g. the block's attn.hook_z or "
-                "hook_attn_out")
-        block = re.match(r"blocks\.(\d+)\.", hook)
-        if block:
-            self.stop_at_layer: int | None = int(block.group(1)) + 1
-        elif hook in _TL_EMBED_HOOKS:
-            self.stop_at_layer = 0
-        else:
-            self.stop_at_layer = None  # after the last block (ln_final, unembed): run it all
+        self.hooks = hook_list(hooks)
+        stops = [_tl_stop_at_layer(model, hook) for hook in self.hooks]
+        # Run up to the deepest hook's block; None (a hook after the last block) runs it all.
+        self.stop_at_layer: int | None = None if None in stops else max(
+            stop for stop in stops if stop is not None)
         if model.tokenizer is not None:
             # Right padding: the causal mask keeps pads out of real tokens' activations, so
             # TransformerLens must not derive a (left-padding) mask from the pad id.
             model.tokenizer.padding_side = "right"
         self.model = model.eval()
-        self.hook = hook
         self.device = device
         self.n_ctx = int(model.cfg.n_ctx)
         self.vocab_size = int(model.cfg.d_vocab)
         probe = torch.zeros(1, 2, dtype=torch.long, device=device)
-        self.d_model = int(self.forward(probe, torch.ones_like(probe)).shape[-1])
+        self.hook_widths = tuple(int(a.shape[-1]) for a in self._per_hook(probe))
+        self.d_model = sum(self.hook_widths)
+
+    def _per_hook(self, tokens: torch.Tensor) -> list[torch.Tensor]:
+        with torch.inference_mode():
+            _, cache = self.model.run_with_cache(tokens.to(self.device),
+                                                 names_filter=list(self.hooks),
+                                                 stop_at_layer=self.stop_at_layer)
+        out = []
+        for hook in self.hooks:
+            acts = cache[hook]
+            if tuple(acts.shape[:2]) != tuple(tokens.shape):
+                raise ValueError(f"hook {hook!r} gave shape {tuple(acts.shape)}, not one vector "
+                                 f"per token of {tuple(tokens.shape)}")
+            if acts.ndim == 4:  # per-head [B, T, H, d_head]: one row per token, heads side by side
+                acts = acts.reshape(*acts.shape[:2], -1)
+            elif acts.ndim == 2:
+                acts = acts[..., None]
+            out.append(acts.float())
+        return out
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            _, cache = self.model.run_with_cache(tokens.to(self.device), names_filter=self.hook,
-                                                 stop_at_layer=self.stop_at_layer)
-        acts = cache[self.hook]
-        if tuple(acts.shape[:2]) != tuple(tokens.shape):
-            raise ValueError(f"hook {self.hook!r} gave shape {tuple(acts.shape)}, not one vector "
-                             f"per token of {tuple(tokens.shape)}")
-        if acts.ndim == 4:  # per-head [B, T, H, d_head]: one row per token, heads side by side
-            acts = acts.reshape(*acts.shape[:2], -1)
-        elif acts.ndim == 2:
-            acts = acts[..., None]
-        return acts.float()
+        return torch.cat(self._per_hook(tokens), dim=-1)
 
 
-def load_backbone(cfg: BackboneConfig, hook: str, device: str = "cpu") -> Backbone:
-    """The backbone of `cfg`, cut at `hook`, in eval mode on `device`."""
+def _tl_stop_at_layer(model: Any, hook: str) -> int | None:
+    """The stop_at_layer that still fires `hook` (None: run every block)."""
+    if hook not in model.hook_dict:
+        close = difflib.get_close_matches(hook, list(model.hook_dict), n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise ConfigError(
+            f"source.hook {hook!r} is not a hook of this TransformerLens model{hint}. Hooks "
+            "look like blocks.1.hook_resid_post, blocks.0.mlp.hook_post, blocks.0.attn.hook_z"
+            ", hook_embed")
+    if hook.endswith(_NOT_PER_TOKEN):
+        raise ConfigError(
+            f"source.hook {hook!r} holds attention between token pairs [batch, head, query, "
+            "key], not one vector per token; choose e.g. the block's attn.hook_z or "
+            "hook_attn_out")
+    block = re.match(r"blocks\.(\d+)\.", hook)
+    if block:
+        return int(block.group(1)) + 1
+    if hook in _TL_EMBED_HOOKS:
+        return 0
+    return None  # after the last block (ln_final, unembed)
+
+
+def load_backbone(cfg: BackboneConfig, hooks: str | Sequence[str],
+                  device: str = "cpu") -> Backbone:
+    """The text backbone of `cfg`, cut after its deepest hook, in eval mode on `device`."""
     if cfg.kind == "hf_text":
-        return HFTextBackbone(cfg, hook, device)
+        return HFTextBackbone(cfg, hooks, device)
     if cfg.kind == "transformer_lens":
-        return TransformerLensBackbone(cfg, hook, device)
+        return TransformerLensBackbone(cfg, hooks, device)
     raise ConfigError(f"source.backbone.kind {cfg.kind!r} is not a text backbone; "
                       "valid: hf_text, transformer_lens")

@@ -3,7 +3,8 @@
 Two layouts, read the same way by `open_store` (and so by the `stored` source):
 
 - **LMDB** (written by `thresher harvest CONFIG`): a folder holding ``data.mdb``. Keys:
-  ``header`` (JSON: format, format_version, dtype, byte order, d, backbone, hook, source,
+  ``header`` (JSON: format, format_version, dtype, byte order, d, backbone, hook, hooks (the
+  [name, width] of each hook's column range of acts, for a stream of several hooks), source,
   columns, n_blocks, n_rows, complete), ``manifest`` (the inputs manifest as Parquet bytes),
   ``harvest`` (JSON counters) and per block ``block/<8 digits>/<column>`` (raw little-endian
   array bytes: acts [rows, d], example_id int64, position int32, optional label int64) with
@@ -66,6 +67,7 @@ class StoreWriter:
     d: int | None = None
     labelled: bool | None = None
     bf16: bool = False
+    hooks: tuple[tuple[str, int], ...] = ()
     _env: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -84,7 +86,8 @@ class StoreWriter:
         acts = "<i2" if self.bf16 else "<f4"
         return {"format": STORE_FORMAT, "format_version": STORE_FORMAT_VERSION,
                 "dtype": "bfloat16" if self.bf16 else "float32", "byteorder": "little",
-                "d": self.d, "backbone": self.backbone, "hook": self.hook, "source": self.source,
+                "d": self.d, "backbone": self.backbone, "hook": self.hook,
+                "hooks": [list(h) for h in self.hooks], "source": self.source,
                 "columns": {"acts": acts, **_COLUMNS}, "labelled": bool(self.labelled),
                 "n_blocks": self.n_blocks, "n_rows": self.n_rows, "complete": complete}
 
@@ -98,7 +101,9 @@ class StoreWriter:
             return
         if self.d is None:
             self.d, self.labelled, self.bf16 = block.d, block.label is not None, block.bf16
-        if block.d != self.d or (block.label is not None) != self.labelled:
+            self.hooks = block.hooks
+        if (block.d != self.d or (block.label is not None) != self.labelled
+                or block.hooks != self.hooks):
             raise ValueError("every block of a store must have the same width and columns")
         columns = {"acts": np.ascontiguousarray(block.acts, dtype="<i2" if self.bf16 else "<f4"),
                    "example_id": np.ascontiguousarray(block.example_id, dtype="<i8"),
@@ -221,6 +226,8 @@ class LmdbStore:
         self.n_blocks = int(self.header["n_blocks"])
         self.d = int(self.header["d"] or 0)
         self.hook = str(self.header["hook"])
+        self.hooks: tuple[tuple[str, int], ...] = tuple(
+            (str(name), int(width)) for name, width in self.header.get("hooks") or ())
         self.bf16 = self.header["dtype"] == "bfloat16"
 
     def _get(self, key: bytes) -> bytes | None:
@@ -254,7 +261,7 @@ class LmdbStore:
             columns[name] = array.reshape(rows, self.d) if name == "acts" else array
         return ActivationBlock(acts=columns["acts"], example_id=columns["example_id"],
                                position=columns["position"], label=columns.get("label"),
-                               bf16=self.bf16)
+                               bf16=self.bf16, hooks=self.hooks)
 
     def manifest(self) -> pa.Table | None:
         raw = self._get(b"manifest")
@@ -278,6 +285,7 @@ class NpyShardStore:
         header = self.path / "header.json"
         self.header: dict[str, Any] = json.loads(header.read_text()) if header.is_file() else {}
         self.hook = str(self.header.get("hook", ""))
+        self.hooks: tuple[tuple[str, int], ...] = ()
         self.n_blocks = len(self.shards)
         self.bf16 = False
         self._offsets = [0]
@@ -357,17 +365,49 @@ class StoredBackbone:
 
     def __init__(self, source: SourceConfig, base_dir: Path) -> None:
         self.store = open_store(store_path(source, base_dir))
-        check_stored_hook(source, self.store.hook)
-        self.d_model = self.store.d
+        self.hooks = check_stored_hook(source, self.store)
+        layout = dict(self.store.hooks) or {self.hooks[0]: self.store.d}
+        self.hook_widths = tuple(layout[h] for h in self.hooks)
+        self.d_model = sum(self.hook_widths)
 
     def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
-        return self.store.block(int(np.asarray(batch["block"]).reshape(-1)[0]))
+        block = self.store.block(int(np.asarray(batch["block"]).reshape(-1)[0]))
+        if not block.hooks:  # a single-hook store (or .npy shards): name its columns
+            return ActivationBlock(acts=block.acts, example_id=block.example_id,
+                                   position=block.position, label=block.label, bf16=block.bf16,
+                                   hooks=((self.hooks[0], block.d),))
+        if [h for h, _ in block.hooks] == list(self.hooks):
+            return block
+        return ActivationBlock.from_columns(block.to_columns(), hooks=self.hooks)
 
 
-def check_stored_hook(source: SourceConfig, stored_hook: str) -> None:
-    if source.hook and stored_hook and source.hook != stored_hook:
-        raise ConfigError(f"source.hook is {source.hook!r} but the store holds hook "
-                          f"{stored_hook!r}; set source.hook to {stored_hook!r}")
+def _hooks_of(store: LmdbStore | NpyShardStore) -> tuple[str, ...]:
+    return tuple(name for name, _ in store.hooks) or (store.hook,)
+
+
+def check_stored_hook(source: SourceConfig, store: LmdbStore | NpyShardStore
+                      ) -> tuple[str, ...]:
+    """The stored hooks a source replays: those it names (each must be in the store), or all."""
+    held = _hooks_of(store)
+    wanted = tuple(h for h in source.hooks if h)
+    if not wanted:
+        return held
+    missing = [h for h in wanted if h not in held and not (len(held) == 1 and not held[0])]
+    if missing:
+        fix = (f"set source.hook to {held[0]!r}" if len(held) == 1
+               else f"set source.hook to some of {list(held)}")
+        raise ConfigError(f"source.hook names {missing} but the store holds hook(s) "
+                          f"{list(held)}; {fix}, or leave it empty to replay all it holds")
+    return wanted
+
+
+def stored_hooks(source: SourceConfig, base_dir: Path) -> tuple[str, ...]:
+    """The hooks a stored source replays (opens the store's header)."""
+    store = open_store(store_path(source, base_dir))
+    try:
+        return check_stored_hook(source, store)
+    finally:
+        store.close()
 
 
 def build_stored_inputs(source: SourceConfig, base_dir: Path
@@ -375,7 +415,7 @@ def build_stored_inputs(source: SourceConfig, base_dir: Path
     """One input batch per stored block, in stored order; the stored manifest; rows."""
     store = open_store(store_path(source, base_dir))
     try:
-        check_stored_hook(source, store.hook)
+        check_stored_hook(source, store)
         batches = [{"block": np.array([i], dtype=np.int64)} for i in range(store.n_blocks)]
         rows = int(store.header.get("n_rows", 0)) if isinstance(store, LmdbStore) else int(
             store._offsets[-1])
@@ -396,15 +436,16 @@ def default_store_path(cfg: Config) -> Path:
 
 
 def harvest_to_store(cfg: Config, out: str | Path | None = None,
-                     map_size: int = DEFAULT_MAP_SIZE) -> Path:
-    """Harvest the config's source once (every input, in stream order) into an LMDB store."""
+                     map_size: int = DEFAULT_MAP_SIZE, stream: str | None = None) -> Path:
+    """Harvest one source of the config (`stream`, or its only one) once, every input in
+    stream order and every hook of it, into an LMDB store."""
     import time
 
     from thresher.config import config_dir, torch_threads
     from thresher.harvest.harvester import Harvester
     from thresher.harvest.inputs import decode_batch, prepare_inputs
 
-    source = cfg.source
+    source = cfg.source_named(stream) if stream is not None else cfg.source
     if source.backbone.kind == "stored":
         raise ConfigError("source.backbone.kind is 'stored': that source already replays a "
                           "store; harvest a config with a model backbone")
@@ -415,7 +456,7 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
                           base_dir=config_dir(cfg))
     from thresher.config import _to_plain
 
-    writer = StoreWriter(path, backbone=_to_plain(source.backbone), hook=source.hook,
+    writer = StoreWriter(path, backbone=_to_plain(source.backbone), hook=source.hooks[0],
                          source=_to_plain(source), map_size=map_size)
     unreadable = inputs.unreadable
     try:
@@ -432,14 +473,14 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
     return writer.close(inputs.manifest, counters)
 
 
-def harvest_and_describe(config: Any, out: str | None = None) -> str:
+def harvest_and_describe(config: Any, out: str | None = None, stream: str | None = None) -> str:
     """`thresher harvest`: harvest into a store, then one line saying what it holds."""
     from thresher.config import load_config
 
-    path = harvest_to_store(load_config(config), out)
+    path = harvest_to_store(load_config(config), out, stream=stream)
     store = open_store(path)
     try:
         return (f"activation store: {path} ({store.header['n_rows']} rows x {store.d}, "
-                f"{store.n_blocks} blocks, hook {store.hook!r})")
+                f"{store.n_blocks} blocks, hooks {list(_hooks_of(store))})")
     finally:
         store.close()

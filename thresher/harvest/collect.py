@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from thresher.block import ActivationBlock
 from thresher.config import Config, config_dir, torch_threads
-from thresher.harvest.backbones import load_tokenizer
 from thresher.harvest.harvester import Harvester
-from thresher.harvest.inputs import build_inputs
+from thresher.harvest.inputs import decode_batch, prepare_inputs
 from thresher.harvest.stream import Chunker
 
 
-def collect_stream(cfg: Config) -> tuple[ActivationBlock, ActivationBlock]:
-    """(held-out rows, training rows) of the config's stream, as a run would cut them."""
-    source = cfg.source
-    inputs = build_inputs(source, cfg.run.seed, config_dir(cfg), load_tokenizer(source.backbone))
-    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"))
+def collect_stream(cfg: Config, stream: str | None = None
+                   ) -> tuple[ActivationBlock, ActivationBlock]:
+    """(held-out rows, training rows) of a stream (the only one by default), every hook side by
+    side, as a run would cut them."""
+    source = cfg.source_named(stream) if stream is not None else cfg.source
+    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
+    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"),
+                          base_dir=config_dir(cfg))
     steps = -(-cfg.train.tokens // cfg.train.batch_size)
     chunker = Chunker(cfg.stream.chunk_rows, cfg.stream.holdout_rows, cfg.stream.norm_rows,
                       wanted_rows=steps * cfg.train.batch_size)
@@ -26,6 +28,6 @@ def collect_stream(cfg: Config) -> tuple[ActivationBlock, ActivationBlock]:
     for batch in inputs.batches:
         if chunker.done:
             break
-        chunks += chunker.add(harvester.harvest(batch))
+        chunks += chunker.add(harvester.harvest(decode_batch(inputs, batch)))
     chunks += chunker.finish()
     return chunker.holdout_block(), ActivationBlock.concat(chunks)

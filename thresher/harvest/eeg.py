@@ -11,7 +11,6 @@ A recording that cannot be read (a corrupt EDF, a malformed .npy) is skipped and
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import pickle
 import re
@@ -45,10 +44,6 @@ class Recording:
     origin: str
     signals: np.ndarray  # float32 [channels, time]
     channels: list[str]
-
-
-class _StopForward(Exception):
-    """Raised by the capture hook once the hooked layer ran."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -234,11 +229,13 @@ def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
 
 
 class PatchTSTBackbone:
-    """transformers PatchTSTModel cut after the hooked encoder layer; rows = (channel, patch).
+    """transformers PatchTSTModel cut after the deepest hooked encoder layer; rows = (channel,
+    patch).
 
     Hooks: ``embeddings`` (patch embedding + positions: ``hidden_states[0]``) or ``layer.N``
     (output of encoder layer N: ``hidden_states[N + 1]``, or ``last_hidden_state`` for the
-    last layer, since PatchTST's ``hidden_states`` hold each layer's input).
+    last layer, since PatchTST's ``hidden_states`` hold each layer's input); several hooks come
+    from one forward, side by side.
     """
 
     n_ctx: int | None = None
@@ -246,7 +243,7 @@ class PatchTSTBackbone:
     def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
         from transformers import PatchTSTModel
 
-        from thresher.harvest.backbones import _hub_offline, _seeded
+        from thresher.harvest.backbones import LayerTaps, _hub_offline, _seeded
 
         cfg = source.backbone
         config = patchtst_config(cfg)
@@ -266,15 +263,18 @@ class PatchTSTBackbone:
             model.masking = torch.nn.Identity()
         n_layers = int(config.num_hidden_layers)
         valid = ["embeddings"] + [f"layer.{i}" for i in range(n_layers)]
-        match = re.fullmatch(r"layer\.(\d+)", source.hook)
-        if source.hook != "embeddings" and (match is None or int(match.group(1)) >= n_layers):
-            raise ConfigError(f"source.hook {source.hook!r} is not a hook of this {n_layers}-"
-                              f"layer PatchTST model; valid hooks: {', '.join(valid)}")
         layers = model.encoder.layers
-        if match:
-            layers[int(match.group(1))].register_forward_hook(self._capture_output)
-        else:
-            layers[0].register_forward_pre_hook(self._capture_input, with_kwargs=True)
+        self.hooks = source.hooks
+        self._taps = LayerTaps()
+        for hook in self.hooks:
+            match = re.fullmatch(r"layer\.(\d+)", hook)
+            if hook != "embeddings" and (match is None or int(match.group(1)) >= n_layers):
+                raise ConfigError(f"source.hook {hook!r} is not a hook of this {n_layers}-"
+                                  f"layer PatchTST model; valid hooks: {', '.join(valid)}")
+            if match:
+                self._taps.tap(layers[int(match.group(1))], hook)
+            else:
+                self._taps.tap(layers[0], hook, on="input", input_name="hidden_state")
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.device = device
@@ -283,33 +283,19 @@ class PatchTSTBackbone:
         self.n_channels = int(config.num_input_channels)
         self.context = int(config.context_length)
         self.use_cls = bool(getattr(config, "use_cls_token", False))
-        self._armed = False
-        self._captured: torch.Tensor | None = None
-        self.d_model = int(config.d_model)
-
-    def _capture_output(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        if self._armed:
-            self._captured = output[0] if isinstance(output, tuple) else output
-            raise _StopForward
-
-    def _capture_input(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._armed:
-            self._captured = args[0] if args else kwargs["hidden_state"]
-            raise _StopForward
+        self.hook_widths = tuple(int(config.d_model) for _ in self.hooks)
+        self.d_model = sum(self.hook_widths)
 
     def activations(self, values: torch.Tensor) -> torch.Tensor:
-        """[B, channels, patches, d] float32 at the hook for windows [B, context, channels]."""
+        """[B, channels, patches, d_model] float32 at the hooks (side by side) for windows
+        [B, context, channels]."""
         if tuple(values.shape[1:]) != (self.context, self.n_channels):
             raise ValueError(f"windows of shape {tuple(values.shape[1:])} do not fit the model "
                              f"(context_length {self.context}, {self.n_channels} channels)")
-        self._captured, self._armed = None, True
-        try:
-            with torch.inference_mode(), contextlib.suppress(_StopForward):
-                self.model(past_values=values.to(self.device, self.dtype))
-        finally:
-            self._armed = False
-        acts, self._captured = self._captured, None
-        assert acts is not None, "the hooked layer did not run"
+        with torch.inference_mode():
+            captured = self._taps.run(
+                lambda: self.model(past_values=values.to(self.device, self.dtype)))
+        acts = torch.cat([captured[hook] for hook in self.hooks], dim=-1)
         if self.use_cls:
             acts = acts[:, :, 1:]  # the CLS token is not a (channel, patch) token
         return acts.float()

@@ -2,13 +2,15 @@
 
 `Harvester` is a plain class; Ray Data runs it as the `map_batches` UDF of a fixed actor pool
 (`__call__`), the inline executor calls `harvest` directly. Each input batch (see
-`thresher.harvest.inputs`) becomes exactly one forward and one ActivationBlock. Text rows are
-the windows' content tokens: special tokens ([CLS], [SEP], BOS) and padding never become rows.
+`thresher.harvest.inputs`) becomes exactly one forward and one ActivationBlock, which carries
+every hook of the stream side by side (`ActivationBlock.hooks` names them). Text rows are the
+windows' content tokens: special tokens ([CLS], [SEP], BOS) and padding never become rows.
 Image, EEG and stored backbones make their own rows (`backbone.harvest(batch)`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import secrets
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ def load_any_backbone(source: SourceConfig, device: str, base_dir: Path | None =
         from thresher.harvest.cache import StoredBackbone
 
         return StoredBackbone(source, base_dir if base_dir is not None else Path.cwd())
-    return load_backbone(source.backbone, source.hook, device)
+    return load_backbone(source.backbone, source.hooks, device)
 
 
 class Harvester:
@@ -69,8 +71,16 @@ class Harvester:
     def d_model(self) -> int:
         return self.backbone.d_model
 
+    @property
+    def hook_layout(self) -> tuple[tuple[str, int], ...]:
+        """(hook, width) of each column range of the harvested rows."""
+        return tuple(zip(self.backbone.hooks, self.backbone.hook_widths, strict=True))
+
     def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
-        """ONE backbone forward for one input batch; text rows are its content tokens."""
+        """ONE backbone forward for one input batch, rows for every hook of the stream."""
+        return dataclasses.replace(self._harvest(batch), hooks=self.hook_layout)
+
+    def _harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
         if not self.text:
             if "ref" in batch and "pixels" not in batch:  # not decoded by a CPU stage yet
                 from thresher.harvest.vision import decode_images

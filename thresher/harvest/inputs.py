@@ -309,7 +309,7 @@ def modality(source: SourceConfig) -> str:
 
 def _image_rows_per_example(source: SourceConfig) -> int:
     """Rows one image gives (for progress only; 1 where unknown without the model)."""
-    if source.hook == "embedding" or source.tokens == "cls":
+    if source.hooks == ("embedding",) or source.tokens == "cls":
         return 1
     backbone = source.backbone
     try:

@@ -31,11 +31,16 @@ class HarvestCounters:
     examples: set[int] = field(default_factory=set)
     seconds: float = 0.0
     unreadable_inputs: int = 0  # images or recordings skipped because they could not be read
+    # Wall-clock times (epoch seconds) the pump started and the harvest ended: show whether
+    # the streams of a run ran one after another or together.
+    started_at: float = field(default_factory=time.time)
+    finished_at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"forward_calls": self.forward_calls, "blocks": self.blocks, "rows": self.rows,
                 "examples": len(self.examples), "seconds": self.seconds,
-                "unreadable_inputs": self.unreadable_inputs}
+                "unreadable_inputs": self.unreadable_inputs, "started_at": self.started_at,
+                "finished_at": self.finished_at}
 
 
 class Pump(Generic[Handle]):
@@ -67,6 +72,7 @@ class Pump(Generic[Handle]):
 
     def finish_harvest(self) -> None:
         self.harvest_done = True
+        self.counters.finished_at = time.time()
         self.pending.extend(self.chunker.finish())
         self.flush()
 
@@ -82,7 +88,8 @@ class Pump(Generic[Handle]):
             self.log.release()
 
     @property
-    def stats(self) -> StreamStats | None:
+    def stats(self) -> dict[str, StreamStats] | None:
+        """Each hook's input scale and decoder-bias estimate, once the first rows are in."""
         return self.chunker.stats
 
     def commit(self, trainer_id: str, cursor: Cursor) -> list[Handle]:
@@ -181,13 +188,18 @@ def _stream_actor_cls() -> Any:
                 self.lock.notify_all()
             return self.pump.counters.to_dict()
 
-        def stats(self, timeout: float = 5.0) -> StreamStats | None:
-            """The stream's scale and bias estimate, once the first rows are in."""
+        def stats(self, hook: str | None = None, timeout: float = 5.0
+                  ) -> StreamStats | dict[str, StreamStats] | None:
+            """A hook's scale and bias estimate (every hook's without `hook`), once the first
+            rows are in; None while they are not."""
             with self.lock:
                 self.lock.wait_for(lambda: self.pump.stats is not None or self.error is not None
                                    or self.pump.harvest_done, timeout=timeout)
                 self._raise_if_failed()
-                return self.pump.stats
+                stats = self.pump.stats
+                if stats is None or hook is None:
+                    return stats
+                return stats[hook]
 
         def group(self, trainer_id: str, g: int, steps: int, timeout: float = 2.0) -> GroupReply:
             """Group g for a trainer; waits up to `timeout` seconds for it to be complete."""

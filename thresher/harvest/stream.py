@@ -5,7 +5,7 @@ objects; only what a "chunk handle" is differs (an ObjectRef there, the block it
 
 Flow:
   harvested blocks ─► Chunker ─► holdout rows (kept for evaluation)
-                               ─► StreamStats (input scale + decoder-bias estimate, first rows)
+                               ─► StreamStats per hook (input scale + decoder-bias estimate)
                                ─► training chunks of exactly `chunk_rows` rows ─► BroadcastLog
   BroadcastLog: a bounded, sequenced log of chunk handles with one seeded mixing schedule.
   BatchReader (one per trainer): walks the schedule from a Cursor and cuts identical batches.
@@ -76,6 +76,13 @@ def geometric_median(x: np.ndarray, iters: int = 50, tol: float = 1e-6) -> np.nd
     return median
 
 
+def estimate_hook_stats(block: ActivationBlock) -> dict[str, StreamStats]:
+    """One StreamStats per hook of the block ("" for a block of one unnamed hook)."""
+    if not block.hooks:
+        return {"": estimate_stream_stats(block.float32())}
+    return {hook: estimate_stream_stats(block.select(hook).float32()) for hook, _ in block.hooks}
+
+
 def estimate_stream_stats(acts: np.ndarray) -> StreamStats:
     acts = np.asarray(acts, dtype=np.float64)
     if len(acts) == 0:
@@ -108,7 +115,7 @@ class Chunker:
         self.wanted_rows = wanted_rows
         self.holdout: list[ActivationBlock] = []
         self.holdout_count = 0
-        self.stats: StreamStats | None = None
+        self.stats: dict[str, StreamStats] | None = None  # per hook, once norm_rows are in
         self.train_rows = 0  # training rows emitted in chunks
         self.blocks_seen = 0
         self._pending: list[ActivationBlock] = []
@@ -131,7 +138,7 @@ class Chunker:
             self.holdout_count += len(block)
             return []
         if self.stats is None:
-            self._norm.append(block.float32())
+            self._norm.append(block)
             self._norm_rows += len(block)
             if self._norm_rows >= self.norm_rows:
                 self._make_stats()
@@ -151,7 +158,8 @@ class Chunker:
             self._make_stats()
         if self.stats is None and self.holdout:
             # Everything went to the holdout: estimate from it rather than fail later.
-            self.stats = estimate_stream_stats(self.holdout_block().float32()[: self.norm_rows])
+            held = self.holdout_block()
+            self.stats = estimate_hook_stats(held.take(slice(0, self.norm_rows)))
         self._pending, self._pending_rows = [], 0
         return chunks
 
@@ -161,8 +169,8 @@ class Chunker:
         return ActivationBlock.concat(self.holdout)
 
     def _make_stats(self) -> None:
-        rows = np.concatenate(self._norm)[: self.norm_rows]
-        self.stats = estimate_stream_stats(rows)
+        rows = ActivationBlock.concat(self._norm).take(slice(0, self.norm_rows))
+        self.stats = estimate_hook_stats(rows)
         self._norm = []
 
     def _cut(self, rows: int) -> ActivationBlock:

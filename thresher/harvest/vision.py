@@ -43,10 +43,6 @@ IMAGE_INPUTS_SCHEMA = pa.schema([
 ])
 
 
-class _StopForward(Exception):
-    """Raised by a capture hook once the hooked block ran: the deeper blocks never run."""
-
-
 # --------------------------------------------------------------------------------------------
 # Listing
 # --------------------------------------------------------------------------------------------
@@ -392,24 +388,29 @@ def _offline_seeded() -> Iterator[None]:
         yield
 
 
-def _layer_index(hook: str, n_layers: int, kind: str) -> int | None:
-    """None for the final embedding, else the block index of a `layer.N` hook."""
-    if hook == "embedding":
+def _layer_indices(hooks: tuple[str, ...], n_layers: int, kind: str) -> dict[str, int] | None:
+    """None for the final embedding, else each `layer.N` hook's block index."""
+    if hooks == ("embedding",):
         return None
-    match = re.fullmatch(r"layer\.(\d+)", hook)
-    if match is None or int(match.group(1)) >= n_layers:
-        raise ConfigError(
-            f"source.hook {hook!r} is not a hook of this {n_layers}-block {kind} model; valid "
-            f"hooks: embedding, layer.0 ... layer.{n_layers - 1}")
-    return int(match.group(1))
+    indices = {}
+    for hook in hooks:
+        match = re.fullmatch(r"layer\.(\d+)", hook)
+        if match is None or int(match.group(1)) >= n_layers:
+            raise ConfigError(
+                f"source.hook {hook!r} is not a hook of this {n_layers}-block {kind} model; "
+                f"valid hooks: embedding, layer.0 ... layer.{n_layers - 1} (embedding alone)")
+        indices[hook] = int(match.group(1))
+    return indices
 
 
 class _VisionBackbone:
-    """Shared row logic: capture a block's output (then stop) or take the final embedding."""
+    """Shared row logic: capture block outputs (then stop) or take the final embedding."""
 
     model: torch.nn.Module
     n_prefix: int
-    layer: int | None
+    layers: dict[str, int] | None  # block index per hook; None: the final embedding
+    hooks: tuple[str, ...]
+    hook_widths: tuple[int, ...]
     tokens: str
     device: str
     dtype: torch.dtype
@@ -417,45 +418,39 @@ class _VisionBackbone:
     n_ctx: int | None = None
 
     def _setup(self, blocks: torch.nn.ModuleList, source: SourceConfig) -> None:
+        from thresher.harvest.backbones import LayerTaps
+
         self.tokens = source.tokens
-        self._captured: torch.Tensor | None = None
-        self._armed = False
-        if self.layer is not None:
-            blocks[self.layer].register_forward_hook(self._capture)
+        self._taps = LayerTaps()
+        if self.layers is not None:
+            for hook, index in self.layers.items():
+                self._taps.tap(blocks[index], hook)
         elif source.tokens != "all":
             raise ConfigError(f"source.tokens is {source.tokens!r} but hook 'embedding' gives "
                               "one row per image; remove tokens or hook a layer.N")
-        if self.tokens == "cls" and self.n_prefix == 0 and self.layer is not None:
+        if self.tokens == "cls" and self.n_prefix == 0 and self.layers is not None:
             raise ConfigError("source.tokens is 'cls' but this model has no CLS token (SigLIP "
                               "pools with attention); use hook 'embedding' for its pooled "
                               "output, or tokens 'patches'")
 
-    def _capture(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
-        if self._armed:  # only inside `activations`: other callers of the model run it whole
-            self._captured = output[0] if isinstance(output, tuple) else output
-            raise _StopForward
-
     def _run_to_layer(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # each backbone kind runs its own tower
 
     def _embedding(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError  # each backbone kind has its own final embedding
 
-    def activations(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[B, T, d] at a layer hook, [B, 1, d] for the final embedding (float32)."""
+    def _per_hook(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """[B, T, d] per layer hook, or [[B, 1, d]] for the final embedding (float32)."""
         pixels = pixels.to(self.device, self.dtype)
         with torch.inference_mode():
-            if self.layer is None:
-                return self._embedding(pixels).float()[:, None, :]
-            self._captured, self._armed = None, True
-            try:
-                with contextlib.suppress(_StopForward):
-                    self._run_to_layer(pixels)
-            finally:
-                self._armed = False
-            acts, self._captured = self._captured, None
-            assert acts is not None, "the hooked block did not run"
-            return acts.float()
+            if self.layers is None:
+                return [self._embedding(pixels).float()[:, None, :]]
+            captured = self._taps.run(lambda: self._run_to_layer(pixels))
+            return [captured[hook].float() for hook in self.hooks]
+
+    def activations(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The hooks' activations side by side: [B, T, d_model]."""
+        return torch.cat(self._per_hook(pixels), dim=-1)
 
     def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
         real = np.asarray(batch["example_id"]) >= 0
@@ -465,7 +460,7 @@ class _VisionBackbone:
             return empty_block(self.d_model, labelled=True)
         acts = self.activations(torch.from_numpy(np.array(batch["pixels"][real])))
         n_tokens = acts.shape[1]
-        if self.layer is None or self.tokens == "all":
+        if self.layers is None or self.tokens == "all":
             keep = np.arange(n_tokens)
         elif self.tokens == "cls":
             keep = np.arange(1)
@@ -479,8 +474,10 @@ class _VisionBackbone:
             label=np.repeat(label, len(keep)),
         )
 
-    def _probe_width(self, pixel_shape: tuple[int, ...]) -> int:
-        return int(self.activations(torch.zeros(1, *pixel_shape)).shape[-1])
+    def _probe_widths(self, pixel_shape: tuple[int, ...]) -> None:
+        widths = [int(a.shape[-1]) for a in self._per_hook(torch.zeros(1, *pixel_shape))]
+        self.hook_widths = tuple(widths)
+        self.d_model = sum(widths)
 
 
 def empty_block(d: int, labelled: bool = False) -> ActivationBlock:
@@ -524,14 +521,15 @@ class OpenClipBackbone(_VisionBackbone):
             self.n_prefix = int(getattr(visual.trunk, "num_prefix_tokens", 0))
         else:
             blocks = None
-        self.layer = _layer_index(source.hook, len(blocks) if blocks is not None else 0,
-                                  "open_clip")
-        if blocks is None and self.layer is not None:
+        self.hooks = source.hooks
+        self.layers = _layer_indices(self.hooks, len(blocks) if blocks is not None else 0,
+                                     "open_clip")
+        if blocks is None and self.layers is not None:
             raise ConfigError(f"open_clip {cfg.model!r} has no transformer blocks to hook; "
                               "use hook 'embedding'")
         self._setup(blocks, source)
         self.image_size = _pair(getattr(visual, "image_size", 224))
-        self.d_model = self._probe_width((3, *self.image_size))
+        self._probe_widths((3, *self.image_size))
 
     def _run_to_layer(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual(pixels)
@@ -595,7 +593,8 @@ class HFVisionBackbone(_VisionBackbone):
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.device = device
         n_layers = int(config.num_hidden_layers)
-        self.layer = _layer_index(source.hook, n_layers, "hf_vision")
+        self.hooks = source.hooks
+        self.layers = _layer_indices(self.hooks, n_layers, "hf_vision")
         blocks = _layer_list(_WithConfig(self.model, n_layers))[2]
         size = _pair(config.image_size)
         patch = _pair(config.patch_size)
@@ -604,7 +603,7 @@ class HFVisionBackbone(_VisionBackbone):
         self.n_prefix = int(out.last_hidden_state.shape[1]) - n_patches
         self._setup(blocks, source)
         self.image_size = size
-        self.d_model = self._probe_width((3, *size))
+        self._probe_widths((3, *size))
 
     def _forward(self, pixels: torch.Tensor) -> Any:
         with torch.inference_mode():

@@ -34,13 +34,13 @@ def _trainer_actor_cls() -> Any:
             from thresher.train.loop import TrainLoop
             from thresher.train.trainer import Trainer
 
-            cfg, tid = self.cfg, self.plan.trainer_id
+            cfg, tid, hook = self.cfg, self.plan.trainer_id, self.plan.hook
             stats = None
             while stats is None:
-                stats = ray.get(self.stream.stats.remote())
+                stats = ray.get(self.stream.stats.remote(hook))
             device = "cuda" if cfg.resources.gpus_per_trainer > 0 else "cpu"
             trainer = Trainer(tid, self.plan.saes, cfg.train, stats, self.run_dir,
-                              device=device, hook_name=cfg.source.hook)
+                              device=device, hook_name=hook)
             start = time.perf_counter()
 
             def fetch(g: int) -> Group[Any]:
@@ -53,7 +53,9 @@ def _trainer_actor_cls() -> Any:
                 return payload
 
             def load(handles: Any) -> list[ActivationBlock]:
-                return [ActivationBlock.from_columns(c) for c in ray.get(list(handles))]
+                # Only this trainer's hook is read from each chunk in the object store.
+                return [ActivationBlock.from_columns(c, hooks=[hook])
+                        for c in ray.get(list(handles))]
 
             reader = BatchReader(fetch, load, cfg.train.batch_size, trainer.resumed_cursor)
             loop = TrainLoop(trainer, reader,
@@ -64,7 +66,7 @@ def _trainer_actor_cls() -> Any:
                     loop.checkpoint()  # the pump waits on us: commit so chunks can go
             trainer.export()
             (holdout_ref,) = ray.get(self.stream.holdout.remote())
-            holdout = ActivationBlock.from_columns(ray.get(holdout_ref))
+            holdout = ActivationBlock.from_columns(ray.get(holdout_ref), hooks=[hook])
             return trainer_result(cfg, self.stream_id, trainer, holdout,
                                   loop.counters.to_dict(), time.perf_counter() - start)
 

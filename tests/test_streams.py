@@ -1,0 +1,233 @@
+"""Several hooks from one forward, several streams in one run: config, plan, rows and runs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from safetensors.numpy import load_file
+
+import thresher
+from thresher.block import ActivationBlock
+from thresher.config import ConfigError, SourceConfig, load_config, make_plan
+from thresher.harvest.collect import collect_stream
+from thresher.harvest.harvester import Harvester
+from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.harvest.stream import estimate_stream_stats
+
+from .conftest import smoke_config
+from .test_backbones import TINY_BERT, TINY_TL, source_of
+from .test_eeg import TINY_PATCHTST, eeg_source
+from .test_vision import image_source, write_images
+
+# --------------------------------------------------------------------------------------------
+# Config and plan
+# --------------------------------------------------------------------------------------------
+
+TL_SOURCE: dict[str, Any] = {
+    "name": "tl",
+    "backbone": {"kind": "transformer_lens", "model": "", "config": TINY_TL},
+    "hook": "blocks.1.hook_resid_post",
+    "inputs": {"kind": "python_docstrings", "context": 64, "max_tokens": 14000},
+    "batch_size": 32,
+}
+
+
+def two_stream_config(out: Path, **overrides: Any) -> dict[str, Any]:
+    """MiniLM at two layers (one forward) and a random TransformerLens model: two streams."""
+    cfg = smoke_config(out, **overrides)
+    minilm = {**cfg.pop("source"), "name": "minilm", "hook": ["layer.1", "layer.3"]}
+    cfg["sources"] = [minilm, TL_SOURCE]
+    cfg["sweep"] = [{"arch": "topk", "k": [8, 16]},
+                    {"arch": "relu", "l1": 1.0, "stream": "minilm", "hook": "layer.3"}]
+    return cfg
+
+
+def test_plan_crosses_the_sweep_with_streams_and_hooks(tmp_path: Path) -> None:
+    plan = make_plan(load_config(two_stream_config(tmp_path)))
+    assert [s.stream_id for s in plan.streams] == ["minilm", "tl"]
+    assert plan.streams[0].hooks == ("layer.1", "layer.3")
+    ids = [sae.sae_id for stream in plan.streams for sae in stream.saes]
+    assert len(ids) == len(set(ids)) == 2 * 2 + 1 + 2  # topk at 3 (stream, hook)s, relu at one
+    by_target: dict[tuple[str, str], list[str]] = {}
+    for stream in plan.streams:
+        for trainer in stream.trainers:
+            for sae in trainer.saes:
+                assert (sae.stream_id, sae.hook) == (stream.stream_id, trainer.hook)
+                by_target.setdefault((sae.stream_id, sae.hook), []).append(sae.arch)
+    assert sorted(by_target) == [("minilm", "layer.1"), ("minilm", "layer.3"),
+                                 ("tl", "blocks.1.hook_resid_post")]
+    assert sorted(by_target[("minilm", "layer.3")]) == ["relu", "topk", "topk"]
+    assert by_target[("minilm", "layer.1")] == ["topk", "topk"]
+    # Every hook with SAEs gets a trainer of its own; trainer ids are unique over the run.
+    assert [len(s.trainers) for s in plan.streams] == [2, 2]
+    assert len({t.trainer_id for t in plan.trainers}) == 4
+    text = plan.describe()
+    assert "stream minilm: hf_text minilm @ layer.1, layer.3" in text
+    assert "1 pass for 2 hook(s)" in text
+
+
+def test_stream_and_hook_errors_name_the_key(tmp_path: Path) -> None:
+    cfg = two_stream_config(tmp_path)
+    both = dict(cfg, source=cfg["sources"][0])
+    with pytest.raises(ConfigError, match=r"give `source`.*or `sources`.*not both"):
+        load_config(both)
+    twice = dict(cfg, sources=[cfg["sources"][0], {**TL_SOURCE, "name": "minilm"}])
+    with pytest.raises(ConfigError, match=r"`sources\.1\.name`.*must be unique"):
+        load_config(twice)
+    bad_pin = dict(cfg, sweep=[{"arch": "topk", "stream": "gpt"}])
+    with pytest.raises(ConfigError, match=r"`sweep\.0\.stream` is 'gpt'.*streams: minilm, tl"):
+        load_config(bad_pin)
+    bad_hook = dict(cfg, sweep=[{"arch": "topk", "hook": "layer.9"}])
+    with pytest.raises(ConfigError, match=r"`sweep\.0\.hook` is 'layer\.9'.*hooks: "):
+        load_config(bad_hook)
+    one = smoke_config(tmp_path)
+    one["source"]["hook"] = ["layer.1", "layer.1"]
+    with pytest.raises(ConfigError, match=r"`source\.hook` lists a hook twice"):
+        load_config(one)
+    with pytest.raises(ConfigError, match="this step takes one"):
+        _ = load_config(cfg).source
+
+
+# --------------------------------------------------------------------------------------------
+# Several hooks, one forward: each hook's rows equal a single-hook harvest's
+# --------------------------------------------------------------------------------------------
+
+
+def _harvest(source: SourceConfig, base: Path) -> tuple[ActivationBlock, int]:
+    inputs = prepare_inputs(source, 0, base)
+    harvester = Harvester(source, base_dir=base)
+    blocks = [harvester.harvest(decode_batch(inputs, b)) for b in inputs.batches[:2]]
+    return ActivationBlock.concat(blocks), harvester.forward_calls
+
+
+def _check_hooks_match(source: SourceConfig, hooks: list[str], base: Path) -> None:
+    multi, calls = _harvest(dataclasses.replace(source, hook=tuple(hooks)), base)
+    assert calls == 2  # one forward per input batch for every hook together
+    assert [name for name, _ in multi.hooks] == hooks
+    for hook in hooks:
+        single, _ = _harvest(dataclasses.replace(source, hook=hook), base)
+        part = multi.select(hook)
+        np.testing.assert_array_equal(part.example_id, single.example_id)
+        np.testing.assert_array_equal(part.position, single.position)
+        np.testing.assert_allclose(part.acts, single.acts, rtol=1e-5, atol=1e-5, err_msg=hook)
+
+
+def test_hf_text_hooks_from_one_forward(tmp_path: Path) -> None:
+    source = source_of(tmp_path, {"kind": "hf_text", "model": "", "config": TINY_BERT}, "layer.0")
+    _check_hooks_match(source, ["layer.2", "embeddings", "layer.0"], tmp_path)
+
+
+def test_transformer_lens_hooks_from_one_forward(tmp_path: Path) -> None:
+    source = source_of(tmp_path, {"kind": "transformer_lens", "model": "", "config": TINY_TL},
+                       "hook_embed")
+    _check_hooks_match(source, ["blocks.0.attn.hook_z", "blocks.1.hook_resid_post",
+                                "hook_embed", "blocks.0.mlp.hook_post"], tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf_vision"])
+def test_vision_hooks_from_one_forward(kind: str, tmp_path: Path) -> None:
+    root = write_images(tmp_path / "images")
+    source = image_source(kind, "layer.0", tokens="patches", paths=(str(root),))
+    _check_hooks_match(source, ["layer.1", "layer.0"], tmp_path)
+    with pytest.raises(ConfigError, match="'embedding' gives one row per image"):
+        load_config({"source": {"backbone": {"kind": kind, "model": "x"},
+                                "hook": ["embedding", "layer.0"],
+                                "inputs": {"kind": "image_folder", "paths": [str(root)]}}})
+
+
+def test_patchtst_hooks_from_one_forward(tmp_path: Path) -> None:
+    source = eeg_source("layer.0", config=TINY_PATCHTST)
+    _check_hooks_match(source, ["embeddings", "layer.2", "layer.0"], tmp_path)
+
+
+def test_block_columns_carry_each_hook_on_its_own() -> None:
+    rng = np.random.default_rng(0)
+    block = ActivationBlock(acts=rng.normal(size=(5, 7)).astype(np.float32),
+                            example_id=np.arange(5), position=np.zeros(5, np.int32),
+                            hooks=(("a", 3), ("b", 4)))
+    cols = block.to_columns()
+    assert sorted(cols) == ["acts:a", "acts:b", "example_id", "position"]
+    only_b = ActivationBlock.from_columns(cols, hooks=["b"])
+    np.testing.assert_array_equal(only_b.acts, block.acts[:, 3:])
+    assert only_b.hooks == (("b", 4),)
+    both = ActivationBlock.from_columns(cols)
+    np.testing.assert_array_equal(both.acts, block.acts)
+    assert both.hooks == block.hooks
+    with pytest.raises(KeyError, match=r"hooks \[.c.\] are not in these columns"):
+        ActivationBlock.from_columns(cols, hooks=["c"])
+    with pytest.raises(ValueError, match="do not add up"):
+        ActivationBlock(acts=block.acts, example_id=block.example_id,
+                        position=block.position, hooks=(("a", 3),))
+
+
+# --------------------------------------------------------------------------------------------
+# Runs: two streams, one of them with two hooks, on Ray and inline
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("streams")
+    queued = two_stream_config(out / "ray-queued", resources={"concurrent_streams": 1})
+    together = two_stream_config(out / "ray-together",
+                                 resources={"concurrent_streams": 2, "cpus_per_harvester": 0.5})
+    return {"queued": thresher.run(queued, progress=False),
+            "together": thresher.run(together, progress=False),
+            "inline": thresher.run(two_stream_config(out / "inline"), inline=True,
+                                   progress=False)}
+
+
+def test_streams_run_queued_or_together(runs: dict[str, Path]) -> None:
+    spans = {}
+    for name in ("queued", "together"):
+        streams = json.loads((runs[name] / "run.json").read_text())["streams"]
+        spans[name] = [(streams[s]["harvest"]["started_at"], streams[s]["harvest"]["finished_at"])
+                       for s in ("minilm", "tl")]
+    (a0, a1), (b0, b1) = spans["queued"]
+    assert a1 <= b0 or b1 <= a0  # one stream at a time
+    (a0, a1), (b0, b1) = spans["together"]
+    assert a0 < b1 and b0 < a1  # harvests overlapped
+
+
+def test_each_hook_trains_on_its_own_rows_from_one_harvest(runs: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    run_dir = runs["queued"]
+    record = json.loads((run_dir / "run.json").read_text())
+    cfg = load_config(two_stream_config(tmp_path))
+    inputs = prepare_inputs(cfg.source_named("minilm"), cfg.run.seed, tmp_path)
+    harvest = record["streams"]["minilm"]["harvest"]
+    assert harvest["forward_calls"] == harvest["blocks"] <= len(inputs.batches)  # both hooks
+    summary = pq.read_table(run_dir / "stats" / "summary.parquet").to_pylist()
+    assert len(summary) == 7
+    holdout, train = collect_stream(cfg, "minilm")
+    for row in summary:
+        if row["stream_id"] != "minilm":
+            assert (row["hook"], row["d_in"], row["backbone"]) == (
+                "blocks.1.hook_resid_post", 64, "transformer_lens")
+            continue
+        # The SAE of a hook used that hook's own input scale, estimated from its rows.
+        assert row["d_in"] == 384
+        scale = record["streams"]["minilm"]["stream_stats"][row["hook"]]["scale"]
+        assert row["input_scale"] == pytest.approx(scale)
+        first = train.select(row["hook"]).float32()[: cfg.stream.norm_rows]
+        assert scale == pytest.approx(estimate_stream_stats(first).scale, rel=1e-6)
+        assert row["eval_rows"] == len(holdout)
+        sae_cfg = json.loads((run_dir / "saes" / row["sae_id"] / "cfg.json").read_text())
+        assert sae_cfg["hook_name"] == row["hook"]
+    scales = record["streams"]["minilm"]["stream_stats"]
+    assert scales["layer.1"]["scale"] != pytest.approx(scales["layer.3"]["scale"], rel=1e-3)
+
+
+def test_ray_and_inline_agree_on_every_stream(runs: dict[str, Path]) -> None:
+    for ray_dir in (runs["queued"], runs["together"]):
+        for sae_dir in sorted((ray_dir / "saes").iterdir()):
+            a = load_file(sae_dir / "sae_weights.safetensors")
+            b = load_file(runs["inline"] / "saes" / sae_dir.name / "sae_weights.safetensors")
+            for name in a:
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"{sae_dir.name} {name}")
