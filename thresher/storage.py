@@ -1,0 +1,207 @@
+"""Where a run's files live: a local path, a shared filesystem, or an object store (pyarrow.fs).
+
+Every file of a run directory is written and read through these functions, so `run.out` may be
+a URI that trainers on worker nodes write to and a resume on another node reads from:
+``s3://bucket/runs``, ``gs://bucket/runs``, ``hdfs://...`` or ``file:///shared/runs``, with
+pyarrow's query options where needed (``s3://b/runs?endpoint_override=host:9000&scheme=http``).
+A location is a plain string (a local path or such a URI): it crosses process boundaries as is.
+
+Writes are atomic. A local file is written under a temporary name in its folder and renamed
+over the target, so a crash or a full disk leaves the previous file whole; an object store's
+PUT is atomic by itself (a reader sees the old object or the new one, never half of one).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+Location = str  # a local path or a URI pyarrow.fs understands
+
+
+def is_uri(location: str | os.PathLike[str]) -> bool:
+    return "://" in str(location)
+
+
+def local_path(location: str | os.PathLike[str]) -> Path | None:
+    """The local path of a location (file:// URIs included), None for a remote one."""
+    text = str(location)
+    if not is_uri(text):
+        return Path(text).expanduser()
+    parts = urlsplit(text)
+    return Path(parts.path) if parts.scheme == "file" else None
+
+
+def join(location: str | os.PathLike[str], *names: str) -> Location:
+    """`location`/name/...; a URI keeps its query options at the end."""
+    text = str(location)
+    if not is_uri(text):
+        return str(Path(text, *names))
+    parts = urlsplit(text)
+    path = "/".join([parts.path.rstrip("/"), *(n.strip("/") for n in names)])
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def name_of(location: str | os.PathLike[str]) -> str:
+    text = str(location)
+    return Path(urlsplit(text).path if is_uri(text) else text).name
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme: str, netloc: str, query: str) -> pafs.FileSystem:
+    # One client per (scheme, bucket, options): an S3 client is costly to build.
+    fs, _ = pafs.FileSystem.from_uri(urlunsplit((scheme, netloc, "/", query, "")))
+    return fs
+
+
+def _remote(location: str) -> tuple[pafs.FileSystem, str]:
+    parts = urlsplit(location)
+    fs = _filesystem(parts.scheme, parts.netloc, parts.query)
+    path = (parts.netloc + parts.path) if parts.scheme not in ("file", "hdfs") else parts.path
+    return fs, path.rstrip("/")
+
+
+class StorageError(OSError):
+    """A run location that cannot be read or written; the message says which and why."""
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def write_bytes(location: str | os.PathLike[str], data: bytes) -> Location:
+    """Write `data` to `location` atomically (creating folders as needed)."""
+    local = local_path(location)
+    if local is not None:
+        local.parent.mkdir(parents=True, exist_ok=True)
+        tmp = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, local)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+        return str(location)
+    fs, path = _remote(str(location))
+    try:
+        with fs.open_output_stream(path) as stream:  # one PUT: atomic on object stores
+            stream.write(data)
+    except OSError as exc:
+        raise StorageError(f"cannot write {location}: {exc}") from exc
+    return str(location)
+
+
+def write_text(location: str | os.PathLike[str], text: str) -> Location:
+    return write_bytes(location, text.encode("utf-8"))
+
+
+def write_parquet(location: str | os.PathLike[str], table: pa.Table) -> Location:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return write_bytes(location, sink.getvalue().to_pybytes())
+
+
+def make_dirs(location: str | os.PathLike[str]) -> None:
+    local = local_path(location)
+    if local is not None:
+        local.mkdir(parents=True, exist_ok=True)
+        return
+    fs, path = _remote(str(location))
+    fs.create_dir(path, recursive=True)
+
+
+def remove(location: str | os.PathLike[str]) -> None:
+    """Delete a file or a whole folder; nothing if it is not there."""
+    local = local_path(location)
+    if local is not None:
+        if local.is_dir():
+            import shutil
+
+            shutil.rmtree(local)
+        elif local.exists():
+            local.unlink()
+        return
+    fs, path = _remote(str(location))
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(path)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(path)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def read_bytes(location: str | os.PathLike[str]) -> bytes:
+    local = local_path(location)
+    if local is not None:
+        return local.read_bytes()
+    fs, path = _remote(str(location))
+    try:
+        with fs.open_input_stream(path) as stream:
+            return bytes(stream.read())
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            raise FileNotFoundError(f"{location} does not exist") from exc
+        raise StorageError(f"cannot read {location}: {exc}") from exc
+
+
+def read_text(location: str | os.PathLike[str]) -> str:
+    return read_bytes(location).decode("utf-8")
+
+
+def read_parquet(location: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    local = local_path(location)
+    if local is not None:
+        return pq.read_table(local, columns=columns)
+    return pq.read_table(io.BytesIO(read_bytes(location)), columns=columns)
+
+
+def _info(location: str) -> Any:
+    local = local_path(location)
+    if local is not None:
+        return local
+    fs, path = _remote(location)
+    return fs.get_file_info(path)
+
+
+def is_file(location: str | os.PathLike[str]) -> bool:
+    info = _info(str(location))
+    return info.is_file() if isinstance(info, Path) else info.type == pafs.FileType.File
+
+
+def is_dir(location: str | os.PathLike[str]) -> bool:
+    info = _info(str(location))
+    return info.is_dir() if isinstance(info, Path) else info.type == pafs.FileType.Directory
+
+
+def exists(location: str | os.PathLike[str]) -> bool:
+    info = _info(str(location))
+    return info.exists() if isinstance(info, Path) else info.type != pafs.FileType.NotFound
+
+
+def list_dir(location: str | os.PathLike[str]) -> list[str]:
+    """Names of the entries of a folder, sorted; [] if it does not exist."""
+    local = local_path(location)
+    if local is not None:
+        return sorted(p.name for p in local.iterdir()) if local.is_dir() else []
+    fs, path = _remote(str(location))
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=False)
+    return sorted(Path(info.path).name for info in fs.get_file_info(selector))
