@@ -36,7 +36,8 @@ def main() -> int:
         baseline = ""
         passed = row["fve"] > 0.5
         if row["arch"] == "topk":
-            pca = pca_fve(train.float32(), heldout.float32(), row["k"])
+            hook = row["hook"]
+            pca = pca_fve(train.select(hook).float32(), heldout.select(hook).float32(), row["k"])
             baseline = f"{pca:.3f} ({row['k']})"
             passed &= row["fve"] > pca
         ok &= passed
