@@ -1,12 +1,14 @@
 """`ray job submit` against a real `ray start --head` on loopback with token auth.
 
 The cluster is started in its own temp dir, so the session Ray of the other tests never sees
-it. The job's working directory is a temporary copy, so run.out must be absolute; a relative
-one is refused with the fix (checked without a cluster, as Ray marks a job's driver).
+it, and stopped by killing its own processes only. The job's working directory is a temporary
+copy, so run.out must be absolute; a relative one is refused with the fix (checked without a
+cluster, as Ray marks a job's driver).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -41,17 +43,45 @@ def token_cluster() -> Iterator[dict[str, str]]:
     dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
+    # The token the cluster and the client share (~/.ray/auth_token); made if missing.
+    subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], env=env, check=True,
+                   capture_output=True, timeout=60)
     start = [str(BIN / "ray"), "start", "--head", f"--port={free_port()}", "--num-cpus=2",
              "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1",
-             f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats"]
+             f"--dashboard-port={dashboard}", f"--temp-dir={temp}", "--disable-usage-stats",
+             # Ports of its own: the defaults (agent 52365, ...) are taken when the test
+             # session's Ray already runs on this machine, and the job agent then never starts.
+             f"--dashboard-agent-listen-port={free_port()}",
+             f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}",
+             f"--ray-client-server-port={free_port()}"]
     subprocess.run(start, env=env, check=True, capture_output=True, text=True, timeout=180)
     client = {**env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}"}
     try:
         yield client
     finally:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env, capture_output=True,
-                       timeout=120)
+        stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_cluster(temp: Path) -> None:
+    """Kill this cluster's processes only: `ray stop` would kill every Ray on the machine (the
+    test session's, and any other). Its daemons name its temp dir in their command lines;
+    agents and workers are their descendants."""
+    import psutil
+
+    mine = {os.getpid(), *(p.pid for p in psutil.Process().parents())}
+    roots = [p for p in psutil.process_iter(["cmdline"])
+             if p.pid not in mine and any(str(temp) in arg for arg in p.info["cmdline"] or [])]
+    for root in roots:
+        try:
+            family = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            continue
+        for process in family:
+            if process.pid not in mine:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
 
 
 # The head's job agent registers a few seconds after `ray start` returns; until then the
