@@ -18,7 +18,7 @@ from scipy.optimize import linear_sum_assignment
 
 from thresher.config import SAEConfig, TrainConfig
 from thresher.harvest.stream import estimate_stream_stats
-from thresher.train.sae import SAEBank
+from thresher.train.sae import DECODER_INIT_NORM, SAEBank
 
 N_FEATURES, D_IN = 256, 128
 BATCH, STEPS = 512, 400
@@ -116,8 +116,12 @@ def saelens_mcc(arch: str, x: np.ndarray, dictionary: np.ndarray) -> float:
     from sae_lens.training.sae_trainer import SAETrainer
 
     torch.manual_seed(0)
+    # thresher starts every arch but relu with unit decoder rows; sae_lens's default 0.1 (the
+    # April-2024 ReLU recipe) leaves its JumpReLU below the 1.0 threshold and dead (MCC ~0.26), a
+    # reference too weak to compare with. So each side gets the same initial decoder norm.
     common = {"d_in": D_IN, "d_sae": N_FEATURES, "device": "cpu",
-              "normalize_activations": "expected_average_only_in"}
+              "normalize_activations": "expected_average_only_in",
+              "decoder_init_norm": DECODER_INIT_NORM.get(arch, 1.0)}
     sae_cfg = next(s for s in SAES if s.arch == arch)
     if arch == "topk":
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=sae_cfg.k, **common))

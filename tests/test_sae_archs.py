@@ -4,6 +4,9 @@ against the same SAEs trained alone, the JumpReLU estimator, and checkpoints of 
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,14 @@ import torch
 from thresher.block import ActivationBlock
 from thresher.config import TOPK_FAMILY, SAEConfig, TrainConfig
 from thresher.harvest.stream import Cursor, StreamStats, estimate_stream_stats
-from thresher.train.sae import SAEBank, jumprelu, matryoshka_widths, param_names, step_function
+from thresher.train.sae import (
+    SAEBank,
+    jumprelu,
+    matryoshka_widths,
+    param_names,
+    resample_uniforms,
+    step_function,
+)
 from thresher.train.trainer import Trainer
 
 F64 = torch.float64
@@ -101,7 +111,7 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
             values, indices = pre.relu().flatten().topk(cfg.k * rows)
             f = torch.zeros_like(pre).flatten().scatter(0, indices, values).view_as(pre)
             kept = values[values > 0]
-            smallest = float(kept.min())
+            smallest = float(kept.detach().min())
             threshold = (smallest if math.isnan(threshold)
                          else threshold + train.threshold_ema * (smallest - threshold))
         elif cfg.arch == "jumprelu":
@@ -276,6 +286,20 @@ def test_resampling_restarts_dead_relu_latents(data: tuple[np.ndarray, StreamSta
     np.testing.assert_allclose(after["W_enc"][:, killed].norm(dim=0).numpy(),
                                0.2 * float(after["W_enc"][:, alive].norm(dim=0).mean()),
                                rtol=0.05)
+
+
+def test_resampling_draws_depend_only_on_seed_and_step() -> None:
+    """A resumed run (a new process) must resample as the first would: the draw may not come
+    from Python's per-process salted hash()."""
+    code = ("from thresher.train.sae import resample_uniforms; "
+            "print(resample_uniforms(3, 41, 5).tolist())")
+    # Another hash salt than this process's (random unless PYTHONHASHSEED pins it).
+    salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": salt}, timeout=120, check=True)
+    assert child.stdout == f"{resample_uniforms(3, 41, 5).tolist()}\n"
+    assert not torch.equal(resample_uniforms(3, 41, 5), resample_uniforms(3, 42, 5))
+    assert not torch.equal(resample_uniforms(3, 41, 5), resample_uniforms(4, 41, 5))
 
 
 # --------------------------------------------------------------------------------------------

@@ -307,3 +307,26 @@ def test_encode_decode_returns_raw_units(data: tuple[np.ndarray, StreamStats]) -
     expected_f = torch.zeros_like(pre).scatter(-1, idx, values.relu())
     torch.testing.assert_close(f, expected_f)
     torch.testing.assert_close(x_hat, (expected_f @ p["W_dec"] + p["b_dec"]) / stats.scale)
+
+
+def test_bf16_autocast_path_runs_and_tracks_float32(data: tuple[np.ndarray, StreamStats]) -> None:
+    """The bf16 autocast path (train.bf16, on for CUDA), forced on here on the CPU: its rounding
+    reaches the results, yet training follows the float32 run and the parameters stay float32."""
+    x, stats = data
+    saes = [sae("topk", "topk", k=4, seed=1), sae("relu", "relu", l1=0.3, seed=2),
+            SAEConfig(sae_id="jr", arch="jumprelu", d_sae=48, k=0, l1=0.0, l0=0.05, lr=1e-3,
+                      seed=3)]
+    train = TrainConfig(warmup_steps=1, bf16=True, jumprelu_init_threshold=0.3,
+                        jumprelu_bandwidth=0.5)
+    plain = SAEBank(saes, stats, train, 20)
+    mixed = SAEBank(saes, stats, train, 20, autocast=True)
+    assert not plain.autocast  # train.bf16 alone changes nothing on a CPU
+    for batch in batches_of(x, 128, 20):
+        m_plain, m_mixed = plain.step(batch), mixed.step(batch)
+    assert np.all(m_plain["loss"] != m_mixed["loss"])  # bf16 matmuls ran
+    np.testing.assert_allclose(m_mixed["mse"], m_plain["mse"], rtol=0.02)
+    for s in saes:
+        for name, value in mixed.sae_params(s.sae_id).items():
+            assert value.dtype == torch.float32, name
+    outputs = mixed.encode_decode(torch.from_numpy(x[:64]))
+    assert all(f.dtype == x_hat.dtype == torch.float32 for f, x_hat in outputs)

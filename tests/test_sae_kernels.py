@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.train import sparse
 from thresher.train.mono import batch_mono_score, mono_loss, unit_rows
 from thresher.train.sparse import dense_decode, sparse_decode, sparse_encode_gather
 
@@ -27,11 +26,9 @@ def topk_case(n: int = 3, rows: int = 37, d_in: int = 11, d_sae: int = 50, k: in
     }
 
 
-@pytest.mark.parametrize("chunk", [sparse.CHUNK_ELEMENTS, 50])
-def test_sparse_path_equals_dense_in_output_and_gradients(
-        chunk: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sparse, "CHUNK_ELEMENTS", chunk)  # many small chunks, and one
-    case = topk_case()
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sparse_path_equals_dense_in_output_and_gradients(seed: int) -> None:
+    case = topk_case(seed=seed)
     x, k = case["x"], int(case["k"])
     target = torch.randn(3, len(x), x.shape[1], dtype=F64,
                          generator=torch.Generator().manual_seed(5))
@@ -64,9 +61,26 @@ def test_sparse_path_equals_dense_in_output_and_gradients(
 def test_sparse_decode_gradcheck() -> None:
     g = torch.Generator().manual_seed(1)
     values = torch.randn(2, 5, 3, dtype=F64, generator=g, requires_grad=True)
-    indices = torch.randint(0, 7, (2, 5, 3), generator=g)
+    # distinct latents within each row, as TopK selects them
+    indices = torch.stack([torch.stack([torch.randperm(7, generator=g)[:3] for _ in range(5)])
+                           for _ in range(2)])
     w_dec = torch.randn(2, 7, 4, dtype=F64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(lambda v, w: sparse_decode(v, indices, w), (values, w_dec))
+
+
+def test_sparse_encode_gather_gradcheck_with_repeated_indices() -> None:
+    """The encoder side takes TopK and AuxK selections together, which may repeat a latent."""
+    case = topk_case(n=2, rows=5, d_in=4, d_sae=6, k=3, seed=2)
+    indices = torch.tensor([[[0, 3, 3], [1, 2, 5], [4, 4, 4], [0, 1, 2], [5, 0, 5]],
+                            [[2, 2, 1], [3, 4, 5], [0, 0, 1], [5, 5, 5], [1, 3, 0]]])
+    x = case["x"]
+
+    def gathered(w_enc: torch.Tensor, b_enc: torch.Tensor, b_dec: torch.Tensor) -> torch.Tensor:
+        pre = torch.baddbmm(b_enc.unsqueeze(1), x.unsqueeze(0) - b_dec.unsqueeze(1), w_enc)
+        return sparse_encode_gather(pre, x, w_enc, b_enc, b_dec, indices)
+
+    inputs = tuple(case[name].clone().requires_grad_(True) for name in ("W_enc", "b_enc", "b_dec"))
+    assert torch.autograd.gradcheck(gathered, inputs)
 
 
 # --------------------------------------------------------------------------------------------

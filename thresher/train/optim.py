@@ -63,6 +63,10 @@ class BankAdam:
                         for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.contiguous_format)
                            for p in self.params]
+        # One reused buffer per parameter for the update: a fresh parameter-sized temporary
+        # every step costs more in page faults than the arithmetic on a CPU.
+        self._scratch = [torch.empty_like(p, memory_format=torch.contiguous_format)
+                         for p in self.params]
         self.steps = 0
 
     @torch.no_grad()
@@ -74,9 +78,11 @@ class BankAdam:
         bias_correction1 = 1 - beta1**self.steps
         bias_correction2_sqrt = math.sqrt(1 - beta2**self.steps)
         step_size = (self.lr * lr_scale) / bias_correction1  # [n], float64
-        for param, grad, exp_avg, exp_avg_sq in zip(self.params, grads, self.exp_avg,
-                                                    self.exp_avg_sq, strict=True):
+        for param, grad, exp_avg, exp_avg_sq, scratch in zip(
+                self.params, grads, self.exp_avg, self.exp_avg_sq, self._scratch, strict=True):
             exp_avg.lerp_(grad, 1 - beta1)
             exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
-            param.sub_(_per_sae(step_size, param) * exp_avg / denom)
+            # denom = sqrt(v) / bias_correction2_sqrt + eps; param -= step_size * m / denom
+            denom = torch.sqrt(exp_avg_sq, out=scratch).div_(bias_correction2_sqrt).add_(self.eps)
+            update = torch.div(exp_avg, denom, out=scratch)
+            param.sub_(update.mul_(_per_sae(step_size, param)))

@@ -35,6 +35,7 @@ train.sparse_decode is off.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -175,6 +176,9 @@ class _SubBank:
     tokens_since_fired: torch.Tensor  # [n, d_sae] int64
     threshold: torch.Tensor  # [n] float64: batchtopk inference threshold (nan before step 1)
     optim: BankAdam
+    # The sparse path's pre-activations [n, B, d_sae], reused step to step on the CPU, where a
+    # fresh buffer this large costs page faults on every step.
+    pre_buffer: torch.Tensor | None = None
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -192,14 +196,18 @@ class SAEBank:
     `step(x)` takes one optimisation step of every SAE on the raw batch x [B, d_in] and returns
     per-SAE metrics in bank order (the order of `saes`): loss, mse (mean over rows of
     ||x*scale - x_hat||^2, in training units), l0 (mean active latents per row), grad_norm (each
-    SAE's gradient norm before clipping), aux_loss (AuxK, unweighted; 0 outside the TopK family
-    or without dead latents), mono_score (mean batch MonoScore; nan where mono_coef = 0) and
-    dead_fraction (latents silent for train.dead_window rows).
+    SAE's gradient norm before clipping), aux_loss (AuxK with its min(dead / aux_k, 1) weight,
+    before train.aux_k_coef; 0 outside the TopK family or without dead latents), mono_score (mean
+    batch MonoScore; nan where mono_coef = 0) and dead_fraction (latents silent for
+    train.dead_window rows).
+
+    Parameters live on `device` in `dtype`; the encoder and dense-decoder matmuls run under bf16
+    autocast when train.bf16 is set on CUDA (`autocast` forces it on or off on any device).
     """
 
     def __init__(self, saes: Sequence[SAEConfig], stats: StreamStats, train: TrainConfig,
                  total_steps: int, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, autocast: bool | None = None) -> None:
         if not saes:
             raise ValueError("an SAE bank needs at least one SAE")
         ids = [sae.sae_id for sae in saes]
@@ -225,7 +233,10 @@ class SAEBank:
         self.dtype = dtype
         self.d_in = int(stats.d_in)
         self.scale = float(stats.scale)
-        self.autocast = bool(train.bf16 and self.device.type == "cuda")
+        # bf16 autocast of the encoder and dense-decoder matmuls: train.bf16 on CUDA. `autocast`
+        # overrides it, so the same path can be checked on a CPU (where bf16 is rarely faster).
+        self.autocast = (bool(train.bf16 and self.device.type == "cuda") if autocast is None
+                         else autocast)
         self._steps_taken = 0
 
         groups: dict[tuple[str, int], list[int]] = {}
@@ -290,12 +301,20 @@ class SAEBank:
 
     def _matmul_context(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def _pre(self, sub: _SubBank, x_s: torch.Tensor) -> torch.Tensor:
-        """pre-activations [n, B, d_sae] = (x - b_dec) W_enc + b_enc (autograd as the caller)."""
+    def _pre(self, sub: _SubBank, x_s: torch.Tensor, reuse_buffer: bool = False) -> torch.Tensor:
+        """pre-activations [n, B, d_sae] = (x - b_dec) W_enc + b_enc (autograd as the caller);
+        `reuse_buffer` writes them into the sub-bank's buffer (no autograd, valid until the next
+        call)."""
         centred = x_s.unsqueeze(0) - sub.p["b_dec"].unsqueeze(1)
+        if reuse_buffer and self.device.type == "cpu" and not self.autocast:
+            shape = (len(sub.positions), len(x_s), sub.d_sae)
+            if sub.pre_buffer is None or sub.pre_buffer.shape != shape:
+                sub.pre_buffer = torch.empty(shape, dtype=self.dtype, device=self.device)
+            return torch.baddbmm(sub.p["b_enc"].unsqueeze(1), centred, sub.p["W_enc"],
+                                 out=sub.pre_buffer)
         with self._matmul_context():
             pre = torch.baddbmm(sub.p["b_enc"].unsqueeze(1), centred, sub.p["W_enc"])
         return pre.to(self.dtype)
@@ -404,7 +423,7 @@ class SAEBank:
         if sub.arch in TOPK_FAMILY:
             sparse = self.train.sparse_decode
             with torch.set_grad_enabled(not sparse):
-                pre = self._pre(sub, x_s)
+                pre = self._pre(sub, x_s, reuse_buffer=sparse)
             with torch.no_grad():
                 indices, active = self._select_topk(sub, pre.detach())
                 aux_indices, aux_active, aux_scale = self._select_aux(sub, pre.detach(), dead)
@@ -468,10 +487,13 @@ class SAEBank:
         with torch.no_grad():
             unit_rows_decoder = sub.arch in UNIT_NORM_DECODER
             if unit_rows_decoder:
+                # g -= (g . w) w / ||w||^2: the component along each decoder row, in place.
                 w_dec = sub.p["W_dec"]
-                rows_dir = w_dec / w_dec.norm(dim=-1, keepdim=True)
-                grads[2] -= (grads[2] * rows_dir).sum(-1, keepdim=True) * rows_dir
-            grad_norm = torch.stack([g.pow(2).flatten(1).sum(1) for g in grads]).sum(0).sqrt()
+                along = (torch.einsum("nmd,nmd->nm", grads[2], w_dec)
+                         / w_dec.norm(dim=-1).pow(2)).unsqueeze(-1)
+                grads[2].addcmul_(w_dec, along, value=-1.0)
+            grad_norm = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1)
+                                     for g in grads]).norm(dim=0)
             if self.train.grad_clip > 0:
                 coef = (self.train.grad_clip / (grad_norm + CLIP_EPS)).clamp(max=1.0)
                 for g in grads:
@@ -509,13 +531,11 @@ class SAEBank:
         dead = sub.tokens_since_fired >= self.train.dead_window  # [n, d_sae]
         if not bool(dead.any()):
             return
-        # One uniform per latent from each SAE's own seed and the step, so the draw does not
-        # depend on the bank the SAE sits in.
+        # One uniform per latent from each SAE's own seed and the step, so the draw depends
+        # neither on the bank the SAE sits in nor on the process (a resumed run draws the same).
         members = [self.saes[pos] for pos in sub.positions]
-        uniforms = torch.stack([
-            torch.rand(sub.d_sae, generator=torch.Generator().manual_seed(
-                hash((sae.seed, t, "resample")) % 2**63), dtype=torch.float64)
-            for sae in members]).to(self.device)
+        uniforms = torch.stack([resample_uniforms(sae.seed, t, sub.d_sae)
+                                for sae in members]).to(self.device)
         weights = row_loss.double().pow(2)
         cdf = weights.cumsum(-1)
         cdf = cdf / cdf[:, -1:].clamp_min(torch.finfo(torch.float64).tiny)
@@ -609,6 +629,15 @@ class SAEBank:
             values = sub.p["W_dec"].norm(dim=-1).double().cpu().numpy()
             norms.update({sae_id: values[j] for j, sae_id in enumerate(sub.sae_ids)})
         return {sae_id: norms[sae_id] for sae_id in self.sae_ids}
+
+
+def resample_uniforms(seed: int, step: int, d_sae: int) -> torch.Tensor:
+    """The uniforms [d_sae] (float64) that pick the inputs of an SAE's resampling at `step`: a
+    function of (seed, step) alone. (Python's hash() of a tuple with a str is salted per process,
+    so it must not seed this.)"""
+    digest = hashlib.blake2b(f"thresher-resample:{seed}:{step}".encode(), digest_size=8).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") >> 1)
+    return torch.rand(d_sae, generator=generator, dtype=torch.float64)
 
 
 def matryoshka_widths(d_sae: int, fractions: Sequence[float]) -> tuple[int, ...]:
