@@ -159,17 +159,21 @@ def test_npy_shard_folder_reads_like_a_store(tmp_path: Path) -> None:
     np.save(folder / "000.npy", a)
     np.save(folder / "000.label.npy", np.array([1, 1, 2, 2]))
     np.save(folder / "001.npy", b)
+    np.save(folder / "002.part.1.npy", b[::-1])  # dots in a shard's name: still a shard
+    np.save(folder / "002.part.1.position.npy", np.array([7, 9], dtype=np.int32))
     (folder / "header.json").write_text(json.dumps({"hook": "blocks.3.hook_resid_post"}))
     got = list(iter_store(folder))
+    assert len(got) == 3
     assert np.array_equal(got[0].acts, a) and np.array_equal(got[1].acts, b)
     assert got[0].label.tolist() == [1, 1, 2, 2]
     assert got[1].example_id.tolist() == [4, 5]  # global row index where none is stored
+    assert got[2].position.tolist() == [7, 9] and got[2].example_id.tolist() == [6, 7]
     source = load_config({"source": {"backbone": {"kind": "stored", "model": str(folder)},
                                      "hook": "blocks.3.hook_resid_post"}}).source
     inputs = prepare_inputs(source, 0, tmp_path)
     harvester = Harvester(source, base_dir=tmp_path)
     replayed = ActivationBlock.concat([harvester.harvest(x) for x in inputs.batches])
-    assert np.array_equal(replayed.acts, np.concatenate([a, b]))
+    assert np.array_equal(replayed.acts, np.concatenate([a, b, b[::-1]]))
     (folder / "001.npy").write_bytes(b"\x93NUMPY junk")
     with pytest.raises(StoreError, match="corrupt or truncated"):
         list(iter_store(folder))

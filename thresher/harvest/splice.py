@@ -46,20 +46,29 @@ class LMMetrics:
 class SplicedLM:
     """The full model of a text source, with a switchable replacement at its hook."""
 
-    def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
+    def __init__(self, source: SourceConfig, device: str = "cpu", hook: str | None = None) -> None:
+        """`hook`: where to splice; may be left out when the source has one hook."""
+        if hook is None:
+            if len(source.hooks) != 1:
+                raise ConfigError(f"the source {source.name!r} has the hooks "
+                                  f"{list(source.hooks)}; name the one to splice into")
+            hook = source.hooks[0]
+        elif hook not in source.hooks:
+            raise ConfigError(f"hook {hook!r} is not a hook of the source {source.name!r}; its "
+                              f"hooks: {list(source.hooks)}")
         self.source = source
         self.device = device
-        self.hook = source.hook
+        self.hook = hook
         self._replace: Replace | None = None
         self._content: torch.Tensor | None = None  # [B, T] bool: positions to replace
         kind = source.backbone.kind
         if kind == "transformer_lens":
-            tl = backbones.TransformerLensBackbone(source.backbone, source.hook, device)
+            tl = backbones.TransformerLensBackbone(source.backbone, hook, device)
             self.model: Any = tl.model
             self._logits = self._tl_logits
         elif kind == "hf_text":
             self.model = _hf_causal_lm(source.backbone, device)
-            self._layer = _hf_layer(self.model, source.hook)
+            self._layer = _hf_layer(self.model, hook)
             self._layer.register_forward_hook(self._hf_hook)
             self._logits = self._hf_logits
         else:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
@@ -199,12 +200,30 @@ def _make_transform(cfg: BackboneConfig) -> Callable[[Any], np.ndarray]:
 
         model_cfg = _open_clip_model_cfg(cfg)
         pp = merge_preprocess_dict(PreprocessCfg(), model_cfg.get("preprocess_cfg", {}))
+        pp = merge_preprocess_dict(pp, _published_preprocess(cfg.model))
         pp["size"] = model_cfg["vision_cfg"].get("image_size", pp["size"])
         pp = merge_preprocess_dict(pp, cfg.preprocess or {})
         tf = image_transform_v2(PreprocessCfg(**pp), is_train=False)
         return lambda image: tf(image).numpy()
     processor = _hf_image_processor(cfg)
     return lambda image: processor(images=image, return_tensors="np")["pixel_values"][0]
+
+
+def _published_preprocess(name: str) -> dict[str, Any]:
+    """The preprocessing of an open_clip architecture's published weights (mean, std,
+    interpolation, resize mode), where all its pretrained tags agree; {} where they differ.
+
+    open_clip applies it only when it downloads a tag; a random-weight model or one loaded from
+    a checkpoint file gets it here too (SigLIP2: mean/std 0.5 and squash, not OpenAI's).
+    """
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    found = set()
+    for tag in list_pretrained_tags_by_model(name):
+        published = get_pretrained_cfg(name, tag)
+        found.add(json.dumps({k: published[k] for k in keys if k in published}))
+    return json.loads(found.pop()) if len(found) == 1 else {}
 
 
 _TRANSFORMS: dict[str, Callable[[Any], np.ndarray]] = {}
@@ -261,6 +280,8 @@ def _read_image(spec: ImageSpec, ref: str) -> Any:
             image = Image.open(io.BytesIO(image["bytes"]))
         elif isinstance(image, dict) and image.get("path"):
             image = Image.open(image["path"])
+        if not isinstance(image, Image.Image):  # a missing image (None) or undecodable bytes
+            raise OSError(f"row {key} of {root!r} holds no image ({type(image).__name__})")
     image.load()  # decode now: a truncated file fails here, not inside the transform
     return image.convert("RGB")
 
@@ -276,6 +297,7 @@ def decode_images(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np
     An unreadable image becomes a filler row (example_id -1) flagged in `unreadable`.
     """
     from PIL import UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
 
     transform = spec.transform()
     example_id = np.array(batch["example_id"], dtype=np.int64)
@@ -287,7 +309,8 @@ def decode_images(batch: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np
             continue
         try:
             pixels.append(np.asarray(transform(_read_image(spec, str(ref))), dtype=np.float32))
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                DecompressionBombError):  # a file PIL refuses to decode counts as unreadable
             pixels.append(None)
             example_id[i] = -1
             unreadable[i] = 1
