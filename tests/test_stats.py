@@ -62,6 +62,7 @@ def brute_force(d: dict[str, np.ndarray], options: StatsOptions) -> dict[str, An
         "mono_score": mono_pairwise(f, x),
     }
     top, quantile, purity = {}, {}, np.full(d_sae, np.nan)
+    top_label = np.full(d_sae, -1)
     for j in range(d_sae):
         rows = np.flatnonzero(active[:, j])
         best: dict[int, tuple[float, int]] = {}  # example -> (value, position), first on a tie
@@ -78,12 +79,53 @@ def brute_force(d: dict[str, np.ndarray], options: StatsOptions) -> dict[str, An
         picks = sorted({int(np.floor((i + 0.5) / options.quantiles * len(sample)))
                         for i in range(options.quantiles)}) if len(sample) else []
         quantile[j] = [(f[sample[i], j], int(d["example_id"][sample[i]])) for i in picks]
-        labels = d["label"][rows]
+        labels = d["label"][rows] if d.get("label") is not None else np.zeros(0, np.int64)
         labels = labels[labels >= 0]
         if len(labels):
             purity[j] = np.bincount(labels).max() / len(labels)
-    out.update(top=top, quantile=quantile, label_purity=purity)
+            top_label[j] = np.bincount(labels).argmax()
+    out.update(top=top, quantile=quantile, label_purity=purity, top_label=top_label)
     return out
+
+
+def assert_equal_to_brute_force(feats: dict[str, Any], summary: dict[str, Any],
+                                examples: dict[str, Any], ref: dict[str, Any],
+                                rtol: float = 1e-10) -> None:
+    """Feature columns (indexed by feature), summary metrics and example columns of one SAE
+    against `brute_force`'s reference."""
+    for name in ("fire_count", "firing_rate", "mean_act", "std_act", "max_act",
+                 "mean_act_when_active", "label_purity"):
+        np.testing.assert_allclose(np.asarray(feats[name], dtype=np.float64), ref[name],
+                                   rtol=rtol, atol=1e-12, err_msg=name)
+    count = ref["fire_count"]
+    np.testing.assert_array_equal(feats["is_dead"], count == 0)
+    np.testing.assert_array_equal(feats["is_dense"], ref["firing_rate"] > DENSE_THRESHOLDS[1])
+    with np.errstate(divide="ignore"):
+        np.testing.assert_allclose(feats["log10_density"], np.log10(ref["firing_rate"]),
+                                   rtol=1e-12)
+    np.testing.assert_array_equal(feats["top_label"], ref["top_label"])
+    np.testing.assert_allclose(feats["mono_score"], ref["mono_score"], rtol=1e-7, atol=1e-9)
+    assert np.isnan(np.asarray(feats["mono_score"])[count == 0]).all()
+    for name in ("mse", "fve", "l2_ratio", "l0", "l1", "dead_fraction",
+                 "dense_fraction_1pct", "dense_fraction_10pct"):
+        assert summary[name] == pytest.approx(ref[name], rel=rtol), name
+    mono = np.nan_to_num(ref["mono_score"])
+    assert summary["mono_score_mean"] == pytest.approx(mono.mean(), rel=1e-7)
+    assert summary["mono_score_median"] == pytest.approx(np.median(mono), rel=1e-7)
+    assert summary["mono_score_p90"] == pytest.approx(np.percentile(mono, 90), rel=1e-7)
+
+    kind, feature = np.asarray(examples["kind"]), np.asarray(examples["feature"])
+    value, example_id = np.asarray(examples["activation"]), np.asarray(examples["example_id"])
+    for j in range(len(count)):
+        mine = (feature == j) & (kind == "top")
+        want = ref["top"][j]
+        assert list(example_id[mine]) == [e for _, e, _ in want], j
+        assert list(np.asarray(examples["position"])[mine]) == [p for _, _, p in want], j
+        np.testing.assert_allclose(value[mine], [v for v, _, _ in want], rtol=rtol)
+        assert list(np.asarray(examples["rank"])[mine]) == list(range(len(want)))
+        mine = (feature == j) & (kind == "quantile")
+        assert list(example_id[mine]) == [e for _, e in ref["quantile"][j]], j
+        np.testing.assert_allclose(value[mine], [v for v, _ in ref["quantile"][j]], rtol=rtol)
 
 
 @pytest.mark.parametrize("batch", [600, 97, 13])
@@ -92,30 +134,40 @@ def test_streaming_statistics_equal_brute_force(batch: int) -> None:
     options = StatsOptions(top_n=5, reservoir=9, quantiles=4)
     stats = accumulate(data, batch, options)
     ref = brute_force(data, options)
-    feats, summary = stats.features(), stats.summary()
-    for name in ("fire_count", "firing_rate", "mean_act", "std_act", "max_act",
-                 "mean_act_when_active", "label_purity"):
-        np.testing.assert_allclose(feats[name], ref[name], rtol=1e-10, atol=1e-12,
-                                   err_msg=name)
-    np.testing.assert_allclose(feats["mono_score"], ref["mono_score"], rtol=1e-8, atol=1e-10)
-    assert np.isnan(feats["mono_score"][3]) and feats["is_dead"][3]
-    for name in ("mse", "fve", "l2_ratio", "l0", "l1", "dead_fraction",
-                 "dense_fraction_1pct", "dense_fraction_10pct"):
-        assert getattr(summary, name) == pytest.approx(ref[name], rel=1e-10), name
-    mono = np.nan_to_num(ref["mono_score"])
-    assert summary.mono_score_median == pytest.approx(np.median(mono), rel=1e-8)
+    assert np.isnan(ref["mono_score"][3])  # the dead feature
+    assert_equal_to_brute_force(stats.features(), stats.summary().__dict__, stats.examples(),
+                                ref)
 
-    examples = stats.examples()
-    for j in range(data["f"].shape[1]):
-        mine = (examples["feature"] == j) & (examples["kind"] == "top")
-        got = list(zip(examples["activation"][mine], examples["example_id"][mine],
-                       examples["position"][mine], strict=True))
-        assert got == ref["top"][j], j
-        assert list(examples["rank"][mine]) == list(range(len(got)))
-        mine = (examples["feature"] == j) & (examples["kind"] == "quantile")
-        got_q = list(zip(examples["activation"][mine], examples["example_id"][mine],
-                         strict=True))
-        assert got_q == ref["quantile"][j], j
+
+def test_sparse_entries_in_any_order_equal_dense_latents() -> None:
+    """update_sparse with a TopK-like entry list (rows repeated, features unsorted, zero values
+    among them) gives exactly what update gives on the dense matrix."""
+    data = synthetic(rows=300, d_sae=40)
+    options = StatsOptions(top_n=4, reservoir=6, quantiles=3)
+    dense = accumulate(data, 64, options)
+    sparse = SAEStats(12, 40, options)
+    rng = np.random.default_rng(3)
+    for s in range(0, 300, 64):
+        f = torch.from_numpy(data["f"][s:s + 64])
+        rows, feats = torch.nonzero(f >= 0, as_tuple=True)  # every entry, zeros included
+        keep = torch.from_numpy(rng.random(len(rows)) < 0.5) | (f[rows, feats] > 0)
+        order = torch.from_numpy(rng.permutation(int(keep.sum())))
+        rows, feats = rows[keep][order], feats[keep][order]
+        sparse.update_sparse(torch.from_numpy(data["x"][s:s + 64]),
+                             torch.from_numpy(data["x_hat"][s:s + 64]), rows, feats,
+                             f[rows, feats], data["example_id"][s:s + 64],
+                             data["position"][s:s + 64], data["label"][s:s + 64])
+    for name, column in dense.features().items():  # sums in another order: float rounding
+        if column.dtype.kind == "f":
+            np.testing.assert_allclose(sparse.features()[name], column, rtol=1e-12,
+                                       atol=1e-15, err_msg=name)
+        else:
+            np.testing.assert_array_equal(sparse.features()[name], column, err_msg=name)
+    for name in dense.summary().__dict__:
+        assert getattr(sparse.summary(), name) == pytest.approx(
+            getattr(dense.summary(), name), rel=1e-12), name
+    for name, column in dense.examples().items():
+        np.testing.assert_array_equal(sparse.examples()[name], column, err_msg=name)
 
 
 def test_label_counts_and_decoder_cosine() -> None:

@@ -49,19 +49,20 @@ def run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
 
 def collect_holdout(cfg: Config) -> ActivationBlock:
     """The stream's held-out rows, harvested again exactly as the run cut them."""
-    from thresher.harvest.backbones import load_tokenizer
     from thresher.harvest.harvester import Harvester
-    from thresher.harvest.inputs import build_inputs
+    from thresher.harvest.inputs import decode_batch, prepare_inputs
     from thresher.harvest.stream import Chunker
 
     source = cfg.source
-    inputs = build_inputs(source, cfg.run.seed, config_dir(cfg), load_tokenizer(source.backbone))
-    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"))
+    # Any modality: images are decoded (the CPU stage) before the forward, as the run did.
+    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
+    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"),
+                          base_dir=config_dir(cfg))
     chunker = Chunker(cfg.stream.chunk_rows, cfg.stream.holdout_rows, cfg.stream.norm_rows)
     for batch in inputs.batches:
         if chunker.holdout_count >= cfg.stream.holdout_rows:
             break
-        chunker.add(harvester.harvest(batch))
+        chunker.add(harvester.harvest(decode_batch(inputs, batch)))
     return chunker.holdout_block()
 
 
@@ -74,8 +75,14 @@ def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
     holdout = collect_holdout(cfg)
     plan = record.get("plan") or [{}]
     stream_id = str(plan[0].get("stream_id", "s0"))  # one stream per run for now
-    stats = evaluate_saes(lambda x: [s.encode_decode(x) for s in saes],
-                          [s.sae.sae_id for s in saes], [s.sae.d_sae for s in saes], holdout)
+    by_hook: dict[str, list[FrozenSAE]] = {}
+    for sae in saes:  # a stream's hooks share the held-out rows, side by side in its columns
+        by_hook.setdefault(sae.sae.hook, []).append(sae)
+    stats = {}
+    for hook, group in by_hook.items():
+        stats.update(evaluate_saes(lambda x, group=group: [s.encode_decode(x) for s in group],
+                                   [s.sae.sae_id for s in group], [s.sae.d_sae for s in group],
+                                   holdout.select(hook or None)))
     lm = _lm_metrics(cfg, run_dir, holdout, saes, lm_windows) if lm_metrics else {}
     trainers = record.get("trainers") or {}
     results: dict[str, TrainerResult] = {}

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.analysis.stats import SAEStats, StatsOptions, max_decoder_cosine
+from thresher.analysis.stats import Rows, SAEStats, StatsOptions, max_decoder_cosine
 from thresher.block import ActivationBlock
 from thresher.config import Config, SAEConfig
 from thresher.train.trainer import Trainer
@@ -38,9 +38,9 @@ def evaluate_saes(encode_decode: EncodeDecode, sae_ids: Sequence[str], d_sae: Se
         end = start + batch_rows
         x = torch.from_numpy(np.array(x_all[start:end]))
         label = None if holdout.label is None else holdout.label[start:end]
+        rows = Rows.of(x, holdout.example_id[start:end], holdout.position[start:end], label)
         for sae_id, (f, x_hat) in zip(sae_ids, encode_decode(x), strict=True):
-            stats[sae_id].update(x, f, x_hat, holdout.example_id[start:end],
-                                 holdout.position[start:end], label)
+            stats[sae_id].update(rows, f, x_hat)
     return stats
 
 
@@ -63,6 +63,7 @@ class TrainerResult:
     seconds: float = 0.0
     example_columns: list[dict[str, np.ndarray]] = field(default_factory=list)
     label_columns: list[dict[str, np.ndarray]] = field(default_factory=list)
+    curve_rows: list[dict[str, Any]] = field(default_factory=list)  # TrainingCurves.rows
 
 
 def sae_tables(sae_id: str, stats: SAEStats, decoder_norm: np.ndarray,
@@ -88,10 +89,12 @@ def sae_tables(sae_id: str, stats: SAEStats, decoder_norm: np.ndarray,
 
 
 def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: ActivationBlock,
-                   loop: dict[str, Any], seconds: float) -> TrainerResult:
+                   loop: dict[str, Any], seconds: float,
+                   curve_rows: list[dict[str, Any]] | None = None) -> TrainerResult:
     stats = evaluate_trainer(trainer, holdout)
     norms = trainer.bank.decoder_norms()
-    result = TrainerResult(trainer.trainer_id, [], [], loop, seconds)
+    result = TrainerResult(trainer.trainer_id, [], [], loop, seconds,
+                           curve_rows=list(curve_rows or []))
     for sae in trainer.saes:
         w_dec = trainer.bank.sae_params(sae.sae_id)["W_dec"]
         metrics, columns, examples, labels = sae_tables(sae.sae_id, stats[sae.sae_id],
@@ -122,8 +125,10 @@ def _hyper(sae: SAEConfig) -> dict[str, Any]:
 
 
 def write_run_stats(run_dir: str | Path, results: list[TrainerResult]) -> dict[str, Path]:
-    """stats/{summary,features,examples}.parquet (and labels.parquet where rows carry labels)."""
+    """stats/{summary,features,examples}.parquet, labels.parquet where rows carry labels and
+    curves.parquet where trainers recorded training curves."""
     from thresher.analysis.parquet import (
+        CURVES_SCHEMA,
         EXAMPLES_SCHEMA,
         FEATURES_SCHEMA,
         LABELS_SCHEMA,
@@ -147,4 +152,9 @@ def write_run_stats(run_dir: str | Path, results: list[TrainerResult]) -> dict[s
         table = table_from_columns(
             {n: np.concatenate([c[n] for c in columns]) for n in schema.names}, schema)
         written[name] = write_table_atomic(table, stats_dir / f"{name}.parquet")
+    curves = sorted((row for r in results for row in r.curve_rows),
+                    key=lambda row: (row["sae_id"], row["step"]))
+    if curves:
+        written["curves"] = write_table_atomic(table_from_rows(curves, CURVES_SCHEMA),
+                                               stats_dir / "curves.parquet")
     return written

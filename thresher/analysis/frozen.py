@@ -1,7 +1,9 @@
 """Exported SAEs (saes/<id>/, raw units, input scale folded in) applied without the bank.
 
 `FrozenSAE` is the SAE of docs/formats.md: f = act((x − b_dec) W_enc + b_enc), x̂ = f W_dec + b_dec,
-act = ReLU(TopK_k(·)) for topk and ReLU for relu. `thresher analyze` and the splice use it.
+act = ReLU(TopK_k(·)) for topk, ReLU for relu, and pre · 1[pre > threshold] for the exports that
+carry a `threshold` (jumprelu; batchtopk and matryoshka at inference). `thresher analyze` and the
+splice use it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class FrozenSAE:
     b_dec: torch.Tensor
     input_scale: float
     record: dict[str, Any]  # cfg.json's thresher record (trainer_id, step, rows_seen, ...)
+    threshold: torch.Tensor | None = None  # [d_sae]: f = pre * 1[pre > threshold]
 
     @classmethod
     def load(cls, folder: str | Path) -> FrozenSAE:
@@ -45,6 +48,8 @@ class FrozenSAE:
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         pre = (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
+        if self.threshold is not None:
+            return pre * (pre > self.threshold).to(pre.dtype)
         if self.sae.arch == "topk":
             values, indices = pre.topk(self.sae.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, indices, values.relu())

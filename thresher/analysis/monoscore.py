@@ -34,17 +34,11 @@ class MonoScoreAccumulator:
         self.act_embed = torch.zeros(d_sae, d_in, dtype=torch.float64)  # A = Σ a e
         self.embed_sum = torch.zeros(d_in, dtype=torch.float64)  # E = Σ e
 
-    @staticmethod
-    def unit(x: torch.Tensor) -> torch.Tensor:
-        x = x.double()
-        norm = x.norm(dim=1, keepdim=True)
-        return torch.where(norm > 0, x / norm.clamp_min(1e-300), torch.zeros_like(x))
-
     @torch.no_grad()
-    def update(self, x: torch.Tensor, rows: torch.Tensor, feats: torch.Tensor,
+    def update(self, e: torch.Tensor, rows: torch.Tensor, feats: torch.Tensor,
                values: torch.Tensor) -> None:
-        """x [B, d_in] the batch; (rows, feats, values) its firing entries."""
-        e = self.unit(x.cpu())
+        """e [B, d_in] the batch's unit rows (`unit_rows`, float64); (rows, feats, values)
+        its nonzero latents."""
         self.embed_sum += e.sum(0)
         if len(rows):
             f_t = torch.sparse_coo_tensor(torch.stack([feats, rows]), values.double(),
@@ -57,6 +51,14 @@ class MonoScoreAccumulator:
         """MonoScore per feature; NaN where the denominator vanishes (a feature never varying)."""
         return mono_from_sums(n, act_sum, act_sq_sum, self.act_embed.numpy(),
                               self.embed_sum.numpy(), act_min, act_max)
+
+
+def unit_rows(x: torch.Tensor, norm: torch.Tensor | None = None) -> torch.Tensor:
+    """x/‖x‖ per row in float64; a zero row stays 0 (a row similar to nothing)."""
+    x = x.double()
+    norm = torch.linalg.vector_norm(x, dim=1) if norm is None else norm
+    norm = norm.double().unsqueeze(1)
+    return torch.where(norm > 0, x / norm.clamp_min(1e-300), torch.zeros_like(x))
 
 
 def mono_from_sums(n: int, s1: np.ndarray, s2: np.ndarray, act_embed: np.ndarray,
@@ -76,20 +78,21 @@ def mono_from_sums(n: int, s1: np.ndarray, s2: np.ndarray, act_embed: np.ndarray
 
 
 def mono_pairwise(acts: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The O(N²) definition, for tests: acts [N, K], x [N, d] the embeddings (not yet unit)."""
+    """The O(N²) definition, for tests: acts [N, K], x [N, d] the embeddings (not yet unit).
+
+    Literally Σ_{n<m} ã_n ã_m cos(x_n, x_m) / Σ_{n<m} ã_n ã_m over the pairs n < m (no
+    identity), as one quadratic form per feature with the strictly upper triangle of the
+    cosine matrix."""
+    acts = np.asarray(acts, dtype=np.float64)
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     e = np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0)
-    sims = e @ e.T
-    upper = np.triu(np.ones_like(sims, dtype=bool), k=1)
-    out = np.full(acts.shape[1], np.nan)
-    for k in range(acts.shape[1]):
-        a = acts[:, k].astype(np.float64)
-        span = a.max() - a.min()
-        if span <= 0:
-            continue
-        scaled = (a - a.min()) / span
-        rel = np.outer(scaled, scaled)[upper]
-        den = rel.sum()
-        if den > DENOMINATOR_EPS:
-            out[k] = (rel * sims[upper]).sum() / den
-    return out
+    upper_sims = np.triu(e @ e.T, k=1)  # s_nm for n < m, 0 elsewhere
+    upper_ones = np.triu(np.ones((len(acts), len(acts))), k=1)
+    lo, span = acts.min(0), acts.max(0) - acts.min(0)
+    ok = span > 0
+    scaled = (acts - lo) / np.where(ok, span, 1.0)  # ã [N, K]
+    num = np.einsum("nk,nm,mk->k", scaled, upper_sims, scaled, optimize=True)
+    den = np.einsum("nk,nm,mk->k", scaled, upper_ones, scaled, optimize=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = num / den
+    return np.where(ok & (den > DENOMINATOR_EPS), score, np.nan)

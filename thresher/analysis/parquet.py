@@ -102,6 +102,36 @@ LABELS_SCHEMA = pa.schema(
     ]
 )
 
+# Training curves: one row per (SAE, curve point); see thresher/analysis/curves.py.
+CURVES_SCHEMA = pa.schema(
+    [
+        ("trainer_id", pa.string()),
+        ("sae_id", pa.string()),
+        ("step", pa.int64()),  # optimiser steps taken at the end of the window
+        ("rows_seen", pa.int64()),  # training rows seen by then (since this process started)
+        ("window_steps", pa.int64()),  # steps in the window
+        # The bank's per-step metrics, mean over the window's steps (training units):
+        ("train_loss", pa.float64()),
+        ("train_mse", pa.float64()),
+        ("train_l0", pa.float64()),
+        ("train_grad_norm", pa.float64()),
+        ("train_aux_loss", pa.float64()),
+        ("train_mono_score", pa.float64()),  # NaN unless the SAE trains with MonoLoss
+        ("train_dead_fraction", pa.float64()),  # silent for train.dead_window rows
+        # Over the window's observed batches (raw units; NaN when none was observed):
+        ("window_rows", pa.int64()),
+        ("fve", pa.float64()),
+        ("nmse", pa.float64()),
+        ("mse", pa.float64()),
+        ("l2_ratio", pa.float64()),
+        ("l0", pa.float64()),
+        ("l1", pa.float64()),
+        ("window_dead_fraction", pa.float64()),  # features that never fired in the window
+        ("dense_fraction_1pct", pa.float64()),
+        ("dense_fraction_10pct", pa.float64()),
+    ]
+)
+
 INPUTS_SCHEMA = pa.schema(
     [
         ("example_id", pa.int64()),

@@ -1,14 +1,24 @@
 """`thresher report RUN`: report/index.html with its PNGs, from stats/*.parquet.
 
 Sections: the sweep table, a Pareto plot of L0 against fraction of variance explained, log10
-feature-density and MonoScore histograms per SAE, and feature cards of the best SAE (by FVE) with
-their top examples as highlighted token contexts (text runs: inputs.parquet + the run's
-tokenizer). Image thumbnails (vision) and channel/time snippets (EEG) are not drawn yet.
+feature-density and MonoScore histograms per SAE, and feature cards of the best SAE (by FVE)
+with its top examples, resolved through the inputs manifest (inputs.parquet) by modality:
+
+- text (the manifest has `token_ids`): the token in its context, highlighted, decoded with the
+  run's tokenizer;
+- images (`label_name`): a thumbnail of the model's square view of the image, read again from
+  its origin, with a box on the activating patch (report/cards/*.png);
+- EEG (`channels`, `num_patches`): the token's channel over its window, read again from the
+  recording, its patch shaded (inline SVG).
+
+Inputs that cannot be read any more (moved files) fall back to example ids, never to an error.
 """
 
 from __future__ import annotations
 
 import html
+import logging
+import math
 import os
 import uuid
 from pathlib import Path
@@ -18,11 +28,15 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+log = logging.getLogger(__name__)
+
 SWEEP_COLUMNS = ("sae_id", "arch", "d_sae", "k", "l1_coef", "lr", "fve", "nmse", "l0", "l1",
                  "l2_ratio", "dead_fraction", "dense_fraction_10pct", "mono_score_mean",
                  "ce_loss_recovered")
 CARDS = 12  # feature cards of the best SAE
+CARD_EXAMPLES = 6  # top examples shown per card
 CONTEXT = 12  # tokens shown on each side of the activating one
+THUMB = 112  # thumbnail side, pixels
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -46,7 +60,8 @@ def write_report(run_dir: str | Path) -> Path:
               "mono": _histograms(features, summary, "mono_score", out / "monoscore.png",
                                   "MonoScore (undefined left out)")}
     best = summary.sort_values("fve", ascending=False).iloc[0]
-    cards = _cards(run_dir, best["sae_id"], features, examples)
+    cards = _cards(run_dir, str(best["sae_id"]), str(best["stream_id"]), features, examples,
+                   out)
     name = html.escape(str(summary["run_name"].iloc[0]))
     body = [
         f"<h1>thresher report: {name}</h1>",
@@ -70,13 +85,18 @@ _CSS = """
 body{font-family:sans-serif;margin:2em;max-width:1200px}
 table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}
 th{background:#eee}.card{border:1px solid #bbb;border-radius:6px;padding:8px;margin:8px 0}
-.ctx{font-family:monospace;font-size:12px;white-space:pre-wrap;margin:2px 0}
+.ex{margin:3px 0}.act{display:inline-block;min-width:4em;color:#333;font-size:12px}
+.ctx{font-family:monospace;font-size:12px;white-space:pre-wrap}
 mark{background:#f8b862;font-weight:bold}.meta{color:#555;font-size:12px}
+.examples.image,.examples.eeg{display:flex;flex-wrap:wrap;gap:6px}.examples.image .ex{width:120px}
+figure{margin:0}figcaption{font-size:11px;color:#555}
+svg.eeg{display:block;background:#fafafa;border:1px solid #ddd}
+svg.eeg polyline{fill:none;stroke:#246;stroke-width:1}svg.eeg rect.patch{fill:#f8b862}
 """
 
 
 # After load, the body records how many images rendered and how many failed; a headless
-# browser's DOM dump shows it (tests/test_report.py).
+# browser's DOM dump shows it (tests/test_analysis.py, tests/test_analysis_report.py).
 _IMAGE_CHECK = """<script>window.addEventListener('load', function () {
   var imgs = Array.from(document.images);
   document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
@@ -130,9 +150,10 @@ def _histograms(features: pd.DataFrame, summary: pd.DataFrame, column: str, path
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.8 * rows), squeeze=False)
     for ax, sid in zip(axes.flat, ids, strict=False):
         values = features.loc[features.sae_id == sid, column].to_numpy()
-        values = values[np.isfinite(values)]
-        ax.hist(values, bins=40)
-        ax.set_title(sid, fontsize=9)
+        finite = values[np.isfinite(values)]
+        ax.hist(finite, bins=40)
+        left_out = len(values) - len(finite)
+        ax.set_title(f"{sid} ({left_out} left out)" if left_out else sid, fontsize=9)
     for ax in list(axes.flat)[len(ids):]:
         ax.axis("off")
     fig.suptitle(title)
@@ -150,56 +171,275 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _cards(run_dir: Path, sae_id: str, features: pd.DataFrame,
-           examples: pd.DataFrame | None) -> str:
+def _cards(run_dir: Path, sae_id: str, stream_id: str, features: pd.DataFrame,
+           examples: pd.DataFrame | None, out: Path) -> str:
     mine = features[(features.sae_id == sae_id) & ~features.is_dead]
     chosen = mine.sort_values("fire_count", ascending=False).head(CARDS)
-    decode = _text_decoder(run_dir)
-    out = []
+    show = _example_renderer(run_dir, stream_id, examples, out)
+    cards = []
     for _, feat in chosen.iterrows():
         j = int(feat["feature"])
+        label = ""
+        if int(feat["top_label"]) >= 0:
+            label = (f", top label {html.escape(show.label_name(int(feat['top_label'])))} "
+                     f"(purity {feat['label_purity']:.2f})")
         head = (f"<b>feature {j}</b> <span class='meta'>density {feat['firing_rate']:.4f}, "
                 f"max {feat['max_act']:.3g}, MonoScore {feat['mono_score']:.3f}, "
-                f"max decoder cos {feat['max_decoder_cos']:.3f}</span>")
-        lines = []
+                f"max decoder cos {feat['max_decoder_cos']:.3f}{label}</span>")
+        items = []
         if examples is not None:
             top = examples[(examples.sae_id == sae_id) & (examples.feature == j)
-                           & (examples.kind == "top")].sort_values("rank").head(6)
+                           & (examples.kind == "top")].sort_values("rank").head(CARD_EXAMPLES)
             for _, ex in top.iterrows():
-                ctx = decode(int(ex["example_id"]), int(ex["position"])) if decode else None
-                text = ctx or f"example {int(ex['example_id'])}, position {int(ex['position'])}"
-                lines.append(f"<div class='ctx'>{ex['activation']:.3g}: {text}</div>")
-        out.append(f"<div class='card'>{head}{''.join(lines)}</div>")
-    return "\n".join(out)
+                items.append(show(j, int(ex["rank"]), int(ex["example_id"]),
+                                  int(ex["position"]), float(ex["activation"])))
+        cards.append(f"<div class='card' data-feature='{j}'>{head}"
+                     f"<div class='examples {show.kind}'>{''.join(items)}</div></div>")
+    return "\n".join(cards)
 
 
-def _text_decoder(run_dir: Path) -> Any:
-    """(example_id, position) -> HTML with the token highlighted; None without a manifest."""
-    manifest = run_dir / "inputs.parquet"
-    if not manifest.is_file():
+class _Examples:
+    """Renders one top example as HTML: an id line, unless a modality below knows better."""
+
+    kind = "plain"
+
+    def __init__(self, manifest: pd.DataFrame | None) -> None:
+        self.manifest = manifest
+        self.label_names: dict[int, str] = {}
+        if manifest is not None and {"label", "label_name"} <= set(manifest.columns):
+            named = manifest.dropna(subset=["label_name"]).drop_duplicates("label")
+            self.label_names = dict(zip(named["label"].astype(int), named["label_name"],
+                                        strict=True))
+
+    def label_name(self, label: int) -> str:
+        return self.label_names.get(label, str(label))
+
+    def row(self, example_id: int) -> dict[str, Any] | None:
+        if self.manifest is None or example_id not in self.manifest.index:
+            return None
+        return dict(self.manifest.loc[example_id])
+
+    def __call__(self, feature: int, rank: int, example_id: int, position: int,
+                 activation: float) -> str:
+        body = self.render(feature, rank, example_id, position)
+        if body is None:
+            row = self.row(example_id)
+            origin = f" ({html.escape(str(row['origin']))})" if row and "origin" in row else ""
+            body = f"example {example_id}, position {position}{origin}"
+        return f"<div class='ex'><span class='act'>{activation:.3g}</span> {body}</div>"
+
+    def render(self, feature: int, rank: int, example_id: int, position: int) -> str | None:
         return None
-    from thresher.analysis.analyze import run_config
-    from thresher.harvest.backbones import load_tokenizer
 
-    try:
-        tokenizer = load_tokenizer(run_config(run_dir)[1].source.backbone)
-    except Exception:  # the report still renders, with example ids instead of text
-        return None
-    table = pq.read_table(manifest, columns=["example_id", "token_ids"]).to_pydict()
-    by_id = dict(zip(table["example_id"], table["token_ids"], strict=True))
 
-    def decode(example_id: int, position: int) -> str | None:
-        ids = by_id.get(example_id)
-        if ids is None or not 0 <= position < len(ids):
+class _TextExamples(_Examples):
+    """Token contexts from the manifest's token ids, the activating token highlighted."""
+
+    kind = "text"
+
+    def __init__(self, manifest: pd.DataFrame, tokenizer: Any) -> None:
+        super().__init__(manifest)
+        self.tokenizer = tokenizer
+
+    def render(self, feature: int, rank: int, example_id: int, position: int) -> str | None:
+        row = self.row(example_id)
+        if row is None:
+            return None
+        ids = [int(i) for i in row["token_ids"]]
+        if not 0 <= position < len(ids):
             return None
         lo, hi = max(0, position - CONTEXT), min(len(ids), position + CONTEXT + 1)
-        before = tokenizer.decode(ids[lo:position])
-        token = tokenizer.decode(ids[position:position + 1])
-        after = tokenizer.decode(ids[position + 1:hi])
-        return (f"{html.escape(before)} <mark>{html.escape(token)}</mark> "
-                f"{html.escape(after)}")
+        before = self.tokenizer.decode(ids[lo:position])
+        token = self.tokenizer.decode(ids[position:position + 1])
+        after = self.tokenizer.decode(ids[position + 1:hi])
+        return (f"<span class='ctx'>{html.escape(before)} <mark>{html.escape(token)}</mark> "
+                f"{html.escape(after)}</span>")
 
-    return decode
+
+class _ImageExamples(_Examples):
+    """Thumbnails (PNG files under report/cards/) of the manifest's images; for a patch token,
+    a box on its patch of the model's square input."""
+
+    kind = "image"
+
+    def __init__(self, manifest: pd.DataFrame, read: Any, layout: tuple[int, int] | None,
+                 crop: bool, out: Path) -> None:
+        super().__init__(manifest)
+        self.read, self.layout, self.crop = read, layout, crop
+        self.folder = out / "cards"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for stale in self.folder.glob("f*_r*.png"):  # a previous report's thumbnails
+            stale.unlink()
+
+    def render(self, feature: int, rank: int, example_id: int, position: int) -> str | None:
+        from PIL import ImageDraw
+
+        row = self.row(example_id)
+        if row is None:
+            return None
+        try:
+            image = _square(self.read(str(row["origin"])), self.crop)
+        except Exception:  # moved or unreadable since the run: the card shows the id instead
+            return None
+        caption = html.escape(str(row.get("label_name") or ""))
+        if self.layout is not None:
+            n_prefix, grid = self.layout
+            patch = position - n_prefix
+            if 0 <= patch < grid * grid:
+                side = image.size[0] / grid
+                r, c = divmod(patch, grid)
+                ImageDraw.Draw(image).rectangle(
+                    [c * side, r * side, (c + 1) * side - 1, (r + 1) * side - 1],
+                    outline=(255, 40, 40), width=max(2, THUMB // 48))
+                caption += f" patch ({r}, {c})"
+            else:
+                caption += " CLS" if position < n_prefix else f" token {position}"
+        name = f"f{feature}_r{rank}.png"
+        tmp = self.folder / f".{name}.{uuid.uuid4().hex}.tmp.png"
+        image.save(tmp)
+        os.replace(tmp, self.folder / name)
+        return (f"<figure><img src='cards/{name}' width='{THUMB}' height='{THUMB}' "
+                f"alt='example {example_id}'><figcaption>{caption}</figcaption></figure>")
+
+
+class _EEGExamples(_Examples):
+    """The token's channel over its window (inline SVG), its patch shaded."""
+
+    kind = "eeg"
+
+    def __init__(self, manifest: pd.DataFrame, signals: dict[str, Any], patch: tuple[int, int]
+                 ) -> None:
+        super().__init__(manifest)
+        self.signals, (self.patch_length, self.patch_stride) = signals, patch
+
+    def render(self, feature: int, rank: int, example_id: int, position: int) -> str | None:
+        row = self.row(example_id)
+        if row is None or str(row["recording"]) not in self.signals:
+            return None
+        channels = list(row["channels"])
+        channel, patch = divmod(position, int(row["num_patches"]))
+        start, length = int(row["start"]), int(row["length"])
+        if not 0 <= channel < len(channels):
+            return None
+        trace = np.asarray(self.signals[str(row["recording"])][channel, start:start + length],
+                           dtype=np.float64)
+        if not len(trace):
+            return None
+        lo, hi = float(trace.min()), float(trace.max())
+        width, height = 360, 64
+        xs = np.linspace(0, width, len(trace))
+        ys = height - 4 - (trace - lo) / (hi - lo if hi > lo else 1.0) * (height - 8)
+        points = " ".join(f"{a:.1f},{b:.1f}" for a, b in zip(xs, ys, strict=True))
+        x0 = patch * self.patch_stride / max(len(trace) - 1, 1) * width
+        x1 = (patch * self.patch_stride + self.patch_length) / max(len(trace) - 1, 1) * width
+        first = start + patch * self.patch_stride
+        return (f"<svg class='eeg' width='{width}' height='{height}' "
+                f"viewBox='0 0 {width} {height}'><rect class='patch' x='{x0:.1f}' y='0' "
+                f"width='{x1 - x0:.1f}' height='{height}'/><polyline points='{points}'/></svg>"
+                f"<span class='meta'>{html.escape(str(row['recording']))} "
+                f"{html.escape(str(channels[channel]))}, samples {first}..."
+                f"{first + self.patch_length - 1} (window from {start})</span>")
+
+
+def _example_renderer(run_dir: Path, stream_id: str, examples: pd.DataFrame | None,
+                      out: Path) -> _Examples:
+    """The renderer for the stream's modality, chosen by its inputs manifest; the plain one
+    (ids only) where the manifest, the run's config or its inputs cannot be read."""
+    manifest_path = _manifest_path(run_dir, stream_id)
+    if not manifest_path.is_file():
+        return _Examples(None)
+    manifest = pq.read_table(manifest_path).to_pandas().set_index("example_id", drop=False)
+    try:
+        record, cfg = _run_record(run_dir)
+        source = cfg.source_named(stream_id)
+        if "token_ids" in manifest:
+            from thresher.harvest.backbones import load_tokenizer
+
+            return _TextExamples(manifest, load_tokenizer(source.backbone))
+        if {"channels", "num_patches"} <= set(manifest.columns):
+            return _eeg_examples(manifest, cfg, source)
+        if "label_name" in manifest:
+            return _image_examples(manifest, cfg, source, record, stream_id, examples, out)
+    except Exception as exc:  # the report still renders, with example ids instead
+        log.warning("feature cards show example ids only: %s: %s", type(exc).__name__, exc)
+    return _Examples(manifest)
+
+
+def _manifest_path(run_dir: Path, stream_id: str) -> Path:
+    """The stream's inputs manifest (one per run while a run holds one stream)."""
+    return run_dir / "inputs.parquet"
+
+
+def _run_record(run_dir: Path) -> tuple[dict[str, Any], Any]:
+    from thresher.analysis.analyze import run_config
+
+    return run_config(run_dir)
+
+
+def _eeg_examples(manifest: pd.DataFrame, cfg: Any, source: Any) -> _Examples:
+    from thresher.config import config_dir
+    from thresher.harvest.eeg import patchtst_config, read_recordings
+
+    recordings, _ = read_recordings(source, config_dir(cfg))
+    config = patchtst_config(source.backbone)
+    return _EEGExamples(manifest, {rec.name: rec.signals for rec in recordings},
+                        (int(config.patch_length), int(config.patch_stride)))
+
+
+def _image_examples(manifest: pd.DataFrame, cfg: Any, source: Any, record: dict[str, Any],
+                    stream_id: str, examples: pd.DataFrame | None, out: Path) -> _Examples:
+    from PIL import Image
+
+    from thresher.config import config_dir
+    from thresher.harvest.vision import _read_image, image_spec
+
+    spec = image_spec(source, config_dir(cfg))
+    roots = list(spec.roots)
+
+    def read(origin: str) -> Any:
+        if source.inputs.kind == "image_folder":
+            path = Path(origin)
+            path = path if path.is_file() else config_dir(cfg) / path
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        root, _, key = origin.rpartition("::")  # lmdb_path::key or dataset_path::row
+        return _read_image(spec, f"{roots.index(root)}:{key}")
+
+    return _ImageExamples(manifest, read, _token_layout(source, record, stream_id, examples),
+                          crop=source.backbone.kind == "open_clip", out=out)
+
+
+def _token_layout(source: Any, record: dict[str, Any], stream_id: str,
+                  examples: pd.DataFrame | None) -> tuple[int, int] | None:
+    """(prefix tokens, patch grid side) of a ViT hook's rows, from the rows harvested per image
+    (run.json); None for one row per image (`embedding`, tokens `cls`)."""
+    if source.hooks == ("embedding",) or source.tokens == "cls":
+        return None
+    harvest = (record.get("streams", {}).get(stream_id) or {}).get("harvest") \
+        or record.get("harvest") or {}
+    rows, images = int(harvest.get("rows", 0)), int(harvest.get("examples", 0))
+    if images <= 0 or rows % images:
+        return None
+    tokens = rows // images
+    grid = math.isqrt(tokens)
+    if source.tokens == "patches":
+        # Rows are the patches alone, at positions n_prefix.. : the smallest position seen.
+        if grid * grid != tokens or examples is None or not len(examples):
+            return None
+        return int(examples["position"].min()), grid
+    return (tokens - grid * grid, grid) if grid > 0 and tokens - grid * grid <= 8 else None
+
+
+def _square(image: Any, crop: bool) -> Any:
+    """The model's square view: centre crop (open_clip) or squashed (transformers), THUMB px."""
+    from PIL import Image
+
+    if crop:
+        w, h = image.size
+        side = min(w, h)
+        image = image.crop(((w - side) // 2, (h - side) // 2, (w - side) // 2 + side,
+                            (h - side) // 2 + side))
+    return image.resize((THUMB, THUMB), Image.BICUBIC)
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:

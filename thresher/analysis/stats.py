@@ -16,13 +16,14 @@ recomputation over all rows at once (tests/test_stats.py checks this).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from thresher.analysis.monoscore import MonoScoreAccumulator
-from thresher.analysis.topk_examples import QuantileSampler, TopExamples
+from thresher.analysis.monoscore import MonoScoreAccumulator, unit_rows
+from thresher.analysis.topk_examples import DENSE_CUT, QuantileSampler, TopExamples
 
 # A feature is dense when it fires on more than this share of rows (SAEBench's thresholds).
 DENSE_THRESHOLDS = (0.01, 0.1)
@@ -36,18 +37,70 @@ class StatsOptions:
     monoscore: bool = True
 
 
+# What training curves need (rates, moments, reconstruction): no examples, no MonoScore sums.
+CURVE_OPTIONS = StatsOptions(top_n=0, reservoir=0, quantiles=0, monoscore=False)
+
+
+@dataclass
+class Rows:
+    """One batch of SAE inputs, with what every SAE's statistics need of it computed once:
+    float64 rows, their norms and sums, unit rows (MonoScore's embedding), ids and labels."""
+
+    x: torch.Tensor  # [B, d_in] float64, CPU
+    example_id: np.ndarray  # int64 [B]
+    position: np.ndarray  # int32 [B]
+    label: np.ndarray | None  # int64 [B], -1 unknown
+    norm: torch.Tensor  # [B] ||x||
+    x_sum: torch.Tensor  # [d_in]
+    x_sq: float  # sum of ||x||^2
+
+    @classmethod
+    def of(cls, x: torch.Tensor, example_id: np.ndarray | None = None,
+           position: np.ndarray | None = None, label: np.ndarray | None = None,
+           first_id: int = 0) -> Rows:
+        """`x` [B, d_in]; example ids default to first_id, first_id + 1, ... (one per row)."""
+        x64 = x.detach().cpu().double()
+        n = len(x64)
+        norm = torch.linalg.vector_norm(x64, dim=1)
+        return cls(
+            x=x64,
+            example_id=(np.arange(first_id, first_id + n, dtype=np.int64) if example_id is None
+                        else np.asarray(example_id, dtype=np.int64)),
+            position=(np.zeros(n, dtype=np.int32) if position is None
+                      else np.asarray(position, dtype=np.int32)),
+            label=None if label is None else np.asarray(label, dtype=np.int64),
+            norm=norm, x_sum=x64.sum(0), x_sq=float((norm * norm).sum()))
+
+    @property
+    def x_nonzero(self) -> torch.Tensor:
+        return self.norm > 0
+
+    @functools.cached_property
+    def unit(self) -> torch.Tensor:
+        """x/||x|| (0 for a zero row): MonoScore's embedding."""
+        return unit_rows(self.x, self.norm)
+
+
 class SAEStats:
-    """Accumulates statistics of one SAE over a stream of (x, f, x_hat) batches."""
+    """Accumulates statistics of one SAE over a stream of (x, f, x_hat) batches.
+
+    Latents are handled as their nonzero entries (row, feature, value): every per-feature sum,
+    extreme and table is updated from those alone, so a TopK batch costs O(B·k), not
+    O(B·d_sae). `update` takes dense latents, `update_sparse` the entries themselves (what a
+    TopK step already has).
+    """
 
     def __init__(self, d_in: int, d_sae: int, options: StatsOptions | None = None) -> None:
         self.d_in, self.d_sae = d_in, d_sae
         self.options = options or StatsOptions()
         self.rows = 0
-        self.fire_count = torch.zeros(d_sae, dtype=torch.int64)
+        self.fire_count = torch.zeros(d_sae, dtype=torch.int64)  # rows with f > 0
+        self.nonzero_count = torch.zeros(d_sae, dtype=torch.int64)  # rows with f != 0
         self.act_sum = torch.zeros(d_sae, dtype=torch.float64)
         self.act_sq_sum = torch.zeros(d_sae, dtype=torch.float64)
-        self.act_max = torch.full((d_sae,), -torch.inf, dtype=torch.float64)
-        self.act_min = torch.full((d_sae,), torch.inf, dtype=torch.float64)
+        # Extremes over the nonzero entries; the zeros of the other rows join at the end.
+        self.nonzero_max = torch.full((d_sae,), -torch.inf, dtype=torch.float64)
+        self.nonzero_min = torch.full((d_sae,), torch.inf, dtype=torch.float64)
         self.sq_err = 0.0  # sum over rows of ||x - x_hat||^2
         self.x_sum = torch.zeros(d_in, dtype=torch.float64)
         self.x_sq = 0.0  # sum over rows of ||x||^2
@@ -60,48 +113,93 @@ class SAEStats:
         self.mono = MonoScoreAccumulator(d_in, d_sae) if self.options.monoscore else None
         self.label_counts = np.zeros((d_sae, 0), dtype=np.int64)  # [d_sae, labels] firing rows
 
+    @property
+    def act_max(self) -> torch.Tensor:
+        """Largest activation over all rows seen (0 counts where a row left the feature at 0)."""
+        some_zero = self.nonzero_count < self.rows
+        return torch.where(some_zero, self.nonzero_max.clamp_min(0.0), self.nonzero_max)
+
+    @property
+    def act_min(self) -> torch.Tensor:
+        some_zero = self.nonzero_count < self.rows
+        return torch.where(some_zero, self.nonzero_min.clamp_max(0.0), self.nonzero_min)
+
     @torch.no_grad()
-    def update(self, x: torch.Tensor, f: torch.Tensor, x_hat: torch.Tensor,
+    def update(self, x: torch.Tensor | Rows, f: torch.Tensor, x_hat: torch.Tensor,
                example_id: np.ndarray | None = None, position: np.ndarray | None = None,
                label: np.ndarray | None = None) -> None:
-        x, f, x_hat = x.double().cpu(), f.double().cpu(), x_hat.double().cpu()
-        n = len(x)
+        """Dense latents f [B, d_sae] (on any device: entries are found there). `x` is the
+        batch's SAE input, or the `Rows` prepared once for several SAEs (then the ids come
+        from it)."""
+        entry_row, entry_feature = torch.nonzero(f, as_tuple=True)  # row-major
+        self.update_sparse(x, x_hat, entry_row, entry_feature, f[entry_row, entry_feature],
+                           example_id, position, label, dense_f=f)
+
+    @torch.no_grad()
+    def update_sparse(self, x: torch.Tensor | Rows, x_hat: torch.Tensor,
+                      entry_row: torch.Tensor, entry_feature: torch.Tensor,
+                      entry_value: torch.Tensor, example_id: np.ndarray | None = None,
+                      position: np.ndarray | None = None, label: np.ndarray | None = None,
+                      dense_f: torch.Tensor | None = None) -> None:
+        """A batch given by its latents' entries: f[entry_row[i], entry_feature[i]] =
+        entry_value[i], every other latent 0; each (row, feature) at most once, in any order.
+        Entries may hold zeros (a TopK slot whose value the ReLU cut)."""
+        batch = x if isinstance(x, Rows) else Rows.of(x, example_id, position, label,
+                                                     first_id=self.rows)
+        n = len(batch.x)
         if n == 0:
             return
-        if example_id is None:
-            example_id = np.arange(self.rows, self.rows + n, dtype=np.int64)
-        if position is None:
-            position = np.zeros(n, dtype=np.int32)
-        active = f > 0
+        x_hat = x_hat.detach().cpu().double()
+        rows, feats = entry_row.detach().cpu().long(), entry_feature.detach().cpu().long()
+        values = entry_value.detach().cpu().double()
+        nonzero = values != 0
+        if not bool(nonzero.all()):
+            rows, feats, values = rows[nonzero], feats[nonzero], values[nonzero]
         self.rows += n
-        self.fire_count += active.sum(0)
-        self.act_sum += f.sum(0)
-        self.act_sq_sum += (f * f).sum(0)
-        self.act_max = torch.maximum(self.act_max, f.max(0).values)
-        self.act_min = torch.minimum(self.act_min, f.min(0).values)
-        self.sq_err += float(((x - x_hat) ** 2).sum())
-        self.x_sum += x.sum(0)
-        x_norm_sq = (x**2).sum(1)
-        self.x_sq += float(x_norm_sq.sum())
-        self.l0_sum += float(active.sum())
-        self.l1_sum += float(f.abs().sum())
-        x_norm = x_norm_sq.sqrt()
-        nonzero = x_norm > 0
-        self.l2_ratio_sum += float((x_hat.norm(dim=1)[nonzero] / x_norm[nonzero]).sum())
-        self.l2_ratio_rows += int(nonzero.sum())
-
-        rows, feats = torch.nonzero(active, as_tuple=True)
-        values = f[rows, feats].numpy()
-        rows_np, feats_np = rows.numpy(), feats.numpy()
-        self.top.update_dense(f, np.asarray(example_id, dtype=np.int64),
-                              np.asarray(position, dtype=np.int32))
-        self.sampler.update_entries(rows_np, feats_np, values,
-                                    np.asarray(example_id, dtype=np.int64),
-                                    np.asarray(position, dtype=np.int32), n)
+        firing = values > 0
+        d = self.d_sae
+        self.nonzero_count += torch.bincount(feats, minlength=d)
+        self.fire_count += torch.bincount(feats[firing], minlength=d)
+        self.act_sum.index_add_(0, feats, values)
+        self.act_sq_sum.index_add_(0, feats, values * values)
+        self.nonzero_max.scatter_reduce_(0, feats, values, "amax")
+        self.nonzero_min.scatter_reduce_(0, feats, values, "amin")
+        self.l0_sum += float(firing.sum())
+        self.l1_sum += float(values.abs().sum())
+        diff = (batch.x - x_hat).flatten()
+        self.sq_err += float(torch.dot(diff, diff))
+        self.x_sum += batch.x_sum
+        self.x_sq += batch.x_sq
+        ratio = torch.linalg.vector_norm(x_hat, dim=1)[batch.x_nonzero] / batch.norm[
+            batch.x_nonzero]
+        self.l2_ratio_sum += float(ratio.sum())
+        self.l2_ratio_rows += len(ratio)
         if self.mono is not None:
-            self.mono.update(x, rows, feats, torch.from_numpy(values))
-        if label is not None:
-            self._count_labels(feats_np, np.asarray(label, dtype=np.int64)[rows_np])
+            self.mono.update(batch.unit, rows, feats, values)
+        if not (self.options.top_n > 0 or self.options.reservoir > 0
+                or batch.label is not None):
+            return
+        rows_f, feats_f = rows[firing].numpy(), feats[firing].numpy()
+        values_f = values[firing].numpy()
+        self._update_top(rows_f, feats_f, values_f, batch.example_id, batch.position, dense_f)
+        self.sampler.update_entries(rows_f, feats_f, values_f, batch.example_id,
+                                    batch.position, n)
+        if batch.label is not None:
+            self._count_labels(feats_f, batch.label[rows_f])
+
+    def _update_top(self, rows: np.ndarray, feats: np.ndarray, values: np.ndarray,
+                    example_id: np.ndarray, position: np.ndarray,
+                    dense_f: torch.Tensor | None) -> None:
+        if self.options.top_n <= 0:
+            return
+        candidates = values >= self.top.floor()[feats]
+        many = int(candidates.sum()) > DENSE_CUT * self.options.top_n * self.d_sae
+        if many and dense_f is not None:
+            # A dense batch (early ReLU latents): reduce it to N examples per feature first.
+            self.top.update_dense(dense_f.clamp_min(0.0), example_id, position)
+            return
+        self.top.update(feats[candidates], values[candidates], example_id[rows[candidates]],
+                        position[rows[candidates]])
 
     def _count_labels(self, feats: np.ndarray, labels: np.ndarray) -> None:
         known = labels >= 0  # -1: unknown

@@ -1,0 +1,114 @@
+"""Training curves: one point per SAE every `every` steps, kept as rows for stats/curves.parquet
+and handed to the wandb logger.
+
+Two sources, both optional per step:
+
+- `record_step(metrics, rows)`: the bank's own per-step metrics (loss, training-unit MSE, L0,
+  gradient norm, AuxK loss, batch MonoScore, dead fraction over train.dead_window), free: the
+  step computes them anyway. A point holds their mean over the window's steps.
+- `observe(x, latents)` / `observe_sparse(...)`: a batch's latents and reconstructions, from
+  which a `SAEStats` with CURVE_OPTIONS accumulates the window's FVE, NMSE, MSE, L2 ratio, L0,
+  L1, dead fraction (features silent over the window) and dense fractions, in raw units. It
+  costs an update per SAE (benchmarks/stats_overhead.py); a caller that has no latents for a
+  step (no second forward) simply does not call it, and those columns are NaN for the window.
+
+Rows are plain dicts of CURVES_SCHEMA (thresher/analysis/parquet.py, docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from thresher.analysis.stats import CURVE_OPTIONS, Rows, SAEStats
+
+# The bank's per-step metrics (thresher.train.sae.METRIC_NAMES) as curve columns.
+STEP_METRICS = {"loss": "train_loss", "mse": "train_mse", "l0": "train_l0",
+                "grad_norm": "train_grad_norm", "aux_loss": "train_aux_loss",
+                "mono_score": "train_mono_score", "dead_fraction": "train_dead_fraction"}
+# SummaryMetrics fields of the window's SAEStats, as curve columns.
+WINDOW_METRICS = {"eval_rows": "window_rows", "fve": "fve", "nmse": "nmse", "mse": "mse",
+                  "l2_ratio": "l2_ratio", "l0": "l0", "l1": "l1",
+                  "dead_fraction": "window_dead_fraction",
+                  "dense_fraction_1pct": "dense_fraction_1pct",
+                  "dense_fraction_10pct": "dense_fraction_10pct"}
+
+
+class TrainingCurves:
+    """Curve points of the SAEs of one trainer (`sae_ids` in bank order)."""
+
+    def __init__(self, trainer_id: str, sae_ids: Sequence[str], d_in: int,
+                 d_sae: Sequence[int], every: int = 100, first_step: int = 0) -> None:
+        if every <= 0:
+            raise ValueError(f"curve points every {every} steps: give a positive number")
+        if len(sae_ids) != len(d_sae):
+            raise ValueError(f"{len(sae_ids)} SAE ids but {len(d_sae)} widths")
+        self.trainer_id, self.sae_ids = trainer_id, list(sae_ids)
+        self.d_in, self.d_sae = d_in, list(d_sae)
+        self.every = every
+        self.step = first_step  # steps taken so far (a resumed trainer starts at its step)
+        self.rows_seen = 0
+        self.rows: list[dict[str, Any]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self._steps = 0
+        self._metric_sum = {name: np.zeros(len(self.sae_ids)) for name in STEP_METRICS}
+        self._stats = [SAEStats(self.d_in, n, CURVE_OPTIONS) for n in self.d_sae]
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor,
+                latents: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One batch: raw x [B, d_in] and, per SAE in bank order, (f [B, d_sae], x_hat)."""
+        rows = Rows.of(x)
+        for stats, (f, x_hat) in zip(self._stats, latents, strict=True):
+            stats.update(rows, f, x_hat)
+
+    @torch.no_grad()
+    def observe_sparse(self, x: torch.Tensor, latents: Sequence[tuple[
+            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+        """One batch: raw x and, per SAE, (x_hat, entry rows, entry features, entry values)."""
+        rows = Rows.of(x)
+        for stats, (x_hat, r, c, v) in zip(self._stats, latents, strict=True):
+            stats.update_sparse(rows, x_hat, r, c, v)
+
+    def record_step(self, metrics: Mapping[str, np.ndarray], rows: int) -> list[dict[str, Any]]:
+        """After each optimiser step: its per-SAE metrics and batch rows. Returns the points
+        completed by this step (one per SAE every `every` steps, else none)."""
+        self.step += 1
+        self.rows_seen += rows
+        self._steps += 1
+        for name in STEP_METRICS:
+            if name in metrics:
+                self._metric_sum[name] += np.asarray(metrics[name], dtype=np.float64)
+            else:
+                self._metric_sum[name] += np.nan
+        if self.step % self.every == 0:
+            return self._close()
+        return []
+
+    def finish(self) -> list[dict[str, Any]]:
+        """Close a partial last window; returns its points (none if it is empty)."""
+        return self._close() if self._steps else []
+
+    def _close(self) -> list[dict[str, Any]]:
+        points = []
+        for i, sae_id in enumerate(self.sae_ids):
+            point: dict[str, Any] = {"trainer_id": self.trainer_id, "sae_id": sae_id,
+                                     "step": self.step, "rows_seen": self.rows_seen,
+                                     "window_steps": self._steps}
+            for name, column in STEP_METRICS.items():
+                point[column] = float(self._metric_sum[name][i] / self._steps)
+            stats = self._stats[i]
+            summary = stats.summary().__dict__ if stats.rows else {}
+            for name, column in WINDOW_METRICS.items():
+                point[column] = float(summary.get(name, math.nan))
+            point["window_rows"] = stats.rows  # 0 where no batch of the window was observed
+            points.append(point)
+        self.rows.extend(points)
+        self._reset()
+        return points
