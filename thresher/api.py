@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
 
 from thresher.config import Config, Plan, load_config, make_plan
-from thresher.rundir import config_of_run, create_run_dir
+from thresher.rundir import config_of_run, create_run_dir, source_file_of_run
 
 ConfigLike = str | os.PathLike[str] | dict | Config | None
 
@@ -45,5 +46,13 @@ def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | Non
 
 def resume(run_dir: str | os.PathLike[str], *, inline: bool = False,
            progress: bool | None = None) -> Path:
-    """Continue a run from its checkpoints, with the config it was started with."""
-    return run(config_of_run(run_dir), inline=inline, progress=progress, resume=True)
+    """Continue a run from its checkpoints, with the config it was started with.
+
+    Relative input paths are read from the original config file's folder, as in the first run
+    (not from wherever the resume is started).
+    """
+    cfg = load_config(config_of_run(run_dir))
+    source_file = source_file_of_run(run_dir)
+    if source_file:
+        cfg = dataclasses.replace(cfg, source_file=source_file)
+    return run(cfg, inline=inline, progress=progress, resume=True)

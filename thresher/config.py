@@ -195,6 +195,14 @@ class ResourcesConfig:
     # Streams harvested and trained at the same time (the rest queue); None: as many as the
     # cluster's CPUs and GPUs hold, one CPU kept free for Ray Data's own tasks.
     concurrent_streams: int | None = None
+    # Ray Data's object-store budget for one stream's harvest (MiB); None: a quarter of the
+    # pump node's object store, shared by the streams running at once.
+    harvest_object_store_mb: int | None = None
+    # Custom resources marking the node types of a cluster (cluster.yaml): the pump and the
+    # harvesters go to nodes declaring the first, trainers to nodes declaring the second.
+    # Ignored where the cluster declares no such resource (a laptop); "" turns one off.
+    harvest_node_resource: str = "harvest_node"
+    train_node_resource: str = "train_node"
 
 
 @dataclass(frozen=True)
@@ -474,7 +482,16 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
     _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "d_sae", "k", "lr"),
               ("train",), where)
     _positive(cfg.resources, ("harvesters", "trainers", "harvester_threads", "trainer_threads",
-                              "object_store_mb", "concurrent_streams"), ("resources",), where)
+                              "object_store_mb", "concurrent_streams",
+                              "harvest_object_store_mb"), ("resources",), where)
+    for name in ("gpus_per_harvester", "gpus_per_trainer", "cpus_per_harvester",
+                 "cpus_per_trainer"):
+        amount = getattr(cfg.resources, name)
+        if amount < 0 or (amount > 1 and amount != int(amount)):
+            # Ray's own rule: a fraction of one device packs actors onto it; more than one
+            # device must be a whole number of them.
+            raise ConfigError(f"{where.at(('resources', name))} is {amount!r}: use 0, a fraction "
+                              "below 1 (several actors share one device) or a whole number")
     if cfg.stream.holdout_rows <= 0:
         raise ConfigError(
             f"{where.at(('stream', 'holdout_rows'))} must be positive: the final statistics are "

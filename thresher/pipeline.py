@@ -4,22 +4,35 @@
 Ray. Each stream gets one StreamActor (pump + log; it runs the Ray Data harvest) and the trainer
 actors of the plan. Streams run `concurrent_streams` at a time, the rest wait in a queue; the
 driver polls progress until every trainer of every stream has returned its result.
+
+Placement: where the cluster declares the node-type resources named in `resources`
+(cluster.yaml's `harvest_node` and `train_node`), the StreamActor and the harvesters take a
+marker amount of the first and the trainers of the second; elsewhere (a laptop) Ray places them
+freely. Harvesters and trainers ask for `gpus_per_harvester` / `gpus_per_trainer` GPUs; a
+fraction packs several on one GPU.
+
+A driver that died leaves its actors to Ray, which removes them within seconds; a resumed run
+waits for the old run's actors to be gone before it starts, so two drivers never write one run.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
+import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from thresher.analysis.evaluate import TrainerResult
 from thresher.config import Config, Plan, StreamPlan
-from thresher.harvest.pump import stream_actor_cls
+from thresher.harvest.pump import NODE_MARKER, stream_actor_cls, user_error
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
+from thresher.rundir import RunDirError
 from thresher.train.actor import trainer_actor_cls
 
 
@@ -51,6 +64,38 @@ def concurrent_streams(cfg: Config, cluster: dict[str, float]) -> int:
     return max(1, min(fits, default=1))
 
 
+def node_marker(resource: str, cluster: Mapping[str, float]) -> dict[str, float]:
+    """{resource: NODE_MARKER} where the cluster declares `resource`, else {} (a laptop)."""
+    return {resource: NODE_MARKER} if resource and cluster.get(resource, 0.0) > 0 else {}
+
+
+def run_tag(cfg: Config, run_dir: Path) -> str:
+    """The prefix of this run's actor names: its name and a digest of its directory."""
+    where = str(run_dir) if "://" in str(run_dir) else str(Path(run_dir).resolve())
+    digest = hashlib.sha1(where.encode()).hexdigest()[:8]
+    return f"{cfg.run.name}-{digest}"
+
+
+def _actors_of(tag: str) -> list[str]:
+    import ray
+
+    prefixes = (f"thresher-stream-{tag}-", f"thresher-trainer-{tag}-")
+    return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+                  if a["name"].startswith(prefixes))
+
+
+def wait_for_previous_driver(tag: str, timeout: float = 60.0) -> None:
+    """Wait until no actor of an earlier run of this directory is alive (Ray removes a dead
+    driver's actors within seconds); refuse if they stay: another driver is running it."""
+    deadline = time.monotonic() + timeout
+    while (left := _actors_of(tag)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if left:
+        raise RunDirError(
+            f"another driver is running this run: its actors {', '.join(left[:3])} are alive "
+            "in the cluster. Stop that job (`ray job stop ID`) or wait for it, then resume")
+
+
 @dataclass
 class _RunningStream:
     """The actors of one stream and the results its trainers have returned so far."""
@@ -68,17 +113,22 @@ class _RunningStream:
         return [*self.pending, *([] if self.harvest_done else [self.harvest_ref])]
 
 
-def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path) -> _RunningStream:
+def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
+                  streams_at_once: int, cluster: Mapping[str, float]) -> _RunningStream:
     # Named actors: trainers find their stream by name (a handle would pin their constructor
     # arguments in the object store, ray#53727), and tests and operators find both.
     res = cfg.resources
-    tag = f"{cfg.run.name}-{stream.stream_id}-{uuid.uuid4().hex[:8]}"
-    stream_name = f"thresher-stream-{tag}"
-    stream_actor = stream_actor_cls().options(name=stream_name).remote(cfg, stream, str(run_dir))
+    stream_tag = f"{tag}-{stream.stream_id}-{uuid.uuid4().hex[:8]}"
+    stream_name = f"thresher-stream-{stream_tag}"
+    harvest_marker = node_marker(res.harvest_node_resource, cluster)
+    stream_actor = (stream_actor_cls()
+                    .options(name=stream_name, resources=harvest_marker)
+                    .remote(cfg, stream, str(run_dir), streams_at_once, harvest_marker))
     trainers = [
         trainer_actor_cls()
-        .options(name=f"thresher-trainer-{tag}-{t.trainer_id}", num_cpus=res.cpus_per_trainer,
-                 num_gpus=res.gpus_per_trainer)
+        .options(name=f"thresher-trainer-{stream_tag}-{t.trainer_id}",
+                 num_cpus=res.cpus_per_trainer, num_gpus=res.gpus_per_trainer,
+                 resources=node_marker(res.train_node_resource, cluster))
         .remote(cfg, stream.stream_id, t, str(run_dir), stream_name)
         for t in stream.trainers
     ]
@@ -95,6 +145,12 @@ def _finish_stream(running: _RunningStream) -> StreamOutcome:
     log = ray.get(running.stream_actor.log_counters.remote())
     log.pop("held_history", None)
     stats = ray.get(running.stream_actor.stats.remote())
+    restarts = ray.get(running.stream_actor.progress.remote())["restarts"]
+    for result in running.results:
+        # Steps redone after a trainer restart: at most one checkpoint interval each.
+        record = restarts.get(result.trainer_id, [])
+        result.loop.update({"restarts": len(record), "restart_log": record,
+                            "steps_lost": sum(r["steps_lost"] for r in record)})
     _stop(running)
     return StreamOutcome(harvest=harvest, log=log, stats=stats)
 
@@ -113,7 +169,10 @@ def run_ray(plan: Plan, run_dir: Path, progress_enabled: bool | None = None,
 
     cfg = plan.config
     ensure_ray(cfg)
-    limit = concurrent_streams(cfg, ray.cluster_resources())
+    tag = run_tag(cfg, run_dir)
+    wait_for_previous_driver(tag)
+    cluster = ray.cluster_resources()
+    limit = concurrent_streams(cfg, cluster)
     queue = list(plan.streams)
     running: dict[str, _RunningStream] = {}
     outcome = RunOutcome(results=[], streams={})
@@ -126,9 +185,13 @@ def run_ray(plan: Plan, run_dir: Path, progress_enabled: bool | None = None,
         while queue or running:
             while queue and len(running) < limit:
                 stream = queue.pop(0)
-                running[stream.stream_id] = _start_stream(cfg, stream, run_dir)
+                running[stream.stream_id] = _start_stream(cfg, stream, run_dir, tag, limit,
+                                                          cluster)
             refs = [ref for r in running.values() for ref in r.refs()]
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=poll_seconds)
+            # Harvests first: a failed harvest's error is the cause of its trainers' errors.
+            harvests = {r.harvest_ref for r in running.values()}
+            done.sort(key=lambda ref: ref not in harvests)
             steps: dict[str, int] = {}
             for stream_id, r in list(running.items()):
                 for ref in done:
@@ -147,6 +210,12 @@ def run_ray(plan: Plan, run_dir: Path, progress_enabled: bool | None = None,
                 rows_done[stream_id] = info["rows"]
                 steps.update(info["steps"])
             progress.update(sum(rows_done.values()), steps)
+    except ray.exceptions.RayError as exc:
+        # A bad config, checkpoint or full disk found inside an actor: its own message.
+        cause = user_error(exc)
+        if cause is None:
+            raise
+        raise cause from None
     finally:
         progress.close()
         for r in running.values():

@@ -14,6 +14,8 @@ Layout (format_version 1; see docs/formats.md):
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -47,19 +49,16 @@ def write_json_atomic(obj: Any, path: str | Path) -> Path:
 
 
 def versions() -> dict[str, str]:
-    import numpy
-    import torch
+    """Versions of Python and the installed packages a run depends on.
 
-    import thresher
-
-    out = {"thresher": thresher.__version__, "python": platform.python_version(),
-           "torch": torch.__version__, "numpy": numpy.__version__, "pyarrow": pa.__version__}
-    for name in ("ray", "transformers", "transformer_lens"):
-        try:
-            module = __import__(name)
-            out[name] = getattr(module, "__version__", "unknown")
-        except ImportError:
-            pass
+    Read from package metadata, not by importing them: importing transformer_lens alone takes
+    seconds to tens of seconds, twice per run.
+    """
+    out = {"python": platform.python_version()}
+    for name in ("thresher", "torch", "numpy", "pyarrow", "ray", "transformers",
+                 "transformer-lens"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            out[name.replace("-", "_")] = importlib.metadata.version(name)
     return out
 
 
@@ -113,23 +112,40 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
     return run_dir
 
 
-def config_of_run(run_dir: str | Path) -> dict[str, Any]:
-    """The resolved config a run was started with (from its run.json)."""
+def _run_record(run_dir: str | Path) -> dict[str, Any]:
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise RunDirError(f"{run_dir} is not a thresher run directory: no run.json")
-    config = json.loads(path.read_text())["config"]
+    try:
+        return json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path} is not the JSON thresher writes ({exc})") from exc
+
+
+def config_of_run(run_dir: str | Path) -> dict[str, Any]:
+    """The resolved config a run was started with (from its run.json)."""
+    config = _run_record(run_dir)["config"]
     config.pop("source_file", None)
     return config
 
 
+def source_file_of_run(run_dir: str | Path) -> str | None:
+    """The config file a run was started from, if it came from one (relative input paths of
+    its config are read from that file's folder)."""
+    source_file = _run_record(run_dir)["config"].get("source_file")
+    return str(source_file) if source_file else None
+
+
 def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
                    extra: dict[str, Any] | None = None) -> Path:
+    config = plan.config.to_dict()
+    if config.get("source_file"):  # absolute: a resume may start from another folder
+        config["source_file"] = str(Path(config["source_file"]).resolve())
     record = {
         "format_version": FORMAT_VERSION,
         "status": status,
         "executor": executor,
-        "config": plan.config.to_dict(),
+        "config": config,
         "plan": [
             {"stream_id": s.stream_id, "hooks": list(s.hooks),
              "trainers": [{"trainer_id": t.trainer_id, "hook": t.hook,

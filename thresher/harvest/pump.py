@@ -5,22 +5,32 @@ executor. `StreamActor` places it on Ray: it builds the inputs, runs the Ray Dat
 (`map_batches` on a fixed `ActorPoolStrategy`), `ray.put`s each chunk — so it owns the chunks —
 and serves the log to the trainer actors. It is a threaded actor: the harvest loop runs in one
 call while trainers read groups and commit cursors in others.
+
+Placement: the driver puts the StreamActor on a harvest node (a node declaring
+`resources.harvest_node_resource`, where the cluster has one); the harvester pool asks for the
+same marker resource and, softly, for the StreamActor's own node, so chunks are put where they
+were computed. Ray Data's object-store budget is set explicitly (`StoreBudget`), and the log's
+worst case is checked against the node's object store before the first chunk is put.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic
 
 import numpy as np
 
 from thresher.block import ActivationBlock
-from thresher.config import Config, StreamPlan, torch_threads
+from thresher.config import Config, ConfigError, SourceConfig, StreamPlan, torch_threads
 from thresher.harvest.stream import BroadcastLog, Chunker, Cursor, Group, Handle, StreamStats
+
+log = logging.getLogger(__name__)
+MIB = 2**20
 
 
 @dataclass
@@ -99,8 +109,110 @@ class Pump(Generic[Handle]):
 
 
 # ------------------------------------------------------------------------------------------
+# The object store: Ray Data's budget and the log's worst case
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreBudget:
+    """How one stream may use the object store of its pump's node.
+
+    The log holds at most `capacity_chunks` chunks and Ray Data at most `harvest_bytes` of
+    harvested blocks; both live in the pump node's store, shared by the streams running at once.
+    """
+
+    store_bytes: int  # the object store of the pump's node
+    streams: int  # streams that may run at once, sharing it
+    harvest_bytes: int  # Ray Data's object-store budget for this stream's harvest
+
+    @property
+    def share_bytes(self) -> int:
+        return self.store_bytes // max(1, self.streams)
+
+    def check_log(self, stream_id: str, chunk_rows: int, capacity_chunks: int,
+                  row_bytes: float) -> None:
+        """Refuse a log whose full capacity, plus the harvest's budget, overflows the store."""
+        log_bytes = capacity_chunks * chunk_rows * row_bytes
+        if log_bytes + self.harvest_bytes <= self.share_bytes:
+            return
+        shared = f" (its share for {self.streams} streams at a time)" if self.streams > 1 else ""
+        fewer = (", or run fewer streams at once (resources.concurrent_streams)"
+                 if self.streams > 1 else "")
+        fit = max(1, int((self.share_bytes - self.harvest_bytes) // (chunk_rows * row_bytes)))
+        raise ConfigError(
+            f"stream {stream_id}: its chunks do not fit in the object store. The broadcast log "
+            f"holds up to stream.capacity_chunks ({capacity_chunks}) chunks of "
+            f"stream.chunk_rows ({chunk_rows}) rows x {row_bytes:.0f} bytes = "
+            f"{log_bytes / MIB:.0f} MiB, and the harvest may hold "
+            f"{self.harvest_bytes / MIB:.0f} MiB more (resources.harvest_object_store_mb), "
+            f"but the object store of the pump's node has {self.share_bytes / MIB:.0f} MiB"
+            f"{shared}. Lower stream.chunk_rows or stream.capacity_chunks (at most {fit} chunks "
+            "of this size fit), or give Ray a larger object store (resources.object_store_mb "
+            f"for a Ray that thresher starts, `ray start --object-store-memory` on a cluster)"
+            f"{fewer}")
+
+
+def store_budget(cfg: Config, store_bytes: int, streams: int) -> StoreBudget:
+    """The budget of one stream on a node whose object store has `store_bytes`: Ray Data gets
+    `resources.harvest_object_store_mb`, or a quarter of the stream's share of the store."""
+    share = store_bytes // max(1, streams)
+    explicit = cfg.resources.harvest_object_store_mb
+    return StoreBudget(store_bytes=int(store_bytes), streams=max(1, streams),
+                       harvest_bytes=explicit * MIB if explicit else share // 4)
+
+
+def row_bytes(columns: Mapping[str, np.ndarray]) -> float:
+    """Bytes per row of a block's columns (activations of every hook plus row metadata)."""
+    rows = len(next(iter(columns.values())))
+    return sum(c.nbytes for c in columns.values()) / max(1, rows)
+
+
+# ------------------------------------------------------------------------------------------
 # Ray edge
 # ------------------------------------------------------------------------------------------
+
+# A marker amount of a node-type resource: it pins an actor to the nodes that declare the
+# resource (cluster.yaml gives each such node 1 unit) and never limits how many actors fit.
+NODE_MARKER = 0.001
+
+
+def node_tag(node_id: str) -> int:
+    """A node id as an int64 column value (its first 60 bits: unique among a cluster's nodes)."""
+    return int(node_id[:15], 16)
+
+
+class HarvestWorker:
+    """The Ray Data UDF: a Harvester in one pool actor, on the GPU Ray gave it, tagging each
+    row with the node that harvested it (so the run records where harvesting happened)."""
+
+    def __init__(self, source: SourceConfig, gpus: float, threads: int, base_dir: str) -> None:
+        import ray
+        import torch
+
+        from thresher.harvest.harvester import Harvester
+
+        # Decided here, in the actor: only it sees the devices Ray assigned to it.
+        device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+        if gpus > 0 and device == "cpu":
+            log.warning("harvester: %g GPU requested but torch sees no CUDA device; using CPU",
+                        gpus)
+        self.node = node_tag(ray.get_runtime_context().get_node_id())
+        self.failure: ConfigError | None = None
+        try:
+            self.harvester = Harvester(source, device=device, threads=threads, base_dir=base_dir)
+        except ConfigError as exc:
+            # Raised from the first call instead: Ray keeps a task's error as an object the
+            # pump can hand on, but only the text of a failed actor constructor.
+            self.failure = exc
+
+    def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.failure is not None:
+            raise self.failure
+        columns = self.harvester(items)
+        columns["harvest_node"] = np.full(len(columns["forward_call"]), self.node, np.int64)
+        return columns
+
+
 
 # What a trainer gets from StreamActor.group: ("ready", Group), ("wait", log_full), ("end", None)
 GroupReply = tuple[str, Any]
@@ -113,28 +225,46 @@ def _stream_actor_cls() -> Any:
     class StreamActor:
         """Pump + broadcast log of one stream, on the harvest node; owns every chunk it puts."""
 
-        def __init__(self, cfg: Config, stream: StreamPlan, run_dir: str) -> None:
+        def __init__(self, cfg: Config, stream: StreamPlan, run_dir: str,
+                     streams_at_once: int = 1,
+                     harvest_resources: dict[str, float] | None = None) -> None:
             self.cfg, self.stream, self.run_dir = cfg, stream, run_dir
             self.lock = threading.Condition()
             self.pump: Pump[Any] = Pump(cfg, stream, put=lambda b: ray.put(b.to_columns()))
             self.error: str | None = None
+            self.failure: BaseException | None = None  # a user error trainers re-raise as is
             self.progress_steps: dict[str, int] = {t.trainer_id: 0 for t in stream.trainers}
             self.holdout_ref: Any = None
             self.planned_rows = 0
+            self.node_id = ray.get_runtime_context().get_node_id()
+            self.streams_at_once = streams_at_once
+            self.harvest_resources = dict(harvest_resources or {})
+            self.budget: StoreBudget | None = None
+            self.harvest_nodes: set[int] = set()
+            # Trainer restarts: each start after the first records where the trainer resumed
+            # and the last step it had reported, i.e. the steps it has to redo.
+            self.trainer_starts: dict[str, int] = {t.trainer_id: 0 for t in stream.trainers}
+            self.restarts: dict[str, list[dict[str, int]]] = {
+                t.trainer_id: [] for t in stream.trainers}
 
         def harvest(self) -> dict[str, Any]:
             """Run the whole harvest; returns the harvest counters. Trainers read meanwhile."""
             try:
                 return self._harvest()
             except BaseException as exc:  # surface to trainers waiting on the log
+                cause = user_error(exc)
                 with self.lock:
-                    self.error = f"{type(exc).__name__}: {exc}"
+                    self.error = f"{type(cause or exc).__name__}: {cause or exc}"
+                    self.failure = cause
                     self.lock.notify_all()
+                if cause is not None and cause is not exc:
+                    raise cause from None  # the message the user can act on, not Ray's wrapping
                 raise
 
         def _harvest(self) -> dict[str, Any]:
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
             from thresher.config import config_dir
-            from thresher.harvest.harvester import Harvester
             from thresher.harvest.inputs import prepare_inputs, write_manifest
             from thresher.harvest.vision import decode_stage, decode_stage_remote_args
 
@@ -145,8 +275,15 @@ def _stream_actor_cls() -> Any:
             self.planned_rows = inputs.n_tokens
             self.pump.counters.unreadable_inputs += inputs.unreadable
 
+            self.budget = store_budget(self.cfg, self._node_object_store(), self.streams_at_once)
             ctx = ray.data.DataContext.get_current()
             ctx.execution_options.preserve_order = True  # identical chunks on every run
+            # Explicit, so the log's share of the store is known (see StoreBudget).
+            ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
+                object_store_memory=self.budget.harvest_bytes)
+            # A harvester's own error (a ConfigError naming the fix) rather than Ray Data's
+            # UserCodeException, which keeps only its text.
+            ctx.raise_original_map_exception = True
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = False
             res = self.cfg.resources
@@ -159,19 +296,31 @@ def _stream_actor_cls() -> Any:
                 ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode},
                                     batch_size=1, num_cpus=1,
                                     ray_remote_args_fn=decode_stage_remote_args)
+            # Near the pump (soft: a pool larger than this node spills to other harvest nodes),
+            # and only on harvest nodes where the cluster marks them.
+            placement: dict[str, Any] = {
+                "scheduling_strategy": NodeAffinitySchedulingStrategy(self.node_id, soft=True)}
+            if self.harvest_resources:
+                placement["resources"] = self.harvest_resources
             ds = ds.map_batches(
-                Harvester,
-                fn_constructor_kwargs={"source": source, "device": _device(res.gpus_per_harvester),
+                HarvestWorker,
+                fn_constructor_kwargs={"source": source, "gpus": res.gpus_per_harvester,
                                        "threads": torch_threads(self.cfg, "harvester"),
                                        "base_dir": str(config_dir(self.cfg))},
                 batch_size=1,
                 num_cpus=res.cpus_per_harvester,
                 num_gpus=res.gpus_per_harvester,
                 compute=ray.data.ActorPoolStrategy(size=res.harvesters),
+                **placement,
             )
             for cols in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 forward = cols.pop("forward_call")
                 unreadable = int(np.sum(cols.pop("unreadable", 0)))
+                self.harvest_nodes.update(np.unique(cols.pop("harvest_node")).tolist())
+                if self.pump.counters.blocks == 0 and len(forward):
+                    # The row width is known now; nothing is in the log yet.
+                    self.budget.check_log(self.stream.stream_id, self.cfg.stream.chunk_rows,
+                                          self.cfg.stream.capacity_chunks, row_bytes(cols))
                 block = ActivationBlock.from_columns(cols)
                 with self.lock:
                     self.pump.add(block, forward, unreadable)
@@ -186,7 +335,24 @@ def _stream_actor_cls() -> Any:
                     self.holdout_ref = ray.put(self.pump.chunker.holdout_block().to_columns())
                 self.pump.counters.seconds = time.perf_counter() - start
                 self.lock.notify_all()
-            return self.pump.counters.to_dict()
+            return {**self.pump.counters.to_dict(), **self.placement()}
+
+        def _node_object_store(self) -> int:
+            for node in ray.nodes():
+                if node["NodeID"] == self.node_id:
+                    return int(node["Resources"].get("object_store_memory", 0))
+            return int(ray.cluster_resources().get("object_store_memory", 0))
+
+        def placement(self) -> dict[str, Any]:
+            """Where this stream ran: the pump's node, the harvesters' nodes, the store budget."""
+            nodes = {node_tag(n["NodeID"]): n["NodeID"] for n in ray.nodes()}
+            out: dict[str, Any] = {
+                "pump_node": self.node_id,
+                "harvester_nodes": sorted(nodes.get(t, f"{t:015x}") for t in self.harvest_nodes)}
+            if self.budget is not None:
+                out.update({"object_store_mb": self.budget.store_bytes / MIB,
+                            "harvest_object_store_mb": self.budget.harvest_bytes / MIB})
+            return out
 
         def stats(self, hook: str | None = None, timeout: float = 5.0
                   ) -> StreamStats | dict[str, StreamStats] | None:
@@ -200,6 +366,20 @@ def _stream_actor_cls() -> Any:
                 if stats is None or hook is None:
                     return stats
                 return stats[hook]
+
+        def trainer_started(self, trainer_id: str, step: int) -> None:
+            """A trainer (re)started at `step`; a restart records the steps it has to redo."""
+            with self.lock:
+                if self.trainer_starts[trainer_id]:
+                    last = self.progress_steps[trainer_id]
+                    self.restarts[trainer_id].append(
+                        {"resumed_at": step, "last_step": last, "steps_lost": max(0, last - step)})
+                self.trainer_starts[trainer_id] += 1
+                self.progress_steps[trainer_id] = step
+
+        def report_step(self, trainer_id: str, step: int) -> None:
+            with self.lock:
+                self.progress_steps[trainer_id] = max(self.progress_steps[trainer_id], step)
 
         def group(self, trainer_id: str, g: int, steps: int, timeout: float = 2.0) -> GroupReply:
             """Group g for a trainer; waits up to `timeout` seconds for it to be complete."""
@@ -235,7 +415,8 @@ def _stream_actor_cls() -> Any:
                         "wanted_rows": self.pump.chunker.wanted_rows,
                         "holdout_rows": self.cfg.stream.holdout_rows,
                         "steps": dict(self.progress_steps), "held": log.held,
-                        "peak_held": log.counters.peak_held, "capacity": log.capacity}
+                        "peak_held": log.counters.peak_held, "capacity": log.capacity,
+                        "restarts": {t: list(r) for t, r in self.restarts.items()}}
 
         def log_counters(self) -> dict[str, Any]:
             with self.lock:
@@ -245,6 +426,8 @@ def _stream_actor_cls() -> Any:
                         "held_history": list(c.held_history)}
 
         def _raise_if_failed(self) -> None:
+            if self.failure is not None:
+                raise self.failure  # the user's problem, with its own message
             if self.error is not None:
                 raise RuntimeError(f"the harvest of stream {self.stream.stream_id} failed: "
                                    f"{self.error}")
@@ -252,8 +435,47 @@ def _stream_actor_cls() -> Any:
     return StreamActor
 
 
-def _device(gpus: float) -> str:
-    return "cuda" if gpus > 0 else "cpu"
+def user_error(exc: BaseException) -> BaseException | None:
+    """The error a user can act on inside a chain of Ray's wrappings, if there is one.
+
+    ConfigError (and StoreError), a run directory or checkpoint that cannot be used, or a
+    checkpoint that could not be written: their messages name the problem and the fix, which
+    Ray's task and Ray Data's wrappers would otherwise bury under remote tracebacks.
+    """
+    from thresher.rundir import RunDirError
+    from thresher.train.checkpoint import CheckpointError
+    from thresher.train.loop import CheckpointWriteError
+
+    wanted = (ConfigError, RunDirError, CheckpointError, CheckpointWriteError)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        # Ray's task errors are instances of their cause's class too: look inside them.
+        if isinstance(current, wanted) and not _is_ray_wrapper(current):
+            return _without_retry_note(current)
+        current = (getattr(current, "cause", None) or current.__cause__
+                   or current.__context__)
+    return None
+
+
+# Ray Data appends its retry advice to the message of an error raised in a map task
+# (ray/data/_internal/util.py, _annotate_exception_with_retry_context); ours need none of it.
+_RETRY_NOTE = "\nFailed to apply UDF transform after "
+
+
+def _without_retry_note(exc: BaseException) -> BaseException:
+    if exc.args and isinstance(exc.args[0], str) and _RETRY_NOTE in exc.args[0]:
+        exc.args = (exc.args[0].split(_RETRY_NOTE, 1)[0], *exc.args[1:])
+    return exc
+
+
+def _is_ray_wrapper(exc: BaseException) -> bool:
+    try:
+        from ray.exceptions import RayError
+    except ImportError:
+        return False
+    return isinstance(exc, RayError)
 
 
 _STREAM_ACTOR: Any = None

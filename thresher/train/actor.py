@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -10,6 +11,8 @@ import torch
 from thresher.block import ActivationBlock
 from thresher.config import Config, TrainerPlan, torch_threads
 from thresher.harvest.stream import BatchReader, EndOfStream, Group, NotReady
+
+log = logging.getLogger(__name__)
 
 
 def _trainer_actor_cls() -> Any:
@@ -28,6 +31,17 @@ def _trainer_actor_cls() -> Any:
             self.log_full = False
             # Ray set OMP_NUM_THREADS from num_cpus (1 when fractional): set ours explicitly.
             torch.set_num_threads(torch_threads(cfg, "trainer"))
+            gpus = cfg.resources.gpus_per_trainer
+            # Decided here: only this actor sees the GPU share Ray gave it (CUDA_VISIBLE_DEVICES).
+            self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+            if gpus > 0 and self.device == "cpu":
+                log.warning("trainer %s: %g GPU requested but torch sees no CUDA device; "
+                            "training on CPU", plan.trainer_id, gpus)
+
+        def placement(self) -> dict[str, Any]:
+            """Where this actor runs: its node and the GPUs Ray assigned it."""
+            return {"node_id": ray.get_runtime_context().get_node_id(),
+                    "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
         def run(self) -> Any:
             from thresher.analysis.evaluate import trainer_result
@@ -38,9 +52,10 @@ def _trainer_actor_cls() -> Any:
             stats = None
             while stats is None:
                 stats = ray.get(self.stream.stats.remote(hook))
-            device = "cuda" if cfg.resources.gpus_per_trainer > 0 else "cpu"
             trainer = Trainer(tid, self.plan.saes, cfg.train, stats, self.run_dir,
-                              device=device, hook_name=hook)
+                              device=self.device, hook_name=hook)
+            # A restarted actor lands here again: the stream records the steps it redoes.
+            ray.get(self.stream.trainer_started.remote(tid, trainer.step))
             start = time.perf_counter()
 
             def fetch(g: int) -> Group[Any]:
@@ -60,15 +75,18 @@ def _trainer_actor_cls() -> Any:
             reader = BatchReader(fetch, load, cfg.train.batch_size, trainer.resumed_cursor)
             loop = TrainLoop(trainer, reader,
                              commit=lambda c: ray.get(self.stream.commit.remote(tid, c)),
-                             checkpoint_every=cfg.train.checkpoint_every)
+                             checkpoint_every=cfg.train.checkpoint_every,
+                             # Fire and forget: the stream keeps the newest step it heard of.
+                             on_step=lambda step: self.stream.report_step.remote(tid, step))
             while loop.advance() == "blocked":
                 if self.log_full:
                     loop.checkpoint()  # the pump waits on us: commit so chunks can go
             trainer.export()
             (holdout_ref,) = ray.get(self.stream.holdout.remote())
             holdout = ActivationBlock.from_columns(ray.get(holdout_ref), hooks=[hook])
-            return trainer_result(cfg, self.stream_id, trainer, holdout,
-                                  loop.counters.to_dict(), time.perf_counter() - start)
+            counters = {**loop.counters.to_dict(), **self.placement()}
+            return trainer_result(cfg, self.stream_id, trainer, holdout, counters,
+                                  time.perf_counter() - start)
 
     return TrainerActor
 

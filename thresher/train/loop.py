@@ -4,10 +4,13 @@
 in the log yet; the executor decides what to do while blocked (the Ray actor waits, the inline
 executor harvests more). Checkpoints commit the cursor to the log, which is what lets the log
 release chunks; a blocked trainer whose log is full checkpoints early so the pump can go on.
+A checkpoint the disk has no room for fails with CheckpointWriteError; the previous checkpoint
+stays whole (the writes are atomic), so the run can be resumed once there is room.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import time
 from collections.abc import Callable
@@ -32,6 +35,10 @@ CURSOR_DONE = Cursor(group=2**62, offset=0)
 Status = Literal["finished", "blocked"]
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint the disk had no room for; the previous checkpoint is intact."""
+
+
 @dataclass
 class LoopCounters:
     batches: int = 0
@@ -42,6 +49,10 @@ class LoopCounters:
     skipped_batches: int = 0  # batches with NaN or Inf activations, never trained on
     resumed_from_step: int = 0  # > 0 when this trainer restarted from a checkpoint
     seconds: float = 0.0  # time spent stepping (not waiting)
+    # Wall-clock times (epoch seconds) of the first batch stepped and of the finish: the
+    # trainer's throughput, waits for the log included, without its start-up.
+    first_batch_at: float = 0.0
+    finished_at: float = 0.0
     last_metrics: dict[str, list[float]] = field(default_factory=dict)
     # A running hash of every batch's (example_id, position) rows, in order: trainers of one
     # stream, and both executors, must end with the same digest.
@@ -55,6 +66,8 @@ class LoopCounters:
             "skipped_nonfinite_batches": self.skipped_batches,
             "resumed_from_step": self.resumed_from_step,
             "step_seconds": self.seconds,
+            "first_batch_at": self.first_batch_at,
+            "finished_at": self.finished_at,
             # Shuffle quality: entropy of example ids per batch vs its maximum log2(batch rows).
             "example_id_entropy_bits_mean": mean,
             "example_id_entropy_bits_min": self.entropy_bits_min if self.batches else float("nan"),
@@ -66,12 +79,15 @@ class LoopCounters:
 
 class TrainLoop:
     def __init__(self, trainer: Trainer, reader: BatchReader[Any],
-                 commit: Callable[[Cursor], None], checkpoint_every: int) -> None:
+                 commit: Callable[[Cursor], None], checkpoint_every: int,
+                 on_step: Callable[[int], None] | None = None) -> None:
         self.trainer = trainer
         self.reader = reader
         self.commit = commit
         self.checkpoint_every = checkpoint_every
+        self.on_step = on_step  # told the step count after every step (progress, restarts)
         self.committed = reader.cursor
+        self.checkpointed_step = trainer.step  # the step of the newest complete checkpoint
         self.done = False
         self.counters = LoopCounters(resumed_from_step=trainer.step)
 
@@ -95,6 +111,8 @@ class TrainLoop:
             metrics = self.trainer.train_step(batch)
             self.counters.seconds += time.perf_counter() - start
             self._count(batch, metrics)
+            if self.on_step is not None:
+                self.on_step(self.trainer.step)
             if self.trainer.step % self.checkpoint_every == 0:
                 self.checkpoint()
         return "finished"
@@ -104,18 +122,35 @@ class TrainLoop:
         cursor = self.reader.cursor
         if cursor == self.committed and self.counters.checkpoints:
             return
-        self.trainer.save_checkpoint(cursor)
+        try:
+            self.trainer.save_checkpoint(cursor)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            run_dir = self.trainer.run_dir
+            kept = (f"The previous checkpoint (step {self.checkpointed_step}) is intact"
+                    if self.checkpointed_step else "There is no earlier checkpoint to keep")
+            raise CheckpointWriteError(
+                exc.errno,
+                f"trainer {self.trainer.trainer_id}: no room on the disk for the checkpoint at "
+                f"step {self.trainer.step} under {run_dir} ({exc.strerror}). {kept}: free some "
+                "space, or move the run to a larger disk, then continue with "
+                f"`thresher run --resume {run_dir}`") from exc
         self.commit(cursor)
         self.committed = cursor
+        self.checkpointed_step = self.trainer.step
         self.counters.checkpoints += 1
 
     def _finish(self) -> None:
+        self.counters.finished_at = time.time()
         self.checkpoint()
         self.commit(CURSOR_DONE)
         self.done = True
 
     def _count(self, batch: ActivationBlock, metrics: dict[str, np.ndarray]) -> None:
         c = self.counters
+        if not c.batches:
+            c.first_batch_at = time.time()
         bits = example_id_entropy_bits(batch.example_id)
         c.batches += 1
         c.entropy_bits_sum += bits

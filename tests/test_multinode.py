@@ -1,0 +1,77 @@
+"""Two nodes (ray.cluster_utils.Cluster, in a subprocess): the pump and the harvesters on the
+harvest node, two trainers packed onto the one GPU of the train node; every trainer receives
+the very batches the inline executor cuts, and ends with its weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import thresher
+
+from .stored_data import stored_config, write_shards
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("multinode")
+    shards = write_shards(tmp / "shards", d=64, shards=24)
+    resources = {"harvesters": 1, "trainers": 2, "cpus_per_harvester": 1,
+                 "gpus_per_harvester": 0.5, "gpus_per_trainer": 0.5}
+    cluster_cfg = stored_config(tmp / "cluster", shards, train={"tokens": 32 * 256},
+                                resources=resources)
+    config, record = tmp / "config.json", tmp / "where.json"
+    config.write_text(json.dumps(cluster_cfg))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A short temp dir of its own: the session Ray's is left alone, and socket paths stay short.
+    with tempfile.TemporaryDirectory(prefix="thr-mn-", dir="/tmp") as temp_dir:
+        result = subprocess.run([sys.executable, "-m", "tests.multinode_main", str(config),
+                                 str(record), temp_dir], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    inline_cfg = stored_config(tmp / "inline", shards, train={"tokens": 32 * 256},
+                               resources=resources)
+    return {**json.loads(record.read_text()),
+            "inline": thresher.run(inline_cfg, inline=True, progress=False)}
+
+
+def run_json(run_dir: str | Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / "run.json").read_text())
+
+
+def test_pump_and_harvesters_run_on_the_harvest_node(runs: dict[str, Any]) -> None:
+    harvest = run_json(runs["run_dir"])["streams"]["s0"]["harvest"]
+    assert harvest["pump_node"] == runs["harvest_node"]
+    assert harvest["harvester_nodes"] == [runs["harvest_node"]]
+    assert harvest["object_store_mb"] == 200  # the harvest node's store, not the cluster's
+    assert harvest["harvest_object_store_mb"] == 50  # Ray Data's budget: a quarter of it
+
+
+def test_trainers_share_one_gpu_of_the_train_node(runs: dict[str, Any]) -> None:
+    trainers = run_json(runs["run_dir"])["trainers"]
+    assert sorted(trainers) == ["t0", "t1"]
+    for info in trainers.values():
+        assert info["node_id"] == runs["train_node"] != runs["harvest_node"]
+        assert info["gpu_ids"] == ["0"]  # 0.5 GPU each: both on the train node's GPU 0
+
+
+def test_remote_trainers_receive_the_inline_batches_and_weights(runs: dict[str, Any]) -> None:
+    remote, inline = run_json(runs["run_dir"])["trainers"], run_json(runs["inline"])["trainers"]
+    digests = {info["batch_digest"] for info in [*remote.values(), *inline.values()]}
+    assert len(digests) == 1  # same rows, same order, for every trainer and both executors
+    for sae_dir in sorted((Path(runs["run_dir"]) / "saes").iterdir()):
+        a = load_file(sae_dir / "sae_weights.safetensors")
+        b = load_file(runs["inline"] / "saes" / sae_dir.name / "sae_weights.safetensors")
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{sae_dir.name} {name}")
