@@ -188,3 +188,38 @@ def test_logged_out_online_wandb_only_warns(tmp_path: Path, monkeypatch: pytest.
     assert not logger.active and "wandb: could not start" in caplog.text
     logger.log_points([{"sae_id": "a", "step": 1, "fve": 0.5}])
     logger.finish()
+
+
+# -- a whole run -------------------------------------------------------------------------------
+
+
+def test_a_run_writes_curves_and_logs_them_to_offline_wandb(tmp_path: Path) -> None:
+    pytest.importorskip("wandb")
+    import thresher
+
+    from .stored_data import stored_config, write_shards
+
+    shards = write_shards(tmp_path / "shards", d=32, shards=16)
+    cfg = stored_config(tmp_path / "runs", shards, train={"tokens": 20 * 256, "curve_every": 8,
+                                                          "curve_batches": 2},
+                        run={"name": "curvy", "out": str(tmp_path / "runs"),
+                             "wandb": {"mode": "offline", "project": "thresher-test"}})
+    run_dir = thresher.run(cfg, inline=True, progress=False)
+    curves = pq.read_table(run_dir / "stats" / "curves.parquet").to_pylist()
+    summary = {r["sae_id"]: r for r in pq.read_table(run_dir / "stats" / "summary.parquet")
+               .to_pylist()}
+    assert sorted({c["sae_id"] for c in curves}) == sorted(summary)
+    for sae_id in summary:
+        points = [c for c in curves if c["sae_id"] == sae_id]
+        # a point every 8 steps and one for the partial last window; 2 batches observed each
+        assert [(p["step"], p["window_steps"], p["window_rows"]) for p in points] == [
+            (8, 8, 512), (16, 8, 512), (20, 4, 512)]
+        k = summary[sae_id]["k"]
+        assert all(p["l0"] == p["train_l0"] == k for p in points)  # TopK: exactly k active
+        assert points[0]["fve"] < points[-1]["fve"] < 1.0  # it learns
+    runs = sorted((run_dir / "wandb" / "wandb").glob("offline-run-*"))
+    assert len(runs) == len(summary)
+    for name, history, final in map(_history_and_summary, runs):
+        sae_id = name.removeprefix("curvy/")
+        assert [h["_step"] for h in history] == [8, 16, 20]
+        assert final["final/fve"] == pytest.approx(summary[sae_id]["fve"])

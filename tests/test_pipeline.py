@@ -12,7 +12,12 @@ import pytest
 from safetensors.numpy import load_file
 
 import thresher
-from thresher.analysis.parquet import FEATURES_SCHEMA, INPUTS_SCHEMA, SUMMARY_SCHEMA
+from thresher.analysis.parquet import (
+    CURVES_SCHEMA,
+    FEATURES_SCHEMA,
+    INPUTS_SCHEMA,
+    SUMMARY_SCHEMA,
+)
 from thresher.config import expand_sweep, load_config
 from thresher.harvest.backbones import load_tokenizer
 from thresher.harvest.inputs import build_inputs
@@ -70,6 +75,10 @@ def test_smoke_run_writes_every_file(ray_run: Path) -> None:
     by_sae = features.to_pandas().groupby("sae_id")["is_dead"].mean()
     for row in rows:
         assert row["dead_fraction"] == pytest.approx(by_sae[row["sae_id"]])
+
+    curves = pq.read_table(ray_run / "stats" / "curves.parquet")  # from the Ray trainers
+    assert curves.schema.equals(CURVES_SCHEMA)
+    assert sorted(set(curves.column("sae_id").to_pylist())) == sorted(s.sae_id for s in saes)
 
     manifest = pq.read_table(ray_run / "inputs.parquet")
     assert manifest.schema.equals(INPUTS_SCHEMA)

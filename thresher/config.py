@@ -39,10 +39,21 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class WandbConfig:
+    """Weights & Biases logging of each SAE's training curves and final metrics."""
+
+    # disabled: wandb is never imported; offline: files under <run>/wandb, for `wandb sync`.
+    mode: Literal["disabled", "offline", "online"] = "disabled"
+    project: str = "thresher"
+    entity: str | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     name: str = "default"
     out: str = "runs"  # a run lands in <out>/<name>; a local path or a pyarrow.fs URI
     seed: int = 0
+    wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
 # Which kind of input each backbone kind reads (`stored` replays a cache and reads none).
@@ -152,6 +163,10 @@ class TrainConfig:
     batch_size: int = 1024
     tokens: int = 100_000  # training rows per SAE (the run stops early if the stream ends)
     checkpoint_every: int = 200  # steps between checkpoints
+    # Steps between training-curve points (stats/curves.parquet, wandb); the last
+    # `curve_batches` batches of each window are also encoded again for FVE, L0, dense fractions.
+    curve_every: int = 100
+    curve_batches: int = 2
     warmup_steps: int = 20  # linear learning-rate warm-up
     decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
     grad_clip: float = 1.0  # per-SAE gradient norm clip (0 disables)
@@ -479,7 +494,8 @@ def _positive(cfg: Any, names: tuple[str, ...], path: tuple, where: _Where) -> N
 def _check_semantics(cfg: Config, where: _Where) -> None:
     _positive(cfg.stream, ("chunk_rows", "capacity_chunks", "mix_chunks", "norm_rows"),
               ("stream",), where)
-    _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "d_sae", "k", "lr"),
+    _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "curve_every", "d_sae",
+                          "k", "lr"),
               ("train",), where)
     _positive(cfg.resources, ("harvesters", "trainers", "harvester_threads", "trainer_threads",
                               "object_store_mb", "concurrent_streams",

@@ -57,7 +57,8 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
              wall_seconds: float) -> Path:
     """Write the Parquet statistics and the final run.json."""
     start = time.perf_counter()
-    write_run_stats(run_dir, outcome.results)
+    written = write_run_stats(run_dir, outcome.results)
+    log_to_wandb(run_dir, plan, outcome.results, written["summary"])
     harvest = outcome.harvest_totals()
     outcome.timings.update({
         "wall": wall_seconds,
@@ -74,3 +75,30 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
         "timings": outcome.timings,
     })
     return run_dir
+
+
+def log_to_wandb(run_dir: Path, plan: Plan, results: list[TrainerResult],
+                 summary_path: Path) -> None:
+    """Each SAE's training curves and final metrics as a wandb run (run.wandb; off by default).
+
+    Logged by the driver once the trainers are done, so no actor on a worker node needs wandb
+    or its login; a missing or failing wandb only warns (WandbLogger).
+    """
+    settings = plan.config.run.wandb
+    if settings.mode == "disabled":
+        return
+    import pyarrow.parquet as pq
+
+    from thresher.analysis.wandb_log import WandbLogger
+
+    saes = {sae.sae_id: {**sae.to_dict(), "run_name": plan.config.run.name}
+            for stream in plan.streams for trainer in stream.trainers for sae in trainer.saes}
+    logger = WandbLogger(saes, mode=settings.mode, project=settings.project,
+                         entity=settings.entity, group=plan.config.run.name,
+                         directory=run_dir / "wandb")
+    try:
+        logger.log_points(sorted((row for r in results for row in r.curve_rows),
+                                 key=lambda row: (row["sae_id"], row["step"])))
+        logger.log_final(pq.read_table(summary_path).to_pylist())
+    finally:
+        logger.finish()

@@ -93,8 +93,9 @@ def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: Activ
                    curve_rows: list[dict[str, Any]] | None = None) -> TrainerResult:
     stats = evaluate_trainer(trainer, holdout)
     norms = trainer.bank.decoder_norms()
-    result = TrainerResult(trainer.trainer_id, [], [], loop, seconds,
-                           curve_rows=list(curve_rows or []))
+    if curve_rows is None:
+        curve_rows = trainer.finish_curves()
+    result = TrainerResult(trainer.trainer_id, [], [], loop, seconds, curve_rows=list(curve_rows))
     for sae in trainer.saes:
         w_dec = trainer.bank.sae_params(sae.sae_id)["W_dec"]
         metrics, columns, examples, labels = sae_tables(sae.sae_id, stats[sae.sae_id],

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thresher.analysis.curves import TrainingCurves
 from thresher.block import ActivationBlock
 from thresher.config import SAEConfig, TrainConfig
 from thresher.harvest.stream import Cursor, StreamStats
@@ -45,6 +46,10 @@ class Trainer:
         self.rows_seen = 0
         self.resumed_cursor = Cursor()
         self._restore()
+        # Curve points from here on (a restarted trainer keeps those since its restart).
+        self.curves = TrainingCurves(trainer_id, [s.sae_id for s in self.saes], self.bank.d_in,
+                                     [s.d_sae for s in self.saes], every=train.curve_every,
+                                     first_step=self.step)
 
     @property
     def step(self) -> int:
@@ -82,7 +87,23 @@ class Trainer:
         x = torch.from_numpy(np.array(batch.float32(), dtype=np.float32, copy=True))
         metrics = self.bank.step(x)
         self.rows_seen += len(batch)
+        if self._observed_for_curves():
+            # A no-grad pass with the weights just updated: the window's FVE, L0, dense
+            # fractions. Only the window's last few batches, so it costs a few percent.
+            self.curves.observe(x, self.bank.encode_decode(x))
+        self.curves.record_step(metrics, len(batch))
         return metrics
+
+    def _observed_for_curves(self) -> bool:
+        every = self.train.curve_every
+        left_in_window = -self.step % every  # steps after this one until the point closes
+        left_in_run = self.total_steps - self.step
+        return min(left_in_window, left_in_run) < min(self.train.curve_batches, every)
+
+    def finish_curves(self) -> list[dict]:
+        """Close the last, partial curve window; returns every point of this process."""
+        self.curves.finish()
+        return self.curves.rows
 
     def save_checkpoint(self, cursor: Cursor) -> None:
         """Checkpoint every SAE of this trainer at the current step, `cursor` its stream place."""
