@@ -178,9 +178,6 @@ def test_nonfinite_training_rows_skip_their_batch_and_never_reach_the_weights(
     assert all(np.isfinite(row["fve"]) for row in summary)
 
 
-@pytest.mark.xfail(strict=True, reason="estimate_stream_stats (thresher/harvest/stream.py) "
-                   "does not drop non-finite rows: one NaN among the normalisation rows makes "
-                   "the decoder-bias estimate NaN, and every weight with it")
 def test_nonfinite_rows_among_the_normalisation_rows_never_reach_the_weights(
         tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", shards=40)

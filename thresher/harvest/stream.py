@@ -84,9 +84,16 @@ def estimate_hook_stats(block: ActivationBlock) -> dict[str, StreamStats]:
 
 
 def estimate_stream_stats(acts: np.ndarray) -> StreamStats:
+    """The input scale (E||x|| = sqrt(d_in) after scaling) and decoder-bias estimate (geometric
+    median) from a stream's first rows. Rows with NaN or Inf are left out, as training skips
+    them: one would make both estimates, and every weight with them, NaN."""
     acts = np.asarray(acts, dtype=np.float64)
     if len(acts) == 0:
         raise ValueError("the stream produced no rows: check the inputs and the hook")
+    acts = acts[np.isfinite(acts).all(axis=1)]
+    if len(acts) == 0:
+        raise ValueError("every row of the stream's normalisation rows holds NaN or Inf: check "
+                         "the backbone's dtype (bf16 overflows) and the inputs")
     mean_norm = float(np.linalg.norm(acts, axis=1).mean())
     scale = math.sqrt(acts.shape[1]) / mean_norm if mean_norm > 0 else 1.0
     center = geometric_median(acts).astype(np.float32)
