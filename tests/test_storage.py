@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
 
 from thresher import storage
+from thresher.rundir import RunDirError
 
 
 @pytest.fixture(scope="session")
@@ -17,9 +20,7 @@ def s3_uri() -> Iterator[str]:
     """An S3 endpoint on loopback (moto's server, a real HTTP S3 API); yields a bucket URI."""
     from moto.server import ThreadedMotoServer
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "thresher-test")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "thresher-test")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    # AWS_* credentials: tests/conftest.py
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -79,3 +80,76 @@ def test_a_failed_local_write_leaves_the_previous_file(tmp_path: Path,
         storage.write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left behind
+
+
+# -- whole runs in an object store ---------------------------------------------------------------
+
+
+def _weights(location: str) -> dict[str, bytes]:
+    """Every exported SAE's weights file under a run location, by SAE id."""
+    saes = storage.join(location, "saes")
+    return {sae_id: storage.read_bytes(storage.join(saes, sae_id, "sae_weights.safetensors"))
+            for sae_id in storage.list_dir(saes)}
+
+
+def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
+        s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each "machine" is a working-copy folder of its own (THRESHER_WORKDIR): what one wrote
+    reaches the others only through the object store."""
+    import thresher
+    from thresher.analysis.analyze import analyze_run
+
+    from .stored_data import stored_config, write_shards
+
+    out = storage.join(s3_uri, tmp_path.name)
+    cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
+                        train={"tokens": 16 * 256})
+    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "machine-a"))
+    location = thresher.run(cfg, inline=True, progress=False)
+    assert location == storage.join(out, "stored")
+    files = storage.walk(location)
+    for name in ("run.json", "stats/summary.parquet",
+                 "stats/features.parquet", "saes/00-topk-k8/cfg.json",
+                 "saes/00-topk-k8/checkpoint/state.json"):
+        assert name in files, name
+    # only the two newest checkpoint generations are kept, remotely too
+    assert len([f for f in files if f.startswith("saes/00-topk-k8/checkpoint/state-")]) == 2
+    first = _weights(location)
+    summary = storage.read_parquet(storage.join(location, "stats", "summary.parquet"))
+
+    with pytest.raises(RunDirError, match="already holds a run"):
+        thresher.run(cfg, inline=True, progress=False)  # the remote run.json is seen
+
+    # Machine B resumes: its trainers find their checkpoints in the store, at the last step.
+    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "machine-b"))
+    assert thresher.resume(location, inline=True, progress=False) == location
+    record = json.loads(storage.read_text(storage.join(location, "run.json")))
+    assert record["status"] == "complete" and record["trainers"]["t0"]["resumed_from_step"] == 16
+    assert _weights(location) == first
+
+    # Machine C recomputes the statistics from the exported SAEs alone.
+    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "machine-c"))
+    analyze_run(location, lm_metrics=False)
+    again = storage.read_parquet(storage.join(location, "stats", "summary.parquet"))
+    assert again.column("fve").to_pylist() == pytest.approx(summary.column("fve").to_pylist())
+    assert not list((tmp_path / "machine-c").rglob("state-*.safetensors"))  # not pulled
+
+
+def test_ray_trainers_write_an_s3_run_from_their_own_working_copy(
+        ray_session: Any, s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The driver's working copy is elsewhere than the actors' (their THRESHER_WORKDIR is
+    unset): the exported SAEs reach the store from the trainers, not from the driver."""
+    import thresher
+
+    from .stored_data import stored_config, write_shards
+
+    out = storage.join(s3_uri, tmp_path.name)
+    cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
+                        train={"tokens": 16 * 256})
+    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "driver"))
+    location = thresher.run(cfg, progress=False)
+    files = storage.walk(location)
+    assert {"saes/00-topk-k8/sae_weights.safetensors", "saes/01-topk-k16/sae_weights.safetensors",
+            "stats/summary.parquet", "stats/curves.parquet"} <= set(files)
+    driver_copy = storage.working_dir(location)
+    assert not (driver_copy / "saes").exists()  # written by the trainers, elsewhere

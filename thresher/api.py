@@ -7,6 +7,7 @@ import os
 import time
 from pathlib import Path
 
+from thresher import storage
 from thresher.config import Config, Plan, load_config, make_plan
 from thresher.rundir import config_of_run, create_run_dir, source_file_of_run
 
@@ -19,8 +20,9 @@ def plan(config: ConfigLike = None) -> Plan:
 
 
 def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | None = None,
-        resume: bool = False, overwrite: bool = False) -> Path:
-    """Harvest, train and write statistics; returns the run directory.
+        resume: bool = False, overwrite: bool = False) -> Path | str:
+    """Harvest, train and write statistics; returns the run directory (its URI where run.out
+    is one; the files are then also in this machine's working copy, thresher/storage.py).
 
     `config` is a YAML path, a dict, a Config, or None for the built-in default run.
     `inline=True` runs every role in this process without Ray (debugging, one-GPU boxes).
@@ -41,11 +43,13 @@ def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | Non
         outcome = run_ray(the_plan, run_dir, progress_enabled=progress)
     from thresher.outcome import finalize
 
-    return finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start)
+    finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start)
+    location = storage.location_of(run_dir)
+    return location if storage.is_uri(location) else run_dir
 
 
 def resume(run_dir: str | os.PathLike[str], *, inline: bool = False,
-           progress: bool | None = None) -> Path:
+           progress: bool | None = None) -> Path | str:
     """Continue a run from its checkpoints, with the config it was started with.
 
     Relative input paths are read from the original config file's folder, as in the first run

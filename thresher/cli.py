@@ -99,9 +99,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_summary(run_dir: object) -> None:
-    import pyarrow.parquet as pq
+    from thresher import storage
 
-    summary = pq.read_table(f"{run_dir}/stats/summary.parquet").to_pylist()
+    table = storage.read_parquet(storage.join(str(run_dir), "stats", "summary.parquet"))
+    summary = table.to_pylist()
     print(f"\nrun directory: {run_dir}")
     print(f"{'sae_id':<28} {'fve':>6} {'l0':>7} {'dead':>6} {'rows':>9}")
     for row in summary:

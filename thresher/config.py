@@ -909,9 +909,12 @@ def stream_hooks(source: SourceConfig, base_dir: Path) -> tuple[str, ...]:
 
 
 def run_dir_of(cfg: Config) -> str:
+    """Where the run's directory is: <run.out>/<run.name>, a local path or a URI."""
+    from thresher import storage
+
     out = cfg.run.out
-    if "://" in out:
-        return out.rstrip("/") + "/" + cfg.run.name
+    if storage.is_uri(out):
+        return storage.join(out, cfg.run.name)  # keeps the URI's query options last
     return str(Path(out).expanduser() / cfg.run.name)
 
 

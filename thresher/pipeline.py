@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thresher import storage
 from thresher.analysis.evaluate import TrainerResult
 from thresher.config import Config, Plan, StreamPlan
 from thresher.harvest.pump import NODE_MARKER, stream_actor_cls, user_error
@@ -71,7 +72,7 @@ def node_marker(resource: str, cluster: Mapping[str, float]) -> dict[str, float]
 
 def run_tag(cfg: Config, run_dir: Path) -> str:
     """The prefix of this run's actor names: its name and a digest of its directory."""
-    where = str(run_dir) if "://" in str(run_dir) else str(Path(run_dir).resolve())
+    where = storage.location_of(Path(run_dir).resolve())
     digest = hashlib.sha1(where.encode()).hexdigest()[:8]
     return f"{cfg.run.name}-{digest}"
 
@@ -118,18 +119,20 @@ def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
     # Named actors: trainers find their stream by name (a handle would pin their constructor
     # arguments in the object store, ray#53727), and tests and operators find both.
     res = cfg.resources
+    # Actors get the run's location: on another node, a URI maps to that node's working copy.
+    location = storage.location_of(run_dir)
     stream_tag = f"{tag}-{stream.stream_id}-{uuid.uuid4().hex[:8]}"
     stream_name = f"thresher-stream-{stream_tag}"
     harvest_marker = node_marker(res.harvest_node_resource, cluster)
     stream_actor = (stream_actor_cls()
                     .options(name=stream_name, resources=harvest_marker)
-                    .remote(cfg, stream, str(run_dir), streams_at_once, harvest_marker))
+                    .remote(cfg, stream, location, streams_at_once, harvest_marker))
     trainers = [
         trainer_actor_cls()
         .options(name=f"thresher-trainer-{stream_tag}-{t.trainer_id}",
                  num_cpus=res.cpus_per_trainer, num_gpus=res.gpus_per_trainer,
                  resources=node_marker(res.train_node_resource, cluster))
-        .remote(cfg, stream.stream_id, t, str(run_dir), stream_name)
+        .remote(cfg, stream.stream_id, t, location, stream_name)
         for t in stream.trainers
     ]
     running = _RunningStream(stream, stream_actor, stream_actor.harvest.remote(), trainers)

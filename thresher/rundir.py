@@ -4,7 +4,7 @@ Layout (format_version 1; see docs/formats.md):
 
   <out>/<name>/
     run.json                       resolved config, plan, versions, git commit, harvest counters
-    inputs.parquet                 example_id -> origin, text, token ids fed to the model
+    inputs/<stream_id>.parquet     example_id -> origin, text, token ids fed to the model
     saes/<sae_id>/cfg.json         SAELens-loadable config
     saes/<sae_id>/sae_weights.safetensors
     saes/<sae_id>/checkpoint/      resume state (weights, Adam moments, step, stream cursor)
@@ -21,13 +21,10 @@ import os
 import platform
 import shutil
 import subprocess
-import uuid
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-
-from thresher.analysis.parquet import INPUTS_SCHEMA, write_table_atomic
+from thresher import storage
 from thresher.config import Plan, run_dir_of
 
 FORMAT_VERSION = 1
@@ -36,16 +33,8 @@ SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    return storage.save(path, (json.dumps(obj, indent=2, sort_keys=False, default=str)
+                               + "\n").encode())
 
 
 def versions() -> dict[str, str]:
@@ -82,44 +71,56 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
     """Make the run directory; an existing run is continued (resume) or cleared (overwrite).
 
     Trainers restore from any checkpoint they find, so starting a new run on top of an old one
-    would silently continue it: that needs an explicit choice.
+    would silently continue it: that needs an explicit choice. Returns the local folder the run
+    is written through (for a URI, its working copy: thresher/storage.py).
     """
     out = plan.config.run.out
-    if SUBMITTED_JOB_ENV in os.environ and "://" not in out and not Path(out).is_absolute():
+    if SUBMITTED_JOB_ENV in os.environ and not storage.is_uri(out) and not Path(out).is_absolute():
         raise RunDirError(
             f"run.out is the relative path {out!r}, but this is a `ray job submit` job, whose "
             "working directory is temporary and deleted afterwards. Set run.out to an absolute "
             "path on storage every node shares, or to a URI")
-    run_dir = Path(run_dir_of(plan.config))
-    previous = run_dir / "run.json"
-    if previous.exists() and not resume:
+    location = run_dir_of(plan.config)
+    previous = storage.join(location, "run.json")
+    exists = storage.is_file(previous)
+    if exists and not resume:
         if not overwrite:
-            status = json.loads(previous.read_text()).get("status", "unknown")
+            status = _run_record(location).get("status", "unknown")
             raise RunDirError(
-                f"{run_dir} already holds a run (status {status}). Pass --resume to continue "
+                f"{location} already holds a run (status {status}). Pass --resume to continue "
                 "it from its checkpoints, --overwrite to start again, or choose another "
                 "run.name / run.out")
-        for name in ("saes", "stats", "run.json", "inputs.parquet"):
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
-    if resume and not previous.exists():
-        raise RunDirError(f"nothing to resume: {run_dir} holds no run.json")
+        for name in ("saes", "stats", "run.json", "inputs", "report", "wandb"):
+            storage.remove(storage.join(location, name))
+    if resume and not exists:
+        raise RunDirError(f"nothing to resume: {location} holds no run.json")
+    run_dir = storage.working_dir(location)
+    if storage.is_uri(location) and not resume:
+        # A working copy left by an earlier run of this URI is stale; trainers of a resumed
+        # run pull their own checkpoints (Trainer).
+        shutil.rmtree(run_dir)
+        run_dir = storage.working_dir(location)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_json(run_dir, plan, executor, status="running")
     return run_dir
 
 
-def _run_record(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / "run.json"
-    if not path.is_file():
-        raise RunDirError(f"{run_dir} is not a thresher run directory: no run.json")
+def open_run(run: str | Path) -> Path:
+    """The local folder to read a run from: the path itself, or for a URI its working copy,
+    brought up to date (checkpoints left out: only a resumed trainer needs its own)."""
+    run_dir = storage.working_dir(run)
+    storage.pull(run_dir, skip=("saes/*/checkpoint",))
+    return run_dir
+
+
+def _run_record(run: str | Path) -> dict[str, Any]:
+    location = storage.join(run, "run.json")
+    if not storage.is_file(location):
+        raise RunDirError(f"{run} is not a thresher run directory: no run.json")
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_text(location))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"{path} is not the JSON thresher writes ({exc})") from exc
+        raise RunDirError(f"{location} is not the JSON thresher writes ({exc})") from exc
 
 
 def config_of_run(run_dir: str | Path) -> dict[str, Any]:
@@ -158,6 +159,3 @@ def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
     }
     return write_json_atomic(record, run_dir / "run.json")
 
-
-def write_inputs_manifest(run_dir: str | Path, manifest: pa.Table) -> Path:
-    return write_table_atomic(manifest.cast(INPUTS_SCHEMA), Path(run_dir) / "inputs.parquet")

@@ -13,7 +13,9 @@ PUT is atomic by itself (a reader sees the old object or the new one, never half
 
 from __future__ import annotations
 
+import fnmatch
 import functools
+import hashlib
 import io
 import os
 import uuid
@@ -94,6 +96,7 @@ def write_bytes(location: str | os.PathLike[str], data: bytes) -> Location:
         finally:
             if tmp.exists():
                 tmp.unlink()
+        _sync_dir(local.parent)
         return str(location)
     fs, path = _remote(str(location))
     try:
@@ -102,6 +105,28 @@ def write_bytes(location: str | os.PathLike[str], data: bytes) -> Location:
     except OSError as exc:
         raise StorageError(f"cannot write {location}: {exc}") from exc
     return str(location)
+
+
+def _sync_dir(folder: Path) -> None:
+    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write a run file: atomically to the local `path`, then to its remote twin when `path`
+    is inside a working copy. Every file of a run directory is written through here."""
+    write_bytes(path, data)
+    publish(path)
+    return Path(path)
 
 
 def write_text(location: str | os.PathLike[str], text: str) -> Location:
@@ -205,3 +230,99 @@ def list_dir(location: str | os.PathLike[str]) -> list[str]:
     fs, path = _remote(str(location))
     selector = pafs.FileSelector(path, allow_not_found=True, recursive=False)
     return sorted(Path(info.path).name for info in fs.get_file_info(selector))
+
+
+def walk(location: str | os.PathLike[str]) -> list[str]:
+    """Paths of every file under a folder, relative to it, sorted; [] if it does not exist."""
+    local = local_path(location)
+    if local is not None:
+        if not local.is_dir():
+            return []
+        return sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+    fs, path = _remote(str(location))
+    selector = pafs.FileSelector(path, allow_not_found=True, recursive=True)
+    return sorted(info.path[len(path):].lstrip("/") for info in fs.get_file_info(selector)
+                  if info.type == pafs.FileType.File)
+
+
+# --------------------------------------------------------------------------------------------
+# Working copies of remote run directories
+# --------------------------------------------------------------------------------------------
+#
+# The code of a run reads and writes a local folder. When run.out is a URI, that folder is a
+# working copy of the remote run directory: every process of the run (the driver, a trainer on
+# another node) keeps its copy at the same local path, derived from the URI, and each file
+# written into it is published (uploaded whole, one atomic PUT) right after its local atomic
+# write. A resumed run, or `thresher analyze` on another machine, pulls what it needs first.
+# The remote directory is the truth; a working copy is a cache that may be deleted.
+
+WORKDIR_ENV = "THRESHER_WORKDIR"  # where working copies live (default ~/.cache/thresher/runs)
+_WORKING_COPIES: dict[Path, str] = {}  # local root (resolved) -> the URI it stands for
+
+
+def working_dir(location: str | os.PathLike[str]) -> Path:
+    """The local folder a run at `location` is read and written through: the path itself for a
+    local location, a working copy (the same path on every node) for a remote one."""
+    local = local_path(location)
+    if local is not None:
+        return local
+    uri = str(location)
+    root = Path(os.environ.get(WORKDIR_ENV) or Path.home() / ".cache" / "thresher" / "runs")
+    digest = hashlib.sha1(uri.encode()).hexdigest()[:12]
+    path = root / f"{name_of(uri)}-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    _WORKING_COPIES[path.resolve()] = uri
+    return path
+
+
+def location_of(path: str | os.PathLike[str]) -> Location:
+    """The location a local path stands for: its URI inside a working copy, else the path."""
+    resolved = Path(path).resolve()
+    for root, uri in _WORKING_COPIES.items():
+        if resolved == root or root in resolved.parents:
+            return join(uri, *resolved.relative_to(root).parts)
+    return str(path)
+
+
+def publish(path: str | os.PathLike[str]) -> None:
+    """Upload a file just written into a working copy; nothing for a plain local path."""
+    location = location_of(path)
+    if is_uri(location):
+        write_bytes(location, Path(path).read_bytes())
+
+
+def unpublish(path: str | os.PathLike[str]) -> None:
+    """Remove the remote twin of a file or folder deleted from a working copy."""
+    location = location_of(path)
+    if is_uri(location):
+        remove(location)
+
+
+def publish_tree(path: str | os.PathLike[str]) -> None:
+    """Upload every file under a folder of a working copy (one written by a library that does
+    not go through this module, such as the report's images)."""
+    for relative in walk(path):
+        publish(Path(path, relative))
+
+
+def pull(path: str | os.PathLike[str], skip: tuple[str, ...] = ()) -> int:
+    """Make the local folder `path` of a working copy equal to its remote twin, except under
+    the relative folders matching a glob in `skip` (``saes/*/checkpoint``); returns the files
+    downloaded. A no-op for a plain local path."""
+    location = location_of(path)
+    if not is_uri(location):
+        return 0
+
+    def skipped(relative: str) -> bool:
+        parts = relative.split("/")
+        return any(fnmatch.fnmatchcase("/".join(parts[:i]), pattern)
+                   for pattern in skip for i in range(1, len(parts) + 1))
+
+    local = Path(path)
+    remote_files = [r for r in walk(location) if not skipped(r)]
+    for stale in set(walk(local)) - set(remote_files):
+        if not skipped(stale):
+            (local / stale).unlink()
+    for relative in remote_files:
+        write_bytes(local / relative, read_bytes(join(location, *relative.split("/"))))
+    return len(remote_files)

@@ -6,8 +6,6 @@ never sees half a file and a crash never destroys the previous one.
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -143,16 +141,12 @@ INPUTS_SCHEMA = pa.schema(
 
 
 def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    """Write a Parquet file of the run directory (atomic; published where it is remote)."""
+    from thresher import storage
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return storage.save(path, sink.getvalue().to_pybytes())
 
 
 def table_from_rows(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:

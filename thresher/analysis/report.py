@@ -2,7 +2,8 @@
 
 Sections: the sweep table, a Pareto plot of L0 against fraction of variance explained, log10
 feature-density and MonoScore histograms per SAE, and feature cards of the best SAE (by FVE)
-with its top examples, resolved through the inputs manifest (inputs.parquet) by modality:
+with its top examples, resolved through the stream's inputs manifest
+(inputs/<stream_id>.parquet) by modality:
 
 - text (the manifest has `token_ids`): the token in its context, highlighted, decoded with the
   run's tokenizer;
@@ -28,6 +29,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from thresher import storage
+
 log = logging.getLogger(__name__)
 
 SWEEP_COLUMNS = ("sae_id", "arch", "d_sae", "k", "l1_coef", "lr", "fve", "nmse", "l0", "l1",
@@ -43,7 +46,9 @@ def write_report(run_dir: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
-    run_dir = Path(run_dir)
+    from thresher.rundir import open_run
+
+    run_dir = open_run(run_dir)  # a URI: its working copy, brought up to date
     stats = run_dir / "stats"
     if not (stats / "summary.parquet").is_file():
         raise FileNotFoundError(f"{stats}/summary.parquet is missing: run `thresher analyze "
@@ -78,7 +83,9 @@ def write_report(run_dir: str | Path) -> Path:
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>thresher report</title>"
             f"<style>{_CSS}</style></head><body>" + "\n".join(body) + _IMAGE_CHECK
             + "</body></html>")
-    return _write_text_atomic(out / "index.html", page)
+    index = _write_text_atomic(out / "index.html", page)
+    storage.publish_tree(out)  # the images, where the run directory is remote
+    return index
 
 
 _CSS = """
@@ -345,7 +352,9 @@ def _example_renderer(run_dir: Path, stream_id: str, examples: pd.DataFrame | No
                       out: Path) -> _Examples:
     """The renderer for the stream's modality, chosen by its inputs manifest; the plain one
     (ids only) where the manifest, the run's config or its inputs cannot be read."""
-    manifest_path = _manifest_path(run_dir, stream_id)
+    from thresher.harvest.inputs import manifest_path as stream_manifest
+
+    manifest_path = stream_manifest(run_dir, stream_id)
     if not manifest_path.is_file():
         return _Examples(None)
     manifest = pq.read_table(manifest_path).to_pandas().set_index("example_id", drop=False)
@@ -363,11 +372,6 @@ def _example_renderer(run_dir: Path, stream_id: str, examples: pd.DataFrame | No
     except Exception as exc:  # the report still renders, with example ids instead
         log.warning("feature cards show example ids only: %s: %s", type(exc).__name__, exc)
     return _Examples(manifest)
-
-
-def _manifest_path(run_dir: Path, stream_id: str) -> Path:
-    """The stream's inputs manifest (one per run while a run holds one stream)."""
-    return run_dir / "inputs.parquet"
 
 
 def _run_record(run_dir: Path) -> tuple[dict[str, Any], Any]:
@@ -443,7 +447,4 @@ def _square(image: Any, crop: bool) -> Any:
 
 
 def _write_text_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return storage.save(path, text.encode("utf-8"))

@@ -435,9 +435,15 @@ def build_stored_inputs(source: SourceConfig, base_dir: Path
 
 
 def default_store_path(cfg: Config) -> Path:
+    from thresher import storage
     from thresher.config import run_dir_of
 
-    return Path(run_dir_of(cfg)) / "activations"
+    location = run_dir_of(cfg)
+    if storage.is_uri(location):
+        raise StoreError(
+            f"run.out is the URI {cfg.run.out!r}, but an LMDB activation cache must live on a "
+            "local or shared filesystem: pass `thresher harvest CONFIG --out PATH`")
+    return Path(location) / "activations"
 
 
 def harvest_to_store(cfg: Config, out: str | Path | None = None,

@@ -25,6 +25,7 @@ from typing import Any, Generic
 
 import numpy as np
 
+from thresher import storage
 from thresher.block import ActivationBlock
 from thresher.config import Config, ConfigError, SourceConfig, StreamPlan, torch_threads
 from thresher.harvest.stream import BroadcastLog, Chunker, Cursor, Group, Handle, StreamStats
@@ -228,7 +229,9 @@ def _stream_actor_cls() -> Any:
         def __init__(self, cfg: Config, stream: StreamPlan, run_dir: str,
                      streams_at_once: int = 1,
                      harvest_resources: dict[str, float] | None = None) -> None:
-            self.cfg, self.stream, self.run_dir = cfg, stream, run_dir
+            self.cfg, self.stream = cfg, stream
+            # The run's location (a URI reaches this node's working copy of it).
+            self.run_dir = str(storage.working_dir(run_dir))
             self.lock = threading.Condition()
             self.pump: Pump[Any] = Pump(cfg, stream, put=lambda b: ray.put(b.to_columns()))
             self.error: str | None = None
@@ -271,7 +274,7 @@ def _stream_actor_cls() -> Any:
             start = time.perf_counter()
             source = self.stream.source
             inputs = prepare_inputs(source, self.cfg.run.seed, config_dir(self.cfg))
-            write_manifest(self.run_dir, inputs.manifest)
+            write_manifest(self.run_dir, self.stream.stream_id, inputs.manifest)
             self.planned_rows = inputs.n_tokens
             self.pump.counters.unreadable_inputs += inputs.unreadable
 

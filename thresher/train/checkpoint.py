@@ -21,8 +21,6 @@ share. Only safetensors and JSON are ever read back (no pickle).
 from __future__ import annotations
 
 import json
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import save as save_torch_bytes
 
+from thresher import storage
 from thresher.config import SAEConfig
 from thresher.harvest.stream import Cursor
 
@@ -73,37 +72,13 @@ TMP_SUFFIX = ".tmp"
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to a temporary name next to `path`, sync it, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{TMP_SUFFIX}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _sync_dir(path.parent)
-    return path
+    """Write `data` to a temporary name next to `path`, sync it, then rename it over `path`
+    (and publish it where the run directory is remote: thresher/storage.py)."""
+    return storage.save(path, data)
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
     return write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
-
-
-def _sync_dir(folder: Path) -> None:
-    """Make a rename durable; a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +157,8 @@ def save_sae_checkpoint(run_dir: str | Path, sae: SAEConfig, state: Mapping[str,
                          and entry.name not in keep)
         if stale_weights or entry.name.endswith(TMP_SUFFIX):
             entry.unlink(missing_ok=True)
+            if stale_weights:
+                storage.unpublish(entry)
     return path
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from thresher import storage
 from thresher.analysis.curves import TrainingCurves
 from thresher.block import ActivationBlock
 from thresher.config import SAEConfig, TrainConfig
 from thresher.harvest.stream import Cursor, StreamStats
 from thresher.train.checkpoint import (
+    checkpoint_dir,
     export_sae,
     find_restore_point,
     load_generation,
@@ -39,7 +41,8 @@ class Trainer:
         self.saes = list(saes)
         self.train = train
         self.stats = stats
-        self.run_dir = Path(run_dir)
+        # A URI (a trainer on another node) or a local path: the folder written through.
+        self.run_dir = storage.working_dir(run_dir)
         self.hook_name = hook_name
         self.total_steps = max(1, math.ceil(train.tokens / train.batch_size))
         self.bank = SAEBank(self.saes, stats, train, self.total_steps, device=device)
@@ -60,6 +63,8 @@ class Trainer:
         return self.step >= self.total_steps
 
     def _restore(self) -> None:
+        for sae in self.saes:  # a remote run's checkpoints, into this node's working copy
+            storage.pull(checkpoint_dir(self.run_dir, sae.sae_id))
         point = find_restore_point(self.run_dir, self.saes, self.stats.scale)
         if point is None:
             partial = [sae.sae_id for sae in self.saes
