@@ -74,7 +74,7 @@ def test_image_cards_show_the_manifest_images_with_their_patch(tmp_path: Path) -
         "batch_size": 8}, holdout=170)  # 10 images x (CLS + 4 x 4 patches)
     index = write_report(run_dir)
     page = index.read_text()
-    manifest = pq.read_table(run_dir / "inputs.parquet").to_pandas().set_index("example_id")
+    manifest = pq.read_table(run_dir / "inputs" / "s0.parquet").to_pandas().set_index("example_id")
     cards = _cards(page)
     assert len(cards) >= 4
     for feature, card in cards:
@@ -131,7 +131,7 @@ def test_eeg_cards_show_the_recording_around_the_patch(tmp_path: Path) -> None:
         "hook": "layer.0", "inputs": {"kind": "spkit_eeg_sample", "context": 128, "stride": 64},
         "batch_size": 8}, holdout=224)  # 2 windows x 14 channels x 8 patches
     page = write_report(run_dir).read_text()
-    manifest = pq.read_table(run_dir / "inputs.parquet").to_pandas().set_index("example_id")
+    manifest = pq.read_table(run_dir / "inputs" / "s0.parquet").to_pandas().set_index("example_id")
     signals = spkit_eeg_sample().signals
     cards = _cards(page)
     assert len(cards) >= 4

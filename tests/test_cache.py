@@ -70,8 +70,8 @@ def test_lmdb_round_trip_and_stored_replay(tmp_path: Path) -> None:
     replay["source"] = {"backbone": {"kind": "stored", "model": str(store)}, "hook": "layer.1"}
     original = thresher.run(_eeg_config(tmp_path), inline=True, progress=False)
     replayed = thresher.run(replay, inline=True, progress=False)
-    assert pq.read_table(original / "inputs.parquet").equals(
-        pq.read_table(replayed / "inputs.parquet"))
+    assert pq.read_table(original / "inputs" / "s0.parquet").equals(
+        pq.read_table(replayed / "inputs" / "s0.parquet"))
     cols = ["sae_id", "input_scale", "rows_trained", "mse", "fve", "l0", "dead_fraction"]
     assert (pq.read_table(original / "stats/summary.parquet").select(cols).to_pylist()
             == pq.read_table(replayed / "stats/summary.parquet").select(cols).to_pylist())

@@ -70,7 +70,7 @@ def test_image_example_runs_with_its_labels(image_folder: Path, tmp_path: Path) 
     assert cli_main(["run", str(config), "--inline", "--no-progress"]) == 0
     run_dir = tmp_path / "images-open-clip"
     record = _check_run(run_dir)
-    manifest = pq.read_table(run_dir / "inputs.parquet").to_pylist()
+    manifest = pq.read_table(run_dir / "inputs" / "s0.parquet").to_pylist()
     assert len(manifest) == 48 and record["harvest"]["unreadable_inputs"] == 0
     assert {r["label_name"] for r in manifest} == {p.name for p in image_folder.iterdir()}
 

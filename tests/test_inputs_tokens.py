@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
+from thresher.analysis.parquet import INPUTS_SCHEMA
 from thresher.config import ConfigError, load_config
 from thresher.harvest.backbones import load_tokenizer
 from thresher.harvest.harvester import Harvester
@@ -38,7 +40,9 @@ def test_token_files_give_the_windows_of_the_raw_text(tmp_path: Path) -> None:
     harvester = Harvester(_source("token_files", [str(tmp_path / "*.npy")]))
     block = harvester.harvest(pre.batches[0])
     assert 0 not in block.position.tolist()  # BOS (position 0) is never a row
-    assert write_manifest(tmp_path / "run", pre.manifest).name == "inputs.parquet"
+    written = write_manifest(tmp_path / "run", "s0", pre.manifest)
+    assert written == tmp_path / "run" / "inputs" / "s0.parquet"
+    assert pq.read_table(written).equals(pre.manifest.cast(INPUTS_SCHEMA))
 
 
 def test_token_files_must_be_integer_vectors(tmp_path: Path) -> None:

@@ -80,7 +80,7 @@ def test_smoke_run_writes_every_file(ray_run: Path) -> None:
     assert curves.schema.equals(CURVES_SCHEMA)
     assert sorted(set(curves.column("sae_id").to_pylist())) == sorted(s.sae_id for s in saes)
 
-    manifest = pq.read_table(ray_run / "inputs.parquet")
+    manifest = pq.read_table(ray_run / "inputs" / "s0.parquet")
     assert manifest.schema.equals(INPUTS_SCHEMA)
     assert manifest.num_rows >= record["harvest"]["examples"] > 0
     assert manifest.column("example_id").to_pylist() == list(range(manifest.num_rows))

@@ -40,9 +40,11 @@ TL_SOURCE: dict[str, Any] = {
 
 def two_stream_config(out: Path, **overrides: Any) -> dict[str, Any]:
     """MiniLM at two layers (one forward) and a random TransformerLens model: two streams."""
-    cfg = smoke_config(out, **overrides)
+    cfg = smoke_config(out, **{"train": {"tokens": 4096}, **overrides})
     minilm = {**cfg.pop("source"), "name": "minilm", "hook": ["layer.1", "layer.3"]}
-    cfg["sources"] = [minilm, TL_SOURCE]
+    # Enough tokens for the held-out rows and the 4096 training rows, no more.
+    short = {"kind": "python_docstrings", "context": 64, "max_tokens": 7000}
+    cfg["sources"] = [{**minilm, "inputs": short}, {**TL_SOURCE, "inputs": short}]
     cfg["sweep"] = [{"arch": "topk", "k": [8, 16]},
                     {"arch": "relu", "l1": 1.0, "stream": "minilm", "hook": "layer.3"}]
     return cfg
@@ -231,3 +233,26 @@ def test_ray_and_inline_agree_on_every_stream(runs: dict[str, Path]) -> None:
             b = load_file(runs["inline"] / "saes" / sae_dir.name / "sae_weights.safetensors")
             for name in a:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=f"{sae_dir.name} {name}")
+
+
+def test_each_stream_writes_its_manifest_and_analyze_recomputes_every_sae(
+        runs: dict[str, Path]) -> None:
+    from thresher.analysis.analyze import analyze_run
+
+    run_dir = runs["inline"]
+    for stream_id, column in (("minilm", "token_ids"), ("tl", "token_ids")):
+        manifest = pq.read_table(run_dir / "inputs" / f"{stream_id}.parquet")
+        assert column in manifest.column_names and manifest.num_rows > 0
+    before = {r["sae_id"]: r for r in
+              pq.read_table(run_dir / "stats" / "summary.parquet").to_pylist()}
+    analyze_run(run_dir, lm_metrics=True, lm_windows=8)
+    after = {r["sae_id"]: r for r in
+             pq.read_table(run_dir / "stats" / "summary.parquet").to_pylist()}
+    assert sorted(after) == sorted(before)
+    for sae_id, row in after.items():
+        for key in ("stream_id", "hook", "eval_rows"):
+            assert row[key] == before[sae_id][key], (sae_id, key)
+        for key in ("fve", "l0", "dead_fraction"):
+            assert row[key] == pytest.approx(before[sae_id][key], rel=1e-5, abs=1e-9), key
+        if row["stream_id"] == "tl":  # spliced back in at its hook: CE-loss recovered
+            assert np.isfinite(row["ce_loss_recovered"]), sae_id

@@ -60,7 +60,7 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progre
 
     start = time.perf_counter()
     inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
-    write_manifest(run_dir, inputs.manifest)
+    write_manifest(run_dir, stream.stream_id, inputs.manifest)
     torch.set_num_threads(harvest_threads)
     harvester = Harvester(source, device=_device(res.gpus_per_harvester), threads=harvest_threads,
                           base_dir=config_dir(cfg))

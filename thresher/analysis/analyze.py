@@ -29,7 +29,7 @@ from thresher.analysis.evaluate import (
 )
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
 from thresher.block import ActivationBlock
-from thresher.config import Config, config_dir, load_config, torch_threads
+from thresher.config import Config, SourceConfig, config_dir, load_config, torch_threads
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +47,14 @@ def run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
     return record, cfg
 
 
-def collect_holdout(cfg: Config) -> ActivationBlock:
-    """The stream's held-out rows, harvested again exactly as the run cut them."""
+def collect_holdout(cfg: Config, source: SourceConfig | None = None) -> ActivationBlock:
+    """A stream's held-out rows (every hook of it), harvested again exactly as the run cut
+    them; `source` may be left out when the config has one."""
     from thresher.harvest.harvester import Harvester
     from thresher.harvest.inputs import decode_batch, prepare_inputs
     from thresher.harvest.stream import Chunker
 
-    source = cfg.source
+    source = source or cfg.source
     # Any modality: images are decoded (the CPU stage) before the forward, as the run did.
     inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
     harvester = Harvester(source, threads=torch_threads(cfg, "harvester"),
@@ -68,56 +69,68 @@ def collect_holdout(cfg: Config) -> ActivationBlock:
 
 def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
                 lm_windows: int = 256) -> dict[str, Path]:
-    """Recompute stats/*.parquet of a finished run from its exported SAEs; returns the files."""
-    run_dir = Path(run_dir)
+    """Recompute stats/*.parquet of a finished run from its exported SAEs; returns the files.
+
+    Each stream's held-out rows are harvested again once; each SAE is scored on its own hook's
+    columns of them (and, for language models, spliced back in at that hook).
+    """
+    from thresher.rundir import open_run
+
+    run_dir = open_run(run_dir)  # a URI: its working copy, brought up to date
     record, cfg = run_config(run_dir)
-    saes = load_run_saes(run_dir)
-    holdout = collect_holdout(cfg)
-    plan = record.get("plan") or [{}]
-    stream_id = str(plan[0].get("stream_id", "s0"))  # one stream per run for now
-    by_hook: dict[str, list[FrozenSAE]] = {}
-    for sae in saes:  # a stream's hooks share the held-out rows, side by side in its columns
-        by_hook.setdefault(sae.sae.hook, []).append(sae)
-    stats = {}
-    for hook, group in by_hook.items():
-        stats.update(evaluate_saes(lambda x, group=group: [s.encode_decode(x) for s in group],
-                                   [s.sae.sae_id for s in group], [s.sae.d_sae for s in group],
-                                   holdout.select(hook or None)))
-    lm = _lm_metrics(cfg, run_dir, holdout, saes, lm_windows) if lm_metrics else {}
+    by_stream: dict[str, list[FrozenSAE]] = {}
+    for sae in load_run_saes(run_dir):
+        by_stream.setdefault(sae.sae.stream_id or cfg.sources[0].name, []).append(sae)
     trainers = record.get("trainers") or {}
     results: dict[str, TrainerResult] = {}
-    for sae in saes:
-        sid = sae.sae.sae_id
-        trainer_id = str(sae.record.get("trainer_id", "t0"))
-        metrics, columns, examples, labels = sae_tables(
-            sid, stats[sid], sae.decoder_norm_training_units().numpy(), sae.W_dec)
-        metrics.update(lm.get(sid, {}))
-        result = results.setdefault(trainer_id, TrainerResult(trainer_id, [], []))
-        result.summary_rows.append({
-            **identity_columns(cfg, stream_id, trainer_id, sae.sae, sae.d_in),
-            "input_scale": sae.input_scale, "steps": int(sae.record.get("step", 0)),
-            "rows_trained": int(sae.record.get("rows_seen", 0)),
-            "train_seconds": float((trainers.get(trainer_id) or {}).get("seconds", float("nan"))),
-            **metrics,
-        })
-        result.feature_columns.append(columns)
-        result.example_columns.append(examples)
-        if holdout.label is not None:
-            result.label_columns.append(labels)
+    for stream_id, saes in by_stream.items():
+        source = cfg.source_named(stream_id)
+        holdout = collect_holdout(cfg, source)
+        by_hook: dict[str, list[FrozenSAE]] = {}
+        for sae in saes:  # a stream's hooks share its held-out rows, side by side
+            by_hook.setdefault(sae.sae.hook or source.hooks[0], []).append(sae)
+        for hook, group in by_hook.items():
+            rows = holdout.select(hook)
+            stats = evaluate_saes(lambda x, group=group: [s.encode_decode(x) for s in group],
+                                  [s.sae.sae_id for s in group], [s.sae.d_sae for s in group],
+                                  rows)
+            lm = (_lm_metrics(cfg, source, hook, run_dir, rows, group, lm_windows)
+                  if lm_metrics else {})
+            for sae in group:
+                sid = sae.sae.sae_id
+                trainer_id = str(sae.record.get("trainer_id", "t0"))
+                metrics, columns, examples, labels = sae_tables(
+                    sid, stats[sid], sae.decoder_norm_training_units().numpy(), sae.W_dec)
+                metrics.update(lm.get(sid, {}))
+                result = results.setdefault(trainer_id, TrainerResult(trainer_id, [], []))
+                seconds = (trainers.get(trainer_id) or {}).get("seconds", float("nan"))
+                result.summary_rows.append({
+                    **identity_columns(cfg, stream_id, trainer_id, sae.sae, sae.d_in),
+                    "input_scale": sae.input_scale, "steps": int(sae.record.get("step", 0)),
+                    "rows_trained": int(sae.record.get("rows_seen", 0)),
+                    "train_seconds": float(seconds), **metrics,
+                })
+                result.feature_columns.append(columns)
+                result.example_columns.append(examples)
+                if rows.label is not None:
+                    result.label_columns.append(labels)
     return write_run_stats(run_dir, list(results.values()))
 
 
-def _lm_metrics(cfg: Config, run_dir: Path, holdout: ActivationBlock, saes: list[FrozenSAE],
+def _lm_metrics(cfg: Config, source: SourceConfig, hook: str, run_dir: Path,
+                holdout: ActivationBlock, saes: list[FrozenSAE],
                 max_windows: int) -> dict[str, dict[str, float]]:
-    """CE/KL per SAE over the held-out windows; {} (with a log line) where undefined."""
+    """CE/KL per SAE spliced in at `hook` over the held-out windows; {} (with a log line)
+    where undefined."""
     from thresher.harvest.backbones import load_tokenizer
+    from thresher.harvest.inputs import manifest_path
     from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
 
-    reason = splice_supported(cfg.source)
+    reason = splice_supported(source)
     if reason is not None:
-        log.info("no CE-loss recovered for this run: %s", reason)
+        log.info("no CE-loss recovered for stream %s: %s", source.name, reason)
         return {}
-    manifest = run_dir / "inputs.parquet"
+    manifest = manifest_path(run_dir, source.name)
     if not manifest.is_file():
         log.info("no CE-loss recovered: %s is missing", manifest)
         return {}
@@ -125,8 +138,8 @@ def _lm_metrics(cfg: Config, run_dir: Path, holdout: ActivationBlock, saes: list
     table = pq.read_table(manifest, columns=["example_id", "token_ids"]).to_pydict()
     by_id = dict(zip(table["example_id"], table["token_ids"], strict=True))
     windows = [np.asarray(by_id[int(i)], dtype=np.int64) for i in ids]
-    tokenizer = load_tokenizer(cfg.source.backbone)
-    lm = SplicedLM(cfg.source)
+    tokenizer = load_tokenizer(source.backbone)
+    lm = SplicedLM(source, hook=hook)
     replacements = {s.sae.sae_id: (lambda x, s=s: s.encode_decode(x)[1]) for s in saes}
     with torch.no_grad():
         metrics = splice_metrics(lm, windows, replacements, tokenizer.pad_id,

@@ -10,7 +10,8 @@ Text:
 A corpus is a list of (origin, text). `build_inputs` shuffles it with the run seed, tokenises
 texts in that order until `max_tokens` content tokens are cut, and cuts each text into windows
 that fill the backbone's context once its special tokens are added. One window is one example;
-its id is its row in the manifest (`inputs.parquet`), which records the ids fed to the model.
+its id is its row in the stream's manifest (`inputs/<stream_id>.parquet`), which records the ids
+fed to the model.
 
 Windows are grouped into input batches, one per backbone forward, as plain numpy arrays of fixed
 shape (Ray Data stacks them): padding is cut by sorting runs of windows by length before
@@ -370,10 +371,17 @@ def decode_batch(inputs: Inputs, batch: dict[str, np.ndarray]) -> dict[str, np.n
     return decode_images(batch, inputs.decode)
 
 
-def write_manifest(run_dir: str | Path, manifest: pa.Table | None) -> Path | None:
-    """inputs.parquet of the run: the text schema for text, the modality's own otherwise."""
+def manifest_path(run_dir: str | Path, stream_id: str) -> Path:
+    """A stream's inputs manifest, inputs/<stream_id>.parquet: one per stream, as the streams
+    of a run may read different inputs of different modalities."""
+    return Path(run_dir) / "inputs" / f"{stream_id}.parquet"
+
+
+def write_manifest(run_dir: str | Path, stream_id: str,
+                   manifest: pa.Table | None) -> Path | None:
+    """The stream's manifest: the text schema for text, the modality's own otherwise."""
     if manifest is None:
         return None
     if manifest.schema.names == INPUTS_SCHEMA.names:
-        return write_table_atomic(manifest.cast(INPUTS_SCHEMA), Path(run_dir) / "inputs.parquet")
-    return write_table_atomic(manifest, Path(run_dir) / "inputs.parquet")
+        manifest = manifest.cast(INPUTS_SCHEMA)
+    return write_table_atomic(manifest, manifest_path(run_dir, stream_id))
