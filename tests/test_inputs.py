@@ -229,3 +229,23 @@ def test_length_bucketing_cuts_padding_and_keeps_runs() -> None:
     for b in inputs.batches:
         ids = b["example_id"][b["example_id"] >= 0]
         assert len(set((ids // run).tolist())) == 1
+
+
+def test_docstring_corpus_is_cached_per_python_and_survives_a_bad_cache(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sysconfig
+
+    from thresher.harvest import inputs
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    inputs._stdlib_docstrings.cache_clear()
+    parsed = inputs._parse_stdlib_docstrings(Path(sysconfig.get_paths()["stdlib"]))
+    assert tuple(inputs.gather_python_docstrings()) == parsed
+    (cache,) = (tmp_path / ".cache" / "thresher").glob("stdlib-docstrings-*.json")
+    cache.write_text('[["origin", "a docstring from the cache"]]')  # what a later process reads
+    inputs._stdlib_docstrings.cache_clear()
+    assert inputs.gather_python_docstrings() == [("origin", "a docstring from the cache")]
+    cache.write_text("{not json")  # a torn or foreign file: parsed again, and rewritten
+    inputs._stdlib_docstrings.cache_clear()
+    assert tuple(inputs.gather_python_docstrings()) == parsed
+    inputs._stdlib_docstrings.cache_clear()

@@ -21,8 +21,12 @@ batching, and the seeded shuffle is kept by shuffling the batches afterwards.
 from __future__ import annotations
 
 import ast
+import contextlib
 import functools
+import hashlib
+import json
 import os
+import sys
 import sysconfig
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -90,7 +94,29 @@ def _docstrings_of(tree: ast.Module, module: str) -> list[tuple[str, str]]:
 
 @functools.lru_cache(maxsize=1)
 def _stdlib_docstrings() -> tuple[tuple[str, str], ...]:
+    """The corpus, from a per-user cache file when one matches this Python: parsing the whole
+    standard library takes seconds, and every harvesting process (a Ray actor per run) needs
+    it."""
     root = Path(sysconfig.get_paths()["stdlib"])
+    key = hashlib.sha1(f"{CORPUS_VERSION}:{sys.version}:{root}".encode()).hexdigest()[:16]
+    cache = Path.home() / ".cache" / "thresher" / f"stdlib-docstrings-{key}.json"
+    try:
+        return tuple((str(o), str(d)) for o, d in json.loads(cache.read_text("utf-8")))
+    except (OSError, ValueError, TypeError):
+        pass  # absent or unreadable: parse again
+    docs = _parse_stdlib_docstrings(root)
+    with contextlib.suppress(OSError):  # a read-only home only costs the parse next time
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(docs), "utf-8")
+        os.replace(tmp, cache)
+    return docs
+
+
+CORPUS_VERSION = 1  # bump when _parse_stdlib_docstrings changes what it returns
+
+
+def _parse_stdlib_docstrings(root: Path) -> tuple[tuple[str, str], ...]:
     files: list[Path] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if d not in _SKIP_DIRS)
