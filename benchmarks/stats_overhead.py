@@ -133,6 +133,13 @@ def main() -> None:
         for every in (4, 16):
             print(f"  {name:<6}   the same on every {every:>2}th batch only   "
                   f"{(cpu + extra) / every / step_cpu:7.1%}")
+    # What a run does (thresher.train.trainer): a second forward and the curve statistics on
+    # the last train.curve_batches batches of every train.curve_every-step window.
+    defaults = TrainConfig()
+    share = defaults.curve_batches / defaults.curve_every
+    print(f"  curves as a run takes them ({defaults.curve_batches} of every "
+          f"{defaults.curve_every} batches)     "
+          f"{(mean['curves'][0] + extra) * share / step_cpu:7.1%}")
     print(f"after: {load_note()}")
 
 
