@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from safetensors.numpy import load_file
 
 import thresher
@@ -72,6 +73,32 @@ def test_plan_crosses_the_sweep_with_streams_and_hooks(tmp_path: Path) -> None:
     text = plan.describe()
     assert "stream minilm: hf_text minilm @ layer.1, layer.3" in text
     assert "1 pass for 2 hook(s)" in text
+
+
+def test_a_source_may_size_its_own_harvest(tmp_path: Path) -> None:
+    from thresher.config import harvest_resources
+    from thresher.pipeline import concurrent_streams
+
+    cfg = two_stream_config(tmp_path, resources={"gpus_per_harvester": 0.25,
+                                                 "gpus_per_trainer": 0.25, "trainers": 1})
+    cfg["sources"][1].update(harvesters=2, gpus_per_harvester=1)
+    loaded = load_config(cfg)
+    minilm, tl = (harvest_resources(loaded, s) for s in loaded.sources)
+    assert (minilm.harvesters, minilm.cpus_per_harvester, minilm.gpus_per_harvester) == (
+        1, 1.0, 0.25)
+    assert (tl.harvesters, tl.cpus_per_harvester, tl.gpus_per_harvester) == (2, 1.0, 1)
+    text = make_plan(loaded).describe()
+    assert "1 harvester actor(s) x 1 CPU, 0.25 GPU" in text
+    assert "2 harvester actor(s) x 1 CPU, 1 GPU" in text
+    # streams at once: sized by the hungriest stream (2 GPUs of harvest + 0.25 per trainer)
+    assert concurrent_streams(loaded, {"CPU": 64, "GPU": 4.5}) == 2
+    assert concurrent_streams(loaded, {"CPU": 64, "GPU": 4.0}) == 1
+    path = tmp_path / "bad.yaml"
+    cfg["sources"][1]["gpus_per_harvester"] = 1.5
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"`sources\.1\.gpus_per_harvester` \(.*bad\.yaml:\d+\) "
+                       r"is 1\.5: use 0, a fraction below 1"):
+        load_config(path)
 
 
 def test_stream_and_hook_errors_name_the_key(tmp_path: Path) -> None:
@@ -177,6 +204,7 @@ def test_block_columns_carry_each_hook_on_its_own() -> None:
 def runs(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("streams")
     queued = two_stream_config(out / "ray-queued", resources={"concurrent_streams": 1})
+    queued["sources"][1]["cpus_per_harvester"] = 0.5  # its own harvest resources
     together = two_stream_config(out / "ray-together",
                                  resources={"concurrent_streams": 2, "cpus_per_harvester": 0.5})
     return {"queued": thresher.run(queued, progress=False),
@@ -195,6 +223,9 @@ def test_streams_run_queued_or_together(runs: dict[str, Path]) -> None:
     assert a1 <= b0 or b1 <= a0  # one stream at a time
     (a0, a1), (b0, b1) = spans["together"]
     assert a0 < b1 and b0 < a1  # harvests overlapped
+    streams = json.loads((runs["queued"] / "run.json").read_text())["streams"]
+    assert streams["minilm"]["harvest"]["cpus_per_harvester"] == 1.0  # from `resources`
+    assert streams["tl"]["harvest"]["cpus_per_harvester"] == 0.5  # the source's own
 
 
 def test_each_hook_trains_on_its_own_rows_from_one_harvest(runs: dict[str, Path],

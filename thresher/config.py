@@ -136,6 +136,11 @@ class SourceConfig:
     batch_size: int = 64  # examples per backbone forward
     # Vision "layer.N" hooks: which tokens become rows: all, the CLS token, or the patches.
     tokens: Literal["all", "cls", "patches"] = "all"
+    # This stream's harvester actors and what each asks Ray for; None takes the `resources`
+    # value (streams of one run may need different backbones on different devices).
+    harvesters: int | None = None
+    cpus_per_harvester: float | None = None
+    gpus_per_harvester: float | None = None
 
     @property
     def hooks(self) -> tuple[str, ...]:
@@ -491,6 +496,14 @@ def _positive(cfg: Any, names: tuple[str, ...], path: tuple, where: _Where) -> N
             raise ConfigError(f"{where.at((*path, name))} must be positive, got {value!r}")
 
 
+def _check_device_amount(amount: float | None, path: tuple, where: _Where) -> None:
+    if amount is not None and (amount < 0 or (amount > 1 and amount != int(amount))):
+        # Ray's own rule: a fraction of one device packs actors onto it; more than one device
+        # must be a whole number of them.
+        raise ConfigError(f"{where.at(path)} is {amount!r}: use 0, a fraction below 1 (several "
+                          "actors share one device) or a whole number")
+
+
 def _check_semantics(cfg: Config, where: _Where) -> None:
     _positive(cfg.stream, ("chunk_rows", "capacity_chunks", "mix_chunks", "norm_rows"),
               ("stream",), where)
@@ -502,12 +515,7 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
                               "harvest_object_store_mb"), ("resources",), where)
     for name in ("gpus_per_harvester", "gpus_per_trainer", "cpus_per_harvester",
                  "cpus_per_trainer"):
-        amount = getattr(cfg.resources, name)
-        if amount < 0 or (amount > 1 and amount != int(amount)):
-            # Ray's own rule: a fraction of one device packs actors onto it; more than one
-            # device must be a whole number of them.
-            raise ConfigError(f"{where.at(('resources', name))} is {amount!r}: use 0, a fraction "
-                              "below 1 (several actors share one device) or a whole number")
+        _check_device_amount(getattr(cfg.resources, name), ("resources", name), where)
     if cfg.stream.holdout_rows <= 0:
         raise ConfigError(
             f"{where.at(('stream', 'holdout_rows'))} must be positive: the final statistics are "
@@ -534,6 +542,9 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
             raise ConfigError(f"{where.at((*path, 'name'))} {source.name!r} is also the name of "
                               f"source {names[source.name]}; stream names must be unique")
         names[source.name] = i
+        _positive(source, ("harvesters",), path, where)
+        for name in ("cpus_per_harvester", "gpus_per_harvester"):
+            _check_device_amount(getattr(source, name), (*path, name), where)
         _check_source(cfg, source, path, where)
     for i, grid in enumerate(cfg.sweep):
         for key, value in grid.items():
@@ -780,6 +791,7 @@ class Plan:
             lines.append(f"streams at a time: {res.concurrent_streams or 'as resources allow'}")
         for stream in self.streams:
             src = stream.source
+            harvest = harvest_resources(cfg, src)
             model = src.backbone.model or "<random weights from config>"
             n_saes = len(stream.saes)
             lines += [
@@ -787,8 +799,9 @@ class Plan:
                 f"{', '.join(stream.hooks)}, inputs {src.inputs.kind} (context "
                 f"{src.inputs.context}, max_tokens {src.inputs.max_tokens}), batch "
                 f"{src.batch_size}",
-                f"  harvest: 1 pass for {len(stream.hooks)} hook(s), {res.harvesters} harvester "
-                f"actor(s) x {res.cpus_per_harvester:g} CPU, {res.gpus_per_harvester:g} GPU",
+                f"  harvest: 1 pass for {len(stream.hooks)} hook(s), {harvest.harvesters} "
+                f"harvester actor(s) x {harvest.cpus_per_harvester:g} CPU, "
+                f"{harvest.gpus_per_harvester:g} GPU",
                 f"  stream: chunks of {cfg.stream.chunk_rows} rows, log capacity "
                 f"{cfg.stream.capacity_chunks} chunks, {cfg.stream.mix_chunks} chunks per batch "
                 f"group, {cfg.stream.holdout_rows} held-out rows",
@@ -916,6 +929,28 @@ def run_dir_of(cfg: Config) -> str:
     if storage.is_uri(out):
         return storage.join(out, cfg.run.name)  # keeps the URI's query options last
     return str(Path(out).expanduser() / cfg.run.name)
+
+
+@dataclass(frozen=True)
+class HarvestResources:
+    """What one stream's harvest asks Ray for."""
+
+    harvesters: int
+    cpus_per_harvester: float
+    gpus_per_harvester: float
+
+
+def harvest_resources(cfg: Config, source: SourceConfig) -> HarvestResources:
+    """The source's own harvester settings, each falling back to the `resources` section."""
+    res = cfg.resources
+
+    def pick(own: float | None, default: float) -> float:
+        return default if own is None else own
+
+    return HarvestResources(
+        harvesters=int(pick(source.harvesters, res.harvesters)),
+        cpus_per_harvester=pick(source.cpus_per_harvester, res.cpus_per_harvester),
+        gpus_per_harvester=pick(source.gpus_per_harvester, res.gpus_per_harvester))
 
 
 def torch_threads(cfg: Config, role: Literal["harvester", "trainer"]) -> int:

@@ -17,7 +17,14 @@ import torch
 
 from thresher.analysis.evaluate import TrainerResult, trainer_result
 from thresher.block import ActivationBlock
-from thresher.config import Config, Plan, StreamPlan, config_dir, torch_threads
+from thresher.config import (
+    Config,
+    Plan,
+    StreamPlan,
+    config_dir,
+    harvest_resources,
+    torch_threads,
+)
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs, write_manifest
 from thresher.harvest.pump import Pump
@@ -62,7 +69,8 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progre
     inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
     write_manifest(run_dir, stream.stream_id, inputs.manifest)
     torch.set_num_threads(harvest_threads)
-    harvester = Harvester(source, device=_device(res.gpus_per_harvester), threads=harvest_threads,
+    gpus = harvest_resources(cfg, source).gpus_per_harvester
+    harvester = Harvester(source, device=_device(gpus), threads=harvest_threads,
                           base_dir=config_dir(cfg))
     pump: Pump[ActivationBlock] = Pump(cfg, stream, put=lambda block: block)
     pump.counters.unreadable_inputs += inputs.unreadable

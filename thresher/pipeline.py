@@ -29,7 +29,7 @@ from typing import Any
 
 from thresher import storage
 from thresher.analysis.evaluate import TrainerResult
-from thresher.config import Config, Plan, StreamPlan
+from thresher.config import Config, Plan, StreamPlan, harvest_resources
 from thresher.harvest.pump import NODE_MARKER, stream_actor_cls, user_error
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
@@ -58,8 +58,12 @@ def concurrent_streams(cfg: Config, cluster: dict[str, float]) -> int:
     res = cfg.resources
     if res.concurrent_streams:
         return res.concurrent_streams
-    need = {"CPU": res.harvesters * res.cpus_per_harvester + res.trainers * res.cpus_per_trainer,
-            "GPU": res.harvesters * res.gpus_per_harvester + res.trainers * res.gpus_per_trainer}
+    # Sized for the hungriest stream: any of them may be among those running.
+    harvests = [harvest_resources(cfg, source) for source in cfg.sources]
+    need = {"CPU": max(h.harvesters * h.cpus_per_harvester for h in harvests)
+            + res.trainers * res.cpus_per_trainer,
+            "GPU": max(h.harvesters * h.gpus_per_harvester for h in harvests)
+            + res.trainers * res.gpus_per_trainer}
     have = {"CPU": cluster.get("CPU", 0.0) - 1.0, "GPU": cluster.get("GPU", 0.0)}
     fits = [math.floor(have[r] / need[r] + 1e-9) for r in need if need[r] > 0]
     return max(1, min(fits, default=1))

@@ -27,7 +27,14 @@ import numpy as np
 
 from thresher import storage
 from thresher.block import ActivationBlock
-from thresher.config import Config, ConfigError, SourceConfig, StreamPlan, torch_threads
+from thresher.config import (
+    Config,
+    ConfigError,
+    SourceConfig,
+    StreamPlan,
+    harvest_resources,
+    torch_threads,
+)
 from thresher.harvest.stream import BroadcastLog, Chunker, Cursor, Group, Handle, StreamStats
 
 log = logging.getLogger(__name__)
@@ -289,7 +296,6 @@ def _stream_actor_cls() -> Any:
             ctx.raise_original_map_exception = True
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = False
-            res = self.cfg.resources
             # One block per input batch: each harvest output reaches the pump on its own, so
             # trainers start on the first chunk instead of waiting for a bundle of forwards.
             ds = ray.data.from_items(inputs.batches,
@@ -305,15 +311,16 @@ def _stream_actor_cls() -> Any:
                 "scheduling_strategy": NodeAffinitySchedulingStrategy(self.node_id, soft=True)}
             if self.harvest_resources:
                 placement["resources"] = self.harvest_resources
+            harvest = harvest_resources(self.cfg, source)
             ds = ds.map_batches(
                 HarvestWorker,
-                fn_constructor_kwargs={"source": source, "gpus": res.gpus_per_harvester,
+                fn_constructor_kwargs={"source": source, "gpus": harvest.gpus_per_harvester,
                                        "threads": torch_threads(self.cfg, "harvester"),
                                        "base_dir": str(config_dir(self.cfg))},
                 batch_size=1,
-                num_cpus=res.cpus_per_harvester,
-                num_gpus=res.gpus_per_harvester,
-                compute=ray.data.ActorPoolStrategy(size=res.harvesters),
+                num_cpus=harvest.cpus_per_harvester,
+                num_gpus=harvest.gpus_per_harvester,
+                compute=ray.data.ActorPoolStrategy(size=harvest.harvesters),
                 **placement,
             )
             for cols in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
@@ -347,9 +354,14 @@ def _stream_actor_cls() -> Any:
             return int(ray.cluster_resources().get("object_store_memory", 0))
 
         def placement(self) -> dict[str, Any]:
-            """Where this stream ran: the pump's node, the harvesters' nodes, the store budget."""
+            """Where this stream ran: its harvest actors, the pump's node, the harvesters' nodes,
+            the store budget."""
             nodes = {node_tag(n["NodeID"]): n["NodeID"] for n in ray.nodes()}
+            harvest = harvest_resources(self.cfg, self.stream.source)
             out: dict[str, Any] = {
+                "harvesters": harvest.harvesters,
+                "cpus_per_harvester": harvest.cpus_per_harvester,
+                "gpus_per_harvester": harvest.gpus_per_harvester,
                 "pump_node": self.node_id,
                 "harvester_nodes": sorted(nodes.get(t, f"{t:015x}") for t in self.harvest_nodes)}
             if self.budget is not None:
