@@ -48,6 +48,11 @@ def smoke_config(out: Path, **overrides: Any) -> dict[str, Any]:
         "resources": {"harvesters": 1, "trainers": 2, "cpus_per_harvester": 1,
                       "cpus_per_trainer": 0, "harvester_threads": 1, "trainer_threads": 1},
     }
+    return with_overrides(cfg, overrides)
+
+
+def with_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`cfg` with each section's keys updated from `overrides` (a non-dict replaces)."""
     for section, values in overrides.items():
         if isinstance(values, dict) and isinstance(cfg.get(section), dict):
             cfg[section] = {**cfg[section], **values}

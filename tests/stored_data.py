@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from .conftest import with_overrides
+
 HOOK = "blocks.0.hook_resid_post"
 
 
@@ -43,9 +45,4 @@ def stored_config(out: Path, shards: Path, name: str = "stored", **overrides: An
         "resources": {"harvesters": 1, "trainers": 1, "cpus_per_harvester": 1,
                       "cpus_per_trainer": 0, "harvester_threads": 1, "trainer_threads": 1},
     }
-    for section, values in overrides.items():
-        if isinstance(values, dict) and isinstance(cfg.get(section), dict):
-            cfg[section] = {**cfg[section], **values}
-        else:
-            cfg[section] = values
-    return cfg
+    return with_overrides(cfg, overrides)

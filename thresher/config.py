@@ -19,6 +19,7 @@ import os
 import re
 import types
 import typing
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
@@ -662,25 +663,37 @@ def config_dir(cfg: Config) -> Path:
     return Path(cfg.source_file).parent if cfg.source_file else Path.cwd()
 
 
-def resolve_globs(pattern: str, base: Path) -> list[Path]:
+def _resolve(pattern: str, base: Path, keep: Callable[[Path], bool]) -> list[Path]:
     p = Path(pattern).expanduser()
     if not p.is_absolute():
         p = base / p
     if any(c in str(p) for c in "*?["):
         anchor = Path(p.anchor)
-        return sorted(q for q in anchor.glob(str(p.relative_to(anchor))) if q.is_file())
-    return [p] if p.is_file() else []
+        return sorted(q for q in anchor.glob(str(p.relative_to(anchor))) if keep(q))
+    return [p] if keep(p) else []
+
+
+def resolve_globs(pattern: str, base: Path) -> list[Path]:
+    """Files named by `pattern` (globs allowed), relative to `base`."""
+    return _resolve(pattern, base, Path.is_file)
 
 
 def resolve_dirs(pattern: str, base: Path) -> list[Path]:
     """Folders named by `pattern` (globs allowed), relative to `base`."""
-    p = Path(pattern).expanduser()
-    if not p.is_absolute():
-        p = base / p
-    if any(c in str(p) for c in "*?["):
-        anchor = Path(p.anchor)
-        return sorted(q for q in anchor.glob(str(p.relative_to(anchor))) if q.is_dir())
-    return [p] if p.is_dir() else []
+    return _resolve(pattern, base, Path.is_dir)
+
+
+def input_files(patterns: Sequence[str], base: Path) -> list[Path]:
+    """Every distinct file the patterns name, in pattern order; a pattern that matches nothing
+    is a ConfigError (source.inputs.paths)."""
+    files: list[Path] = []
+    for pattern in patterns:
+        matches = resolve_globs(pattern, Path(base))
+        if not matches:
+            raise ConfigError(f"source.inputs.paths: no file matches {pattern!r} (relative paths "
+                              f"are read from {str(Path(base).resolve())!r})")
+        files.extend(path for path in matches if path not in files)
+    return files
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import pyarrow as pa
 import torch
 
 from thresher.block import ActivationBlock
-from thresher.config import BackboneConfig, ConfigError, SourceConfig, resolve_globs
+from thresher.config import BackboneConfig, ConfigError, SourceConfig, input_files
 
 SPKIT_SAMPLE_RATE = 128  # Hz, as spkit's own loader says
 EEG_INPUTS_SCHEMA = pa.schema([
@@ -113,22 +113,13 @@ def read_recordings(source: SourceConfig, base_dir: Path) -> tuple[list[Recordin
     reader = read_edf if cfg.kind == "edf" else read_npy
     recordings: list[Recording] = []
     unreadable: list[str] = []
-    seen: set[Path] = set()
-    for pattern in cfg.paths:
-        matches = resolve_globs(pattern, Path(base_dir))
-        if not matches:
-            raise ConfigError(f"source.inputs.paths: no file matches {pattern!r} (relative "
-                              f"paths are read from {str(Path(base_dir).resolve())!r})")
-        for path in matches:
-            if path in seen:
-                continue
-            seen.add(path)
-            try:
-                rec = reader(path)
-            except (OSError, ValueError) as exc:  # pyedflib raises OSError for a bad header
-                unreadable.append(f"{path}: {exc}")
-                continue
-            recordings.append(_select_channels(rec, cfg.channels))
+    for path in input_files(cfg.paths, base_dir):
+        try:
+            rec = reader(path)
+        except (OSError, ValueError) as exc:  # pyedflib raises OSError for a bad header
+            unreadable.append(f"{path}: {exc}")
+            continue
+        recordings.append(_select_channels(rec, cfg.channels))
     return recordings, unreadable
 
 

@@ -43,7 +43,7 @@ from thresher.config import (
     TEXT_BACKBONES,
     ConfigError,
     SourceConfig,
-    resolve_globs,
+    input_files,
 )
 from thresher.harvest.backbones import Tokenizer
 
@@ -151,47 +151,29 @@ def read_text_files(paths: Sequence[str], base_dir: Path) -> list[tuple[str, str
     Relative paths are read from `base_dir`; a file matched twice is read once.
     """
     texts: list[tuple[str, str]] = []
-    seen: set[Path] = set()
-    for pattern in paths:
-        matches = resolve_globs(pattern, Path(base_dir))
-        if not matches:
-            raise ConfigError(f"source.inputs.paths: no file matches {pattern!r} (relative paths "
-                              f"are read from {str(Path(base_dir).resolve())!r})")
-        for path in matches:
-            if path in seen:
-                continue
-            seen.add(path)
-            try:
-                text = path.read_text(encoding="utf-8")
-            except UnicodeDecodeError as exc:
-                raise ConfigError(f"source.inputs.paths: {str(path)!r} is not UTF-8 text "
-                                  f"({exc})") from exc
-            texts.append((str(path), text))
+    for path in input_files(paths, base_dir):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"source.inputs.paths: {str(path)!r} is not UTF-8 text "
+                              f"({exc})") from exc
+        texts.append((str(path), text))
     return texts
 
 
 def read_token_files(paths: Sequence[str], base_dir: Path) -> list[tuple[str, list[int]]]:
     """(file path, token ids) of every .npy file of integer ids named by `paths`, in order."""
     found: list[tuple[str, list[int]]] = []
-    seen: set[Path] = set()
-    for pattern in paths:
-        matches = resolve_globs(pattern, Path(base_dir))
-        if not matches:
-            raise ConfigError(f"source.inputs.paths: no file matches {pattern!r} (relative paths "
-                              f"are read from {str(Path(base_dir).resolve())!r})")
-        for path in matches:
-            if path in seen:
-                continue
-            seen.add(path)
-            try:
-                ids = np.load(path, allow_pickle=False)
-            except (ValueError, OSError) as exc:
-                raise ConfigError(f"source.inputs.paths: {str(path)!r} is not a .npy array of "
-                                  f"token ids ({exc})") from exc
-            if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
-                raise ConfigError(f"source.inputs.paths: {str(path)!r} holds {ids.dtype} of "
-                                  f"shape {ids.shape}; token_files are 1-D integer arrays")
-            found.append((str(path), ids.astype(np.int64).tolist()))
+    for path in input_files(paths, base_dir):
+        try:
+            ids = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as exc:
+            raise ConfigError(f"source.inputs.paths: {str(path)!r} is not a .npy array of "
+                              f"token ids ({exc})") from exc
+        if ids.ndim != 1 or not np.issubdtype(ids.dtype, np.integer):
+            raise ConfigError(f"source.inputs.paths: {str(path)!r} holds {ids.dtype} of "
+                              f"shape {ids.shape}; token_files are 1-D integer arrays")
+        found.append((str(path), ids.astype(np.int64).tolist()))
     return found
 
 
