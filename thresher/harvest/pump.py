@@ -182,6 +182,8 @@ def row_bytes(columns: Mapping[str, np.ndarray]) -> float:
 # A marker amount of a node-type resource: it pins an actor to the nodes that declare the
 # resource (cluster.yaml gives each such node 1 unit) and never limits how many actors fit.
 NODE_MARKER = 0.001
+# The label Ray gives every node, its node id: a label selector on it places work on one node.
+NODE_ID_LABEL = "ray.io/node-id"
 
 
 def node_tag(node_id: str) -> int:
@@ -272,8 +274,6 @@ def _stream_actor_cls() -> Any:
                 raise
 
         def _harvest(self) -> dict[str, Any]:
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
             from thresher.config import config_dir
             from thresher.harvest.inputs import prepare_inputs, write_manifest
             from thresher.harvest.vision import decode_stage, decode_stage_remote_args
@@ -307,8 +307,10 @@ def _stream_actor_cls() -> Any:
                                     ray_remote_args_fn=decode_stage_remote_args)
             # Near the pump (soft: a pool larger than this node spills to other harvest nodes),
             # and only on harvest nodes where the cluster marks them.
+            # (Node labels rather than a scheduling strategy: Ray Data deprecates the latter.)
             placement: dict[str, Any] = {
-                "scheduling_strategy": NodeAffinitySchedulingStrategy(self.node_id, soft=True)}
+                "label_selector": {NODE_ID_LABEL: self.node_id},
+                "fallback_strategy": [{"label_selector": {}}]}
             if self.harvest_resources:
                 placement["resources"] = self.harvest_resources
             harvest = harvest_resources(self.cfg, source)
