@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thresher import storage
 from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.config import Plan
 from thresher.harvest.stream import StreamStats
@@ -102,3 +103,4 @@ def log_to_wandb(run_dir: Path, plan: Plan, results: list[TrainerResult],
         logger.log_final(pq.read_table(summary_path).to_pylist())
     finally:
         logger.finish()
+        storage.publish_tree(run_dir / "wandb")  # offline files, where the run is remote

@@ -158,4 +158,3 @@ def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
         **(extra or {}),
     }
     return write_json_atomic(record, run_dir / "run.json")
-
