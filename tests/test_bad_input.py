@@ -19,15 +19,10 @@ import torch
 from safetensors.numpy import load_file
 
 import thresher
-from thresher.block import ActivationBlock
 from thresher.cli import main as cli_main
 from thresher.config import ConfigError, expand_sweep, load_config
 from thresher.harvest.pump import MIB, StoreBudget, store_budget
 from thresher.harvest.stream import (
-    BatchReader,
-    BroadcastLog,
-    EndOfStream,
-    NotReady,
     estimate_stream_stats,
 )
 from thresher.train.checkpoint import CheckpointError, checkpoint_dir
@@ -36,6 +31,8 @@ from thresher.train.trainer import Trainer
 
 from .stored_data import stored_config, write_shards
 from .test_backbones import TINY_BERT
+from .test_loop import make_log
+from .test_stream import reader_for
 
 # --------------------------------------------------------------------------------------------
 # Config, model, input files
@@ -206,27 +203,6 @@ def small_disk(folder: Path, size: str) -> Iterator[Path]:
         subprocess.run(["umount", str(folder)], check=False)
 
 
-def log_of(chunks: list[np.ndarray]) -> BroadcastLog:
-    log = BroadcastLog(capacity_chunks=16, mix_chunks=2, seed=0, trainer_ids=["t0"])
-    for i, acts in enumerate(chunks):
-        n = len(acts)
-        log.append(ActivationBlock(acts, np.arange(i * n, (i + 1) * n),
-                                   np.zeros(n, dtype=np.int32)), n)
-    log.finish()
-    return log
-
-
-def reader_of(log: BroadcastLog, batch_size: int) -> BatchReader:
-    def fetch(g: int) -> Any:
-        if log.at_end(g):
-            raise EndOfStream
-        group = log.group(g)
-        if group is None:
-            raise NotReady
-        return group
-    return BatchReader(fetch, list, batch_size)
-
-
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(128, 64)).astype(np.float32) for _ in range(8)]
@@ -236,7 +212,7 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path) ->
     saes, stats = expand_sweep(cfg), estimate_stream_stats(chunks[0])
     with small_disk(tmp_path / "disk", "3m") as disk:
         trainer = Trainer("t0", saes, cfg.train, stats, disk)
-        loop = TrainLoop(trainer, reader_of(log_of(chunks), 64), lambda cursor: None,
+        loop = TrainLoop(trainer, reader_for(make_log(chunks), 64), lambda cursor: None,
                          checkpoint_every=4)
         while trainer.step < 4:  # the first checkpoint, at step 4, fits
             batch = loop.reader.next_batch()

@@ -10,14 +10,13 @@ import torch
 from thresher.block import ActivationBlock
 from thresher.config import expand_sweep, load_config
 from thresher.harvest.stream import (
-    BatchReader,
     BroadcastLog,
-    EndOfStream,
-    NotReady,
     estimate_stream_stats,
 )
 from thresher.train.loop import CURSOR_DONE, TrainLoop
 from thresher.train.trainer import Trainer
+
+from .test_stream import reader_for
 
 
 def make_log(chunks: list[np.ndarray]) -> BroadcastLog:
@@ -30,18 +29,6 @@ def make_log(chunks: list[np.ndarray]) -> BroadcastLog:
         start += n
     log.finish()
     return log
-
-
-def reader(log: BroadcastLog, batch_size: int) -> BatchReader:
-    def fetch(g: int):
-        if log.at_end(g):
-            raise EndOfStream
-        group = log.group(g)
-        if group is None:
-            raise NotReady
-        return group
-
-    return BatchReader(fetch, list, batch_size)
 
 
 def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Path) -> None:
@@ -59,10 +46,10 @@ def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Pat
     saes = expand_sweep(cfg)
     trainer = Trainer("t0", saes, train, stats, tmp_path)
     commits = []
-    loop = TrainLoop(trainer, reader(log, 32), commits.append, checkpoint_every=2)
+    loop = TrainLoop(trainer, reader_for(log, 32), commits.append, checkpoint_every=2)
     assert loop.advance() == "finished"
     # 8 batches of 32 rows; rows are mixed, so count the poisoned ones on a second reader
-    check, poisoned = reader(log, 32), 0
+    check, poisoned = reader_for(log, 32), 0
     for _ in range(8):
         poisoned += not np.isfinite(check.next_batch().acts).all()
     assert poisoned >= 1

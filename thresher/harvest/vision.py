@@ -14,6 +14,7 @@ Backbones return ActivationBlocks: hook ``layer.N`` is block N's residual output
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import io
@@ -426,7 +427,7 @@ def _layer_indices(hooks: tuple[str, ...], n_layers: int, kind: str) -> dict[str
     return indices
 
 
-class _VisionBackbone:
+class _VisionBackbone(abc.ABC):
     """Shared row logic: capture block outputs (then stop) or take the final embedding."""
 
     model: torch.nn.Module
@@ -456,11 +457,13 @@ class _VisionBackbone:
                               "pools with attention); use hook 'embedding' for its pooled "
                               "output, or tokens 'patches'")
 
+    @abc.abstractmethod
     def _run_to_layer(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # each backbone kind runs its own tower
+        """Run the tower up to the deepest tapped layer (each backbone kind has its own)."""
 
+    @abc.abstractmethod
     def _embedding(self, pixels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError  # each backbone kind has its own final embedding
+        """The final image embedding (each backbone kind has its own)."""
 
     def _per_hook(self, pixels: torch.Tensor) -> list[torch.Tensor]:
         """[B, T, d] per layer hook, or [[B, 1, d]] for the final embedding (float32)."""
