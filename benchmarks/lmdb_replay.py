@@ -24,11 +24,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import load_config
 from thresher.harvest.cache import harvest_to_store, iter_store
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
+from thresher.stream.block import ActivationBlock
 
 
 def _drop_from_page_cache(path: Path) -> None:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import StreamStats
+from thresher.stream.stats import StreamStats
 from thresher.train.sae import SAEBank
 
 

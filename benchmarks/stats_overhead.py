@@ -37,7 +37,7 @@ import torch
 
 from thresher.analysis.stats import CURVE_OPTIONS, Rows, SAEStats, StatsOptions
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import StreamStats
+from thresher.stream.stats import StreamStats
 from thresher.train.sae import SAEBank
 
 D_IN, D_SAE = 512, 4096

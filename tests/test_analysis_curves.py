@@ -20,7 +20,7 @@ from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.analysis.parquet import CURVES_SCHEMA
 from thresher.analysis.wandb_log import WandbLogger
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import estimate_stream_stats
+from thresher.stream.stats import estimate_stream_stats
 from thresher.train.sae import SAEBank
 
 D_IN = 10

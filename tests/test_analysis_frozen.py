@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
-from thresher.block import ActivationBlock
 from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
-from thresher.harvest.stream import estimate_stream_stats
+from thresher.stream.block import ActivationBlock
+from thresher.stream.stats import estimate_stream_stats
 from thresher.train.trainer import Trainer
 
 

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import BackboneConfig, ConfigError, SourceConfig, load_config
 from thresher.harvest.backbones import load_backbone, load_tokenizer
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import Inputs, build_inputs
+from thresher.stream.block import ActivationBlock
 
 TINY_BERT = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 3,
              "num_attention_heads": 4, "intermediate_size": 128}

@@ -21,10 +21,8 @@ from safetensors.numpy import load_file
 import thresher
 from thresher.cli import main as cli_main
 from thresher.config import ConfigError, expand_sweep, load_config
-from thresher.harvest.pump import MIB, StoreBudget, store_budget
-from thresher.harvest.stream import (
-    estimate_stream_stats,
-)
+from thresher.stream.budget import MIB, StoreBudget, store_budget
+from thresher.stream.stats import estimate_stream_stats
 from thresher.train.checkpoint import CheckpointError, checkpoint_dir
 from thresher.train.loop import CheckpointWriteError, TrainLoop
 from thresher.train.trainer import Trainer

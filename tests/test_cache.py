@@ -13,12 +13,12 @@ import pyarrow.parquet as pq
 import pytest
 
 import thresher
-from thresher.block import ActivationBlock
 from thresher.cli import main as cli_main
 from thresher.config import ConfigError, load_config
 from thresher.harvest.cache import StoreError, StoreWriter, iter_store, open_store
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.stream.block import ActivationBlock
 
 from .test_eeg import TINY_PATCHTST
 from .test_vision import TINY_CLIP, write_images

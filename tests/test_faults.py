@@ -26,7 +26,7 @@ from safetensors.numpy import load_file
 
 import thresher
 from thresher.cli import main as cli_main
-from thresher.pipeline import run_tag, wait_for_previous_driver
+from thresher.distributed.pipeline import run_tag, wait_for_previous_driver
 
 from .stored_data import stored_config, write_shards
 

@@ -17,7 +17,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import estimate_stream_stats
+from thresher.stream.stats import estimate_stream_stats
 from thresher.train.sae import DECODER_INIT_NORM, SAEBank
 
 N_FEATURES, D_IN = 256, 128

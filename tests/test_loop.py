@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import expand_sweep, load_config
-from thresher.harvest.stream import (
-    BroadcastLog,
-    estimate_stream_stats,
-)
+from thresher.stream.block import ActivationBlock
+from thresher.stream.log import BroadcastLog
+from thresher.stream.stats import estimate_stream_stats
 from thresher.train.loop import CURSOR_DONE, TrainLoop
 from thresher.train.trainer import Trainer
 

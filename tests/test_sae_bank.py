@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import StreamStats, estimate_stream_stats
+from thresher.stream.stats import StreamStats, estimate_stream_stats
 from thresher.train.optim import BankAdam, lr_multiplier
 from thresher.train.sae import PARAM_NAMES, SAEBank
 

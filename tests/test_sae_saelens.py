@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
-from thresher.harvest.stream import estimate_stream_stats
+from thresher.stream.block import ActivationBlock
+from thresher.stream.stats import estimate_stream_stats
 from thresher.train.trainer import Trainer
 
 sae_lens = pytest.importorskip("sae_lens")

@@ -19,8 +19,9 @@ import pytest
 import torch
 
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import Cursor, estimate_stream_stats
 from thresher.rundir import RunDirError, config_of_run
+from thresher.stream.log import Cursor
+from thresher.stream.stats import estimate_stream_stats
 from thresher.train.checkpoint import checkpoint_dir, read_export
 from thresher.train.trainer import Trainer
 

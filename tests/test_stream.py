@@ -5,18 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thresher.block import ActivationBlock
-from thresher.harvest.stream import (
-    BatchReader,
-    BroadcastLog,
-    Chunker,
-    Cursor,
-    EndOfStream,
-    LogFull,
-    NotReady,
-    example_id_entropy_bits,
-    geometric_median,
-)
+from thresher.stream.block import ActivationBlock
+from thresher.stream.chunker import Chunker
+from thresher.stream.log import BroadcastLog, Cursor, LogFull
+from thresher.stream.reader import BatchReader, EndOfStream, NotReady, example_id_entropy_bits
+from thresher.stream.stats import geometric_median
 
 
 def make_block(start: int, rows: int, d: int = 4) -> ActivationBlock:

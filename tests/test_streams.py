@@ -14,12 +14,12 @@ import yaml
 from safetensors.numpy import load_file
 
 import thresher
-from thresher.block import ActivationBlock
 from thresher.config import ConfigError, SourceConfig, load_config, make_plan
 from thresher.harvest.collect import collect_stream
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
-from thresher.harvest.stream import estimate_stream_stats
+from thresher.stream.block import ActivationBlock
+from thresher.stream.stats import estimate_stream_stats
 
 from .conftest import smoke_config
 from .test_backbones import TINY_BERT, TINY_TL, source_of
@@ -77,7 +77,7 @@ def test_plan_crosses_the_sweep_with_streams_and_hooks(tmp_path: Path) -> None:
 
 def test_a_source_may_size_its_own_harvest(tmp_path: Path) -> None:
     from thresher.config import harvest_resources
-    from thresher.pipeline import concurrent_streams
+    from thresher.distributed.pipeline import concurrent_streams
 
     cfg = two_stream_config(tmp_path, resources={"gpus_per_harvester": 0.25,
                                                  "gpus_per_trainer": 0.25, "trainers": 1})

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import Cursor, StreamStats, estimate_stream_stats
+from thresher.stream.block import ActivationBlock
+from thresher.stream.log import Cursor
+from thresher.stream.stats import StreamStats, estimate_stream_stats
 from thresher.train.checkpoint import (
     STATE_JSON,
     CheckpointError,

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
 
 from thresher import storage
 from thresher.config import Config, Plan, load_config, make_plan
-from thresher.rundir import config_of_run, create_run_dir, source_file_of_run
+from thresher.rundir import create_run_dir, load_run_config
 
 ConfigLike = str | os.PathLike[str] | dict | Config | None
 
@@ -38,7 +37,7 @@ def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | Non
 
         outcome = run_inline(the_plan, run_dir, progress_enabled=progress)
     else:
-        from thresher.pipeline import run_ray
+        from thresher.distributed.pipeline import run_ray
 
         outcome = run_ray(the_plan, run_dir, progress_enabled=progress)
     from thresher.outcome import finalize
@@ -55,8 +54,5 @@ def resume(run_dir: str | os.PathLike[str], *, inline: bool = False,
     Relative input paths are read from the original config file's folder, as in the first run
     (not from wherever the resume is started).
     """
-    cfg = load_config(config_of_run(run_dir))
-    source_file = source_file_of_run(run_dir)
-    if source_file:
-        cfg = dataclasses.replace(cfg, source_file=source_file)
+    _, cfg = load_run_config(run_dir)
     return run(cfg, inline=inline, progress=progress, resume=True)

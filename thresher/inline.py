@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from thresher.analysis.evaluate import TrainerResult, trainer_result
-from thresher.block import ActivationBlock
 from thresher.config import (
     Config,
     Plan,
@@ -27,10 +26,12 @@ from thresher.config import (
 )
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs, write_manifest
-from thresher.harvest.pump import Pump
-from thresher.harvest.stream import BatchReader, EndOfStream, Group, NotReady
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
+from thresher.stream.block import ActivationBlock
+from thresher.stream.log import Group
+from thresher.stream.pump import Pump
+from thresher.stream.reader import BatchReader, EndOfStream, NotReady
 from thresher.train.loop import TrainLoop
 from thresher.train.trainer import Trainer
 

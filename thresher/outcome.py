@@ -10,8 +10,8 @@ from typing import Any
 from thresher import storage
 from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.config import Plan
-from thresher.harvest.stream import StreamStats
 from thresher.rundir import write_run_json
+from thresher.stream.stats import StreamStats
 
 
 @dataclass

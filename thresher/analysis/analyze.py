@@ -28,8 +28,8 @@ from thresher.analysis.evaluate import (
     write_run_stats,
 )
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
-from thresher.block import ActivationBlock
 from thresher.config import Config, SourceConfig, config_dir, load_config, torch_threads
+from thresher.stream.block import ActivationBlock
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def collect_holdout(cfg: Config, source: SourceConfig | None = None) -> Activati
     them; `source` may be left out when the config has one."""
     from thresher.harvest.harvester import Harvester
     from thresher.harvest.inputs import decode_batch, prepare_inputs
-    from thresher.harvest.stream import Chunker
+    from thresher.stream.chunker import Chunker
 
     source = source or cfg.source
     # Any modality: images are decoded (the CPU stage) before the forward, as the run did.

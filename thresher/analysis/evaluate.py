@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from thresher.analysis.stats import Rows, SAEStats, StatsOptions, max_decoder_cosine
-from thresher.block import ActivationBlock
 from thresher.config import Config, SAEConfig
+from thresher.stream.block import ActivationBlock
 from thresher.train.trainer import Trainer
 
 EncodeDecode = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]

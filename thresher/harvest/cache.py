@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher.block import ActivationBlock
 from thresher.config import Config, ConfigError, SourceConfig
+from thresher.stream.block import ActivationBlock
 
 STORE_FORMAT = "thresher-activations"
 STORE_FORMAT_VERSION = 1

@@ -6,11 +6,11 @@ training rows in stream order, cut exactly as the pump cuts them.
 
 from __future__ import annotations
 
-from thresher.block import ActivationBlock
 from thresher.config import Config, config_dir, torch_threads
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
-from thresher.harvest.stream import Chunker
+from thresher.stream.block import ActivationBlock
+from thresher.stream.chunker import Chunker
 
 
 def collect_stream(cfg: Config, stream: str | None = None

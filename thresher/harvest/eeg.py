@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import BackboneConfig, ConfigError, SourceConfig, input_files
+from thresher.stream.block import ActivationBlock
 
 SPKIT_SAMPLE_RATE = 128  # Hz, as spkit's own loader says
 EEG_INPUTS_SCHEMA = pa.schema([

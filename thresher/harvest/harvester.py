@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.block import ActivationBlock
+from thresher.stream.block import ActivationBlock
 from thresher.config import ConfigError, SourceConfig
 from thresher.harvest.backbones import load_backbone
 

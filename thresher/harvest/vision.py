@@ -30,8 +30,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import BackboneConfig, ConfigError, SourceConfig, resolve_dirs
+from thresher.stream.block import ActivationBlock
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                             ".ppm", ".pgm"})

@@ -34,7 +34,7 @@ from safetensors.torch import save as save_torch_bytes
 
 from thresher import storage
 from thresher.config import SAEConfig
-from thresher.harvest.stream import Cursor
+from thresher.stream.log import Cursor
 
 FORMAT_VERSION = 1
 STATE_JSON = "state.json"

@@ -19,14 +19,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from thresher.block import ActivationBlock
-from thresher.harvest.stream import (
-    BatchReader,
-    Cursor,
-    EndOfStream,
-    NotReady,
-    example_id_entropy_bits,
-)
+from thresher.stream.block import ActivationBlock
+from thresher.stream.log import Cursor
+from thresher.stream.reader import BatchReader, EndOfStream, NotReady, example_id_entropy_bits
 from thresher.train.trainer import Trainer
 
 # Committed by a finished trainer: past every group, so it never holds a chunk back.

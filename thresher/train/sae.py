@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from thresher.config import ARCHITECTURES, TOPK_FAMILY, SAEConfig, TrainConfig
-from thresher.harvest.stream import StreamStats
+from thresher.stream.stats import StreamStats
 from thresher.train.mono import mono_loss, unit_rows
 from thresher.train.optim import BankAdam, lr_multiplier
 from thresher.train.sparse import dense_decode, sparse_decode, sparse_encode_gather

@@ -17,9 +17,10 @@ import torch
 
 from thresher import storage
 from thresher.analysis.curves import TrainingCurves
-from thresher.block import ActivationBlock
 from thresher.config import SAEConfig, TrainConfig
-from thresher.harvest.stream import Cursor, StreamStats
+from thresher.stream.block import ActivationBlock
+from thresher.stream.log import Cursor
+from thresher.stream.stats import StreamStats
 from thresher.train.checkpoint import (
     checkpoint_dir,
     export_sae,

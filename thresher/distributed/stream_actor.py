@@ -18,15 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Generic
+from typing import Any
 
 import numpy as np
 
 from thresher import storage
-from thresher.block import ActivationBlock
 from thresher.config import (
     Config,
     ConfigError,
@@ -35,149 +31,14 @@ from thresher.config import (
     harvest_resources,
     torch_threads,
 )
-from thresher.harvest.stream import BroadcastLog, Chunker, Cursor, Group, Handle, StreamStats
+from thresher.distributed.errors import user_error
+from thresher.stream.block import ActivationBlock
+from thresher.stream.budget import MIB, StoreBudget, row_bytes, store_budget
+from thresher.stream.log import Cursor, Group
+from thresher.stream.pump import Pump
+from thresher.stream.stats import StreamStats
 
 log = logging.getLogger(__name__)
-MIB = 2**20
-
-
-@dataclass
-class HarvestCounters:
-    forward_calls: int = 0
-    blocks: int = 0
-    rows: int = 0
-    examples: set[int] = field(default_factory=set)
-    seconds: float = 0.0
-    unreadable_inputs: int = 0  # images or recordings skipped because they could not be read
-    # Wall-clock times (epoch seconds) the pump started and the harvest ended: show whether
-    # the streams of a run ran one after another or together.
-    started_at: float = field(default_factory=time.time)
-    finished_at: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"forward_calls": self.forward_calls, "blocks": self.blocks, "rows": self.rows,
-                "examples": len(self.examples), "seconds": self.seconds,
-                "unreadable_inputs": self.unreadable_inputs, "started_at": self.started_at,
-                "finished_at": self.finished_at}
-
-
-class Pump(Generic[Handle]):
-    """Chunks harvested blocks and appends them to the log as room frees up."""
-
-    def __init__(self, cfg: Config, stream: StreamPlan, put: Callable[[ActivationBlock], Handle]):
-        s, t = cfg.stream, cfg.train
-        steps = -(-t.tokens // t.batch_size)
-        self.chunker = Chunker(s.chunk_rows, s.holdout_rows, s.norm_rows,
-                               wanted_rows=steps * t.batch_size)
-        self.log: BroadcastLog[Handle] = BroadcastLog(
-            s.capacity_chunks, s.mix_chunks, cfg.run.seed,
-            [t.trainer_id for t in stream.trainers])
-        self.put = put
-        self.pending: deque[ActivationBlock] = deque()
-        self.counters = HarvestCounters()
-        self.harvest_done = False
-
-    def add(self, block: ActivationBlock, forward_calls: np.ndarray | None = None,
-            unreadable: int = 0) -> None:
-        self.counters.unreadable_inputs += unreadable
-        self.counters.blocks += 1
-        self.counters.rows += len(block)
-        self.counters.examples.update(np.unique(block.example_id).tolist())
-        if forward_calls is not None:
-            self.counters.forward_calls += len(np.unique(forward_calls))
-        self.pending.extend(self.chunker.add(block))
-        self.flush()
-
-    def finish_harvest(self) -> None:
-        self.harvest_done = True
-        self.counters.finished_at = time.time()
-        self.pending.extend(self.chunker.finish())
-        self.flush()
-
-    def flush(self) -> None:
-        """Append pending chunks while the log has room; finish the log when all are in."""
-        while self.pending:
-            if self.log.full and not self.log.release():
-                break
-            chunk = self.pending.popleft()
-            self.log.append(self.put(chunk), len(chunk))
-        if self.harvest_done and not self.pending and not self.log.finished:
-            self.log.finish()
-            self.log.release()
-
-    @property
-    def stats(self) -> dict[str, StreamStats] | None:
-        """Each hook's input scale and decoder-bias estimate, once the first rows are in."""
-        return self.chunker.stats
-
-    def commit(self, trainer_id: str, cursor: Cursor) -> list[Handle]:
-        released = self.log.commit(trainer_id, cursor)
-        self.flush()
-        return released
-
-
-# ------------------------------------------------------------------------------------------
-# The object store: Ray Data's budget and the log's worst case
-# ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StoreBudget:
-    """How one stream may use the object store of its pump's node.
-
-    The log holds at most `capacity_chunks` chunks and Ray Data at most `harvest_bytes` of
-    harvested blocks; both live in the pump node's store, shared by the streams running at once.
-    """
-
-    store_bytes: int  # the object store of the pump's node
-    streams: int  # streams that may run at once, sharing it
-    harvest_bytes: int  # Ray Data's object-store budget for this stream's harvest
-
-    @property
-    def share_bytes(self) -> int:
-        return self.store_bytes // max(1, self.streams)
-
-    def check_log(self, stream_id: str, chunk_rows: int, capacity_chunks: int,
-                  row_bytes: float) -> None:
-        """Refuse a log whose full capacity, plus the harvest's budget, overflows the store."""
-        log_bytes = capacity_chunks * chunk_rows * row_bytes
-        if log_bytes + self.harvest_bytes <= self.share_bytes:
-            return
-        shared = f" (its share for {self.streams} streams at a time)" if self.streams > 1 else ""
-        fewer = (", or run fewer streams at once (resources.concurrent_streams)"
-                 if self.streams > 1 else "")
-        fit = max(1, int((self.share_bytes - self.harvest_bytes) // (chunk_rows * row_bytes)))
-        raise ConfigError(
-            f"stream {stream_id}: its chunks do not fit in the object store. The broadcast log "
-            f"holds up to stream.capacity_chunks ({capacity_chunks}) chunks of "
-            f"stream.chunk_rows ({chunk_rows}) rows x {row_bytes:.0f} bytes = "
-            f"{log_bytes / MIB:.0f} MiB, and the harvest may hold "
-            f"{self.harvest_bytes / MIB:.0f} MiB more (resources.harvest_object_store_mb), "
-            f"but the object store of the pump's node has {self.share_bytes / MIB:.0f} MiB"
-            f"{shared}. Lower stream.chunk_rows or stream.capacity_chunks (at most {fit} chunks "
-            "of this size fit), or give Ray a larger object store (resources.object_store_mb "
-            f"for a Ray that thresher starts, `ray start --object-store-memory` on a cluster)"
-            f"{fewer}")
-
-
-def store_budget(cfg: Config, store_bytes: int, streams: int) -> StoreBudget:
-    """The budget of one stream on a node whose object store has `store_bytes`: Ray Data gets
-    `resources.harvest_object_store_mb`, or a quarter of the stream's share of the store."""
-    share = store_bytes // max(1, streams)
-    explicit = cfg.resources.harvest_object_store_mb
-    return StoreBudget(store_bytes=int(store_bytes), streams=max(1, streams),
-                       harvest_bytes=explicit * MIB if explicit else share // 4)
-
-
-def row_bytes(columns: Mapping[str, np.ndarray]) -> float:
-    """Bytes per row of a block's columns (activations of every hook plus row metadata)."""
-    rows = len(next(iter(columns.values())))
-    return sum(c.nbytes for c in columns.values()) / max(1, rows)
-
-
-# ------------------------------------------------------------------------------------------
-# Ray edge
-# ------------------------------------------------------------------------------------------
 
 # A marker amount of a node-type resource: it pins an actor to the nodes that declare the
 # resource (cluster.yaml gives each such node 1 unit) and never limits how many actors fit.
@@ -450,49 +311,6 @@ def _stream_actor_cls() -> Any:
                                    f"{self.error}")
 
     return StreamActor
-
-
-def user_error(exc: BaseException) -> BaseException | None:
-    """The error a user can act on inside a chain of Ray's wrappings, if there is one.
-
-    ConfigError (and StoreError), a run directory or checkpoint that cannot be used, or a
-    checkpoint that could not be written: their messages name the problem and the fix, which
-    Ray's task and Ray Data's wrappers would otherwise bury under remote tracebacks.
-    """
-    from thresher.rundir import RunDirError
-    from thresher.train.checkpoint import CheckpointError
-    from thresher.train.loop import CheckpointWriteError
-
-    wanted = (ConfigError, RunDirError, CheckpointError, CheckpointWriteError)
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        # Ray's task errors are instances of their cause's class too: look inside them.
-        if isinstance(current, wanted) and not _is_ray_wrapper(current):
-            return _without_retry_note(current)
-        current = (getattr(current, "cause", None) or current.__cause__
-                   or current.__context__)
-    return None
-
-
-# Ray Data appends its retry advice to the message of an error raised in a map task
-# (ray/data/_internal/util.py, _annotate_exception_with_retry_context); ours need none of it.
-_RETRY_NOTE = "\nFailed to apply UDF transform after "
-
-
-def _without_retry_note(exc: BaseException) -> BaseException:
-    if exc.args and isinstance(exc.args[0], str) and _RETRY_NOTE in exc.args[0]:
-        exc.args = (exc.args[0].split(_RETRY_NOTE, 1)[0], *exc.args[1:])
-    return exc
-
-
-def _is_ray_wrapper(exc: BaseException) -> bool:
-    try:
-        from ray.exceptions import RayError
-    except ImportError:
-        return False
-    return isinstance(exc, RayError)
 
 
 _STREAM_ACTOR: Any = None

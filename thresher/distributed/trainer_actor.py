@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-from thresher.block import ActivationBlock
 from thresher.config import Config, TrainerPlan, torch_threads
-from thresher.harvest.stream import BatchReader, EndOfStream, Group, NotReady
+from thresher.stream.block import ActivationBlock
+from thresher.stream.log import Group
+from thresher.stream.reader import BatchReader, EndOfStream, NotReady
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,12 @@ from typing import Any
 from thresher import storage
 from thresher.analysis.evaluate import TrainerResult
 from thresher.config import Config, Plan, StreamPlan, harvest_resources
-from thresher.harvest.pump import NODE_MARKER, stream_actor_cls, user_error
+from thresher.distributed.errors import user_error
+from thresher.distributed.stream_actor import NODE_MARKER, stream_actor_cls
+from thresher.distributed.trainer_actor import trainer_actor_cls
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
 from thresher.rundir import RunDirError
-from thresher.train.actor import trainer_actor_cls
 
 
 def ensure_ray(cfg: Config) -> None:
