@@ -8,7 +8,10 @@ scaled over the batch, ã_n = (a_n - min a) / (max a - min a), and unit embeddin
 Since ||e_n|| = 1, three running sums give it without the N^2 pair loop (MonoLoss,
 Nasiri-Sarvi et al. 2026): u = sum ã, v = sum ã^2, W = E^T Ã, and
 
-    MS_m = (||W[:, m]||^2 - v_m) / (u_m^2 - v_m)
+    MS_m = (||W[:, m]||^2 - v'_m) / (u_m^2 - v_m),   v' = sum ã^2 ||e_n||^2
+
+A zero input row has e = 0 (similar to nothing, as in the pairwise definition): its ã^2 is in v
+(its pairs still weigh in the denominator) but not in v' (it has no self-similarity to remove).
 
 A latent whose pair weight (u^2 - v)/2 is at most DENOMINATOR_EPS (it fires on at most one row,
 or never varies) has no score. The embedding is the SAE input x / ||x||, as in MonoLoss's SAE code
@@ -42,8 +45,10 @@ def batch_mono_score(acts: torch.Tensor,
     scaled = torch.where(varies, (acts - lo) / torch.where(varies, span, 1.0), 0.0)
     u = scaled.sum(-2)
     v = scaled.pow(2).sum(-2)
-    w = torch.matmul(embed.transpose(-1, -2).to(scaled.dtype), scaled)  # [..., d, M]
-    numerator = 0.5 * (w.pow(2).sum(-2) - v)
+    embed = embed.to(scaled.dtype)
+    w = torch.matmul(embed.transpose(-1, -2), scaled)  # [..., d, M]
+    v_unit = (scaled.pow(2) * embed.pow(2).sum(-1, keepdim=True)).sum(-2)  # 0 for zero rows
+    numerator = 0.5 * (w.pow(2).sum(-2) - v_unit)
     denominator = 0.5 * (u.pow(2) - v)
     has_score = denominator > DENOMINATOR_EPS
     score = torch.where(has_score, numerator / torch.where(has_score, denominator, 1.0), 0.0)
