@@ -348,14 +348,18 @@ def _parse_yaml(text: str, file: str | None) -> tuple[Any, _Where]:
     return ({} if data is None else data), _Where(file, lines)
 
 
-def load_config(source: str | os.PathLike | dict | Config | None = None) -> Config:
-    """Build a Config from a YAML path, a dict, an existing Config, or None (the default run)."""
+def load_config(source: str | os.PathLike | dict | Config | None = None, *,
+                source_file: str | None = None) -> Config:
+    """Build a Config from a YAML path, a dict, an existing Config, or None (the default run).
+
+    `source_file` is the config file a dict came from (a run's run.json records it): its
+    relative input paths are then checked and read from that file's folder, not the cwd."""
     if isinstance(source, Config):
         return source
     if source is None or source == DEFAULT_CONFIG_NAME:
         source = DEFAULT_CONFIG_PATH
     if isinstance(source, dict):
-        return validate(source, _Where(None, {}))
+        return validate(source, _Where(None, {}), source_file=source_file)
     path = Path(source)
     if not path.is_file():
         raise ConfigError(
@@ -366,12 +370,13 @@ def load_config(source: str | os.PathLike | dict | Config | None = None) -> Conf
     return validate(data, where)
 
 
-def validate(data: Any, where: _Where) -> Config:
+def validate(data: Any, where: _Where, source_file: str | None = None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError(f"{where.at(())} must be a mapping of sections, got {data!r}")
     cfg = _build(Config, _sources_as_list(data, where), (), where)
-    if where.file:
-        cfg = dataclasses.replace(cfg, source_file=str(Path(where.file).resolve()))
+    source_file = where.file or source_file
+    if source_file:  # before the checks: relative input paths are relative to this file
+        cfg = dataclasses.replace(cfg, source_file=str(Path(source_file).resolve()))
     _check_semantics(cfg, where)
     return cfg
 
@@ -521,6 +526,11 @@ def _check_semantics(cfg: Config, where: _Where) -> None:
         raise ConfigError(
             f"{where.at(('stream', 'holdout_rows'))} must be positive: the final statistics are "
             "computed on held-out rows")
+    if cfg.train.tokens < cfg.train.batch_size:  # an SAE steps on whole batches only
+        raise ConfigError(
+            f"{where.at(('train', 'tokens'))} is {cfg.train.tokens}, below one batch "
+            f"(train.batch_size {cfg.train.batch_size}); set train.tokens to at least "
+            f"{cfg.train.batch_size} or lower train.batch_size")
     if cfg.stream.norm_rows > cfg.stream.capacity_chunks * cfg.stream.chunk_rows // 2:
         raise ConfigError(
             f"{where.at(('stream', 'norm_rows'))} is {cfg.stream.norm_rows} but the log holds "
@@ -808,6 +818,8 @@ class Plan:
             model = src.backbone.model or "<random weights from config>"
             n_saes = len(stream.saes)
             lines += [
+                _describe_stored(stream.stream_id, src, config_dir(cfg), stream.hooks)
+                if src.backbone.kind == "stored" else
                 f"stream {stream.stream_id}: {src.backbone.kind} {model} @ "
                 f"{', '.join(stream.hooks)}, inputs {src.inputs.kind} (context "
                 f"{src.inputs.context}, max_tokens {src.inputs.max_tokens}), batch "
@@ -820,7 +832,7 @@ class Plan:
                 f"group, {cfg.stream.holdout_rows} held-out rows",
                 f"  train: {n_saes} SAE(s) on {len(stream.trainers)} trainer actor(s) x "
                 f"{res.cpus_per_trainer:g} CPU, {res.gpus_per_trainer:g} GPU; "
-                f"{cfg.train.tokens} rows each, batch {cfg.train.batch_size}",
+                f"{_rows_each(cfg.train)}, batch {cfg.train.batch_size}",
             ]
             for trainer in stream.trainers:
                 lines.append(f"  trainer {trainer.trainer_id} @ {trainer.hook}:")
@@ -834,6 +846,24 @@ class Plan:
                         f"lr={_fmt(sae.lr)} seed={sae.seed}"
                     )
         return "\n".join(lines)
+
+
+def _rows_each(train: TrainConfig) -> str:
+    """Rows per SAE as trained: whole batches, so tokens is rounded up to one (said so)."""
+    steps = -(-train.tokens // train.batch_size)
+    if steps * train.batch_size == train.tokens:
+        return f"{train.tokens} rows each"
+    return (f"{steps * train.batch_size} rows each (train.tokens {train.tokens} rounded up to "
+            f"{steps} whole batches)")
+
+
+def _describe_stored(stream_id: str, source: SourceConfig, base: Path,
+                     hooks: Sequence[str]) -> str:
+    """A stored source's line: the store it replays (its header: rows, width, hooks); it has
+    no inputs, context or input batch of its own."""
+    from thresher.harvest.cache import describe_store
+
+    return f"stream {stream_id}: stored {describe_store(source, base, hooks)}"
 
 
 def pack_trainers(saes: list[SAEConfig], n_trainers: int) -> list[list[SAEConfig]]:

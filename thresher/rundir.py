@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher import storage
-from thresher.config import Plan, run_dir_of
+from thresher.config import Config, Plan, load_config, run_dir_of
 
 FORMAT_VERSION = 1
 # Set by Ray in the driver of a `ray job submit` job (ray/_private/runtime_env/constants.py).
@@ -128,6 +128,15 @@ def config_of_run(run_dir: str | Path) -> dict[str, Any]:
     config = _run_record(run_dir)["config"]
     config.pop("source_file", None)
     return config
+
+
+def load_run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
+    """run.json and the Config it records, validated as the run validated it: relative input
+    paths against the recorded config file's folder, wherever this process was started."""
+    record = _run_record(run_dir)
+    config = dict(record["config"])
+    source_file = config.pop("source_file", None)
+    return record, load_config(config, source_file=source_file)
 
 
 def source_file_of_run(run_dir: str | Path) -> str | None:

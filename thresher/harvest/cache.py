@@ -415,6 +415,23 @@ def stored_hooks(source: SourceConfig, base_dir: Path) -> tuple[str, ...]:
         store.close()
 
 
+def describe_store(source: SourceConfig, base_dir: Path, hooks: tuple[str, ...] | list[str]
+                   ) -> str:
+    """What a stored source replays, from the store's header: path, rows, width, hooks."""
+    path = store_path(source, base_dir)
+    store = open_store(path)
+    try:
+        rows = int(store.header.get("n_rows", 0)) if isinstance(store, LmdbStore) else int(
+            store._offsets[-1])
+        layout = dict(store.hooks) or {h: store.d for h in hooks}
+        widths = ", ".join(f"{h} ({layout.get(h, store.d)})" for h in hooks)
+        kind = "LMDB cache" if isinstance(store, LmdbStore) else ".npy shards"
+        return (f"{kind} {str(path)!r}: {rows} rows of width {store.d} in {store.n_blocks} "
+                f"block(s), replaying hook(s) {widths}")
+    finally:
+        store.close()
+
+
 def build_stored_inputs(source: SourceConfig, base_dir: Path
                         ) -> tuple[list[dict[str, np.ndarray]], pa.Table | None, int]:
     """One input batch per stored block, in stored order; the stored manifest; rows."""

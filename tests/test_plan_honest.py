@@ -1,0 +1,42 @@
+"""`thresher plan` says what the run will do (issue 12, item 6): a training budget below one
+batch is an error with the fix, a budget that is not whole batches is shown rounded, and a
+`stored` source shows the store it replays instead of text-input settings it never uses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thresher.config import ConfigError, load_config, make_plan
+
+from .conftest import smoke_config
+from .stored_data import HOOK, stored_config, write_shards
+
+
+def test_tokens_below_one_batch_is_an_error_with_the_fix(tmp_path: Path) -> None:
+    cfg = smoke_config(tmp_path, train={"tokens": 100, "batch_size": 512})
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    message = str(err.value)
+    assert "train.tokens" in message and "below one batch" in message
+    assert "at least 512" in message and "\n" not in message
+
+
+def test_tokens_not_whole_batches_are_shown_rounded_up(tmp_path: Path) -> None:
+    text = make_plan(load_config(smoke_config(
+        tmp_path, train={"tokens": 1000, "batch_size": 256}))).describe()
+    assert "1024 rows each (train.tokens 1000 rounded up to 4 whole batches)" in text
+    exact = make_plan(load_config(smoke_config(
+        tmp_path, train={"tokens": 1024, "batch_size": 256}))).describe()
+    assert "1024 rows each, batch 256" in exact and "rounded" not in exact
+
+
+def test_a_stored_plan_shows_the_store_not_text_inputs(tmp_path: Path) -> None:
+    shards = write_shards(tmp_path / "shards", d=48, shards=3, rows=100)
+    text = make_plan(load_config(stored_config(tmp_path, shards))).describe()
+    stream_line = next(line for line in text.splitlines() if line.startswith("stream s0"))
+    assert str(shards) in stream_line and "300 rows of width 48 in 3 block(s)" in stream_line
+    assert f"{HOOK} (48)" in stream_line
+    for unused in ("python_docstrings", "context", "max_tokens", "batch 64"):
+        assert unused not in stream_line
