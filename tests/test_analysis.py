@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import thresher
-from thresher.analysis.analyze import analyze_run, collect_holdout, run_config
+from thresher.analysis.analyze import analyze_run, run_config
 from thresher.analysis.frozen import load_run_saes
 from thresher.analysis.parquet import (
     EXAMPLES_SCHEMA,
@@ -27,6 +27,7 @@ from thresher.analysis.parquet import (
 )
 from thresher.analysis.stats import StatsOptions
 from thresher.cli import main
+from thresher.harvest.collect import collect_holdout
 
 from .conftest import smoke_config
 from .test_stats import assert_equal_to_brute_force, brute_force

@@ -17,10 +17,11 @@ import pytest
 import torch
 
 import thresher
-from thresher.analysis.analyze import analyze_run, collect_holdout, run_config
+from thresher.analysis.analyze import analyze_run, run_config
 from thresher.analysis.frozen import load_run_saes
 from thresher.analysis.parquet import LABELS_SCHEMA
 from thresher.analysis.report import CARD_EXAMPLES, THUMB, write_report
+from thresher.harvest.collect import collect_holdout
 
 from .test_analysis import assert_renders_without_missing_image
 from .test_eeg import TINY_PATCHTST

@@ -12,28 +12,25 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from thresher.analysis.evaluate import TrainerResult, trainer_result
+from thresher.analysis.evaluate import TrainerResult
 from thresher.config import (
     Config,
     Plan,
     StreamPlan,
-    config_dir,
     harvest_resources,
     torch_threads,
 )
-from thresher.harvest.harvester import Harvester
-from thresher.harvest.inputs import decode_batch, prepare_inputs, write_manifest
+from thresher.harvest.local import LocalHarvest
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
+from thresher.session import TrainerSession, open_inputs
 from thresher.stream.block import ActivationBlock
-from thresher.stream.log import Group
+from thresher.stream.chunker import load_pieces
 from thresher.stream.pump import Pump
-from thresher.stream.reader import BatchReader, EndOfStream, NotReady
-from thresher.train.loop import TrainLoop
-from thresher.train.trainer import Trainer
+from thresher.stream.reader import fetch_group
+from thresher.stream.stats import StreamStats, estimate_hook_stats
 
 
 def _device(gpus: float) -> str:
@@ -62,72 +59,53 @@ def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) 
 def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progress,
                 rows_before: int) -> tuple[list[TrainerResult], StreamOutcome]:
     source = stream.source
-    res = cfg.resources
     harvest_threads = torch_threads(cfg, "harvester")
     train_threads = torch_threads(cfg, "trainer")
 
     start = time.perf_counter()
-    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
-    write_manifest(run_dir, stream.stream_id, inputs.manifest)
+    inputs = open_inputs(cfg, stream, run_dir)
     torch.set_num_threads(harvest_threads)
-    gpus = harvest_resources(cfg, source).gpus_per_harvester
-    harvester = Harvester(source, device=_device(gpus), threads=harvest_threads,
-                          base_dir=config_dir(cfg))
-    pump: Pump[ActivationBlock] = Pump(cfg, stream, put=lambda block: block)
+    harvest = LocalHarvest(cfg, source, device=_device(harvest_resources(cfg, source)
+                                                       .gpus_per_harvester), inputs=inputs)
+    # Inline, a block's handle is the block itself.
+    pump: Pump[ActivationBlock, dict[str, StreamStats]] = Pump(
+        cfg, stream, estimate=lambda pieces: estimate_hook_stats(load_pieces(pieces, list)))
     pump.counters.unreadable_inputs += inputs.unreadable
-    batches = iter(inputs.batches)
+    harvested = iter(harvest)
     harvest_seconds = time.perf_counter() - start
 
-    def fetch(g: int) -> Group[ActivationBlock]:
-        if pump.log.at_end(g):
-            raise EndOfStream
-        group = pump.log.group(g)
-        if group is None:
-            raise NotReady
-        return group
-
-    loops: dict[str, TrainLoop] = {}
-    hooks: dict[str, str] = {}
-    train_start: dict[str, float] = {}
-    while not loops or not all(loop.done for loop in loops.values()):
+    sessions: dict[str, TrainerSession] = {}
+    while not sessions or not all(s.done for s in sessions.values()):
         moved = False
         # Harvest while it is useful: room in the log and rows still wanted.
         torch.set_num_threads(harvest_threads)
         t0 = time.perf_counter()
         while not pump.harvest_done and not pump.pending:
-            item = next(batches, None)
-            if item is None or pump.chunker.done:
+            item = None if pump.chunker.done else next(harvested, None)
+            if item is None:
                 pump.finish_harvest()
                 break
-            before = harvester.unreadable
-            block = harvester.harvest(decode_batch(inputs, item))  # CPU stage, then forward
-            pump.add(block, np.array([harvester.forward_calls]), harvester.unreadable - before)
+            pump.add(item.block, len(item.block), item.report)
             moved = True
         harvest_seconds += time.perf_counter() - t0
 
-        if not loops and pump.stats is not None:
+        if not sessions and pump.stats is not None:
             for t in stream.trainers:
-                trainer = Trainer(t.trainer_id, t.saes, cfg.train, pump.stats[t.hook], run_dir,
-                                  device=_device(res.gpus_per_trainer), hook_name=t.hook)
-                reader = BatchReader(fetch, lambda blocks, h=t.hook: [b.select(h) for b in blocks],
-                                     cfg.train.batch_size, trainer.resumed_cursor)
-                loops[t.trainer_id] = TrainLoop(
-                    trainer, reader, commit=lambda c, tid=t.trainer_id: pump.commit(tid, c),
-                    checkpoint_every=cfg.train.checkpoint_every)
-                hooks[t.trainer_id] = t.hook
-                train_start[t.trainer_id] = time.perf_counter()
+                sessions[t.trainer_id] = TrainerSession(
+                    cfg, stream.stream_id, t, pump.stats[t.hook], run_dir,
+                    device=_device(cfg.resources.gpus_per_trainer),
+                    fetch=lambda g: fetch_group(pump.log, g), load=list,
+                    commit=lambda c, tid=t.trainer_id: pump.commit(tid, c))
 
         torch.set_num_threads(train_threads)
-        for loop in loops.values():
-            if loop.done:
+        for session in sessions.values():
+            if session.done:
                 continue
-            before_step = (loop.trainer.step, pump.log.counters.released)
-            status = loop.advance()
-            if status == "blocked" and pump.log.full:
-                loop.checkpoint()  # the pump waits on us: commit so chunks can go
-            moved |= (loop.trainer.step, pump.log.counters.released) != before_step or loop.done
+            before = (session.trainer.step, pump.log.counters.released)
+            session.advance(lambda: pump.log.full)
+            moved |= (session.trainer.step, pump.log.counters.released) != before or session.done
         progress.update(rows_before + pump.counters.rows,
-                        {tid: loop.trainer.step for tid, loop in loops.items()})
+                        {tid: s.trainer.step for tid, s in sessions.items()})
         if not moved:
             raise RuntimeError(
                 f"stream {stream.stream_id} stalled: no trainer can step and the pump cannot "
@@ -135,14 +113,9 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progre
                 "stream.capacity_chunks (it must hold 2 x mix_chunks) or lower "
                 "stream.mix_chunks")
 
-    holdout = pump.chunker.holdout_block()
-    results: list[TrainerResult] = []
-    for trainer_id, loop in loops.items():
-        loop.trainer.export()
-        seconds = time.perf_counter() - train_start[trainer_id]
-        results.append(trainer_result(cfg, stream.stream_id, loop.trainer,
-                                      holdout.select(hooks[trainer_id]),
-                                      loop.counters.to_dict(), seconds))
+    holdout = load_pieces(pump.chunker.holdout, list)
+    results = [session.finish(holdout.select(session.plan.hook))
+               for session in sessions.values()]
     counters = pump.counters.to_dict()
     counters["seconds"] = harvest_seconds
     log = {"appended": pump.log.counters.appended, "released": pump.log.counters.released,

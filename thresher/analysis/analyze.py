@@ -28,7 +28,8 @@ from thresher.analysis.evaluate import (
     write_run_stats,
 )
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
-from thresher.config import Config, SourceConfig, config_dir, load_config, torch_threads
+from thresher.config import Config, SourceConfig, load_config
+from thresher.harvest.collect import collect_holdout
 from thresher.stream.block import ActivationBlock
 
 log = logging.getLogger(__name__)
@@ -45,26 +46,6 @@ def run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
     if source_file:  # relative input paths were read from the config file's folder
         cfg = dataclasses.replace(cfg, source_file=source_file)
     return record, cfg
-
-
-def collect_holdout(cfg: Config, source: SourceConfig | None = None) -> ActivationBlock:
-    """A stream's held-out rows (every hook of it), harvested again exactly as the run cut
-    them; `source` may be left out when the config has one."""
-    from thresher.harvest.harvester import Harvester
-    from thresher.harvest.inputs import decode_batch, prepare_inputs
-    from thresher.stream.chunker import Chunker
-
-    source = source or cfg.source
-    # Any modality: images are decoded (the CPU stage) before the forward, as the run did.
-    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
-    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"),
-                          base_dir=config_dir(cfg))
-    chunker = Chunker(cfg.stream.chunk_rows, cfg.stream.holdout_rows, cfg.stream.norm_rows)
-    for batch in inputs.batches:
-        if chunker.holdout_count >= cfg.stream.holdout_rows:
-            break
-        chunker.add(harvester.harvest(decode_batch(inputs, batch)))
-    return chunker.holdout_block()
 
 
 def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
@@ -85,7 +66,7 @@ def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
     results: dict[str, TrainerResult] = {}
     for stream_id, saes in by_stream.items():
         source = cfg.source_named(stream_id)
-        holdout = collect_holdout(cfg, source)
+        holdout = collect_holdout(cfg, stream_id)
         by_hook: dict[str, list[FrozenSAE]] = {}
         for sae in saes:  # a stream's hooks share its held-out rows, side by side
             by_hook.setdefault(sae.sae.hook or source.hooks[0], []).append(sae)

@@ -31,7 +31,8 @@ from thresher import storage
 from thresher.analysis.evaluate import TrainerResult
 from thresher.config import Config, Plan, StreamPlan, harvest_resources
 from thresher.distributed.errors import user_error
-from thresher.distributed.stream_actor import NODE_MARKER, stream_actor_cls
+from thresher.distributed.harvest_worker import NODE_MARKER
+from thresher.distributed.stream_actor import stream_actor_cls
 from thresher.distributed.trainer_actor import trainer_actor_cls
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
@@ -131,7 +132,7 @@ def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
     harvest_marker = node_marker(res.harvest_node_resource, cluster)
     stream_actor = (stream_actor_cls()
                     .options(name=stream_name, resources=harvest_marker)
-                    .remote(cfg, stream, location, streams_at_once, harvest_marker))
+                    .remote(cfg, stream, location, stream_name, streams_at_once, harvest_marker))
     trainers = [
         trainer_actor_cls()
         .options(name=f"thresher-trainer-{stream_tag}-{t.trainer_id}",

@@ -1,17 +1,18 @@
-"""The trainer actor: a thin Ray wrapper that runs a TrainLoop against a StreamActor."""
+"""The trainer actor: a thin Ray wrapper that runs a TrainerSession against a StreamActor."""
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 import torch
 
 from thresher.config import Config, TrainerPlan, torch_threads
+from thresher.distributed.blocks import load_blocks
 from thresher.stream.block import ActivationBlock
+from thresher.stream.chunker import load_pieces
 from thresher.stream.log import Group
-from thresher.stream.reader import BatchReader, EndOfStream, NotReady
+from thresher.stream.reader import EndOfStream, NotReady
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +46,17 @@ def _trainer_actor_cls() -> Any:
                     "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
         def run(self) -> Any:
-            from thresher.analysis.evaluate import trainer_result
-            from thresher.train.loop import TrainLoop
-            from thresher.train.trainer import Trainer
+            from thresher.session import TrainerSession
 
-            cfg, tid, hook = self.cfg, self.plan.trainer_id, self.plan.hook
+            tid, hook = self.plan.trainer_id, self.plan.hook
             stats = None
             while stats is None:
                 stats = ray.get(self.stream.stats.remote(hook))
-            trainer = Trainer(tid, self.plan.saes, cfg.train, stats, self.run_dir,
-                              device=self.device, hook_name=hook)
-            # A restarted actor lands here again: the stream records the steps it redoes.
-            ray.get(self.stream.trainer_started.remote(tid, trainer.step))
-            start = time.perf_counter()
+            session: TrainerSession | None = None
 
             def fetch(g: int) -> Group[Any]:
-                status, payload = ray.get(self.stream.group.remote(tid, g, trainer.step))
+                step = session.trainer.step if session is not None else 0
+                status, payload = ray.get(self.stream.group.remote(tid, g, step))
                 if status == "end":
                     raise EndOfStream
                 if status == "wait":
@@ -68,26 +64,23 @@ def _trainer_actor_cls() -> Any:
                     raise NotReady
                 return payload
 
-            def load(handles: Any) -> list[ActivationBlock]:
-                # Only this trainer's hook is read from each chunk in the object store.
-                return [ActivationBlock.from_columns(c, hooks=[hook])
-                        for c in ray.get(list(handles))]
-
-            reader = BatchReader(fetch, load, cfg.train.batch_size, trainer.resumed_cursor)
-            loop = TrainLoop(trainer, reader,
-                             commit=lambda c: ray.get(self.stream.commit.remote(tid, c)),
-                             checkpoint_every=cfg.train.checkpoint_every,
-                             # Fire and forget: the stream keeps the newest step it heard of.
-                             on_step=lambda step: self.stream.report_step.remote(tid, step))
-            while loop.advance() == "blocked":
-                if self.log_full:
-                    loop.checkpoint()  # the pump waits on us: commit so chunks can go
-            trainer.export()
-            (holdout_ref,) = ray.get(self.stream.holdout.remote())
-            holdout = ActivationBlock.from_columns(ray.get(holdout_ref), hooks=[hook])
-            counters = {**loop.counters.to_dict(), **self.placement()}
-            return trainer_result(cfg, self.stream_id, trainer, holdout, counters,
-                                  time.perf_counter() - start)
+            session = TrainerSession(
+                self.cfg, self.stream_id, self.plan, stats, self.run_dir, self.device,
+                fetch=fetch,
+                # Only this trainer's hook is read from each block in the object store.
+                load=lambda refs: load_blocks(refs, hook),
+                commit=lambda c: ray.get(self.stream.commit.remote(tid, c)),
+                # The next group is fetched and gathered while this one trains.
+                prefetch=True,
+                # Fire and forget: the stream keeps the newest step it heard of.
+                on_step=lambda step: self.stream.report_step.remote(tid, step))
+            # A restarted actor lands here again: the stream records the steps it redoes.
+            ray.get(self.stream.trainer_started.remote(tid, session.trainer.step))
+            while session.advance(lambda: self.log_full) == "blocked":
+                pass
+            pieces = ray.get(self.stream.holdout.remote())
+            holdout: ActivationBlock = load_pieces(pieces, lambda refs: load_blocks(refs, hook))
+            return session.finish(holdout, self.placement())
 
     return TrainerActor
 

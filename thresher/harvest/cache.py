@@ -469,9 +469,7 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
     stream order and every hook of it, into an LMDB store."""
     import time
 
-    from thresher.config import config_dir, torch_threads
-    from thresher.harvest.harvester import Harvester
-    from thresher.harvest.inputs import decode_batch, prepare_inputs
+    from thresher.harvest.local import LocalHarvest
 
     source = cfg.source_named(stream) if stream is not None else cfg.source
     if source.backbone.kind == "stored":
@@ -479,26 +477,23 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
                           "store; harvest a config with a model backbone")
     path = Path(out) if out is not None else default_store_path(cfg)
     start = time.perf_counter()
-    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
-    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"),
-                          base_dir=config_dir(cfg))
+    harvest = LocalHarvest(cfg, source)
     from thresher.config import _to_plain
 
     writer = StoreWriter(path, backbone=_to_plain(source.backbone), hook=source.hooks[0],
                          source=_to_plain(source), map_size=map_size)
-    unreadable = inputs.unreadable
+    unreadable = harvest.inputs.unreadable
     try:
-        for item in inputs.batches:
-            batch = decode_batch(inputs, item)
-            unreadable += int(np.sum(batch.get("unreadable", 0)))
-            writer.add(harvester.harvest(batch))
+        for harvested in harvest:
+            unreadable += harvested.report.unreadable
+            writer.add(harvested.block)
     except BaseException:
         writer._env.close()  # leave it incomplete: the header says so and replay refuses it
         raise
-    counters = {"forward_calls": harvester.forward_calls, "rows": writer.n_rows,
+    counters = {"forward_calls": harvest.harvester.forward_calls, "rows": writer.n_rows,
                 "blocks": writer.n_blocks, "unreadable_inputs": unreadable,
                 "seconds": time.perf_counter() - start}
-    return writer.close(inputs.manifest, counters)
+    return writer.close(harvest.inputs.manifest, counters)
 
 
 def harvest_and_describe(config: Any, out: str | None = None, stream: str | None = None) -> str:

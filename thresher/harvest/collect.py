@@ -1,4 +1,4 @@
-"""Harvest a stream's rows into memory with the plain classes (no Ray, no training).
+"""A stream's rows in memory, harvested in this process (no Ray, no training).
 
 For baselines and checks that need the very rows the SAEs saw: the held-out rows and the
 training rows in stream order, cut exactly as the pump cuts them.
@@ -6,11 +6,9 @@ training rows in stream order, cut exactly as the pump cuts them.
 
 from __future__ import annotations
 
-from thresher.config import Config, config_dir, torch_threads
-from thresher.harvest.harvester import Harvester
-from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.config import Config
+from thresher.harvest.local import collect_rows
 from thresher.stream.block import ActivationBlock
-from thresher.stream.chunker import Chunker
 
 
 def collect_stream(cfg: Config, stream: str | None = None
@@ -18,16 +16,13 @@ def collect_stream(cfg: Config, stream: str | None = None
     """(held-out rows, training rows) of a stream (the only one by default), every hook side by
     side, as a run would cut them."""
     source = cfg.source_named(stream) if stream is not None else cfg.source
-    inputs = prepare_inputs(source, cfg.run.seed, config_dir(cfg))
-    harvester = Harvester(source, threads=torch_threads(cfg, "harvester"),
-                          base_dir=config_dir(cfg))
-    steps = -(-cfg.train.tokens // cfg.train.batch_size)
-    chunker = Chunker(cfg.stream.chunk_rows, cfg.stream.holdout_rows, cfg.stream.norm_rows,
-                      wanted_rows=steps * cfg.train.batch_size)
-    chunks: list[ActivationBlock] = []
-    for batch in inputs.batches:
-        if chunker.done:
-            break
-        chunks += chunker.add(harvester.harvest(decode_batch(inputs, batch)))
-    chunks += chunker.finish()
-    return chunker.holdout_block(), ActivationBlock.concat(chunks)
+    holdout, train = collect_rows(cfg, source)
+    assert train is not None
+    return holdout, train
+
+
+def collect_holdout(cfg: Config, stream: str | None = None) -> ActivationBlock:
+    """A stream's held-out rows (every hook of it), harvested again exactly as the run cut
+    them; nothing past them is harvested."""
+    source = cfg.source_named(stream) if stream is not None else cfg.source
+    return collect_rows(cfg, source, training_rows=False)[0]

@@ -1,7 +1,9 @@
 """The pump: harvested blocks in, chunk handles into the broadcast log, as room frees up.
 
-Plain logic (Chunker + BroadcastLog + counters). The inline executor drives it with the blocks
-themselves as handles; the Ray stream actor with object refs.
+Plain logic (Chunker + BroadcastLog + counters) that never reads an activation: it sees each
+harvested block as a handle, its row count and a small report of the forward that made it. The
+inline executor drives it with the blocks themselves as handles, the Ray stream actor with
+object refs it never fetches.
 """
 
 from __future__ import annotations
@@ -10,15 +12,28 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic
-
-import numpy as np
+from typing import Any, Generic, TypeVar
 
 from thresher.config import Config, StreamPlan
-from thresher.stream.block import ActivationBlock
-from thresher.stream.chunker import Chunker
+from thresher.stream.chunker import Chunk, Chunker, Piece
 from thresher.stream.log import BroadcastLog, Cursor, Handle
-from thresher.stream.stats import StreamStats
+
+Stats = TypeVar("Stats")
+
+
+@dataclass(frozen=True)
+class HarvestReport:
+    """What the harvester says about one block: its forwards, examples, unreadable inputs."""
+
+    forward_calls: int = 1
+    examples: int = 0
+    unreadable: int = 0
+    rows: int = 0
+
+    def __add__(self, other: HarvestReport) -> HarvestReport:
+        return HarvestReport(self.forward_calls + other.forward_calls,
+                             self.examples + other.examples,
+                             self.unreadable + other.unreadable, self.rows + other.rows)
 
 
 @dataclass
@@ -26,7 +41,7 @@ class HarvestCounters:
     forward_calls: int = 0
     blocks: int = 0
     rows: int = 0
-    examples: set[int] = field(default_factory=set)
+    examples: int = 0  # examples are never split between input batches, so blocks add up
     seconds: float = 0.0
     unreadable_inputs: int = 0  # images or recordings skipped because they could not be read
     # Wall-clock times (epoch seconds) the pump started and the harvest ended: show whether
@@ -36,43 +51,55 @@ class HarvestCounters:
 
     def to_dict(self) -> dict[str, Any]:
         return {"forward_calls": self.forward_calls, "blocks": self.blocks, "rows": self.rows,
-                "examples": len(self.examples), "seconds": self.seconds,
+                "examples": self.examples, "seconds": self.seconds,
                 "unreadable_inputs": self.unreadable_inputs, "started_at": self.started_at,
                 "finished_at": self.finished_at}
 
 
-class Pump(Generic[Handle]):
-    """Chunks harvested blocks and appends them to the log as room frees up."""
+class Pump(Generic[Handle, Stats]):
+    """Chunks harvested blocks and appends the chunks to the log as room frees up.
 
-    def __init__(self, cfg: Config, stream: StreamPlan, put: Callable[[ActivationBlock], Handle]):
+    `estimate(pieces)` turns the normalisation rows into the stream statistics (computed on the
+    spot inline, a remote task on Ray); it is called once, when those rows are in.
+    """
+
+    def __init__(self, cfg: Config, stream: StreamPlan,
+                 estimate: Callable[[list[Piece[Handle]]], Stats]) -> None:
         s, t = cfg.stream, cfg.train
         steps = -(-t.tokens // t.batch_size)
-        self.chunker = Chunker(s.chunk_rows, s.holdout_rows, s.norm_rows,
-                               wanted_rows=steps * t.batch_size)
-        self.log: BroadcastLog[Handle] = BroadcastLog(
+        self.chunker: Chunker[Handle] = Chunker(s.chunk_rows, s.holdout_rows, s.norm_rows,
+                                                wanted_rows=steps * t.batch_size)
+        self.log: BroadcastLog[Chunk[Handle]] = BroadcastLog(
             s.capacity_chunks, s.mix_chunks, cfg.run.seed,
             [t.trainer_id for t in stream.trainers])
-        self.put = put
-        self.pending: deque[ActivationBlock] = deque()
+        self.estimate = estimate
+        self.stats: Stats | None = None  # once the normalisation rows are in
+        self.pending: deque[Chunk[Handle]] = deque()
         self.counters = HarvestCounters()
         self.harvest_done = False
 
-    def add(self, block: ActivationBlock, forward_calls: np.ndarray | None = None,
-            unreadable: int = 0) -> None:
-        self.counters.unreadable_inputs += unreadable
-        self.counters.blocks += 1
-        self.counters.rows += len(block)
-        self.counters.examples.update(np.unique(block.example_id).tolist())
-        if forward_calls is not None:
-            self.counters.forward_calls += len(np.unique(forward_calls))
-        self.pending.extend(self.chunker.add(block))
+    def add(self, block: Handle, rows: int, report: HarvestReport) -> None:
+        c = self.counters
+        c.blocks += 1
+        c.rows += rows
+        c.forward_calls += report.forward_calls
+        c.examples += report.examples
+        c.unreadable_inputs += report.unreadable
+        self.pending.extend(self.chunker.add(block, rows))
+        self._settle_stats()
         self.flush()
 
     def finish_harvest(self) -> None:
         self.harvest_done = True
         self.counters.finished_at = time.time()
         self.pending.extend(self.chunker.finish())
+        self._settle_stats()
         self.flush()
+
+    def _settle_stats(self) -> None:
+        if self.stats is None and self.chunker.norm_ready and self.chunker.norm:
+            self.stats = self.estimate(self.chunker.norm)
+            self.chunker.norm = []  # the pieces kept their blocks alive only for this
 
     def flush(self) -> None:
         """Append pending chunks while the log has room; finish the log when all are in."""
@@ -80,17 +107,12 @@ class Pump(Generic[Handle]):
             if self.log.full and not self.log.release():
                 break
             chunk = self.pending.popleft()
-            self.log.append(self.put(chunk), len(chunk))
+            self.log.append(chunk, chunk.rows)
         if self.harvest_done and not self.pending and not self.log.finished:
             self.log.finish()
             self.log.release()
 
-    @property
-    def stats(self) -> dict[str, StreamStats] | None:
-        """Each hook's input scale and decoder-bias estimate, once the first rows are in."""
-        return self.chunker.stats
-
-    def commit(self, trainer_id: str, cursor: Cursor) -> list[Handle]:
+    def commit(self, trainer_id: str, cursor: Cursor) -> list[Chunk[Handle]]:
         released = self.log.commit(trainer_id, cursor)
         self.flush()
         return released

@@ -44,6 +44,7 @@ class LoopCounters:
     skipped_batches: int = 0  # batches with NaN or Inf activations, never trained on
     resumed_from_step: int = 0  # > 0 when this trainer restarted from a checkpoint
     seconds: float = 0.0  # time spent stepping (not waiting)
+    wait_seconds: float = 0.0  # time spent getting the next batch: waits for the log, gathers
     # Wall-clock times (epoch seconds) of the first batch stepped and of the finish: the
     # trainer's throughput, waits for the log included, without its start-up.
     first_batch_at: float = 0.0
@@ -61,6 +62,7 @@ class LoopCounters:
             "skipped_nonfinite_batches": self.skipped_batches,
             "resumed_from_step": self.resumed_from_step,
             "step_seconds": self.seconds,
+            "wait_seconds": self.wait_seconds,
             "first_batch_at": self.first_batch_at,
             "finished_at": self.finished_at,
             # Shuffle quality: entropy of example ids per batch vs its maximum log2(batch rows).
@@ -91,6 +93,7 @@ class TrainLoop:
             if self.trainer.finished:
                 self._finish()
                 break
+            asked = time.perf_counter()
             try:
                 batch = self.reader.next_batch()
             except NotReady:
@@ -98,6 +101,8 @@ class TrainLoop:
             except EndOfStream:
                 self._finish()
                 break
+            finally:
+                self.counters.wait_seconds += time.perf_counter() - asked
             if not np.isfinite(batch.float32()).all():
                 # A NaN or Inf row would poison every SAE of the bank: skip the batch, count it.
                 self.counters.skipped_batches += 1

@@ -89,8 +89,7 @@ class Trainer:
         if self.finished:
             raise RuntimeError(f"trainer {self.trainer_id} has already taken all "
                                f"{self.total_steps} steps")
-        # A copy: arrays from Ray's object store are read-only, and torch wants writable memory.
-        x = torch.from_numpy(np.array(batch.float32(), dtype=np.float32, copy=True))
+        x = batch_tensor(batch, self.bank.device)
         metrics = self.bank.step(x)
         self.rows_seen += len(batch)
         if self._observed_for_curves():
@@ -127,3 +126,20 @@ class Trainer:
             folders.append(export_sae(self.run_dir, sae, self.bank.inference_params(sae.sae_id),
                                       self.stats.scale, self.hook_name, record))
         return folders
+
+
+def batch_tensor(batch: ActivationBlock, device: torch.device) -> torch.Tensor:
+    """A batch's activations as a float32 tensor on `device`, without a copy where none is
+    needed: a gathered batch is writable float32 memory torch can share; bf16 rows cross to the
+    device as bf16 (half the bytes) and widen there; on CUDA through pinned memory."""
+    acts = batch.acts
+    if not acts.flags.writeable:  # e.g. straight from Ray's object store
+        acts = acts.copy()
+    x = torch.from_numpy(acts)
+    if batch.bf16:
+        x = x.view(torch.bfloat16)
+    elif x.dtype != torch.float32:
+        x = x.float()
+    if device.type == "cuda":
+        x = x.pin_memory().to(device, non_blocking=True)
+    return x.float()

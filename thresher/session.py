@@ -1,0 +1,75 @@
+"""What both executors do with a stream, written once.
+
+`open_inputs` prepares a stream's input batches and writes its inputs manifest (the inline
+executor and the Ray stream actor call it). `TrainerSession` is one trainer on a stream: its
+`Trainer`, a `BatchReader` over the log and the `TrainLoop` that steps them, then the export and
+the held-out evaluation. The executors differ only in what they hand it: how a group is fetched
+and its blocks loaded (the log and the blocks themselves inline; remote calls and object refs
+on Ray), and what to do while it is blocked.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from thresher.analysis.evaluate import TrainerResult, trainer_result
+from thresher.config import Config, StreamPlan, TrainerPlan, config_dir
+from thresher.harvest.inputs import Inputs, prepare_inputs, write_manifest
+from thresher.stream.block import ActivationBlock
+from thresher.stream.log import Cursor
+from thresher.stream.reader import BatchReader, Fetch, Load
+from thresher.stream.stats import StreamStats
+from thresher.train.loop import Status, TrainLoop
+from thresher.train.trainer import Trainer
+
+
+def open_inputs(cfg: Config, stream: StreamPlan, run_dir: str | Path) -> Inputs:
+    """The stream's input batches; its inputs manifest written to the run directory."""
+    inputs = prepare_inputs(stream.source, cfg.run.seed, config_dir(cfg))
+    write_manifest(run_dir, stream.stream_id, inputs.manifest)
+    return inputs
+
+
+class TrainerSession:
+    """One trainer along one stream, from its first batch to its result."""
+
+    def __init__(self, cfg: Config, stream_id: str, plan: TrainerPlan, stats: StreamStats,
+                 run_dir: str | Path, device: str, fetch: Fetch[Any], load: Load[Any],
+                 commit: Callable[[Cursor], object], prefetch: bool = False,
+                 on_step: Callable[[int], object] | None = None) -> None:
+        self.cfg, self.stream_id, self.plan = cfg, stream_id, plan
+        self.started = time.perf_counter()
+        # Restores from the trainer's own checkpoints, so a restarted trainer resumes here.
+        self.trainer = Trainer(plan.trainer_id, plan.saes, cfg.train, stats, run_dir,
+                               device=device, hook_name=plan.hook)
+        self.reader = BatchReader(fetch, load, cfg.train.batch_size,
+                                  self.trainer.resumed_cursor, hook=plan.hook,
+                                  prefetch=prefetch)
+        self.loop = TrainLoop(self.trainer, self.reader, commit=commit,
+                              checkpoint_every=cfg.train.checkpoint_every, on_step=on_step)
+
+    @property
+    def done(self) -> bool:
+        return self.loop.done
+
+    def advance(self, log_full: Callable[[], bool]) -> Status:
+        """Step until finished or blocked; a blocked trainer whose log is full checkpoints, so
+        its commit lets the pump go on."""
+        status = self.loop.advance()
+        if status == "blocked" and log_full():
+            self.loop.checkpoint()
+        return status
+
+    def finish(self, holdout: ActivationBlock, counters: dict[str, Any] | None = None
+               ) -> TrainerResult:
+        """Export every SAE and evaluate the bank with frozen weights on the held-out rows."""
+        self.reader.close()
+        self.trainer.export()
+        return trainer_result(self.cfg, self.stream_id, self.trainer, holdout,
+                              {**self.loop.counters.to_dict(),
+                               "gather_seconds": self.reader.groups.gather_seconds,
+                               **(counters or {})},
+                              time.perf_counter() - self.started)
