@@ -14,7 +14,7 @@ from thresher.stream.stats import estimate_stream_stats
 from thresher.train.loop import CURSOR_DONE, TrainLoop
 from thresher.train.trainer import Trainer
 
-from .test_stream import reader_for
+from .test_stream import reader_for, whole
 
 
 def make_log(chunks: list[np.ndarray]) -> BroadcastLog:
@@ -22,8 +22,8 @@ def make_log(chunks: list[np.ndarray]) -> BroadcastLog:
     start = 0
     for acts in chunks:
         n = len(acts)
-        log.append(ActivationBlock(acts.astype(np.float32), np.arange(start, start + n),
-                                   np.zeros(n, dtype=np.int32)), n)
+        log.append(whole(ActivationBlock(acts.astype(np.float32), np.arange(start, start + n),
+                                         np.zeros(n, dtype=np.int32))), n)
         start += n
     log.finish()
     return log

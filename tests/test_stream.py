@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 
 from thresher.stream.block import ActivationBlock
-from thresher.stream.chunker import Chunker
-from thresher.stream.log import BroadcastLog, Cursor, LogFull
-from thresher.stream.reader import BatchReader, EndOfStream, NotReady, example_id_entropy_bits
-from thresher.stream.stats import geometric_median
+from thresher.stream.chunker import Chunk, Chunker, Piece, load_pieces
+from thresher.stream.log import BroadcastLog, Cursor, Group, LogFull
+from thresher.stream.reader import (
+    BatchReader,
+    EndOfStream,
+    NotReady,
+    example_id_entropy_bits,
+    fetch_group,
+    gather_group,
+)
+from thresher.stream.stats import estimate_hook_stats, geometric_median
 
 
 def make_block(start: int, rows: int, d: int = 4) -> ActivationBlock:
@@ -19,39 +26,61 @@ def make_block(start: int, rows: int, d: int = 4) -> ActivationBlock:
                            position=np.zeros(rows, dtype=np.int32))
 
 
+def whole(block: ActivationBlock) -> Chunk[ActivationBlock]:
+    """A chunk of one whole block (the log's handles are chunks)."""
+    return Chunk((Piece(block, 0, len(block)),))
+
+
+def rows_of(pieces: list[Piece[ActivationBlock]]) -> ActivationBlock:
+    return load_pieces(pieces, list)  # inline, a block's handle is the block itself
+
+
 def test_chunker_holds_out_whole_blocks_and_cuts_exact_chunks() -> None:
-    chunker = Chunker(chunk_rows=10, holdout_rows=12, norm_rows=5)
+    chunker: Chunker[ActivationBlock] = Chunker(chunk_rows=10, holdout_rows=12, norm_rows=5)
     chunks = []
     start = 0
     for rows in [7, 7, 9, 13, 4]:
-        chunks += chunker.add(make_block(start, rows))
+        chunks += chunker.add(make_block(start, rows), rows)
         start += rows
     chunks += chunker.finish()
     # the holdout is the first whole blocks reaching 12 rows: 7 + 7
     assert chunker.holdout_count == 14
-    assert chunker.holdout_block().example_id.tolist() == list(range(14))
-    assert [len(c) for c in chunks] == [10, 10, 6]
-    train_ids = np.concatenate([c.example_id for c in chunks])
+    assert rows_of(chunker.holdout).example_id.tolist() == list(range(14))
+    assert [c.rows for c in chunks] == [10, 10, 6]
+    train_ids = np.concatenate([rows_of(list(c.pieces)).example_id for c in chunks])
     assert train_ids.tolist() == list(range(14, 40))
-    assert chunker.stats is not None and chunker.stats[""].rows == 5
+    # a chunk may take pieces of several blocks, and a block may feed two chunks
+    assert [[(p.start, p.stop) for p in c.pieces] for c in chunks] == [
+        [(0, 9), (0, 1)], [(1, 11)], [(11, 13), (0, 4)]]
+    assert chunker.norm_ready and rows_of(chunker.norm).example_id.tolist() == list(range(14, 19))
 
 
 def test_chunker_stops_at_wanted_rows() -> None:
-    chunker = Chunker(chunk_rows=10, holdout_rows=1, norm_rows=5, wanted_rows=25)
-    chunks = chunker.add(make_block(0, 1))
-    chunks += chunker.add(make_block(1, 100))
+    chunker: Chunker[ActivationBlock] = Chunker(chunk_rows=10, holdout_rows=1, norm_rows=5,
+                                                wanted_rows=25)
+    chunks = chunker.add(make_block(0, 1), 1)
+    chunks += chunker.add(make_block(1, 100), 100)
     assert chunker.done
     chunks += chunker.finish()
-    assert [len(c) for c in chunks] == [10, 10, 10]  # whole chunks covering >= 25 rows
+    assert [c.rows for c in chunks] == [10, 10, 10]  # whole chunks covering >= 25 rows
+
+
+def test_chunker_falls_back_to_the_holdout_for_stream_stats() -> None:
+    chunker: Chunker[ActivationBlock] = Chunker(chunk_rows=10, holdout_rows=50, norm_rows=5)
+    chunker.add(make_block(0, 8), 8)
+    assert not chunker.norm_ready
+    assert chunker.finish() == []
+    assert chunker.norm_ready and rows_of(chunker.norm).example_id.tolist() == list(range(5))
 
 
 def test_stream_stats_scale_and_geometric_median() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(500, 8)) * 3 + 5
-    chunker = Chunker(chunk_rows=100, holdout_rows=0, norm_rows=400)
-    chunker.add(ActivationBlock(x.astype(np.float32), np.arange(500), np.zeros(500, np.int32)))
-    assert chunker.stats is not None
-    stats = chunker.stats[""]  # a block of one unnamed hook
+    chunker: Chunker[ActivationBlock] = Chunker(chunk_rows=100, holdout_rows=0, norm_rows=400)
+    chunker.add(ActivationBlock(x.astype(np.float32), np.arange(500), np.zeros(500, np.int32)),
+                500)
+    assert chunker.norm_ready
+    stats = estimate_hook_stats(rows_of(chunker.norm))[""]  # a block of one unnamed hook
     scaled = x[:400] * stats.scale
     assert np.linalg.norm(scaled, axis=1).mean() == pytest.approx(np.sqrt(8), rel=1e-5)
     # The geometric median minimises the sum of distances: its gradient vanishes.
@@ -63,7 +92,7 @@ def test_stream_stats_scale_and_geometric_median() -> None:
 
 def fill_log(log: BroadcastLog, n_chunks: int, rows: int = 8) -> None:
     for i in range(n_chunks):
-        log.append(make_block(i * rows, rows), rows)
+        log.append(whole(make_block(i * rows, rows)), rows)
     log.finish()
 
 
@@ -74,7 +103,7 @@ def test_schedule_deals_every_chunk_once_and_is_seeded() -> None:
         out = []
         for g in range(log.n_groups or 0):
             group = log.group(g)
-            out.append(sorted(int(h.example_id[0]) // 8 for h in group.handles))
+            out.append(sorted(int(c.pieces[0].block.example_id[0]) // 8 for c in group.handles))
         return out
 
     a, b, c = groups(0), groups(0), groups(1)
@@ -87,9 +116,9 @@ def test_group_waits_for_its_superblock() -> None:
     log = BroadcastLog(capacity_chunks=8, mix_chunks=2, seed=0, trainer_ids=["a"])
     assert log.superblock == 4
     for i in range(3):
-        log.append(make_block(i * 8, 8), 8)
+        log.append(whole(make_block(i * 8, 8)), 8)
     assert log.group(0) is None  # superblock 0 is not complete yet
-    log.append(make_block(24, 8), 8)
+    log.append(whole(make_block(24, 8)), 8)
     assert log.group(0) is not None and log.group(1) is not None
     assert log.group(2) is None
 
@@ -97,21 +126,15 @@ def test_group_waits_for_its_superblock() -> None:
 def test_log_refuses_past_capacity() -> None:
     log = BroadcastLog(capacity_chunks=4, mix_chunks=2, seed=0, trainer_ids=["a"])
     for i in range(4):
-        log.append(make_block(i, 1), 1)
+        log.append(whole(make_block(i, 1)), 1)
     with pytest.raises(LogFull):
-        log.append(make_block(9, 1), 1)
+        log.append(whole(make_block(9, 1)), 1)
 
 
-def reader_for(log: BroadcastLog, batch_size: int, cursor: Cursor | None = None) -> BatchReader:
-    def fetch(g: int):
-        if log.at_end(g):
-            raise EndOfStream
-        group = log.group(g)
-        if group is None:
-            raise NotReady
-        return group
-
-    return BatchReader(fetch, list, batch_size, cursor or Cursor())
+def reader_for(log: BroadcastLog, batch_size: int, cursor: Cursor | None = None,
+               prefetch: bool = False) -> BatchReader:
+    return BatchReader(lambda g: fetch_group(log, g), list, batch_size, cursor or Cursor(),
+                       prefetch=prefetch)
 
 
 def drain(reader: BatchReader) -> list[ActivationBlock]:
@@ -160,7 +183,7 @@ def test_slow_trainer_bounds_the_log_and_holds_release() -> None:
     next_chunk, total_chunks = 0, 40
     while not all(done.values()):
         while next_chunk < total_chunks and not log.full:
-            log.append(make_block(next_chunk * rows, rows), rows)
+            log.append(whole(make_block(next_chunk * rows, rows)), rows)
             next_chunk += 1
         if next_chunk == total_chunks and not log.finished:
             log.finish()
@@ -203,3 +226,50 @@ def test_released_group_cannot_be_read_again() -> None:
 def test_example_id_entropy() -> None:
     assert example_id_entropy_bits(np.zeros(64, dtype=np.int64)) == 0.0
     assert example_id_entropy_bits(np.arange(64)) == pytest.approx(6.0)
+
+
+def test_gather_is_concatenate_then_permute_and_picks_one_hook() -> None:
+    """The one-copy gather of a group equals the naive concatenation and permutation."""
+    a, b = make_block(0, 7), make_block(7, 9)
+    two = ActivationBlock(acts=np.concatenate([b.acts, -b.acts], axis=1), example_id=b.example_id,
+                          position=b.position, hooks=(("x", 4), ("y", 4)))
+    one = ActivationBlock(acts=a.acts, example_id=a.example_id, position=a.position,
+                          hooks=(("x", 4),))
+    group = Group(index=3, handles=(Chunk((Piece(two, 5, 9),)),
+                                    Chunk((Piece(one, 2, 7), Piece(two, 0, 5)))),
+                  rows=14, perm_seed=(1, 2, 3))
+    naive = ActivationBlock.concat([two.take(slice(5, 9)).select("x"),
+                                    one.take(slice(2, 7)), two.take(slice(0, 5)).select("x")])
+    naive = naive.take(group.permutation())
+    gathered = gather_group(group, list, hook="x")
+    np.testing.assert_array_equal(gathered.acts, naive.acts)
+    np.testing.assert_array_equal(gathered.example_id, naive.example_id)
+    assert gathered.hooks == (("x", 4),) and gathered.acts.flags.writeable
+
+
+def test_prefetching_reader_cuts_the_same_batches() -> None:
+    """Prefetching the next group changes when rows are gathered, never which."""
+    log = BroadcastLog(capacity_chunks=64, mix_chunks=2, seed=5, trainer_ids=["a", "b"])
+    fill_log(log, 11, rows=9)
+    plain, ahead = reader_for(log, 8), reader_for(log, 8, prefetch=True)
+    for x, y in zip(drain(plain), drain(ahead), strict=True):
+        np.testing.assert_array_equal(x.acts, y.acts)
+        np.testing.assert_array_equal(x.example_id, y.example_id)
+    ahead.close()
+
+
+def test_prefetch_of_a_group_not_yet_in_the_log_is_asked_again() -> None:
+    log = BroadcastLog(capacity_chunks=4, mix_chunks=1, seed=0, trainer_ids=["a"])
+    for i in range(2):
+        log.append(whole(make_block(i * 4, 4)), 4)
+    reader = reader_for(log, 4, prefetch=True)
+    first = [reader.next_batch(), reader.next_batch()]  # superblock 0; superblock 1 not in yet
+    with pytest.raises(NotReady):
+        reader.next_batch()
+    for i in range(2, 4):
+        log.append(whole(make_block(i * 4, 4)), 4)
+    log.finish()
+    rest = drain(reader)
+    ids = sorted(np.concatenate([b.example_id for b in first + rest]).tolist())
+    assert ids == list(range(16))
+    reader.close()
