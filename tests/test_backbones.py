@@ -195,35 +195,3 @@ def test_context_longer_than_model_is_refused(tmp_path: Path) -> None:
                        "blocks.0.hook_resid_post", context=128)
     with pytest.raises(ConfigError, match="context is 128 but the backbone takes at most 64"):
         Harvester(source)
-
-
-# --------------------------------------------------------------------------------------------
-# Harvester as a Ray Data UDF
-# --------------------------------------------------------------------------------------------
-
-
-def test_call_harvests_each_item_with_one_forward(tmp_path: Path) -> None:
-    source = source_of(tmp_path, {"kind": "hf_text", "model": "", "config": TINY_BERT},
-                       "layer.0", batch_size=2)
-    inputs = build_inputs(source, 0, tmp_path, load_tokenizer(source.backbone))
-    assert len(inputs.batches) >= 3
-    items = {name: np.stack([b[name] for b in inputs.batches[:3]])
-             for name in inputs.batches[0]}
-    harvester = Harvester(source)
-    columns = harvester(items)
-    assert harvester.forward_calls == 3
-    calls = columns.pop("forward_call")
-    assert calls.dtype == np.int64 and len(np.unique(calls)) == 3
-    block = ActivationBlock.from_columns(columns)
-    expected = ActivationBlock.concat([Harvester(source).harvest(b)
-                                       for b in inputs.batches[:3]])
-    np.testing.assert_array_equal(block.acts, expected.acts)
-    np.testing.assert_array_equal(block.example_id, expected.example_id)
-    np.testing.assert_array_equal(block.position, expected.position)
-    # a forward call's rows are contiguous: one call id per input batch, in order
-    starts = np.flatnonzero(np.r_[True, calls[1:] != calls[:-1]])
-    assert len(starts) == 3
-    # ids differ between actors (random nonce), so the pump can count calls across the pool
-    other = Harvester(source)
-    other_calls = other({k: v[:1] for k, v in items.items()})["forward_call"]
-    assert not set(other_calls.tolist()) & set(calls.tolist())
