@@ -1,26 +1,26 @@
 """The harvester: one backbone forward per input batch, rows out.
 
-`Harvester` is a plain class; Ray Data runs it as the `map_batches` UDF of a fixed actor pool
-(`__call__`), the inline executor calls `harvest` directly. Each input batch (see
-`thresher.harvest.inputs`) becomes exactly one forward and one ActivationBlock, which carries
-every hook of the stream side by side (`ActivationBlock.hooks` names them). Text rows are the
-windows' content tokens: special tokens ([CLS], [SEP], BOS) and padding never become rows.
-Image, EEG and stored backbones make their own rows (`backbone.harvest(batch)`).
+`Harvester` is a plain class: the in-process harvest (`thresher.harvest.local`) calls `harvest`
+directly, and on Ray the `map_batches` UDF of a fixed actor pool (`HarvestWorker`) wraps one.
+Each input batch (see `thresher.harvest.inputs`) becomes exactly one forward and one
+ActivationBlock, which carries every hook of the stream side by side (`ActivationBlock.hooks`
+names them). Text rows are the windows' content tokens: special tokens ([CLS], [SEP], BOS) and
+padding never become rows. Image, EEG and stored backbones make their own rows
+(`backbone.harvest(batch)`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from thresher.stream.block import ActivationBlock
 from thresher.config import ConfigError, SourceConfig
 from thresher.harvest.backbones import load_backbone
+from thresher.stream.block import ActivationBlock
 
 
 def load_any_backbone(source: SourceConfig, device: str, base_dir: Path | None = None) -> Any:
@@ -64,8 +64,6 @@ class Harvester:
                 f"source.inputs.context is {source.inputs.context} but the backbone takes at "
                 f"most {n_ctx} tokens; lower context")
         self.forward_calls = 0
-        # Forward-call ids are unique across actors: a random actor nonce above a local count.
-        self._nonce = secrets.randbits(31)
 
     @property
     def d_model(self) -> int:
@@ -119,34 +117,3 @@ class Harvester:
         from thresher.harvest.vision import image_spec
 
         return image_spec(self.source, self.base_dir)
-
-    def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Ray Data UDF: each item is one input batch; one forward per item.
-
-        Adds `forward_call` (int64 per row), unique to the forward that made the row across all
-        actors, so the pump can count forward calls, and `unreadable` (int64 per row: the
-        batch's count of undecodable images on its first row, 0 elsewhere).
-        """
-        n_items = len(next(iter(items.values())))
-        blocks, calls, unreadable = [], [], []
-        for i in range(n_items):
-            before = self.unreadable
-            block = self.harvest({name: column[i] for name, column in items.items()})
-            blocks.append(block)
-            call_id = (self._nonce << 32) | self.forward_calls
-            calls.append(np.full(len(block), call_id, dtype=np.int64))
-            skipped = np.zeros(len(block), dtype=np.int64)
-            skipped[:1] = self.unreadable - before
-            unreadable.append(skipped)
-        if not blocks:
-            block = ActivationBlock(acts=np.zeros((0, self.d_model), dtype=np.float32),
-                                    example_id=np.zeros(0, dtype=np.int64),
-                                    position=np.zeros(0, dtype=np.int32))
-        else:
-            block = ActivationBlock.concat(blocks)
-        columns = block.to_columns()
-        columns["forward_call"] = (np.concatenate(calls) if calls
-                                   else np.zeros(0, dtype=np.int64))
-        columns["unreadable"] = (np.concatenate(unreadable) if unreadable
-                                 else np.zeros(0, dtype=np.int64))
-        return columns
