@@ -159,9 +159,12 @@ def test_report_renders_with_no_missing_image(analyzed_run: Path, tmp_path: Path
     assert main(["report", str(analyzed_run)]) == 0
     index = analyzed_run / "report" / "index.html"
     page = index.read_text()
-    for section in ("<h2>Sweep</h2>", "pareto.png", "density.png", "monoscore.png"):
+    for section in ("<h2>Sweep</h2>", "pareto.png", "density.png", "monoscore.png",
+                    "curves.png"):
         assert section in page
     assert page.count("<tr>") == 1 + 3  # header + one row per SAE
-    # Text cards: the activating token highlighted in its decoded context.
-    assert page.count("class='card'") == 12 and page.count("<mark>") >= 12
-    assert assert_renders_without_missing_image(index, tmp_path / "report.png") == 3
+    # Every SAE links to its feature browser (clicked through in tests/test_report_browser.py).
+    for sae_id in pq.read_table(analyzed_run / "stats/summary.parquet").column("sae_id"):
+        assert f"href='features/{sae_id}.html'" in page
+        assert (index.parent / "features" / f"{sae_id}.html").is_file()
+    assert assert_renders_without_missing_image(index, tmp_path / "report.png") == 4

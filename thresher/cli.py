@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inline", action="store_true",
                      help="run every role in this process, without Ray")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--no-report", action="store_true",
+                     help="skip writing report/ at the end (`thresher report RUN_DIR` later)")
     again = run.add_mutually_exclusive_group()
     again.add_argument("--resume", metavar="RUN_DIR",
                        help="continue the run in RUN_DIR from its checkpoints (its own config)")
@@ -68,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
                 run_dir = thresher.run(the_plan.config, inline=args.inline, progress=progress,
                                        overwrite=args.overwrite)
             _print_summary(run_dir)
+            _report_after_run(run_dir, args.no_report)
             return 0
         if args.command == "harvest":
             from thresher.harvest.cache import harvest_and_describe
@@ -96,6 +99,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"thresher: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _report_after_run(run_dir: object, skip: bool) -> None:
+    """The report is what a finished run is read through, and costs seconds next to the run's
+    minutes, so `run` writes it and names the file; the API (thresher.run) leaves it out."""
+    if skip:
+        print(f"report: not written (--no-report); write it with `thresher report {run_dir}`")
+        return
+    from thresher.analysis.report import write_report
+
+    index = write_report(str(run_dir)).resolve()  # absolute: openable from any folder
+    print(f"report: {index}  (open it in a browser; its links work from file://)")
 
 
 def _print_summary(run_dir: object) -> None:

@@ -1,0 +1,124 @@
+"""The feature browser: one static page per SAE (report/features/<sae_id>.html).
+
+The page loads three plain scripts, so it works from file:// (no fetch, no server):
+`../static/browser.js` (the table and the feature view), `../data/<stream_id>.js` (what the
+stream's examples look like, thresher/analysis/report/modality.py) and `../data/<sae_id>.js`
+(the SAE's features and their examples). The table sorts on a header click and filters by
+density, MonoScore, label purity and dead/alive; a row opens the feature (`#f<index>`): its
+numbers, an activation histogram of its firing rows and its top and quantile examples.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from thresher import storage
+
+HIST_BINS = 16
+FEATURE_COLUMNS = ("feature", "firing_rate", "max_act", "mean_act_when_active", "mono_score",
+                   "label_purity", "top_label", "max_decoder_cos", "is_dead")
+
+
+def script(variable: str, obj: Any) -> str:
+    """`window.<variable> = <json>;`: data a file:// page can load with <script src>."""
+    # "</" escaped: the JSON may hold a text example's "</script>"
+    text = json.dumps(obj, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    return f"window.{variable} = {text};\n"
+
+
+def _number(value: Any, digits: int = 5) -> float | None:
+    value = float(value)
+    return float(f"{value:.{digits}g}") if math.isfinite(value) else None
+
+
+def activation_histogram(quantiles: np.ndarray, levels: np.ndarray, max_act: float
+                         ) -> list[float]:
+    """Share of a feature's firing rows per bin of [0, max_act], from its quantile sample: the
+    activation at levels (i + ½)/n of a uniform sample of its firing rows (stats/examples
+    .parquet), with 0 at level 0 and max_act at level 1, the CDF linear in between."""
+    if not len(quantiles) or not max_act > 0:
+        return []
+    order = np.argsort(levels)
+    xs = np.concatenate([[0.0], quantiles[order], [max_act]])
+    ps = np.concatenate([[0.0], levels[order], [1.0]])
+    xs = np.maximum.accumulate(xs)
+    edges = np.linspace(0.0, max_act, HIST_BINS + 1)
+    cdf = np.interp(edges, xs, ps)
+    return [round(float(v), 4) for v in np.diff(cdf)]
+
+
+def sae_data(sae: pd.Series, features: pd.DataFrame, examples: pd.DataFrame | None,
+             label_name: Any) -> dict[str, Any]:
+    """The browser's data for one SAE: its summary numbers, one row per feature, and per live
+    feature its examples [kind, rank, example id, position, activation] and histogram."""
+    mine = features[features.sae_id == sae["sae_id"]].sort_values("feature")
+    rows = []
+    for feat in mine.itertuples(index=False):
+        rows.append([int(feat.feature), _number(feat.firing_rate), _number(feat.max_act),
+                     _number(feat.mean_act_when_active), _number(feat.mono_score),
+                     _number(feat.label_purity),
+                     label_name(int(feat.top_label)) if int(feat.top_label) >= 0 else "",
+                     _number(feat.max_decoder_cos), bool(feat.is_dead)])
+    per_feature: dict[str, Any] = {}
+    if examples is not None:
+        max_act = dict(zip(mine.feature.astype(int), mine.max_act.astype(float), strict=True))
+        own = examples[examples.sae_id == sae["sae_id"]]
+        for j, group in own.groupby("feature"):
+            group = group.sort_values(["kind", "rank"], ascending=[False, True])
+            quant = group[group.kind == "quantile"]
+            per_feature[str(int(j))] = {
+                "examples": [[str(r.kind), int(r.rank), int(r.example_id), int(r.position),
+                              _number(r.activation)] for r in group.itertuples(index=False)],
+                "hist": activation_histogram(quant["activation"].to_numpy(np.float64),
+                                             quant["quantile"].to_numpy(np.float64),
+                                             max_act.get(int(j), 0.0)),
+            }
+    keys = ("sae_id", "stream_id", "arch", "d_sae", "k", "l1_coef", "fve", "l0",
+            "dead_fraction", "dense_fraction_10pct", "eval_rows", "hook")
+    info = {k: (_number(sae[k]) if isinstance(sae[k], float | np.floating) else
+                int(sae[k]) if isinstance(sae[k], int | np.integer) else str(sae[k]))
+            for k in keys if k in sae}
+    return {"sae": info, "columns": list(FEATURE_COLUMNS), "features": rows,
+            "per_feature": per_feature}
+
+
+def write_browser(out: Path, sae: pd.Series, data: dict[str, Any]) -> Path:
+    """report/features/<sae_id>.html and its data script report/data/<sae_id>.js."""
+    sae_id = str(sae["sae_id"])
+    storage.save(out / "data" / f"sae-{sae_id}.js", script("THRESHER_SAE", data).encode())
+    title = html.escape(f"{sae_id}: feature browser")
+    page = f"""<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>
+<link rel='stylesheet' href='../static/report.css'></head>
+<body class='browser'>
+<p><a href='../index.html' id='back'>← report</a></p>
+<h1>{title}</h1>
+<p id='sae-info' class='meta'></p>
+<p id='problem' class='problem' hidden></p>
+<div id='filters'>
+ <label><input type='checkbox' id='hide-dead' checked> hide dead</label>
+ <label>density ≥ <input type='number' id='min-density' step='any' size='8'></label>
+ <label>density ≤ <input type='number' id='max-density' step='any' size='8'></label>
+ <label>MonoScore ≥ <input type='number' id='min-mono' step='any' size='6'></label>
+ <label>label purity ≥ <input type='number' id='min-purity' step='any' size='6'></label>
+ <label>feature <input type='text' id='find' size='6'></label>
+ <span id='shown' class='meta'></span>
+</div>
+<div id='layout'><div id='table-box'><table id='features'><thead></thead><tbody></tbody>
+</table></div><div id='feature'><p class='meta'>Pick a feature in the table.</p></div></div>
+<script src='../data/stream-{html.escape(str(sae["stream_id"]))}.js'></script>
+<script src='../data/sae-{html.escape(sae_id)}.js'></script>
+<script src='../static/browser.js'></script>
+</body></html>"""
+    return storage.save(out / "features" / f"{sae_id}.html", page.encode())
+
+
+def write_stream_data(out: Path, stream_id: str, data: dict[str, Any]) -> Path:
+    return storage.save(out / "data" / f"stream-{stream_id}.js",
+                        script("THRESHER_STREAM", data).encode())
