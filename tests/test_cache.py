@@ -72,7 +72,8 @@ def test_lmdb_round_trip_and_stored_replay(tmp_path: Path) -> None:
     replayed = thresher.run(replay, inline=True, progress=False)
     assert pq.read_table(original / "inputs" / "s0.parquet").equals(
         pq.read_table(replayed / "inputs" / "s0.parquet"))
-    cols = ["sae_id", "input_scale", "rows_trained", "mse", "fve", "l0", "dead_fraction"]
+    cols = ["sae_id", "input_scale", "rows_trained", "mse_per_element", "fve", "l0",
+            "dead_fraction"]
     assert (pq.read_table(original / "stats/summary.parquet").select(cols).to_pylist()
             == pq.read_table(replayed / "stats/summary.parquet").select(cols).to_pylist())
     weights = "saes/00-topk/sae_weights.safetensors"

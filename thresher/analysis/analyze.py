@@ -101,20 +101,23 @@ def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
 def _lm_metrics(cfg: Config, source: SourceConfig, hook: str, run_dir: Path,
                 holdout: ActivationBlock, saes: list[FrozenSAE],
                 max_windows: int) -> dict[str, dict[str, float]]:
-    """CE/KL per SAE spliced in at `hook` over the held-out windows; {} (with a log line)
-    where undefined."""
+    """CE/KL per SAE spliced in at `hook` over the held-out windows (none, with a log line,
+    where undefined), with the source's own metrics (ground truth, probing) alongside."""
+    from thresher.analysis.evaluate import source_metrics
     from thresher.harvest.backbones import load_tokenizer
     from thresher.harvest.inputs import manifest_path
     from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
 
+    extra = source_metrics(source, holdout, lambda x: [s.encode_decode(x) for s in saes],
+                           {s.sae.sae_id: s.W_dec.numpy() for s in saes})
     reason = splice_supported(source)
     if reason is not None:
         log.info("no CE-loss recovered for stream %s: %s", source.name, reason)
-        return {}
+        return extra
     manifest = manifest_path(run_dir, source.name)
     if not manifest.is_file():
         log.info("no CE-loss recovered: %s is missing", manifest)
-        return {}
+        return extra
     ids = np.unique(holdout.example_id)[:max_windows]
     table = pq.read_table(manifest, columns=["example_id", "token_ids"]).to_pydict()
     by_id = dict(zip(table["example_id"], table["token_ids"], strict=True))
@@ -125,4 +128,4 @@ def _lm_metrics(cfg: Config, source: SourceConfig, hook: str, run_dir: Path,
     with torch.no_grad():
         metrics = splice_metrics(lm, windows, replacements, tokenizer.pad_id,
                                  len(tokenizer.prefix), len(tokenizer.suffix))
-    return {sid: asdict(m) for sid, m in metrics.items()}
+    return {sid: {**extra.get(sid, {}), **asdict(m)} for sid, m in metrics.items()}

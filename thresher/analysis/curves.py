@@ -27,11 +27,12 @@ import torch
 from thresher.analysis.stats import CURVE_OPTIONS, Rows, SAEStats
 
 # The bank's per-step metrics (thresher.train.sae.METRIC_NAMES) as curve columns.
-STEP_METRICS = {"loss": "train_loss", "mse": "train_mse", "l0": "train_l0",
+STEP_METRICS = {"loss": "train_loss", "mse": "train_sq_err_per_row", "l0": "train_l0",
                 "grad_norm": "train_grad_norm", "aux_loss": "train_aux_loss",
                 "mono_score": "train_mono_score", "dead_fraction": "train_dead_fraction"}
 # SummaryMetrics fields of the window's SAEStats, as curve columns.
-WINDOW_METRICS = {"eval_rows": "window_rows", "fve": "fve", "nmse": "nmse", "mse": "mse",
+WINDOW_METRICS = {"eval_rows": "window_rows", "fve": "fve", "nmse": "nmse",
+                  "mse_per_element": "mse_per_element", "sq_err_per_row": "sq_err_per_row",
                   "l2_ratio": "l2_ratio", "l0": "l0", "l1": "l1",
                   "dead_fraction": "window_dead_fraction",
                   "dense_fraction_1pct": "dense_fraction_1pct",

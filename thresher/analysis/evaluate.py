@@ -15,15 +15,20 @@ from typing import Any
 import numpy as np
 import torch
 
+from thresher.analysis.ground_truth import GT_METRIC_NAMES
+from thresher.analysis.probing import PROBE_METRIC_NAMES
 from thresher.analysis.stats import Rows, SAEStats, StatsOptions, max_decoder_cosine
-from thresher.config import Config, SAEConfig
+from thresher.config import Config, SAEConfig, SourceConfig
 from thresher.stream.block import ActivationBlock
 from thresher.train.trainer import Trainer
 
 EncodeDecode = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
 # Summary columns that only `thresher analyze` fills in (they need the backbone): NaN otherwise.
 LM_METRIC_NAMES = ("ce_loss_clean", "ce_loss_sae", "ce_loss_zero", "ce_loss_recovered",
-                   "kl_div", "kl_recovered")
+                   "kl_div", "kl_div_zero", "kl_recovered", "ce_loss_zero_content",
+                   "ce_loss_recovered_content", "kl_div_zero_content", "kl_recovered_content")
+# Summary columns only some sources have (see source_metrics): NaN elsewhere.
+EXTRA_METRIC_NAMES = (*LM_METRIC_NAMES, *GT_METRIC_NAMES, *PROBE_METRIC_NAMES)
 
 
 @torch.no_grad()
@@ -42,6 +47,43 @@ def evaluate_saes(encode_decode: EncodeDecode, sae_ids: Sequence[str], d_sae: Se
         for sae_id, (f, x_hat) in zip(sae_ids, encode_decode(x), strict=True):
             stats[sae_id].update(rows, f, x_hat)
     return stats
+
+
+@torch.no_grad()
+def source_metrics(source: SourceConfig, holdout: ActivationBlock, encode_decode: EncodeDecode,
+                   decoders: dict[str, np.ndarray],
+                   batch_rows: int = 4096) -> dict[str, dict[str, float]]:
+    """Per SAE (in `encode_decode`'s order, keyed like `decoders`): ground-truth metrics on a
+    synthetic source, sparse probing where the rows carry labels; {} where neither applies."""
+    from thresher.analysis.ground_truth import GroundTruthAccumulator
+    from thresher.analysis.probing import PooledExamples
+
+    sae_ids = list(decoders)
+    gt = None
+    if source.backbone.kind == "synthetic":
+        from thresher.harvest.synthetic import model_of
+
+        gt = GroundTruthAccumulator(model_of(source), decoders)
+    labelled = holdout.label is not None and bool((holdout.label >= 0).any())
+    probe = PooledExamples() if labelled else None
+    if gt is None and probe is None:
+        return {}
+    x_all = holdout.float32()
+    for start in range(0, len(x_all), batch_rows):
+        end = start + batch_rows
+        x = torch.from_numpy(np.array(x_all[start:end]))
+        latents = {sid: f for sid, (f, _) in zip(sae_ids, encode_decode(x), strict=True)}
+        if gt is not None:
+            gt.update(holdout.example_id[start:end], latents)
+        if probe is not None and holdout.label is not None:
+            probe.update(holdout.example_id[start:end], holdout.label[start:end],
+                         {"__raw": x, **latents})
+    out: dict[str, dict[str, float]] = {sid: {} for sid in sae_ids}
+    for part in (gt.metrics() if gt is not None else {},
+                 probe.metrics(sae_ids) if probe is not None else {}):
+        for sid, metrics in part.items():
+            out[sid].update(metrics)
+    return out
 
 
 def evaluate_trainer(trainer: Trainer, holdout: ActivationBlock,
@@ -80,7 +122,7 @@ def sae_tables(sae_id: str, stats: SAEStats, decoder_norm: np.ndarray,
     columns["sae_id"] = np.array([sae_id] * stats.d_sae, dtype=object)
     metrics = {**stats.summary().__dict__,
                "mean_max_decoder_cos": float(np.mean(columns["max_decoder_cos"])),
-               **{name: float("nan") for name in LM_METRIC_NAMES}}
+               **{name: float("nan") for name in EXTRA_METRIC_NAMES}}
     examples = stats.examples()
     examples["sae_id"] = np.array([sae_id] * len(examples["feature"]), dtype=object)
     labels = stats.labels()
@@ -96,10 +138,15 @@ def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: Activ
     if curve_rows is None:
         curve_rows = trainer.finish_curves()
     result = TrainerResult(trainer.trainer_id, [], [], loop, seconds, curve_rows=list(curve_rows))
+    bank = trainer.bank
+    decoders = {sid: bank.sae_params(sid)["W_dec"].detach().cpu().numpy() for sid in bank.sae_ids}
+    extra = source_metrics(cfg.source_named(stream_id), holdout,
+                           lambda x: bank.encode_decode(x.to(bank.device)), decoders)
     for sae in trainer.saes:
         w_dec = trainer.bank.sae_params(sae.sae_id)["W_dec"]
         metrics, columns, examples, labels = sae_tables(sae.sae_id, stats[sae.sae_id],
                                                         norms[sae.sae_id], w_dec)
+        metrics.update(extra.get(sae.sae_id, {}))
         result.summary_rows.append({
             **identity_columns(cfg, stream_id, trainer.trainer_id, sae, holdout.d),
             "input_scale": float(trainer.stats.scale), "steps": trainer.step,

@@ -34,7 +34,8 @@ SUMMARY_SCHEMA = pa.schema(
         ("rows_trained", pa.int64()),
         ("train_seconds", pa.float64()),  # wall time of the trainer that held this SAE
         ("eval_rows", pa.int64()),
-        ("mse", pa.float64()),
+        ("mse_per_element", pa.float64()),  # mean over rows and dims of (x - x_hat)^2
+        ("sq_err_per_row", pa.float64()),  # mean over rows of ||x - x_hat||^2 (SAELens's mse)
         ("nmse", pa.float64()),
         ("fve", pa.float64()),
         ("l2_ratio", pa.float64()),  # mean over rows of ||x_hat|| / ||x||
@@ -53,7 +54,27 @@ SUMMARY_SCHEMA = pa.schema(
         ("ce_loss_zero", pa.float64()),
         ("ce_loss_recovered", pa.float64()),
         ("kl_div", pa.float64()),  # mean KL(p_clean || p_sae) per token
+        ("kl_div_zero", pa.float64()),
         ("kl_recovered", pa.float64()),
+        # The same with only the content positions zeroed (BOS/CLS/SEP kept):
+        ("ce_loss_zero_content", pa.float64()),
+        ("ce_loss_recovered_content", pa.float64()),
+        ("kl_div_zero_content", pa.float64()),
+        ("kl_recovered_content", pa.float64()),
+        # Synthetic sources: against the true feature dictionary (analysis/ground_truth.py):
+        ("gt_mcc", pa.float64()),
+        ("gt_uniqueness", pa.float64()),
+        ("gt_precision", pa.float64()),
+        ("gt_recall", pa.float64()),
+        ("gt_f1", pa.float64()),
+        ("gt_l0", pa.float64()),  # true features firing per held-out row
+        # Labelled rows: k-sparse probing accuracy (analysis/probing.py):
+        ("probe_sae_k1_acc", pa.float64()),
+        ("probe_sae_k5_acc", pa.float64()),
+        ("probe_raw_k1_acc", pa.float64()),
+        ("probe_raw_k5_acc", pa.float64()),
+        ("probe_raw_acc", pa.float64()),  # every raw dimension
+        ("probe_tasks", pa.float64()),  # binary tasks averaged over
     ]
 )
 
@@ -110,7 +131,7 @@ CURVES_SCHEMA = pa.schema(
         ("window_steps", pa.int64()),  # steps in the window
         # The bank's per-step metrics, mean over the window's steps (training units):
         ("train_loss", pa.float64()),
-        ("train_mse", pa.float64()),
+        ("train_sq_err_per_row", pa.float64()),  # mean over rows of ||c·x - x_hat||^2
         ("train_l0", pa.float64()),
         ("train_grad_norm", pa.float64()),
         ("train_aux_loss", pa.float64()),
@@ -120,7 +141,8 @@ CURVES_SCHEMA = pa.schema(
         ("window_rows", pa.int64()),
         ("fve", pa.float64()),
         ("nmse", pa.float64()),
-        ("mse", pa.float64()),
+        ("mse_per_element", pa.float64()),
+        ("sq_err_per_row", pa.float64()),
         ("l2_ratio", pa.float64()),
         ("l0", pa.float64()),
         ("l1", pa.float64()),

@@ -278,7 +278,8 @@ class SAEStats:
         mono = np.nan_to_num(self.mono_scores(), nan=0.0)
         return SummaryMetrics(
             eval_rows=self.rows,
-            mse=self.sq_err / (rows * self.d_in),
+            mse_per_element=self.sq_err / (rows * self.d_in),
+            sq_err_per_row=self.sq_err / rows,
             nmse=self.sq_err / total_var if total_var > 0 else float("nan"),
             fve=1.0 - self.sq_err / total_var if total_var > 0 else float("nan"),
             l2_ratio=(self.l2_ratio_sum / self.l2_ratio_rows if self.l2_ratio_rows
@@ -298,7 +299,9 @@ class SAEStats:
 @dataclass(frozen=True)
 class SummaryMetrics:
     eval_rows: int
-    mse: float  # mean over rows and dims of (x - x_hat)^2, raw activation units
+    # Three "MSE"s are in use; each has its own name: this one is per element, ...
+    mse_per_element: float  # mean over rows and dims of (x - x_hat)^2, raw activation units
+    sq_err_per_row: float  # mean over rows of ||x - x_hat||^2, raw units (SAELens's `mse`)
     nmse: float  # sum ||x - x_hat||^2 / sum ||x - mean||^2
     fve: float  # fraction of variance explained = 1 - nmse
     l2_ratio: float  # mean over rows of ||x_hat|| / ||x|| (below 1: shrinkage)

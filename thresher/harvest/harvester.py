@@ -42,6 +42,10 @@ def load_any_backbone(source: SourceConfig, device: str, base_dir: Path | None =
         from thresher.harvest.cache import StoredBackbone
 
         return StoredBackbone(source, base_dir if base_dir is not None else Path.cwd())
+    if kind == "synthetic":
+        from thresher.harvest.synthetic import SyntheticBackbone
+
+        return SyntheticBackbone(source)
     return load_backbone(source.backbone, source.hooks, device)
 
 

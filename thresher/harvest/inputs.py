@@ -363,6 +363,11 @@ def prepare_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
                       int(manifest.column("num_patches")[0].as_py())) if n else 0
         return Inputs(batches=batches, manifest=manifest, n_examples=n,
                       n_tokens=n * per_window, unreadable=unreadable)
+    if source.backbone.kind == "synthetic":  # rows made in the backbone, one batch a block
+        from thresher.harvest.synthetic import synthetic_batches
+
+        batches, rows = synthetic_batches(source)
+        return Inputs(batches=batches, manifest=None, n_examples=rows, n_tokens=rows)
     from thresher.harvest.cache import build_stored_inputs
 
     batches, stored_manifest, rows = build_stored_inputs(source, base_dir)

@@ -2,13 +2,18 @@
 
 The whole model runs (not cut at the hook, unlike the harvest backbones); at the hook the
 activations of the content positions (the rows an SAE sees: not BOS/[CLS]/[SEP], not padding)
-are replaced by `replace(x) -> x_hat`, with x [rows, d] raw activations. SAELens's definitions:
+are replaced by `replace(x) -> x_hat`, with x [rows, d] raw activations. SAELens's
+definitions (sae_lens/evals.py, `get_recons_loss`; tests/test_splice_saelens.py checks them):
 
   CE recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)     zero: the hook's output set to 0
   KL recovered = (KL_zero − KL_sae) / KL_zero                  KL = KL(p_clean ‖ p_spliced)
 
-so an identity replacement gives 1 and a zero one gives 0. Next-token CE is averaged over every
-predicted real token of the windows; KL over the same positions.
+so an identity replacement gives 1 and a zero one gives 0. As SAELens does, the zero ablation
+sets EVERY position to 0 (BOS included), the SAE replaces the content positions only, next-token
+CE is averaged over the predictions made at content positions (of a real next token) and KL
+over the content positions (the last one included). `*_content` columns keep thresher's earlier
+baseline, which zeroes only the content positions and leaves BOS/[CLS]/[SEP] intact: a milder
+ablation (models lean on BOS as an attention sink), hence a smaller CE_zero − CE_clean.
 
 transformer_lens: a TransformerLens hook (`run_with_hooks`) on the full HookedTransformer.
 hf_text: a forward hook on the hooked layer of a causal LM (`AutoModelForCausalLM`); encoders
@@ -39,8 +44,13 @@ class LMMetrics:
     ce_loss_sae: float
     ce_loss_zero: float
     ce_loss_recovered: float
-    kl_div: float  # mean KL(p_clean || p_sae) per predicted token
+    kl_div: float  # mean KL(p_clean || p_sae) per content position
+    kl_div_zero: float
     kl_recovered: float
+    ce_loss_zero_content: float  # only the content positions zeroed
+    ce_loss_recovered_content: float
+    kl_div_zero_content: float
+    kl_recovered_content: float
 
 
 class SplicedLM:
@@ -193,39 +203,51 @@ def _zero(x: torch.Tensor) -> torch.Tensor:
 def splice_metrics(lm: SplicedLM, windows: Sequence[np.ndarray],
                    replacements: Mapping[str, Replace], pad_id: int, n_prefix: int,
                    n_suffix: int, batch_size: int = 16) -> dict[str, LMMetrics]:
-    """CE and KL of each replacement against the clean model and zero ablation, over `windows`
-    (token id arrays as fed to the model, special tokens included)."""
+    """CE and KL of each replacement against the clean model and the two zero ablations, over
+    `windows` (token id arrays as fed to the model, special tokens included)."""
     names = list(replacements)
-    ce = {name: 0.0 for name in [*names, "__clean", "__zero"]}
-    kl = {name: 0.0 for name in [*names, "__zero"]}
-    count = 0
+    ce = {name: 0.0 for name in [*names, "__clean", "__zero", "__zero_content"]}
+    kl = {name: 0.0 for name in [*names, "__zero", "__zero_content"]}
+    ce_count = kl_count = 0
     for start in range(0, len(windows), batch_size):
         tokens, mask, content = _pad(windows[start:start + batch_size], pad_id, n_prefix,
                                      n_suffix)
         target = tokens[:, 1:].to(lm.device)
-        valid = (mask[:, 1:] * mask[:, :-1]).bool().to(lm.device)  # real token predicting real
-        n = int(valid.sum())
-        if n == 0:
+        # CE: predictions made at a content position, of a real next token; KL: content.
+        predict = (content[:, :-1] & mask[:, 1:].bool()).to(lm.device)
+        at = content.to(lm.device)
+        if not bool(at.any()):
             continue
-        count += n
-        clean = lm.logits(tokens, mask, content, None)[:, :-1]
-        clean_logp = F.log_softmax(clean, -1)[valid]
-        ce["__clean"] += _ce_sum(clean_logp, target[valid])
-        for name, replace in [("__zero", _zero), *replacements.items()]:
-            logp = F.log_softmax(lm.logits(tokens, mask, content, replace)[:, :-1], -1)[valid]
-            ce[name] += _ce_sum(logp, target[valid])
-            kl[name] += float((clean_logp.exp() * (clean_logp - logp)).sum())
-    if count == 0:
-        raise ValueError("no window has two real tokens: nothing to predict")
-    clean_ce, zero_ce, zero_kl = (ce["__clean"] / count, ce["__zero"] / count,
-                                  kl["__zero"] / count)
+        ce_count += int(predict.sum())
+        kl_count += int(at.sum())
+        clean_logp = F.log_softmax(lm.logits(tokens, mask, content, None), -1)
+        ce["__clean"] += _ce_sum(clean_logp[:, :-1][predict], target[predict])
+        everywhere = torch.ones_like(content)
+        runs = [("__zero", _zero, everywhere), ("__zero_content", _zero, content),
+                *((name, replace, content) for name, replace in replacements.items())]
+        for name, replace, where in runs:
+            logp = F.log_softmax(lm.logits(tokens, mask, where, replace), -1)
+            ce[name] += _ce_sum(logp[:, :-1][predict], target[predict])
+            kl[name] += float((clean_logp.exp() * (clean_logp - logp))[at].sum())
+    if ce_count == 0:
+        raise ValueError("no window has a content token followed by another token: nothing "
+                         "to predict")
+    mean_ce = {name: value / ce_count for name, value in ce.items()}
+    mean_kl = {name: value / kl_count for name, value in kl.items()}
+    clean = mean_ce["__clean"]
     out = {}
     for name in names:
-        sae_ce, sae_kl = ce[name] / count, kl[name] / count
+        sae_ce, sae_kl = mean_ce[name], mean_kl[name]
+        zero_ce, zero_kl = mean_ce["__zero"], mean_kl["__zero"]
+        content_ce, content_kl = mean_ce["__zero_content"], mean_kl["__zero_content"]
         out[name] = LMMetrics(
-            ce_loss_clean=clean_ce, ce_loss_sae=sae_ce, ce_loss_zero=zero_ce,
-            ce_loss_recovered=_ratio(zero_ce - sae_ce, zero_ce - clean_ce),
-            kl_div=sae_kl, kl_recovered=_ratio(zero_kl - sae_kl, zero_kl))
+            ce_loss_clean=clean, ce_loss_sae=sae_ce, ce_loss_zero=zero_ce,
+            ce_loss_recovered=_ratio(zero_ce - sae_ce, zero_ce - clean),
+            kl_div=sae_kl, kl_div_zero=zero_kl, kl_recovered=_ratio(zero_kl - sae_kl, zero_kl),
+            ce_loss_zero_content=content_ce,
+            ce_loss_recovered_content=_ratio(content_ce - sae_ce, content_ce - clean),
+            kl_div_zero_content=content_kl,
+            kl_recovered_content=_ratio(content_kl - sae_kl, content_kl))
     return out
 
 
