@@ -86,6 +86,18 @@ def test_stored_example_replays_a_harvest(tmp_path: Path) -> None:
     _check_run(tmp_path / "eeg-replay")
 
 
+def test_synthetic_example_reports_ground_truth(tmp_path: Path) -> None:
+    config = _example("synthetic_ground_truth.yaml", tmp_path,  # shrunk to seconds
+                      train={"tokens": 4096, "d_sae": 256, "checkpoint_every": 8},
+                      stream={"holdout_rows": 4096})
+    assert cli_main(["run", str(config), "--inline", "--no-progress"]) == 0
+    _check_run(tmp_path / "synthetic")
+    summary = pq.read_table(tmp_path / "synthetic" / "stats" / "summary.parquet").to_pandas()
+    assert len(summary) == 4
+    for name in ("gt_mcc", "gt_uniqueness", "gt_f1"):
+        assert summary[name].between(0, 1).all() and (summary[name] > 0).all(), name
+
+
 def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
         ray_session: Any, image_folder: Path, tmp_path: Path) -> None:
     """The one Ray run: CPU decode stage -> backbone actors; same rows as inline."""
