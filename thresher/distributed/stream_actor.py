@@ -25,7 +25,6 @@ node's object store before the first chunk is appended.
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import threading
 import time
@@ -86,8 +85,8 @@ def _stream_actor_cls() -> Any:
             self.restarts: dict[str, list[dict[str, int]]] = {
                 t.trainer_id: [] for t in stream.trainers}
             self.cpu_at_start = time.process_time()
-            self.rss_at_start = _rss_bytes()
-            self.rss_peak = self.rss_at_start
+            self.rss_at_start = 0  # once the harvest loop starts (imports and set-up before)
+            self.rss_peak = 0
 
         @ray.method(concurrency_group="harvesters")
         def harvested(self, reports: dict[int, HarvestReport]) -> None:
@@ -97,8 +96,6 @@ def _stream_actor_cls() -> Any:
 
         def harvest(self) -> dict[str, Any]:
             """Run the whole harvest; returns the harvest counters. Trainers read meanwhile."""
-            sampler = threading.Thread(target=self._sample_rss, daemon=True)
-            sampler.start()
             try:
                 return self._harvest()
             except BaseException as exc:  # surface to trainers waiting on the log
@@ -168,7 +165,10 @@ def _stream_actor_cls() -> Any:
             start = time.perf_counter()
             ds = self._dataset()
             stream_cfg = self.cfg.stream
-            for bundle in ds.iter_internal_ref_bundles():
+            bundles = ds.iter_internal_ref_bundles()
+            self.rss_at_start = self.rss_peak = _rss_bytes()
+            threading.Thread(target=self._sample_rss, daemon=True).start()
+            for bundle in bundles:
                 for entry, piece in zip(bundle.blocks, bundle.slices, strict=True):
                     if piece is not None:
                         raise RuntimeError("a harvest output came as a slice of a block; the "
@@ -215,11 +215,11 @@ def _stream_actor_cls() -> Any:
         def _sample_rss(self) -> None:
             while not self.pump.harvest_done and self.error is None:
                 self.rss_peak = max(self.rss_peak, _rss_bytes())
-                time.sleep(0.05)
+                time.sleep(0.02)
 
         def pump_counters(self) -> dict[str, Any]:
-            """What the pump process cost: its CPU seconds, its memory growth during the
-            harvest, and the object-store bytes per row of the outputs it took in."""
+            """What the pump process cost: its CPU seconds, its memory growth while it streamed
+            (sampled), and the object-store bytes per row of the harvest outputs it took in."""
             rows = max(1, self.pump.counters.rows)
             return {"pump_cpu_seconds": time.process_time() - self.cpu_at_start,
                     "pump_rss_growth_bytes": max(0, self.rss_peak - self.rss_at_start),
@@ -331,12 +331,16 @@ def _stream_actor_cls() -> Any:
 
 
 def _rss_bytes() -> int:
-    """This process's resident memory now (Linux), else its peak so far."""
+    """This process's resident memory (Linux's VmRSS): what it allocated, and the pages of
+    the object store it has touched, e.g. by reading a block; elsewhere its peak RSS."""
     try:
-        with open("/proc/self/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 _STREAM_ACTOR: Any = None
