@@ -30,7 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher import storage
 from thresher.config import Config, ConfigError, SourceConfig
+from thresher.harvest.shards import MANIFEST, ShardStore, ShardWriter
 from thresher.stream.block import ActivationBlock
 
 STORE_FORMAT = "thresher-activations"
@@ -118,6 +120,10 @@ class StoreWriter:
         self._put(items)
         self.n_blocks += 1
         self.n_rows += len(block)
+
+    def abort(self) -> None:
+        """A failed harvest: the header stays incomplete, so replay refuses the store."""
+        self._env.close()
 
     def close(self, manifest: pa.Table | None = None,
               counters: dict[str, Any] | None = None) -> Path:
@@ -334,14 +340,29 @@ class NpyShardStore:
         pass
 
 
-def open_store(path: str | Path) -> LmdbStore | NpyShardStore:
+Store = LmdbStore | NpyShardStore | ShardStore
+
+
+def open_store(path: str | Path) -> Store:
+    """The store at a path or URI: a shard cache (a URI, or a folder with manifest.json), an
+    LMDB cache, or a folder of .npy shards."""
+    if storage.is_uri(path):
+        return ShardStore(str(path))
     p = Path(path).expanduser()
     if not p.is_dir():
         raise StoreError(f"activation store {str(p)!r} does not exist; write one with "
                          "`thresher harvest CONFIG` or point at a folder of .npy shards")
     if (p / "data.mdb").exists():
         return LmdbStore(p)
+    if (p / MANIFEST).is_file():
+        return ShardStore(str(p))
     return NpyShardStore(p)
+
+
+def _rows_of(store: Store) -> int:
+    if isinstance(store, NpyShardStore):
+        return int(store._offsets[-1])
+    return int(store.header.get("n_rows", 0))
 
 
 def iter_store(path: str | Path) -> Iterator[ActivationBlock]:
@@ -358,7 +379,9 @@ def iter_store(path: str | Path) -> Iterator[ActivationBlock]:
 # --------------------------------------------------------------------------------------------
 
 
-def store_path(source: SourceConfig, base_dir: Path) -> Path:
+def store_path(source: SourceConfig, base_dir: Path) -> Path | str:
+    if storage.is_uri(source.backbone.model):  # a shard cache in an object store
+        return source.backbone.model
     p = Path(source.backbone.model).expanduser()
     return p if p.is_absolute() else Path(base_dir) / p
 
@@ -386,11 +409,11 @@ class StoredBackbone:
         return ActivationBlock.from_columns(block.to_columns(), hooks=self.hooks)
 
 
-def _hooks_of(store: LmdbStore | NpyShardStore) -> tuple[str, ...]:
+def _hooks_of(store: Store) -> tuple[str, ...]:
     return tuple(name for name, _ in store.hooks) or (store.hook,)
 
 
-def check_stored_hook(source: SourceConfig, store: LmdbStore | NpyShardStore
+def check_stored_hook(source: SourceConfig, store: Store
                       ) -> tuple[str, ...]:
     """The stored hooks a source replays: those it names (each must be in the store), or all."""
     held = _hooks_of(store)
@@ -421,11 +444,11 @@ def describe_store(source: SourceConfig, base_dir: Path, hooks: tuple[str, ...] 
     path = store_path(source, base_dir)
     store = open_store(path)
     try:
-        rows = int(store.header.get("n_rows", 0)) if isinstance(store, LmdbStore) else int(
-            store._offsets[-1])
+        rows = _rows_of(store)
         layout = dict(store.hooks) or {h: store.d for h in hooks}
         widths = ", ".join(f"{h} ({layout.get(h, store.d)})" for h in hooks)
-        kind = "LMDB cache" if isinstance(store, LmdbStore) else ".npy shards"
+        kind = {LmdbStore: "LMDB cache", NpyShardStore: ".npy shards"}.get(
+            type(store), "shard cache")
         return (f"{kind} {str(path)!r}: {rows} rows of width {store.d} in {store.n_blocks} "
                 f"block(s), replaying hook(s) {widths}")
     finally:
@@ -439,8 +462,7 @@ def build_stored_inputs(source: SourceConfig, base_dir: Path
     try:
         check_stored_hook(source, store)
         batches = [{"block": np.array([i], dtype=np.int64)} for i in range(store.n_blocks)]
-        rows = int(store.header.get("n_rows", 0)) if isinstance(store, LmdbStore) else int(
-            store._offsets[-1])
+        rows = _rows_of(store)
         return batches, store.manifest(), rows
     finally:
         store.close()
@@ -451,22 +473,21 @@ def build_stored_inputs(source: SourceConfig, base_dir: Path
 # --------------------------------------------------------------------------------------------
 
 
-def default_store_path(cfg: Config) -> Path:
-    from thresher import storage
+def default_store_path(cfg: Config) -> Path | str:
     from thresher.config import run_dir_of
 
     location = run_dir_of(cfg)
-    if storage.is_uri(location):
-        raise StoreError(
-            f"run.out is the URI {cfg.run.out!r}, but an LMDB activation cache must live on a "
-            "local or shared filesystem: pass `thresher harvest CONFIG --out PATH`")
+    if storage.is_uri(location):  # a shard cache next to the run's files
+        return storage.join(location, "activations")
     return Path(location) / "activations"
 
 
 def harvest_to_store(cfg: Config, out: str | Path | None = None,
-                     map_size: int = DEFAULT_MAP_SIZE, stream: str | None = None) -> Path:
+                     map_size: int = DEFAULT_MAP_SIZE, stream: str | None = None
+                     ) -> Path | str:
     """Harvest one source of the config (`stream`, or its only one) once, every input in
-    stream order and every hook of it, into an LMDB store."""
+    stream order and every hook of it, into an LMDB store (a local path), or a shard cache
+    (a URI: thresher/harvest/shards.py)."""
     import time
 
     from thresher.harvest.local import LocalHarvest
@@ -475,25 +496,36 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
     if source.backbone.kind == "stored":
         raise ConfigError("source.backbone.kind is 'stored': that source already replays a "
                           "store; harvest a config with a model backbone")
-    path = Path(out) if out is not None else default_store_path(cfg)
+    path = (out if storage.is_uri(out) else Path(out)) if out is not None \
+        else default_store_path(cfg)
     start = time.perf_counter()
     harvest = LocalHarvest(cfg, source)
     from thresher.config import _to_plain
 
-    writer = StoreWriter(path, backbone=_to_plain(source.backbone), hook=source.hooks[0],
-                         source=_to_plain(source), map_size=map_size)
+    writer = store_writer(path, backbone=_to_plain(source.backbone), hook=source.hooks[0],
+                          source=_to_plain(source), map_size=map_size)
     unreadable = harvest.inputs.unreadable
     try:
         for harvested in harvest:
             unreadable += harvested.report.unreadable
             writer.add(harvested.block)
     except BaseException:
-        writer._env.close()  # leave it incomplete: the header says so and replay refuses it
+        writer.abort()  # leave it incomplete: replay refuses it
         raise
     counters = {"forward_calls": harvest.harvester.forward_calls, "rows": writer.n_rows,
                 "blocks": writer.n_blocks, "unreadable_inputs": unreadable,
                 "seconds": time.perf_counter() - start}
     return writer.close(harvest.inputs.manifest, counters)
+
+
+def store_writer(path: Path | str, backbone: dict[str, Any], hook: str, source: dict[str, Any],
+                 map_size: int = DEFAULT_MAP_SIZE) -> StoreWriter | ShardWriter:
+    """A shard writer for a URI (objects stream to the trainers that replay them), the LMDB
+    writer for a local path."""
+    if storage.is_uri(path):
+        return ShardWriter(str(path), backbone=backbone, hook=hook, source=source)
+    return StoreWriter(Path(path), backbone=backbone, hook=hook, source=source,
+                       map_size=map_size)
 
 
 def harvest_and_describe(config: Any, out: str | None = None, stream: str | None = None) -> str:
