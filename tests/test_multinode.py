@@ -75,3 +75,57 @@ def test_remote_trainers_receive_the_inline_batches_and_weights(runs: dict[str, 
         b = load_file(runs["inline"] / "saes" / sae_dir.name / "sae_weights.safetensors")
         for name in a:
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{sae_dir.name} {name}")
+
+
+# --------------------------------------------------------------------------------------------
+# Three nodes: the broadcast reaches trainers on two train nodes, one copy per node
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def broadcast(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    tmp = tmp_path_factory.mktemp("broadcast")
+    # 2,048 rows x 64 float32 a shard: 512 KiB blocks, well above what Ray inlines in replies.
+    shards = write_shards(tmp / "shards", d=64, shards=12, rows=2048)
+    # Four trainers of half a GPU each: two on each train node's one GPU.
+    resources = {"harvesters": 1, "trainers": 4, "cpus_per_harvester": 1,
+                 "gpus_per_harvester": 0, "gpus_per_trainer": 0.5}
+    cfg = stored_config(tmp / "cluster", shards, stream={"chunk_rows": 2048,
+                        "capacity_chunks": 8, "mix_chunks": 2, "holdout_rows": 2048,
+                        "norm_rows": 1024},
+                        train={"tokens": 32 * 256}, resources=resources,
+                        sweep=[{"arch": "topk", "k": [4, 8, 12, 16]}])
+    config, record = tmp / "config.json", tmp / "where.json"
+    config.write_text(json.dumps(cfg))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    with tempfile.TemporaryDirectory(prefix="thr-bc-", dir="/tmp") as temp_dir:
+        result = subprocess.run([sys.executable, "-m", "tests.multinode_main", str(config),
+                                 str(record), temp_dir, "2"], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    inline_cfg = {**cfg, "run": {**cfg["run"], "out": str(tmp / "inline")}}
+    return {**json.loads(record.read_text()),
+            "inline": thresher.run(inline_cfg, inline=True, progress=False)}
+
+
+def test_trainers_on_two_nodes_receive_every_batch(broadcast: dict[str, Any]) -> None:
+    trainers = run_json(broadcast["run_dir"])["trainers"]
+    nodes = [info["node_id"] for info in trainers.values()]
+    assert sorted(nodes) == sorted(broadcast["train_nodes"] * 2)  # two trainers a node
+    inline = run_json(broadcast["inline"])["trainers"]
+    digests = {info["batch_digest"] for info in [*trainers.values(), *inline.values()]}
+    assert len(digests) == 1
+
+
+def test_each_train_node_pulls_each_chunk_once(broadcast: dict[str, Any]) -> None:
+    """The bandwidth model of docs/design.md: a train node's object store takes in one copy
+    of every harvest output its trainers read, however many of them read it there; the pump
+    adds nothing of its own."""
+    harvest = run_json(broadcast["run_dir"])["harvest"]
+    streamed = harvest["object_store_bytes_per_row"] * harvest["rows"]
+    created = broadcast["created_bytes"]
+    for node in broadcast["train_nodes"]:
+        # Two trainers read every row here: one copy means ~1x, a copy each would be ~2x.
+        assert 0.9 * streamed <= created[node] <= 1.25 * streamed, (created[node], streamed)
+    # The harvest node holds the outputs themselves, plus the inputs and small replies.
+    assert created[broadcast["harvest_node"]] >= streamed
