@@ -346,7 +346,11 @@ def decode_stage(items: dict[str, np.ndarray], spec: ImageSpec) -> dict[str, np.
     """Ray Data UDF of the CPU stage: each item is one input batch of references."""
     decoded = [decode_images({name: column[i] for name, column in items.items()}, spec)
                for i in range(len(items["example_id"]))]
-    return {name: np.stack([d[name] for d in decoded]) for name in decoded[0]}
+    out = {name: np.stack([d[name] for d in decoded]) for name in decoded[0]}
+    # Columns the decoding does not use ride along (e.g. the pipeline's batch index).
+    out.update({name: column for name, column in items.items()
+                if name not in out and name != "ref"})
+    return out
 
 
 # --------------------------------------------------------------------------------------------
