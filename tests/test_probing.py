@@ -81,3 +81,8 @@ def test_image_folder_probing_per_sae(tmp_path: Path) -> None:
     for k in (1, 5):
         acc = summary[f"probe_sae_k{k}_acc"]
         assert acc.between(0, 1).all() and acc.notna().all()
+    from thresher.analysis.report import write_report
+
+    page = Path(write_report(run)).read_text()
+    assert "<table id='probing'>" in page and page.count("<tr>") >= 3 + 3
+    assert "id='ground-truth'" not in page  # not a synthetic source: no such table

@@ -129,6 +129,11 @@ def test_run_ground_truth_equals_saelens_synthetic_evals(tmp_path: Path) -> None
         assert 0 < row["gt_f1"] < 1 and 0.2 < row["gt_mcc"] < 1
         assert row["gt_l0"] == pytest.approx(float((truth > 0).sum(1).float().mean()))
 
+    from thresher.analysis.report import write_report
+
+    page = Path(write_report(run)).read_text()
+    assert "<table id='ground-truth'>" in page and "id='probing'" not in page
+
     # `thresher analyze` recomputes them from the exports alone: the same numbers.
     analyze_run(run)
     again = pq.read_table(run / "stats/summary.parquet").to_pandas().set_index("sae_id")
