@@ -121,7 +121,7 @@ def test_each_train_node_pulls_each_chunk_once(broadcast: dict[str, Any]) -> Non
     """The bandwidth model of docs/design.md: a train node's object store takes in one copy
     of every harvest output its trainers read, however many of them read it there; the pump
     adds nothing of its own."""
-    harvest = run_json(broadcast["run_dir"])["harvest"]
+    harvest = run_json(broadcast["run_dir"])["streams"]["s0"]["harvest"]
     streamed = harvest["object_store_bytes_per_row"] * harvest["rows"]
     created = broadcast["created_bytes"]
     for node in broadcast["train_nodes"]:

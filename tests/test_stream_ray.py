@@ -38,7 +38,7 @@ def test_pump_never_holds_a_chunk_s_rows(ray_session: Any, tmp_path: Path) -> No
         sweep=[{"arch": "topk"}])
     run = thresher.run(cfg, progress=False)
     record = json.loads((run / "run.json").read_text())
-    harvest = record["harvest"]
+    harvest = record["streams"]["s0"]["harvest"]
     assert harvest["rows"] >= 5 * ROWS  # the holdout and every training chunk went through it
     # The pump's memory grew by far less than one chunk while it streamed five of them.
     assert harvest["pump_rss_growth_bytes"] < CHUNK_BYTES / 2, harvest["pump_rss_growth_bytes"]

@@ -35,11 +35,12 @@ class RunOutcome:
     timings: dict[str, float] = field(default_factory=dict)
 
     def harvest_totals(self) -> dict[str, Any]:
-        """Counters summed over streams (harvest seconds too: streams may have overlapped)."""
+        """Counters summed over streams (harvest seconds too: streams may have overlapped);
+        per-row figures stay with their stream (`streams.<id>.harvest`)."""
         totals: dict[str, Any] = {}
         for stream in self.streams.values():
             for key, value in stream.harvest.items():
-                if key in ("started_at", "finished_at"):
+                if key in ("started_at", "finished_at") or key.endswith("_per_row"):
                     continue
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     totals[key] = totals.get(key, 0) + value
