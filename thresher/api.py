@@ -15,7 +15,11 @@ ConfigLike = str | os.PathLike[str] | dict | Config | None
 
 def plan(config: ConfigLike = None) -> Plan:
     """Validate a config and expand it into streams, trainers and SAEs; runs nothing."""
-    return make_plan(load_config(config))
+    from thresher.preflight import preflight
+
+    the_plan = make_plan(load_config(config))
+    preflight(the_plan)  # cheap checks of hooks and stores, before Ray or a backbone starts
+    return the_plan
 
 
 def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | None = None,

@@ -300,12 +300,24 @@ class NpyShardStore:
         self.n_blocks = len(self.shards)
         self.bf16 = False
         self._offsets = [0]
-        for shard in self.shards:
+        first: tuple[Path, int] | None = None
+        for shard in self.shards:  # headers only (memory-mapped): cheap for every shard
             acts = self._load(shard, mmap=True)
             if acts.ndim != 2:
-                raise StoreError(f"shard {str(shard)!r} has shape {acts.shape}, not [rows, d]")
+                raise StoreError(f"shard {str(shard)!r} has shape {acts.shape}, not [rows, d]; "
+                                 "save each shard as a 2-D array of activations")
+            if acts.dtype.kind != "f":
+                raise StoreError(f"shard {str(shard)!r} holds {acts.dtype}, not floats; save "
+                                 "it with a float dtype (float32)")
+            if first is None:
+                first = (shard, int(acts.shape[1]))
+            elif acts.shape[1] != first[1]:
+                raise StoreError(f"shard {str(shard)!r} has width {acts.shape[1]} but "
+                                 f"{str(first[0])!r} has {first[1]}: every shard of a store "
+                                 "holds one hook's width; rewrite or remove the odd one")
             self._offsets.append(self._offsets[-1] + len(acts))
-        self.d = int(self._load(self.shards[0], mmap=True).shape[1])
+        assert first is not None
+        self.d = first[1]
 
     @staticmethod
     def _load(path: Path, mmap: bool = False) -> np.ndarray:

@@ -200,6 +200,10 @@ def example_renderer(run_dir: Path, record: dict[str, Any], cfg: Config | None,
     if cfg is None:
         return Examples(manifest, problem)
     source = cfg.source_named(stream_id)
+    if source.backbone.kind == "stored":
+        return Examples(manifest, "examples show ids and origins only: this stream replays a "
+                                  f"stored cache ({source.backbone.model}); the report of the "
+                                  "run that harvested its inputs shows them rendered")
     try:
         if "token_ids" in manifest:
             from thresher.harvest.backbones import load_tokenizer
@@ -213,8 +217,8 @@ def example_renderer(run_dir: Path, record: dict[str, Any], cfg: Config | None,
     except (ConfigError, OSError) as exc:  # the inputs moved: the page shows ids and why
         return Examples(manifest, f"examples show ids only: the run's inputs cannot be read "
                                   f"again ({exc})")
-    return Examples(manifest, "examples show ids only: this stream's inputs have no renderer "
-                              "(a stored source replays activations without their inputs)")
+    return Examples(manifest, "examples show ids only: this stream's inputs manifest has no "
+                              "renderer (no token_ids, label_name or channels column)")
 
 
 def _eeg_examples(manifest: pd.DataFrame, cfg: Config, source: SourceConfig) -> Examples:
