@@ -109,7 +109,12 @@ def _report_after_run(run_dir: object, skip: bool) -> None:
         return
     from thresher.analysis.report import write_report
 
-    index = write_report(str(run_dir)).resolve()  # absolute: openable from any folder
+    try:
+        index = write_report(str(run_dir)).resolve()  # absolute: openable from any folder
+    except (ConfigError, OSError) as exc:  # the run itself is complete: say so, and the fix
+        print(f"report: not written ({exc}); the run is complete: fix that, then `thresher "
+              f"report {run_dir}`", file=sys.stderr)
+        return
     print(f"report: {index}  (open it in a browser; its links work from file://)")
 
 
