@@ -119,6 +119,7 @@ def _index_page(summary: pd.DataFrame, front: pd.DataFrame, images: dict[str, Pa
         "active latents; each links to its feature browser.</p>",
         f"<ol id='front'>{front_items}</ol>",
         "<h2>Sweep</h2>", _sweep_table(summary, set(front.sae_id)),
+        *_extra_tables(summary),
         *_optional_table(summary, "probing", "Sparse probing: test accuracy of a k-sparse "
                          "logistic probe (chance 0.5), SAE latents against raw activations",
                          PROBE_COLUMNS),
@@ -159,6 +160,29 @@ def _optional_table(summary: pd.DataFrame, table_id: str, title: str,
         for c in cols) + "</tr>" for _, row in summary.iterrows())
     return [f"<h2>{html.escape(title)}</h2>",
             f"<table id='{table_id}'><tr>{head}</tr>{rows}</table>"]
+
+
+# Optional summary sections: (table id, title, column prefix); shown when a run filled any of
+# their columns (ground truth of a synthetic source, sparse probing).
+EXTRA_TABLES = (("ground-truth", "Ground truth (synthetic source)", "gt_"),
+                ("probing", "Sparse probing", "probe_"))
+
+
+def _extra_tables(summary: pd.DataFrame) -> list[str]:
+    parts = []
+    for table_id, title, prefix in EXTRA_TABLES:
+        cols = [c for c in summary.columns if c.startswith(prefix)]
+        if not cols or not summary[cols].notna().to_numpy().any():
+            continue
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in ("sae_id", *cols))
+        rows = "".join(
+            "<tr>" + f"<td>{html.escape(str(row['sae_id']))}</td>" + "".join(
+                f"<td>{row[c]:.4g}</td>" if isinstance(row[c], float) else
+                f"<td>{html.escape(str(row[c]))}</td>" for c in cols) + "</tr>"
+            for _, row in summary.iterrows())
+        parts += [f"<h2>{html.escape(title)}</h2>",
+                  f"<table id='{table_id}'><tr>{head}</tr>{rows}</table>"]
+    return parts
 
 
 def _sweep_table(summary: pd.DataFrame, front: set[str]) -> str:
