@@ -2,7 +2,7 @@
 stream with a hierarchy (4,096 true features in 256 dimensions, L0 about 20; d_sae 1,024), one
 harvest, one SAE per trainer.
 
-    .venv/bin/python benchmarks/synthetic_sweep.py [--tokens N] [--ray] [--out DIR]
+    .venv/bin/python benchmarks/synthetic_sweep.py [--tokens N] [--jumprelu-l0 C] [--ray]
 
 Prints per SAE: MCC, F1, uniqueness, explained variance (FVE on the held-out rows), L0, and the
 wall time of its trainer; then each wall time as a ratio to TopK's, and the harvest's share.
@@ -25,16 +25,19 @@ SOURCE = {"backbone": {"kind": "synthetic", "config": {
     "block_rows": 4096, "seed": 0}}, "hook": "synthetic"}
 
 
-def config(tokens: int, out: str) -> dict:
+def config(tokens: int, out: str, jumprelu_l0: float) -> dict:
     return {
         "run": {"name": "synthetic-sweep", "out": out, "seed": 0},
         "source": SOURCE,
         "stream": {"chunk_rows": 8192, "capacity_chunks": 16, "mix_chunks": 4,
                    "holdout_rows": 16384, "norm_rows": 8192},
         "train": {"batch_size": 1024, "tokens": tokens, "checkpoint_every": 100,
-                  "warmup_steps": 20, "d_sae": 1024, "k": 20, "lr": 2e-3},
+                  "warmup_steps": 20, "d_sae": 1024, "k": 20, "lr": 2e-3,
+                  # As in tests/test_ground_truth.py: from the defaults' 0.001 the threshold
+                  # barely moves in a few hundred steps and JumpReLU stays dense.
+                  "jumprelu_init_threshold": 0.5, "jumprelu_bandwidth": 0.5},
         "sweep": [{"arch": ["topk", "batchtopk", "matryoshka"]},
-                  {"arch": "jumprelu", "l0": 1.0}],
+                  {"arch": "jumprelu", "l0": jumprelu_l0}],
         "resources": {"harvesters": 1, "trainers": 4, "cpus_per_harvester": 1,
                       "cpus_per_trainer": 0},
     }
@@ -45,10 +48,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=1024 * 300, help="training rows per SAE")
     parser.add_argument("--ray", action="store_true", help="the Ray executor (default inline)")
     parser.add_argument("--out", default="runs/bench")
+    parser.add_argument("--jumprelu-l0", type=float, default=5.0)
     args = parser.parse_args()
     start = time.perf_counter()
-    run_dir = thresher.run(config(args.tokens, args.out), inline=not args.ray, progress=False,
-                           overwrite=True)
+    run_dir = thresher.run(config(args.tokens, args.out, args.jumprelu_l0),
+                           inline=not args.ray, progress=False, overwrite=True)
     wall = time.perf_counter() - start
     record = json.loads((run_dir / "run.json").read_text())
     summary = pq.read_table(run_dir / "stats" / "summary.parquet").to_pandas()
