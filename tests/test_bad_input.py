@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -157,17 +158,27 @@ def assert_all_finite(run_dir: Path) -> None:
             assert np.isfinite(value).all(), f"{sae_dir.name} {name}"
 
 
-def test_nonfinite_training_rows_skip_their_batch_and_never_reach_the_weights(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [True, False], ids=["inline", "ray"])
+def test_nonfinite_rows_are_dropped_alone_and_never_reach_the_weights(
+        inline: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture, request: Any) -> None:
+    if not inline:
+        request.getfixturevalue("ray_session")
     shards = write_shards(tmp_path / "shards", shards=40)
     # Shards 0-1 are the held-out rows and 2-3 the normalisation rows; these are training rows.
     poison(shards, [(10, 100), (20, 3), (21, 400)])
-    run_dir = thresher.run(stored_config(tmp_path / "runs", shards), inline=True,
-                           progress=False)
+    with caplog.at_level(logging.WARNING, logger="thresher.outcome"):
+        run_dir = thresher.run(stored_config(tmp_path / "runs", shards), inline=inline,
+                               progress=False)
     record = json.loads((run_dir / "run.json").read_text())
-    skipped = record["trainers"]["t0"]["skipped_nonfinite_batches"]
-    assert 1 <= skipped <= 3
-    assert record["trainers"]["t0"]["batches"] == 64 - skipped
+    # Rows trained = rows finite: no batch is skipped, the three rows alone are gone.
+    assert record["trainers"]["t0"]["skipped_nonfinite_batches"] == 0
+    assert record["trainers"]["t0"]["batches"] == 64
+    harvest = record["streams"]["s0"]["harvest"]
+    assert harvest["nonfinite_rows"] == 3
+    # A shard's rows are examples numbered from 0 over the shards (512 rows each).
+    assert harvest["nonfinite_examples"] == [10 * 512 + 100, 20 * 512 + 3, 21 * 512 + 400]
+    assert "stream s0: dropped 3 rows holding NaN or Inf before training, from examples " \
+           "5220, 10243, 11152" in caplog.text
     assert_all_finite(run_dir)
     summary = pq.read_table(run_dir / "stats" / "summary.parquet").to_pylist()
     assert all(np.isfinite(row["fve"]) for row in summary)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,8 @@ from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.config import Plan
 from thresher.rundir import write_run_json
 from thresher.stream.stats import StreamStats
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -59,6 +62,7 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
              wall_seconds: float) -> Path:
     """Write the Parquet statistics and the final run.json."""
     start = time.perf_counter()
+    warn_dropped_rows(outcome)
     written = write_run_stats(run_dir, outcome.results)
     log_to_wandb(run_dir, plan, outcome.results, written["summary"])
     harvest = outcome.harvest_totals()
@@ -77,6 +81,17 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
         "timings": outcome.timings,
     })
     return run_dir
+
+
+def warn_dropped_rows(outcome: RunOutcome) -> None:
+    """One line per stream that dropped rows holding NaN or Inf, naming where they came from."""
+    for stream_id, stream in outcome.streams.items():
+        dropped = int(stream.harvest.get("nonfinite_rows", 0))
+        if dropped:
+            examples = ", ".join(str(e) for e in stream.harvest.get("nonfinite_examples", []))
+            log.warning("stream %s: dropped %d rows holding NaN or Inf before training, from "
+                        "examples %s (rows of inputs/%s.parquet); every other row trained",
+                        stream_id, dropped, examples, stream_id)
 
 
 def log_to_wandb(run_dir: Path, plan: Plan, results: list[TrainerResult],

@@ -14,8 +14,8 @@ import logging
 import numpy as np
 
 from thresher.config import ConfigError, SourceConfig
+from thresher.harvest.local import report_of
 from thresher.stream.block import ActivationBlock
-from thresher.stream.pump import HarvestReport
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +60,11 @@ class HarvestWorker:
         blocks, reports = [], {}
         for i in range(len(items[BATCH_INDEX])):
             batch = {name: column[i] for name, column in items.items() if name != BATCH_INDEX}
-            before = self.harvester.unreadable
+            before, dropped = self.harvester.unreadable, self.harvester.nonfinite_rows
             block = self.harvester.harvest(batch)
             blocks.append(block)
-            reports[int(items[BATCH_INDEX][i])] = HarvestReport(
-                forward_calls=1, examples=len(np.unique(block.example_id)),
-                unreadable=self.harvester.unreadable - before, rows=len(block))
+            reports[int(items[BATCH_INDEX][i])] = report_of(self.harvester, block, before,
+                                                            dropped)
         # Told before the block exists, so the stream actor knows it when the block arrives.
         ray.get(self.stream.harvested.remote(reports))
         out = blocks[0] if len(blocks) == 1 else ActivationBlock.concat(blocks)

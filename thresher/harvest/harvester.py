@@ -68,6 +68,8 @@ class Harvester:
                 f"source.inputs.context is {source.inputs.context} but the backbone takes at "
                 f"most {n_ctx} tokens; lower context")
         self.forward_calls = 0
+        self.nonfinite_rows = 0  # rows dropped for NaN or Inf, summed over batches
+        self.last_nonfinite: tuple[int, ...] = ()  # the examples of the last batch's such rows
 
     @property
     def d_model(self) -> int:
@@ -79,8 +81,20 @@ class Harvester:
         return tuple(zip(self.backbone.hooks, self.backbone.hook_widths, strict=True))
 
     def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
-        """ONE backbone forward for one input batch, rows for every hook of the stream."""
-        return dataclasses.replace(self._harvest(batch), hooks=self.hook_layout)
+        """ONE backbone forward for one input batch, rows for every hook of the stream.
+
+        Rows holding NaN or Inf are dropped here, where every block is made, and counted
+        (`nonfinite_rows`, with the examples they came from): one such row would poison every
+        SAE of a bank, and dropping it alone keeps the rest of its batch.
+        """
+        block = dataclasses.replace(self._harvest(batch), hooks=self.hook_layout)
+        finite = np.isfinite(block.float32()).all(axis=1)
+        if finite.all():
+            self.last_nonfinite = ()
+            return block
+        self.last_nonfinite = tuple(np.unique(block.example_id[~finite]).tolist())
+        self.nonfinite_rows += int((~finite).sum())
+        return block.take(finite)
 
     def _harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
         if not self.text:

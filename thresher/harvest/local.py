@@ -41,11 +41,19 @@ class LocalHarvest:
 
     def __iter__(self) -> Iterator[Harvested]:
         for item in self.inputs.batches:
-            before = self.harvester.unreadable
+            before, dropped = self.harvester.unreadable, self.harvester.nonfinite_rows
             block = self.harvester.harvest(decode_batch(self.inputs, item))  # CPU stage, forward
-            yield Harvested(block, HarvestReport(
-                forward_calls=1, examples=len(np.unique(block.example_id)),
-                unreadable=self.harvester.unreadable - before, rows=len(block)))
+            yield Harvested(block, report_of(self.harvester, block, before, dropped))
+
+
+def report_of(harvester: Harvester, block: ActivationBlock, unreadable_before: int,
+              nonfinite_before: int) -> HarvestReport:
+    """What the harvester says about the block it just made (counters taken before it)."""
+    return HarvestReport(
+        forward_calls=1, examples=len(np.unique(block.example_id)),
+        unreadable=harvester.unreadable - unreadable_before, rows=len(block),
+        nonfinite_rows=harvester.nonfinite_rows - nonfinite_before,
+        nonfinite_examples=harvester.last_nonfinite)
 
 
 def _themselves(blocks: Sequence[ActivationBlock]) -> list[ActivationBlock]:

@@ -28,12 +28,19 @@ class HarvestReport:
     forward_calls: int = 1
     examples: int = 0
     unreadable: int = 0
-    rows: int = 0
+    rows: int = 0  # rows kept
+    nonfinite_rows: int = 0  # rows dropped for NaN or Inf
+    nonfinite_examples: tuple[int, ...] = ()  # the examples those rows came from
 
     def __add__(self, other: HarvestReport) -> HarvestReport:
         return HarvestReport(self.forward_calls + other.forward_calls,
                              self.examples + other.examples,
-                             self.unreadable + other.unreadable, self.rows + other.rows)
+                             self.unreadable + other.unreadable, self.rows + other.rows,
+                             self.nonfinite_rows + other.nonfinite_rows,
+                             (self.nonfinite_examples + other.nonfinite_examples)[:NAMED])
+
+
+NAMED = 20  # examples named in run.json for dropped rows, at most
 
 
 @dataclass
@@ -44,6 +51,8 @@ class HarvestCounters:
     examples: int = 0  # examples are never split between input batches, so blocks add up
     seconds: float = 0.0
     unreadable_inputs: int = 0  # images or recordings skipped because they could not be read
+    nonfinite_rows: int = 0  # rows dropped before chunking for NaN or Inf
+    nonfinite_examples: list[int] = field(default_factory=list)  # their examples, capped
     # Wall-clock times (epoch seconds) the pump started and the harvest ended: show whether
     # the streams of a run ran one after another or together.
     started_at: float = field(default_factory=time.time)
@@ -52,7 +61,9 @@ class HarvestCounters:
     def to_dict(self) -> dict[str, Any]:
         return {"forward_calls": self.forward_calls, "blocks": self.blocks, "rows": self.rows,
                 "examples": self.examples, "seconds": self.seconds,
-                "unreadable_inputs": self.unreadable_inputs, "started_at": self.started_at,
+                "unreadable_inputs": self.unreadable_inputs,
+                "nonfinite_rows": self.nonfinite_rows,
+                "nonfinite_examples": self.nonfinite_examples, "started_at": self.started_at,
                 "finished_at": self.finished_at}
 
 
@@ -85,6 +96,8 @@ class Pump(Generic[Handle, Stats]):
         c.forward_calls += report.forward_calls
         c.examples += report.examples
         c.unreadable_inputs += report.unreadable
+        c.nonfinite_rows += report.nonfinite_rows
+        c.nonfinite_examples = (c.nonfinite_examples + list(report.nonfinite_examples))[:NAMED]
         self.pending.extend(self.chunker.add(block, rows))
         self._settle_stats()
         self.flush()
