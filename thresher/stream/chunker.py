@@ -61,7 +61,6 @@ class Chunker(Generic[Handle]):
         self.norm: list[Piece[Handle]] = []  # the normalisation rows, once complete or final
         self.norm_ready = False
         self.train_rows = 0  # training rows emitted in chunks
-        self.blocks_seen = 0
         self._pending: list[Piece[Handle]] = []
         self._pending_rows = 0
         self._norm_rows = 0
@@ -73,7 +72,6 @@ class Chunker(Generic[Handle]):
 
     def add(self, block: Handle, rows: int) -> list[Chunk[Handle]]:
         """Take one harvested block of `rows` rows; return the training chunks it completes."""
-        self.blocks_seen += 1
         if rows == 0:
             return []
         if self.holdout_count < self.holdout_rows:
