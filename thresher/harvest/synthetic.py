@@ -75,7 +75,7 @@ def check_synthetic(cfg: SyntheticConfig, where: str = "`source.backbone.config`
         raise ConfigError(f"{where}: need mean_l0 > 0 and 0 <= magnitude_low <= magnitude_high, "
                           f"got {cfg.mean_l0}, {cfg.magnitude_low}, {cfg.magnitude_high}")
     if cfg.n_parents < 0 or cfg.n_parents * (1 + cfg.children_per_parent) > cfg.n_features:
-        raise ConfigError(f"{where}.n_parents is {cfg.n_parents}: parents and their "
+        raise ConfigError(f"{where}: n_parents is {cfg.n_parents}: parents and their "
                           f"{cfg.children_per_parent} children each must fit in n_features "
                           f"({cfg.n_features}); lower n_parents or raise n_features")
     if not 0 <= cfg.child_prob <= 1 or not 0 <= cfg.correlation_strength < 1:
