@@ -31,10 +31,6 @@ SWEEP_COLUMNS = ("sae_id", "arch", "d_sae", "k", "l1_coef", "lr", "fve", "nmse",
                  "l2_ratio", "dead_fraction", "dense_fraction_10pct", "mono_score_mean",
                  "ce_loss_recovered")
 STATIC_FILES = ("browser.js", "report.css")
-# Shown only where the run has them (labelled rows; a synthetic source): docs/formats.md.
-PROBE_COLUMNS = ("sae_id", "probe_sae_k1_acc", "probe_sae_k5_acc", "probe_raw_k1_acc",
-                 "probe_raw_k5_acc", "probe_raw_acc")
-GT_COLUMNS = ("sae_id", "gt_mcc", "gt_f1", "gt_precision", "gt_recall", "gt_uniqueness", "fve")
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -120,11 +116,6 @@ def _index_page(summary: pd.DataFrame, front: pd.DataFrame, images: dict[str, Pa
         f"<ol id='front'>{front_items}</ol>",
         "<h2>Sweep</h2>", _sweep_table(summary, set(front.sae_id)),
         *_extra_tables(summary),
-        *_optional_table(summary, "probing", "Sparse probing: test accuracy of a k-sparse "
-                         "logistic probe (chance 0.5), SAE latents against raw activations",
-                         PROBE_COLUMNS),
-        *_optional_table(summary, "ground-truth", "Ground truth: decoder rows against the "
-                         "synthetic source's true features", GT_COLUMNS),
         "<h2>Sparsity against reconstruction</h2>", _img(images["pareto"], "Pareto plot"),
         "<h2>Training curves</h2>", curves,
         "<h2>Feature density</h2>", _img(images["density"], "density histograms"),
@@ -146,20 +137,6 @@ _IMAGE_CHECK = """<script>window.addEventListener('load', function () {
 
 def _img(path: Path, alt: str) -> str:
     return f"<img src='{html.escape(path.name)}' alt='{html.escape(alt)}' width='900'>"
-
-
-def _optional_table(summary: pd.DataFrame, table_id: str, title: str,
-                    cols: tuple[str, ...]) -> list[str]:
-    """A heading and a table of `cols`, or nothing where the run has none of these numbers."""
-    own = [c for c in cols if c.startswith(("gt_", "probe_"))]
-    if not all(c in summary for c in cols) or summary[own].isna().all().all():
-        return []
-    head = "".join(f"<th>{c}</th>" for c in cols)
-    rows = "".join("<tr>" + "".join(
-        f"<td>{html.escape(str(row[c]))}</td>" if c == "sae_id" else f"<td>{row[c]:.3f}</td>"
-        for c in cols) + "</tr>" for _, row in summary.iterrows())
-    return [f"<h2>{html.escape(title)}</h2>",
-            f"<table id='{table_id}'><tr>{head}</tr>{rows}</table>"]
 
 
 # Optional summary sections: (table id, title, column prefix); shown when a run filled any of
