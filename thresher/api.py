@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from thresher import storage
 from thresher.config import Config, Plan, load_config, make_plan
-from thresher.rundir import create_run_dir, load_run_config
+from thresher.rundir import Terminated, create_run_dir, load_run_config, record_ending
 
 ConfigLike = str | os.PathLike[str] | dict | Config | None
 
@@ -36,17 +40,22 @@ def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | Non
     executor = "inline" if inline else "ray"
     run_dir = create_run_dir(the_plan, executor, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
-    if inline:
-        from thresher.inline import run_inline
+    try:
+        with _sigterm_interrupts():
+            if inline:
+                from thresher.inline import run_inline
 
-        outcome = run_inline(the_plan, run_dir, progress_enabled=progress)
-    else:
-        from thresher.distributed.pipeline import run_ray
+                outcome = run_inline(the_plan, run_dir, progress_enabled=progress)
+            else:
+                from thresher.distributed.pipeline import run_ray
 
-        outcome = run_ray(the_plan, run_dir, progress_enabled=progress)
-    from thresher.outcome import finalize
+                outcome = run_ray(the_plan, run_dir, progress_enabled=progress)
+            from thresher.outcome import finalize
 
-    finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start)
+            finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start)
+    except BaseException as exc:
+        record_ending(run_dir, exc)  # failed or interrupted, why, and where a resume goes on
+        raise
     location = storage.location_of(run_dir)
     return location if storage.is_uri(location) else run_dir
 
@@ -60,3 +69,21 @@ def resume(run_dir: str | os.PathLike[str], *, inline: bool = False,
     """
     _, cfg = load_run_config(run_dir)
     return run(cfg, inline=inline, progress=progress, resume=True)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM raises Terminated (a KeyboardInterrupt) in the main thread while a run goes, so
+    it ends as Ctrl-C does: recorded as interrupted, actors stopped, resumable."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated("terminated (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

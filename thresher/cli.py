@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inline", action="store_true",
                      help="run every role in this process, without Ray")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
+    run.add_argument("--debug", action="store_true",
+                     help="show the full traceback of an error, not only its one line")
     run.add_argument("--no-report", action="store_true",
                      help="skip writing report/ at the end (`thresher report RUN_DIR` later)")
     again = run.add_mutually_exclusive_group()
@@ -53,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import thresher
 
+    run_location: str | None = None  # the run directory, once `run` knows it
     try:
         if args.command == "plan":
             print(thresher.plan(args.config).describe())
@@ -63,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
                 if args.config:
                     raise ConfigError("--resume takes the run directory; drop CONFIG (the "
                                       "run's own config is in its run.json)")
+                run_location = args.resume
                 run_dir = thresher.resume(args.resume, inline=args.inline, progress=progress)
             else:
+                from thresher.config import run_dir_of
+
                 the_plan = thresher.plan(args.config)
                 print(the_plan.describe(), flush=True)
+                run_location = run_dir_of(the_plan.config)
                 run_dir = thresher.run(the_plan.config, inline=args.inline, progress=progress,
                                        overwrite=args.overwrite)
             _print_summary(run_dir)
@@ -89,16 +96,90 @@ def main(argv: list[str] | None = None) -> int:
 
             print(write_report(args.run_dir))
             return 0
-    except ConfigError as exc:
-        print(f"thresher: config error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM during a run (rundir.Terminated)
+        from thresher.rundir import Terminated
+
+        print(f"thresher: {_interrupted(run_location)}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    except USER_ERRORS as exc:
+        if getattr(args, "debug", False):
+            raise
+        kind = "config error: " if isinstance(exc, ConfigError) else ""
+        print(f"thresher: {kind}{exc}{_after_failure(run_location)}", file=sys.stderr)
         return 2
-    except RunDirError as exc:
-        print(f"thresher: {exc}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as exc:  # analyze/report: not a (finished) run directory
-        print(f"thresher: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"thresher: internal error: {_internal(exc, run_location)}", file=sys.stderr)
+        return 1
     return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors whose message names the problem and the fix: the user's to act on."""
+    from thresher.train.checkpoint import CheckpointError
+    from thresher.train.loop import CheckpointWriteError
+
+    # FileNotFoundError: analyze/report on what is not a (finished) run directory.
+    return (ConfigError, RunDirError, CheckpointError, CheckpointWriteError,
+            FileNotFoundError)
+
+
+USER_ERRORS = _user_errors()
+
+
+def _recorded(run_location: str | None) -> dict | None:
+    """The run.json of a run that ended badly, if it got as far as writing one."""
+    if run_location is None:
+        return None
+    from thresher.rundir import run_record
+
+    try:
+        record = run_record(run_location)
+    except (RunDirError, OSError):
+        return None
+    return record if record.get("status") in ("failed", "interrupted") else None
+
+
+def _interrupted(run_location: str | None) -> str:
+    record = _recorded(run_location)
+    if record is None:
+        return "interrupted"
+    return (f"interrupted at step {record.get('checkpointed_step', 0)}; continue with "
+            f"`thresher run --resume {run_location}` (it keeps the run's stored config)")
+
+
+def _after_failure(run_location: str | None) -> str:
+    """What the user can do with a run that failed after it started."""
+    record = _recorded(run_location)
+    if record is None:
+        return ""
+    return (f". The run stopped at step {record.get('checkpointed_step', 0)} (recorded in "
+            f"{run_location}/run.json): once fixed, `thresher run --resume {run_location}` "
+            "continues it with its stored config, `--overwrite` starts again with yours")
+
+
+def _internal(exc: Exception, run_location: str | None) -> str:
+    """One line for an error of thresher's own; its traceback goes to the run directory."""
+    import traceback
+
+    from thresher.rundir import one_line
+
+    line = one_line(exc)
+    record = _recorded(run_location)
+    if record is None:
+        return f"{line} (`--debug` shows the traceback)"
+    from thresher import storage
+
+    logs = storage.working_dir(run_location or ".") / "logs"
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "error.txt").write_text("".join(traceback.format_exception(exc)))
+    except OSError:
+        return f"{line} (`--debug` shows the traceback)"
+    return (f"{line}; the traceback is in {logs / 'error.txt'}. Report it with that file; "
+            f"`thresher run --resume {run_location}` continues from step "
+            f"{record.get('checkpointed_step', 0)}")
 
 
 def _report_after_run(run_dir: object, skip: bool) -> None:

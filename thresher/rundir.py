@@ -85,11 +85,14 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
     exists = storage.is_file(previous)
     if exists and not resume:
         if not overwrite:
-            status = _run_record(location).get("status", "unknown")
+            record = run_record(location)
+            status = record.get("status", "unknown")
+            why = f": {record['reason']}" if record.get("reason") else ""
             raise RunDirError(
-                f"{location} already holds a run (status {status}). Pass --resume to continue "
-                "it from its checkpoints, --overwrite to start again, or choose another "
-                "run.name / run.out")
+                f"{location} already holds a run (status {status}{why}). Pass --resume to "
+                "continue it from its checkpoints with the config stored in its run.json, "
+                "--overwrite to start again with this config, or choose another run.name / "
+                "run.out")
         for name in ("saes", "stats", "run.json", "inputs", "report", "wandb"):
             storage.remove(storage.join(location, name))
     if resume and not exists:
@@ -113,7 +116,7 @@ def open_run(run: str | Path) -> Path:
     return run_dir
 
 
-def _run_record(run: str | Path) -> dict[str, Any]:
+def run_record(run: str | Path) -> dict[str, Any]:
     location = storage.join(run, "run.json")
     if not storage.is_file(location):
         raise RunDirError(f"{run} is not a thresher run directory: no run.json")
@@ -125,7 +128,7 @@ def _run_record(run: str | Path) -> dict[str, Any]:
 
 def config_of_run(run_dir: str | Path) -> dict[str, Any]:
     """The resolved config a run was started with (from its run.json)."""
-    config = _run_record(run_dir)["config"]
+    config = run_record(run_dir)["config"]
     config.pop("source_file", None)
     return config
 
@@ -133,7 +136,7 @@ def config_of_run(run_dir: str | Path) -> dict[str, Any]:
 def load_run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
     """run.json and the Config it records, validated as the run validated it: relative input
     paths against the recorded config file's folder, wherever this process was started."""
-    record = _run_record(run_dir)
+    record = run_record(run_dir)
     config = dict(record["config"])
     source_file = config.pop("source_file", None)
     return record, load_config(config, source_file=source_file)
@@ -142,7 +145,7 @@ def load_run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
 def source_file_of_run(run_dir: str | Path) -> str | None:
     """The config file a run was started from, if it came from one (relative input paths of
     its config are read from that file's folder)."""
-    source_file = _run_record(run_dir)["config"].get("source_file")
+    source_file = run_record(run_dir)["config"].get("source_file")
     return str(source_file) if source_file else None
 
 
@@ -167,3 +170,50 @@ def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
         **(extra or {}),
     }
     return write_json_atomic(record, run_dir / "run.json")
+
+
+# --------------------------------------------------------------------------------------------
+# How a run ended
+# --------------------------------------------------------------------------------------------
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. `ray job stop`, a scheduler's kill), ended like Ctrl-C: as an interruption
+    whose checkpoints a resume continues from."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An error as one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+def checkpointed_step(run_dir: str | Path) -> int:
+    """The step a resume of this run continues from: the newest checkpoint every SAE has."""
+    from thresher.train.checkpoint import read_checkpoint_info
+
+    steps = []
+    for stream in run_record(run_dir).get("plan", []):
+        for trainer in stream["trainers"]:
+            for sae in trainer["saes"]:
+                info = read_checkpoint_info(run_dir, sae["sae_id"])
+                steps.append(info.current.step if info is not None else 0)
+    return min(steps, default=0)
+
+
+def record_ending(run_dir: str | Path, exc: BaseException) -> str:
+    """Write into run.json how the run ended (`interrupted` or `failed`, the reason and the
+    step a resume continues from); returns the status. Never raises: a run directory that
+    cannot be written any more must not hide the error that ended the run."""
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    try:
+        record = run_record(run_dir)
+        record.update({"status": status, "reason": one_line(exc),
+                       "checkpointed_step": checkpointed_step(run_dir)})
+        write_json_atomic(record, Path(run_dir) / "run.json")
+    except Exception as err:
+        import logging
+
+        logging.getLogger(__name__).warning("could not record the run's end in %s: %s",
+                                            run_dir, one_line(err))
+    return status
