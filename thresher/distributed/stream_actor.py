@@ -215,7 +215,7 @@ def _stream_actor_cls() -> Any:
         def _sample_rss(self) -> None:
             while not self.pump.harvest_done and self.error is None:
                 self.rss_peak = max(self.rss_peak, _rss_bytes())
-                time.sleep(0.02)
+                time.sleep(0.1)  # held rows stay resident: a coarse sample sees them
 
         def pump_counters(self) -> dict[str, Any]:
             """What the pump process cost: its CPU seconds, its memory growth while it streamed
