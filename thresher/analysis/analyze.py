@@ -9,8 +9,6 @@ held-out windows for CE-loss recovered and KL.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +26,7 @@ from thresher.analysis.evaluate import (
     write_run_stats,
 )
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
-from thresher.config import Config, SourceConfig, load_config
+from thresher.config import Config, SourceConfig
 from thresher.harvest.collect import collect_holdout
 from thresher.stream.block import ActivationBlock
 
@@ -36,16 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
+    """run.json and its Config, relative input paths read from the recorded config file's
+    folder (wherever `thresher analyze` is started)."""
+    from thresher.rundir import load_run_config
+
     path = Path(run_dir) / "run.json"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: pass a run directory (runs/<name>)")
-    record = json.loads(path.read_text())
-    config = dict(record["config"])
-    source_file = config.pop("source_file", None)  # recorded, not a config key
-    cfg = load_config(config)
-    if source_file:  # relative input paths were read from the config file's folder
-        cfg = dataclasses.replace(cfg, source_file=source_file)
-    return record, cfg
+    return load_run_config(run_dir)
 
 
 def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
