@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.ray_vs_inline import HOOK, write_shards
+from benchmarks.fanout import HOOK, write_shards
 
 
 def memcpy_gbps(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
@@ -145,7 +145,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        shards = write_shards(root / "shards", args.d, args.rows)
+        shards = write_shards(root / "shards", args.d, args.rows, shard_rows=65536)
         ensure_ray(load_config(config(args, shards, root, 1)))
         copy = memcpy_gbps()
         print(f"memcpy on this machine: {copy:.2f} GB/s (best of 5, 256 MiB)")

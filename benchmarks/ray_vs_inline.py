@@ -23,22 +23,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-HOOK = "blocks.0.hook_resid_post"
+from benchmarks.fanout import HOOK, write_shards
 
-
-def write_shards(folder: Path, d: int, rows: int, shard_rows: int = 65536) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    atoms = rng.normal(size=(4 * d, d)).astype(np.float32)
-    for i in range(-(-rows // shard_rows)):
-        codes = (rng.random((shard_rows, 4 * d)) < 0.01).astype(np.float32)
-        np.save(folder / f"{i:05d}.npy", codes @ atoms)
-    (folder / "header.json").write_text(json.dumps({"hook": HOOK}))
-    return folder
+SHARD_ROWS = 65536
 
 
 def stored_config(args: argparse.Namespace, shards: Path, out: Path) -> dict[str, Any]:
@@ -127,7 +116,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        shards = write_shards(root / "shards", args.d, args.rows)
+        shards = write_shards(root / "shards", args.d, args.rows, SHARD_ROWS)
         compare(f"stored source, {args.rows:,} rows x {args.d}",
                 lambda out: stored_config(args, shards, out), root)
         if not args.skip_default:
