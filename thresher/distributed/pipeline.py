@@ -38,6 +38,13 @@ from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
 from thresher.rundir import RunDirError
 
+# A trainer shares its node's cores with the pump, Ray Data and harvesters. OpenMP's threads
+# spin at every barrier by default, so one descheduled thread stalls the others: on 2 cores the
+# same SAE steps took 103 s spinning against 78 s with waiting threads that yield
+# (benchmarks/ray_vs_inline.py). Merged into the job's runtime env; a user's own setting wins.
+TRAINER_RUNTIME_ENV = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY",
+                                                                     "PASSIVE")}}
+
 
 def ensure_ray(cfg: Config) -> None:
     """Join RAY_ADDRESS's cluster, or start a local Ray sized for this machine."""
@@ -137,7 +144,8 @@ def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
         trainer_actor_cls()
         .options(name=f"thresher-trainer-{stream_tag}-{t.trainer_id}",
                  num_cpus=res.cpus_per_trainer, num_gpus=res.gpus_per_trainer,
-                 resources=node_marker(res.train_node_resource, cluster))
+                 resources=node_marker(res.train_node_resource, cluster),
+                 runtime_env=TRAINER_RUNTIME_ENV)
         .remote(cfg, stream.stream_id, t, location, stream_name)
         for t in stream.trainers
     ]
