@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 
 from thresher import storage
 from thresher.config import Config, ConfigError, SourceConfig
-from thresher.harvest.shards import MANIFEST, ShardStore, ShardWriter
+from thresher.harvest.shards import MANIFEST, BlockLayout, ShardStore, ShardWriter
 from thresher.stream.block import ActivationBlock
 
 STORE_FORMAT = "thresher-activations"
@@ -57,7 +57,7 @@ def _block_key(i: int, column: str) -> bytes:
 
 
 @dataclass
-class StoreWriter:
+class StoreWriter(BlockLayout):
     """Appends ActivationBlocks to an LMDB store; `close` marks it complete."""
 
     path: Path
@@ -102,12 +102,7 @@ class StoreWriter:
     def add(self, block: ActivationBlock) -> None:
         if len(block) == 0:
             return
-        if self.d is None:
-            self.d, self.labelled, self.bf16 = block.d, block.label is not None, block.bf16
-            self.hooks = block.hooks
-        if (block.d != self.d or (block.label is not None) != self.labelled
-                or block.hooks != self.hooks):
-            raise ValueError("every block of a store must have the same width and columns")
+        self.admit(block, "store")
         columns = {"acts": np.ascontiguousarray(block.acts, dtype="<i2" if self.bf16 else "<f4"),
                    "example_id": np.ascontiguousarray(block.example_id, dtype="<i8"),
                    "position": np.ascontiguousarray(block.position, dtype="<i4")}

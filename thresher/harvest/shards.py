@@ -48,7 +48,26 @@ def is_shard_store(location: str) -> bool:
     return storage.is_file(storage.join(location, MANIFEST))
 
 
-class ShardWriter:
+class BlockLayout:
+    """What every block of one store shares (width, label column, dtype, hooks): the first
+    block sets it, the others must match. A mixin of both store writers, whose fields these
+    are."""
+
+    d: int | None
+    labelled: bool | None
+    bf16: bool
+    hooks: tuple[tuple[str, int], ...]
+
+    def admit(self, block: ActivationBlock, store: str) -> None:
+        if self.d is None:
+            self.d, self.labelled, self.bf16 = block.d, block.label is not None, block.bf16
+            self.hooks = block.hooks
+        if (block.d != self.d or (block.label is not None) != self.labelled
+                or block.hooks != self.hooks):
+            raise ValueError(f"every block of a {store} must have the same width and columns")
+
+
+class ShardWriter(BlockLayout):
     """Writes ActivationBlocks as shards at a location; `close` writes the manifest."""
 
     def __init__(self, location: str, backbone: dict[str, Any], hook: str,
@@ -72,12 +91,7 @@ class ShardWriter:
     def add(self, block: ActivationBlock) -> None:
         if len(block) == 0:
             return
-        if self.d is None:
-            self.d, self.labelled, self.bf16 = block.d, block.label is not None, block.bf16
-            self.hooks = block.hooks
-        if (block.d != self.d or (block.label is not None) != self.labelled
-                or block.hooks != self.hooks):
-            raise ValueError("every block of a cache must have the same width and columns")
+        self.admit(block, "cache")
         parts = [np.ascontiguousarray(block.acts, dtype="<i2" if self.bf16 else "<f4")]
         parts += [np.ascontiguousarray(getattr(block, name), dtype=dtype)
                   for name, dtype in _META if name != "label" or self.labelled]
