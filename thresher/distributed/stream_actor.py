@@ -24,6 +24,7 @@ node's object store before the first chunk is appended.
 
 from __future__ import annotations
 
+import functools
 import logging
 import resource
 import threading
@@ -48,7 +49,9 @@ log = logging.getLogger(__name__)
 GroupReply = tuple[str, Any]
 
 
-def _stream_actor_cls() -> Any:
+@functools.cache
+def stream_actor_cls() -> Any:
+    """The Ray actor class, built on first use so importing this module never needs Ray."""
     import ray
 
     estimate_task = ray.remote(num_cpus=0)(estimate_stats)
@@ -341,14 +344,3 @@ def _rss_bytes() -> int:
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-_STREAM_ACTOR: Any = None
-
-
-def stream_actor_cls() -> Any:
-    """The Ray actor class, built on first use so importing this module never needs Ray."""
-    global _STREAM_ACTOR
-    if _STREAM_ACTOR is None:
-        _STREAM_ACTOR = _stream_actor_cls()
-    return _STREAM_ACTOR

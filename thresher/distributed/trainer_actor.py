@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -17,7 +18,9 @@ from thresher.stream.reader import EndOfStream, NotReady
 log = logging.getLogger(__name__)
 
 
-def _trainer_actor_cls() -> Any:
+@functools.cache
+def trainer_actor_cls() -> Any:
+    """The Ray actor class, built on first use so importing this module never needs Ray."""
     import ray
 
     @ray.remote(max_restarts=-1, max_task_retries=-1)
@@ -83,14 +86,3 @@ def _trainer_actor_cls() -> Any:
             return session.finish(holdout, self.placement())
 
     return TrainerActor
-
-
-_TRAINER_ACTOR: Any = None
-
-
-def trainer_actor_cls() -> Any:
-    """The Ray actor class, built on first use so importing this module never needs Ray."""
-    global _TRAINER_ACTOR
-    if _TRAINER_ACTOR is None:
-        _TRAINER_ACTOR = _trainer_actor_cls()
-    return _TRAINER_ACTOR

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-
-import numpy as np
 
 from thresher.config import Config, ConfigError
 
@@ -58,9 +55,3 @@ def store_budget(cfg: Config, store_bytes: int, streams: int) -> StoreBudget:
     explicit = cfg.resources.harvest_object_store_mb
     return StoreBudget(store_bytes=int(store_bytes), streams=max(1, streams),
                        harvest_bytes=explicit * MIB if explicit else share // 4)
-
-
-def row_bytes(columns: Mapping[str, np.ndarray]) -> float:
-    """Bytes per row of a block's columns (activations of every hook plus row metadata)."""
-    rows = len(next(iter(columns.values())))
-    return sum(c.nbytes for c in columns.values()) / max(1, rows)
