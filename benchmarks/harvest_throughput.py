@@ -20,8 +20,8 @@ three calls are timed in interleaved rounds and each keeps its fastest round, so
 work on the machine hits them alike; by default on one torch thread with the process's CPU
 time as the clock, which other processes on a shared machine barely move (`--clock wall
 --threads N` for elapsed time on a quiet machine). Random-weight models (no download) except
-MiniLM; the ratios do not depend on the weights. `--ray` also times MiniLM through Ray Data
-(`map_batches(Harvester)` on a one-actor pool, steady state after the first block).
+MiniLM; the ratios do not depend on the weights. `--ray` also times MiniLM through the Ray
+harvest pool (thresher's HarvestPool with one actor, steady state after the first block).
 """
 
 from __future__ import annotations
@@ -207,24 +207,23 @@ def interleaved(calls: dict[str, Callable[[], Any]], rounds: int,
 
 
 def _ray_rows_per_second(source: SourceConfig, batches: list[Batch], threads: int) -> float:
-    """Steady-state rows/s of map_batches(Harvester) on a one-actor pool."""
+    """Steady-state rows/s of thresher's harvest pool with one harvester actor."""
     import ray
+
+    from thresher.distributed.harvest_worker import HarvestPool
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              object_store_memory=1 << 30)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.execution_options.preserve_order = True
-    ds = ray.data.from_items(batches, override_num_blocks=len(batches)).map_batches(
-        Harvester, fn_constructor_kwargs={"source": source, "threads": threads}, batch_size=1,
-        num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1))
+    pool = HarvestPool(source, batches, actors=1, in_flight=2, gpus=0.0, threads=threads,
+                       base_dir=".", options={"num_cpus": 1})
     rows, first = 0, None
-    for cols in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
+    for out in pool:
         if first is None:
             first = time.perf_counter()  # the actor is up and has done one forward
             continue
-        rows += len(cols["example_id"])
+        rows += out.report.rows
     steady = rows / (time.perf_counter() - (first or time.perf_counter()))
+    pool.stop()
     ray.shutdown()
     return steady
 
@@ -251,7 +250,8 @@ def main() -> None:
                         help="cpu: this process's CPU time (steady on a shared machine; use it "
                         "with --threads 1); wall: elapsed time")
     parser.add_argument("--only", default="", help="run the backbones whose name has this")
-    parser.add_argument("--ray", action="store_true", help="also time MiniLM through Ray Data")
+    parser.add_argument("--ray", action="store_true",
+                        help="also time MiniLM through the Ray harvest pool")
     parser.add_argument("--images", default="/tmp/thresher-bench-images")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -285,7 +285,7 @@ def main() -> None:
         if args.ray and name.startswith("hf_text"):
             steady = _ray_rows_per_second(cfg.source, inputs.batches[: args.batches * 3],
                                           args.threads)
-            print(f"{'  ... through Ray Data, 1 actor (steady state)':<52} {'':>6} {'':>8} "
+            print(f"{'  ... through the Ray harvest pool, 1 actor (steady)':<52} {'':>6} {'':>8} "
                   f"{'':>8} {steady:>8.0f} {steady / rate['bare']:>7.2f} "
                   f"{steady / rate['lib']:>6.2f}", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")

@@ -31,7 +31,7 @@ from thresher.distributed.pipeline import run_tag, wait_for_previous_driver
 from .stored_data import stored_config, write_shards
 
 STEPS, CHECKPOINT_EVERY = 64, 8
-HARVEST_WORKER = "MapWorker(MapBatches(HarvestWorker))"  # the harvester actors' process title
+HARVEST_WORKER = "ray::HarvestWorker"  # the harvester actors' process title
 
 
 def fault_config(out: Path, shards: Path, name: str) -> dict[str, Any]:
@@ -133,7 +133,7 @@ def faulty_run(ray_session: Any, shards: Path,
 def test_killed_harvester_is_replaced_and_the_run_completes(faulty_run: dict[str, Any],
                                                             clean_run: Path) -> None:
     record = faulty_run["record"]
-    assert faulty_run["new_harvesters"]  # Ray Data restarted the pool's actor
+    assert faulty_run["new_harvesters"]  # Ray restarted the pool's actor
     assert record["status"] == "complete"
     harvest = record["harvest"]
     assert harvest["rows"] == json.loads((clean_run / "run.json").read_text())["harvest"]["rows"]

@@ -192,15 +192,15 @@ class ResourcesConfig:
     gpus_per_harvester: float = 0.0
     gpus_per_trainer: float = 0.0
     cpus_per_harvester: float = 1.0
-    cpus_per_trainer: float = 0.0  # 0 leaves the CPUs to Ray Data on small machines
+    cpus_per_trainer: float = 0.0  # 0 leaves the CPUs to the harvest on small machines
     # torch threads per role; Ray sets OMP_NUM_THREADS=1 for fractional CPUs, so we set our own.
     harvester_threads: int | None = None
     trainer_threads: int | None = None
     object_store_mb: int | None = None  # for a Ray started by thresher; None lets Ray choose
     # Streams harvested and trained at the same time (the rest queue); None: as many as the
-    # cluster's CPUs and GPUs hold, one CPU kept free for Ray Data's own tasks.
+    # cluster's CPUs and GPUs hold, one CPU kept free for the pump and decode tasks.
     concurrent_streams: int | None = None
-    # Ray Data's object-store budget for one stream's harvest (MiB); None: a quarter of the
+    # Object store for one stream's harvest outputs in flight (MiB); None: a quarter of the
     # pump node's object store, shared by the streams running at once.
     harvest_object_store_mb: int | None = None
     # Custom resources marking the node types of a cluster (cluster.yaml): the pump and the

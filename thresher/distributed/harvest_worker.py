@@ -1,21 +1,32 @@
-"""The Ray Data UDF that harvests: one Harvester per pool actor, one forward per input batch.
+"""The harvest on Ray: a fixed pool of harvester actors fed the stream's input batches in order.
 
-Its output rows stay where they were computed: Ray Data stores each output as one block in the
-object store of the harvester's node, owned by the process that runs the Ray Data pipeline (the
-stream actor). What the stream actor needs to know about a block besides its row count (the
-forwards, examples and unreadable inputs behind it) the worker tells it directly, by batch
-index, before returning the block, so the pump never has to read one.
+Each `HarvestWorker` actor holds one Harvester (one backbone) and turns one input batch into
+one ActivationBlock per call. The block stays in the object store of the harvester's node,
+owned by the stream actor that submitted the call; the stream actor receives only its ref and a
+small `HarvestReport` (forwards, examples, unreadable inputs, dropped rows), so the pump never
+reads a row. Images are decoded and preprocessed by CPU tasks ahead of the backbone actors.
+
+A pool of our own rather than Ray Data's: its actors take small constructor arguments (config
+values, never objects in the store), so Ray can restart a lost one and retry its calls without
+warning about store-held arguments; at most `in_flight` batches are out at once (the store
+holds that many blocks besides the log); outputs are taken in input order (the same chunks on
+every run); and nothing is running when the pool is stopped.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from thresher.config import ConfigError, SourceConfig
 from thresher.harvest.local import report_of
-from thresher.stream.block import ActivationBlock
+from thresher.stream.pump import HarvestReport
 
 log = logging.getLogger(__name__)
 
@@ -24,44 +35,127 @@ log = logging.getLogger(__name__)
 NODE_MARKER = 0.001
 # The label Ray gives every node, its node id: a label selector on it places work on one node.
 NODE_ID_LABEL = "ray.io/node-id"
-BATCH_INDEX = "batch_index"  # the input column naming each input batch's place in the stream
 
 
-class HarvestWorker:
-    """A Harvester in one pool actor, on the GPU Ray gave it."""
+@functools.cache
+def harvest_worker_cls() -> Any:
+    """The Ray actor class, built on first use so importing this module never needs Ray."""
+    import ray
 
-    def __init__(self, source: SourceConfig, gpus: float, threads: int, base_dir: str,
-                 stream_actor: str) -> None:
-        import ray
+    @ray.remote(max_restarts=-1, max_task_retries=-1)
+    class HarvestWorker:
+        """A Harvester in one actor, on the GPU Ray gave it."""
 
-        from thresher.devices import torch_device
-        from thresher.harvest.harvester import Harvester
+        def __init__(self, source: SourceConfig, gpus: float, threads: int,
+                     base_dir: str) -> None:
+            from thresher.devices import torch_device
+            from thresher.harvest.harvester import Harvester
 
-        # By name: a handle among the constructor arguments would pin them in the object store.
-        self.stream = ray.get_actor(stream_actor)
-        self.failure: ConfigError | None = None
-        try:
-            device = torch_device(gpus, source.backbone.device, role="harvester")
-            self.harvester = Harvester(source, device=device, threads=threads, base_dir=base_dir)
-        except ConfigError as exc:
-            # Raised from the first call instead: Ray keeps a task's error as an object the
-            # pump can hand on, but only the text of a failed actor constructor.
-            self.failure = exc
+            self.failure: ConfigError | None = None
+            try:
+                device = torch_device(gpus, source.backbone.device, role="harvester")
+                self.harvester = Harvester(source, device=device, threads=threads,
+                                           base_dir=base_dir)
+            except ConfigError as exc:
+                # Raised from the first call instead: Ray hands a call's error on as is, but
+                # keeps only the text of a failed constructor.
+                self.failure = exc
 
-    def __call__(self, items: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import ray
+        def node_id(self) -> str:
+            return ray.get_runtime_context().get_node_id()
 
-        if self.failure is not None:
-            raise self.failure
-        blocks, reports = [], {}
-        for i in range(len(items[BATCH_INDEX])):
-            batch = {name: column[i] for name, column in items.items() if name != BATCH_INDEX}
+        @ray.method(num_returns=2)
+        def harvest(self, batch: dict[str, np.ndarray]
+                    ) -> tuple[tuple[HarvestReport, int], dict[str, np.ndarray]]:
+            """(the block's report and bytes, the block as columns: one array per hook, so a
+            trainer maps only its hook's rows out of the store)."""
+            if self.failure is not None:
+                raise self.failure
             before, dropped = self.harvester.unreadable, self.harvester.nonfinite_rows
             block = self.harvester.harvest(batch)
-            blocks.append(block)
-            reports[int(items[BATCH_INDEX][i])] = report_of(self.harvester, block, before,
-                                                            dropped)
-        # Told before the block exists, so the stream actor knows it when the block arrives.
-        ray.get(self.stream.harvested.remote(reports))
-        out = blocks[0] if len(blocks) == 1 else ActivationBlock.concat(blocks)
-        return out.to_columns()
+            columns = block.to_columns()
+            report = report_of(self.harvester, block, before, dropped)
+            return (report, sum(column.nbytes for column in columns.values())), columns
+
+    return HarvestWorker
+
+
+@functools.cache
+def decode_task() -> Any:
+    """The CPU task that decodes and preprocesses one input batch of image references."""
+    import ray
+
+    from thresher.harvest.vision import decode_images
+
+    return ray.remote(num_cpus=1)(decode_images)
+
+
+@dataclass
+class Harvested:
+    """One input batch's output: the ref of its block (left in the store) and its report."""
+
+    block: Any  # ObjectRef of the block's columns (ActivationBlock.to_columns)
+    report: HarvestReport
+    block_bytes: int
+
+
+class HarvestPool:
+    """Harvester actors over a sequence of input batches, at most `in_flight` out at once.
+
+    Iterating submits batches as outputs are taken and yields them in input order; each batch
+    goes to the actor with the fewest calls out. `options` are the actors' Ray options
+    (resources, placement)."""
+
+    def __init__(self, source: SourceConfig, batches: Sequence[dict[str, np.ndarray]], *,
+                 actors: int, in_flight: int, gpus: float, threads: int, base_dir: str,
+                 decode: Any = None, options: dict[str, Any] | None = None) -> None:
+        worker = harvest_worker_cls().options(**(options or {}))
+        self.actors = [worker.remote(source, gpus, threads, base_dir) for _ in range(actors)]
+        self.batches, self.decode = batches, decode
+        self.in_flight = max(in_flight, 1)
+        self.out: deque[tuple[int, Any, Any]] = deque()  # (actor, report ref, block ref)
+        self.calls = [0] * actors  # calls out per actor
+        self.submitted = 0
+
+    @property
+    def actors_n(self) -> int:
+        return len(self.actors)
+
+    def node_ids(self) -> set[str]:
+        """The nodes the harvesters run on."""
+        import ray
+
+        return set(ray.get([actor.node_id.remote() for actor in self.actors]))
+
+    def _submit(self) -> None:
+        batch: Any = self.batches[self.submitted]
+        if self.decode is not None:
+            batch = decode_task().remote(batch, self.decode)  # the actor waits for its pixels
+        i = min(range(len(self.actors)), key=lambda a: (self.calls[a], a))
+        report, block = self.actors[i].harvest.remote(batch)
+        self.out.append((i, report, block))
+        self.calls[i] += 1
+        self.submitted += 1
+
+    def __iter__(self) -> Iterator[Harvested]:
+        import ray
+
+        while self.out or self.submitted < len(self.batches):
+            while len(self.out) < self.in_flight and self.submitted < len(self.batches):
+                self._submit()
+            i, head, block = self.out.popleft()
+            self.calls[i] -= 1
+            report, block_bytes = ray.get(head)
+            yield Harvested(block=block, report=report, block_bytes=block_bytes)
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """Let the calls out finish (a harvest stopped early has a few), then end the actors:
+        a call killed midway would only leave an error behind for Ray to print."""
+        import ray
+
+        pending = [ref for _, head, block in self.out for ref in (head, block)]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=timeout)
+        self.out.clear()
+        for actor in self.actors:
+            ray.kill(actor)

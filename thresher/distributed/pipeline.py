@@ -1,7 +1,7 @@
 """The Ray executor: per stream, harvest pool -> pump + broadcast log -> trainer actors.
 
 `run_ray` joins the cluster named by RAY_ADDRESS (as under `ray job submit`) or starts a local
-Ray. Each stream gets one StreamActor (pump + log; it runs the Ray Data harvest) and the trainer
+Ray. Each stream gets one StreamActor (pump + log; it runs the harvest pool) and the trainer
 actors of the plan. Streams run `concurrent_streams` at a time, the rest wait in a queue; the
 driver polls progress until every trainer of every stream has returned its result.
 
@@ -39,7 +39,7 @@ from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
 from thresher.rundir import RunDirError
 
-# A trainer shares its node's cores with the pump, Ray Data and harvesters. OpenMP's threads
+# A trainer shares its node's cores with the pump, decode tasks and harvesters. OpenMP's threads
 # spin at every barrier by default, so one descheduled thread stalls the others: on 2 cores the
 # same SAE steps took 103 s spinning against 78 s with waiting threads that yield
 # (benchmarks/ray_vs_inline.py). Merged into the job's runtime env; a user's own setting wins.
@@ -64,7 +64,7 @@ def ensure_ray(cfg: Config) -> None:
 
 def concurrent_streams(cfg: Config, cluster: dict[str, float]) -> int:
     """Streams to run at once: the config's, else as many as the cluster's CPUs and GPUs hold
-    (one CPU kept for Ray Data's own tasks), at least one."""
+    (one CPU kept for the pump and decode tasks), at least one."""
     res = cfg.resources
     if res.concurrent_streams:
         return res.concurrent_streams
@@ -224,10 +224,11 @@ def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool 
                     outcome.results += r.results
                     del running[stream_id]
                     continue
-                info = ray.get(r.stream_actor.progress.remote())
+                info, points = ray.get([r.stream_actor.progress.remote(),
+                                        r.stream_actor.take_curve_points.remote()])
                 rows_done[stream_id] = info["rows"]
                 steps.update(info["steps"])
-                curves.add(info["curve_points"])
+                curves.add(points)
             progress.update(sum(rows_done.values()), steps, curves.newest)
     except ray.exceptions.RayError as exc:
         # A bad config, checkpoint or full disk found inside an actor: its own message.

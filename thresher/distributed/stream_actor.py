@@ -1,25 +1,24 @@
 """The stream actor: one stream's pump and broadcast log on Ray, serving its trainers.
 
-It prepares the inputs, writes the manifest and runs the Ray Data harvest (`map_batches` of
-`HarvestWorker` on a fixed `ActorPoolStrategy`), then feeds each harvest output to the `Pump` as
-an object ref and a row count, read from Ray Data's block metadata. It never fetches a block:
-chunks are pieces of harvest outputs, trainers read the rows from the object store themselves,
-and the stream statistics are a Ray task over the normalisation rows.
+It prepares the inputs, writes the manifest and runs the harvest (`HarvestPool`: a fixed pool
+of harvester actors, thresher/distributed/harvest_worker.py), then feeds each harvest output to
+the `Pump` as an object ref and a row count, from the harvester's report. It never fetches a
+block: chunks are pieces of harvest outputs, trainers read the rows from the object store
+themselves, and the stream statistics are a Ray task over the normalisation rows.
 
-Who owns a chunk: Ray Data submits the harvest tasks from this process, so this actor owns
-every harvest output, while the bytes live in the object store of the harvester's node. A
-harvester that dies takes nothing with it (Ray Data restarts it and retries its batch); the
-rows stay in the log until every trainer has committed past them.
+Who owns a chunk: the harvest calls are submitted from this process, so this actor owns every
+harvest output, while the bytes live in the object store of the harvester's node. A harvester
+that dies takes nothing with it (Ray restarts it and retries its calls); the rows stay in the
+log until every trainer has committed past them.
 
 It is a threaded actor: the harvest loop runs in one call while trainers read groups and commit
-cursors in others, and harvesters report in a concurrency group of their own, so trainers
-waiting on a full log never hold up the harvest.
+cursors in others, so trainers waiting on a full log never hold up the harvest.
 
 Placement: the driver puts the stream actor on a harvest node (a node declaring
-`resources.harvest_node_resource`, where the cluster has one); the harvester pool asks for the
-same marker resource and, softly, for the stream actor's own node. Ray Data's object-store
-budget is set explicitly (`StoreBudget`), and the log's worst case is checked against the
-node's object store before the first chunk is appended.
+`resources.harvest_node_resource`, where the cluster has one); the harvester actors ask for the
+same marker resource and, softly, for the stream actor's own node. The harvest holds at most
+`StoreBudget.harvest_bytes` of outputs in flight, and the log's worst case is checked against
+the node's object store before the first chunk is appended.
 """
 
 from __future__ import annotations
@@ -35,15 +34,19 @@ from thresher import storage
 from thresher.config import Config, StreamPlan, harvest_resources, torch_threads
 from thresher.distributed.blocks import estimate_stats
 from thresher.distributed.errors import user_error
-from thresher.distributed.harvest_worker import BATCH_INDEX, NODE_ID_LABEL, HarvestWorker
+from thresher.distributed.harvest_worker import NODE_ID_LABEL, HarvestPool
 from thresher.stream.budget import MIB, StoreBudget, store_budget
 from thresher.stream.chunker import Piece
 from thresher.stream.log import Cursor, Group
-from thresher.stream.pump import HarvestReport, Pump
+from thresher.stream.pump import Pump
 from thresher.stream.reader import EndOfStream, NotReady, fetch_group
 from thresher.stream.stats import StreamStats
 
 log = logging.getLogger(__name__)
+
+# Loading a backbone draws the hub's per-file progress bars, which a healthy run should not
+# forward to the driver's terminal from every harvester.
+HARVESTER_RUNTIME_ENV = {"env_vars": {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
 
 # What a trainer gets from StreamActor.group: ("ready", Group), ("wait", log_full), ("end", None)
 GroupReply = tuple[str, Any]
@@ -56,7 +59,7 @@ def stream_actor_cls() -> Any:
 
     estimate_task = ray.remote(num_cpus=0)(estimate_stats)
 
-    @ray.remote(num_cpus=0, max_concurrency=16, concurrency_groups={"harvesters": 4})
+    @ray.remote(num_cpus=0, max_concurrency=16)
     class StreamActor:
         """Pump + broadcast log of one stream, on the harvest node; owns every harvest output."""
 
@@ -78,10 +81,6 @@ def stream_actor_cls() -> Any:
             self.budget: StoreBudget | None = None
             self.harvest_nodes: set[str] = set()
             self.store_bytes = 0  # object-store bytes of the harvest outputs taken in
-            # Reports of harvested batches by batch index, and how far they are accounted for.
-            self.reports: dict[int, HarvestReport] = {}
-            self.next_report = 0
-            self.rows_reported = 0
             # Trainer restarts: each start after the first records where the trainer resumed
             # and the last step it had reported, i.e. the steps it has to redo.
             self.trainer_starts: dict[str, int] = {t.trainer_id: 0 for t in stream.trainers}
@@ -92,12 +91,6 @@ def stream_actor_cls() -> Any:
             self.cpu_at_start = time.process_time()
             self.rss_at_start = 0  # once the harvest loop starts (imports and set-up before)
             self.rss_peak = 0
-
-        @ray.method(concurrency_group="harvesters")
-        def harvested(self, reports: dict[int, HarvestReport]) -> None:
-            """A harvester's word on the batches it has just harvested."""
-            with self.lock:
-                self.reports.update(reports)
 
         def harvest(self) -> dict[str, Any]:
             """Run the whole harvest; returns the harvest counters. Trainers read meanwhile."""
@@ -113,109 +106,67 @@ def stream_actor_cls() -> Any:
                     raise cause from None  # the message the user can act on, not Ray's wrapping
                 raise
 
-        def _dataset(self) -> Any:
-            """The Ray Data harvest of the stream's inputs (written to the manifest here)."""
+        def _pool(self) -> HarvestPool:
+            """The harvester actors over the stream's inputs (written to the manifest here)."""
             from thresher.config import config_dir
-            from thresher.harvest.vision import decode_stage, decode_stage_remote_args
             from thresher.session import open_inputs
 
             source = self.stream.source
             inputs = open_inputs(self.cfg, self.stream, self.run_dir)
             self.planned_rows = inputs.n_tokens
             self.pump.counters.unreadable_inputs += inputs.unreadable
-
             self.budget = store_budget(self.cfg, self._node_object_store(), self.streams_at_once)
-            ctx = ray.data.DataContext.get_current()
-            ctx.execution_options.preserve_order = True  # identical chunks on every run
-            # Explicit, so the log's share of the store is known (see StoreBudget).
-            ctx.execution_options.resource_limits = ctx.execution_options.resource_limits.copy(
-                object_store_memory=self.budget.harvest_bytes)
-            # A harvester's own error (a ConfigError naming the fix) rather than Ray Data's
-            # UserCodeException, which keeps only its text.
-            ctx.raise_original_map_exception = True
-            ctx.enable_progress_bars = False
-            ctx.print_on_execution_start = False
-            # One block per input batch: each harvest output reaches the pump on its own, so
-            # trainers start on the first chunk instead of waiting for a bundle of forwards.
-            items = [{**batch, BATCH_INDEX: i} for i, batch in enumerate(inputs.batches)]
-            ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-            if inputs.decode is not None:
-                # Decode and preprocess images in CPU tasks ahead of the backbone actors.
-                ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode},
-                                    batch_size=1, num_cpus=1,
-                                    ray_remote_args_fn=decode_stage_remote_args)
             # Near the pump (soft: a pool larger than this node spills to other harvest nodes),
             # and only on harvest nodes where the cluster marks them.
-            # (Node labels rather than a scheduling strategy: Ray Data deprecates the latter.)
-            placement: dict[str, Any] = {
+            harvest = harvest_resources(self.cfg, source)
+            options: dict[str, Any] = {
+                "num_cpus": harvest.cpus_per_harvester, "num_gpus": harvest.gpus_per_harvester,
+                "runtime_env": HARVESTER_RUNTIME_ENV,
                 "label_selector": {NODE_ID_LABEL: self.node_id},
                 "fallback_strategy": [{"label_selector": {}}]}
             if self.harvest_resources:
-                placement["resources"] = self.harvest_resources
-            harvest = harvest_resources(self.cfg, source)
-            return ds.map_batches(
-                HarvestWorker,
-                fn_constructor_kwargs={"source": source, "gpus": harvest.gpus_per_harvester,
-                                       "threads": torch_threads(self.cfg, "harvester", source),
-                                       "base_dir": str(config_dir(self.cfg)),
-                                       "stream_actor": self.name},
-                batch_size=1,
-                num_cpus=harvest.cpus_per_harvester,
-                num_gpus=harvest.gpus_per_harvester,
-                compute=ray.data.ActorPoolStrategy(size=harvest.harvesters),
-                **placement,
-            )
+                options["resources"] = self.harvest_resources
+            return HarvestPool(source, inputs.batches, actors=harvest.harvesters,
+                               in_flight=2 * harvest.harvesters,
+                               gpus=harvest.gpus_per_harvester,
+                               threads=torch_threads(self.cfg, "harvester", source),
+                               base_dir=str(config_dir(self.cfg)), decode=inputs.decode,
+                               options=options)
 
         def _harvest(self) -> dict[str, Any]:
             start = time.perf_counter()
-            ds = self._dataset()
+            pool = self._pool()
             stream_cfg = self.cfg.stream
-            bundles = ds.iter_internal_ref_bundles()
             self.rss_at_start = self.rss_peak = _rss_bytes()
             threading.Thread(target=self._sample_rss, daemon=True).start()
-            for bundle in bundles:
-                for entry, piece in zip(bundle.blocks, bundle.slices, strict=True):
-                    if piece is not None:
-                        raise RuntimeError("a harvest output came as a slice of a block; the "
-                                           "pump expects whole blocks")
-                    meta = entry.metadata
-                    rows = int(meta.num_rows or 0)
+            try:
+                for out in pool:
+                    rows = out.report.rows
                     if rows and self.pump.counters.rows == 0:
-                        # The row width is known now; nothing is in the log yet.
+                        # The row width is known now; nothing is in the log yet. Each actor
+                        # keeps one batch queued behind its running one, as the budget allows.
+                        row_bytes = out.block_bytes / rows
+                        pool.in_flight = max(pool.actors_n, min(
+                            2 * pool.actors_n, self.budget.harvest_bytes // out.block_bytes))
                         self.budget.check_log(self.stream.stream_id,  # type: ignore[union-attr]
                                               stream_cfg.chunk_rows, stream_cfg.capacity_chunks,
-                                              meta.size_bytes / rows)
-                    if meta.exec_stats is not None and meta.exec_stats.node_id:
-                        self.harvest_nodes.add(meta.exec_stats.node_id)
-                    self.store_bytes += int(meta.size_bytes or 0)
+                                              row_bytes)
+                    self.store_bytes += out.block_bytes
                     with self.lock:
-                        self.pump.add(entry.ref, rows, self._account(rows))
+                        self.pump.add(out.block, rows, out.report)
                         self.lock.notify_all()
                         while self.pump.pending and self.error is None:
                             self.lock.wait(timeout=1.0)  # backpressure: the log is full
                     if self.pump.chunker.done:
-                        break
-                if self.pump.chunker.done:
-                    break  # every training row wanted is in; stop the harvest early
+                        break  # every training row wanted is in; stop the harvest early
+                self.harvest_nodes = pool.node_ids()
+            finally:
+                pool.stop()
             with self.lock:
                 self.pump.finish_harvest()
                 self.pump.counters.seconds = time.perf_counter() - start
                 self.lock.notify_all()
             return {**self.pump.counters.to_dict(), **self.placement(), **self.pump_counters()}
-
-        def _account(self, rows: int) -> HarvestReport:
-            """The reports of the batches whose rows are all in once `rows` more are (blocks
-            arrive in batch order; a batch's report always precedes its block)."""
-            total = HarvestReport(forward_calls=0)
-            consumed = self.pump.counters.rows + rows
-            while (report := self.reports.get(self.next_report)) is not None:
-                if self.rows_reported + report.rows > consumed:
-                    break
-                total = total + report
-                self.rows_reported += report.rows
-                del self.reports[self.next_report]
-                self.next_report += 1
-            return total
 
         def _sample_rss(self) -> None:
             while not self.pump.harvest_done and self.error is None:
@@ -312,19 +263,21 @@ def stream_actor_cls() -> Any:
                 self._raise_if_failed()
                 return list(self.pump.chunker.holdout)
 
+        def take_curve_points(self) -> list[dict[str, Any]]:
+            """The trainers' curve points since the last call (the driver is their reader)."""
+            with self.lock:
+                points, self.curve_points = self.curve_points, []
+            return points
+
         def progress(self) -> dict[str, Any]:
-            """Rows, steps, the log's fill, trainer restarts, and the curve points that came in
-            since the last call (the driver polls this; it is their one reader)."""
             with self.lock:
                 log = self.pump.log
-                points, self.curve_points = self.curve_points, []
                 return {"rows": self.pump.counters.rows, "planned_rows": self.planned_rows,
                         "wanted_rows": self.pump.chunker.wanted_rows,
                         "holdout_rows": self.cfg.stream.holdout_rows,
                         "steps": dict(self.progress_steps), "held": log.held,
                         "peak_held": log.counters.peak_held, "capacity": log.capacity,
-                        "restarts": {t: list(r) for t, r in self.restarts.items()},
-                        "curve_points": points}
+                        "restarts": {t: list(r) for t, r in self.restarts.items()}}
 
         def log_counters(self) -> dict[str, Any]:
             with self.lock:

@@ -2,7 +2,7 @@
 
 The one harvest loop of every consumer that runs in a single process: the inline executor,
 `thresher harvest` (the activation cache), `analyze`'s held-out rows and the baselines. The Ray
-executor runs the same Harvester per input batch inside Ray Data instead.
+executor runs the same Harvester per input batch in each of its harvester actors instead.
 """
 
 from __future__ import annotations

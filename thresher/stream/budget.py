@@ -1,4 +1,5 @@
-"""How one stream may use the object store: Ray Data's budget and the log's worst case."""
+"""How one stream may use the object store: the harvest's outputs in flight and the log's
+worst case."""
 
 from __future__ import annotations
 
@@ -13,13 +14,13 @@ MIB = 2**20
 class StoreBudget:
     """How one stream may use the object store of its pump's node.
 
-    The log holds at most `capacity_chunks` chunks and Ray Data at most `harvest_bytes` of
-    harvested blocks; both live in the pump node's store, shared by the streams running at once.
+    The log holds at most `capacity_chunks` chunks and the harvest at most `harvest_bytes` of
+    blocks in flight; both live in the pump node's store, shared by the streams running at once.
     """
 
     store_bytes: int  # the object store of the pump's node
     streams: int  # streams that may run at once, sharing it
-    harvest_bytes: int  # Ray Data's object-store budget for this stream's harvest
+    harvest_bytes: int  # the harvest's outputs in flight, at most
 
     @property
     def share_bytes(self) -> int:
@@ -49,7 +50,7 @@ class StoreBudget:
 
 
 def store_budget(cfg: Config, store_bytes: int, streams: int) -> StoreBudget:
-    """The budget of one stream on a node whose object store has `store_bytes`: Ray Data gets
+    """The budget of one stream on a node whose object store has `store_bytes`: the harvest gets
     `resources.harvest_object_store_mb`, or a quarter of the stream's share of the store."""
     share = store_bytes // max(1, streams)
     explicit = cfg.resources.harvest_object_store_mb
