@@ -29,9 +29,9 @@ from thresher.train.loop import CheckpointWriteError, TrainLoop
 from thresher.train.trainer import Trainer
 
 from .stored_data import stored_config, write_shards
-from .test_backbones import TINY_BERT
 from .test_loop import make_log
 from .test_stream import reader_for
+from .tiny_models import TINY_BERT
 
 # --------------------------------------------------------------------------------------------
 # Config, model, input files

@@ -20,10 +20,10 @@ from thresher.harvest.inputs import (
     read_text_files,
 )
 
+from .tiny_models import TINY_TL
+
 # A random-weight TransformerLens backbone: byte-level tokenizer, prefix [BOS=0], no suffix.
-BYTES = BackboneConfig(kind="transformer_lens", model="",
-                       config={"n_layers": 1, "d_model": 16, "n_ctx": 256, "d_head": 4,
-                               "d_vocab": 300})
+BYTES = BackboneConfig(kind="transformer_lens", model="", config=TINY_TL)
 
 
 class WordTokenizer:

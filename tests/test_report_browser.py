@@ -25,8 +25,7 @@ from thresher.analysis.report.plots import pareto_front
 from thresher.cli import main
 
 from .chromium import Browser
-from .test_eeg import TINY_PATCHTST
-from .test_vision import TINY_CLIP
+from .tiny_models import TINY_CLIP, TINY_PATCHTST
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RESOURCES = {"harvesters": 1, "trainers": 1, "cpus_per_harvester": 1, "cpus_per_trainer": 0,
