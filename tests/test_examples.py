@@ -14,7 +14,7 @@ import thresher
 from thresher.analysis.parquet import SUMMARY_SCHEMA
 from thresher.cli import main as cli_main
 
-from .test_vision import TINY_CLIP
+from .tiny_models import TINY_CLIP
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -133,35 +133,27 @@ def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
 def test_decode_stage_is_not_fused_into_the_backbone_actors(
         ray_session: Any, image_folder: Path, tmp_path: Path,
         capsys: pytest.CaptureFixture) -> None:
-    """The pump's two stages as it builds them: Ray Data's optimised plan keeps JPEG decoding in
-    CPU tasks of their own (without `decode_stage_remote_args` it fuses them into the backbone
-    actors, putting decoding back on the GPU's critical path)."""
-    import ray
-
+    """The pump's Ray Data graph, built by the function the stream actor calls: the optimised
+    plan keeps JPEG decoding in CPU tasks of their own, ahead of the backbone actors (Ray 2.60
+    fuses a task map into the next actor map when their remote args match, which would put
+    decoding back on the GPU's critical path)."""
     from thresher.config import load_config
-    from thresher.harvest.harvester import Harvester
+    from thresher.distributed.stream_actor import harvest_dataset
     from thresher.harvest.inputs import prepare_inputs
-    from thresher.harvest.vision import decode_stage, decode_stage_remote_args
 
-    source = load_config({"source": {
+    cfg = load_config({"source": {
         "backbone": {"kind": "open_clip", "model": "ViT-B-32", "config": TINY_CLIP},
         "hook": "layer.0", "tokens": "cls", "batch_size": 8,
-        "inputs": {"kind": "image_folder", "paths": [str(image_folder)]}}}).source
-    inputs = prepare_inputs(source, 0, tmp_path)
-
-    def physical_plan(remote_args: Any) -> str:
-        ds = ray.data.from_items(inputs.batches, override_num_blocks=len(inputs.batches))
-        extra = {"ray_remote_args_fn": remote_args} if remote_args is not None else {}
-        ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode}, batch_size=1,
-                            num_cpus=1, **extra)
-        ds = ds.map_batches(Harvester, fn_constructor_kwargs={"source": source}, batch_size=1,
-                            num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1))
-        capsys.readouterr()
-        ds.explain()
-        return capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
-
-    plan = physical_plan(decode_stage_remote_args)
-    assert "TaskPoolMapOperator[MapBatches(decode_stage)]" in plan, plan
-    assert "ActorPoolMapOperator[MapBatches(Harvester)]" in plan, plan
-    # the check bites: Ray's default fuses the task stage into the actors
-    assert "MapBatches(decode_stage)->MapBatches(Harvester)" in physical_plan(None)
+        "inputs": {"kind": "image_folder", "paths": [str(image_folder)]}}})
+    inputs = prepare_inputs(cfg.source, 0, tmp_path)
+    node_id = ray_session.get_runtime_context().get_node_id()
+    ds = harvest_dataset(cfg, cfg.source, inputs, "no-stream-actor", node_id, {})
+    capsys.readouterr()
+    ds.explain()  # plans without running: no harvester is built
+    plan = capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
+    operators = [line.strip(" +-") for line in plan.splitlines() if "[" in line]
+    # Three operators, last to first; a fused one would read
+    # "ActorPoolMapOperator[MapBatches(decode_stage)->MapBatches(HarvestWorker)]".
+    assert operators == ["ActorPoolMapOperator[MapBatches(HarvestWorker)]",
+                         "TaskPoolMapOperator[MapBatches(decode_stage)]",
+                         "InputDataBuffer[Input]"], plan

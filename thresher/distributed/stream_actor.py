@@ -29,10 +29,10 @@ import logging
 import resource
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from thresher import storage
-from thresher.config import Config, StreamPlan, harvest_resources, torch_threads
+from thresher.config import Config, SourceConfig, StreamPlan, harvest_resources, torch_threads
 from thresher.distributed.blocks import estimate_stats
 from thresher.distributed.errors import user_error
 from thresher.distributed.harvest_worker import BATCH_INDEX, NODE_ID_LABEL, HarvestWorker
@@ -42,6 +42,9 @@ from thresher.stream.log import Cursor, Group
 from thresher.stream.pump import HarvestReport, Pump
 from thresher.stream.reader import EndOfStream, NotReady, fetch_group
 from thresher.stream.stats import StreamStats
+
+if TYPE_CHECKING:
+    from thresher.harvest.inputs import Inputs
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +116,6 @@ def stream_actor_cls() -> Any:
 
         def _dataset(self) -> Any:
             """The Ray Data harvest of the stream's inputs (written to the manifest here)."""
-            from thresher.config import config_dir
-            from thresher.harvest.vision import decode_stage, decode_stage_remote_args
             from thresher.session import open_inputs
 
             source = self.stream.source
@@ -133,36 +134,8 @@ def stream_actor_cls() -> Any:
             ctx.raise_original_map_exception = True
             ctx.enable_progress_bars = False
             ctx.print_on_execution_start = False
-            # One block per input batch: each harvest output reaches the pump on its own, so
-            # trainers start on the first chunk instead of waiting for a bundle of forwards.
-            items = [{**batch, BATCH_INDEX: i} for i, batch in enumerate(inputs.batches)]
-            ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-            if inputs.decode is not None:
-                # Decode and preprocess images in CPU tasks ahead of the backbone actors.
-                ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode},
-                                    batch_size=1, num_cpus=1,
-                                    ray_remote_args_fn=decode_stage_remote_args)
-            # Near the pump (soft: a pool larger than this node spills to other harvest nodes),
-            # and only on harvest nodes where the cluster marks them.
-            # (Node labels rather than a scheduling strategy: Ray Data deprecates the latter.)
-            placement: dict[str, Any] = {
-                "label_selector": {NODE_ID_LABEL: self.node_id},
-                "fallback_strategy": [{"label_selector": {}}]}
-            if self.harvest_resources:
-                placement["resources"] = self.harvest_resources
-            harvest = harvest_resources(self.cfg, source)
-            return ds.map_batches(
-                HarvestWorker,
-                fn_constructor_kwargs={"source": source, "gpus": harvest.gpus_per_harvester,
-                                       "threads": torch_threads(self.cfg, "harvester"),
-                                       "base_dir": str(config_dir(self.cfg)),
-                                       "stream_actor": self.name},
-                batch_size=1,
-                num_cpus=harvest.cpus_per_harvester,
-                num_gpus=harvest.gpus_per_harvester,
-                compute=ray.data.ActorPoolStrategy(size=harvest.harvesters),
-                **placement,
-            )
+            return harvest_dataset(self.cfg, source, inputs, self.name, self.node_id,
+                                   self.harvest_resources)
 
         def _harvest(self) -> dict[str, Any]:
             start = time.perf_counter()
@@ -331,6 +304,47 @@ def stream_actor_cls() -> Any:
                                    f"{self.error}")
 
     return StreamActor
+
+
+def harvest_dataset(cfg: Config, source: SourceConfig, inputs: Inputs, stream_actor: str,
+                    node_id: str, harvest_marker: dict[str, float]) -> Any:
+    """The Ray Data graph of one stream's harvest, as the stream actor runs it: input batches ->
+    [image decoding in CPU tasks] -> a fixed pool of `HarvestWorker` actors. Nothing runs
+    until it is iterated; the DataContext is the caller's to set."""
+    import ray
+
+    from thresher.config import config_dir
+    from thresher.harvest.vision import decode_stage, decode_stage_remote_args
+
+    # One block per input batch: each harvest output reaches the pump on its own, so trainers
+    # start on the first chunk instead of waiting for a bundle of forwards.
+    items = [{**batch, BATCH_INDEX: i} for i, batch in enumerate(inputs.batches)]
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    if inputs.decode is not None:
+        # Decode and preprocess images in CPU tasks ahead of the backbone actors.
+        ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode}, batch_size=1,
+                            num_cpus=1, ray_remote_args_fn=decode_stage_remote_args)
+    # Near the pump (soft: a pool larger than this node spills to other harvest nodes), and
+    # only on harvest nodes where the cluster marks them.
+    # (Node labels rather than a scheduling strategy: Ray Data deprecates the latter.)
+    placement: dict[str, Any] = {
+        "label_selector": {NODE_ID_LABEL: node_id},
+        "fallback_strategy": [{"label_selector": {}}]}
+    if harvest_marker:
+        placement["resources"] = harvest_marker
+    harvest = harvest_resources(cfg, source)
+    return ds.map_batches(
+        HarvestWorker,
+        fn_constructor_kwargs={"source": source, "gpus": harvest.gpus_per_harvester,
+                               "threads": torch_threads(cfg, "harvester"),
+                               "base_dir": str(config_dir(cfg)),
+                               "stream_actor": stream_actor},
+        batch_size=1,
+        num_cpus=harvest.cpus_per_harvester,
+        num_gpus=harvest.gpus_per_harvester,
+        compute=ray.data.ActorPoolStrategy(size=harvest.harvesters),
+        **placement,
+    )
 
 
 def _rss_bytes() -> int:
