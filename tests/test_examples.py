@@ -53,6 +53,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return module.make_image_folder(tmp_path_factory.mktemp("data") / "images")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["text_minilm.yaml", "text_transformer_lens.yaml",
                                   "eeg_patchtst.yaml"])
 def test_example_runs_to_parquet(name: str, tmp_path: Path) -> None:
@@ -62,6 +63,7 @@ def test_example_runs_to_parquet(name: str, tmp_path: Path) -> None:
     _check_run(tmp_path / run_name)
 
 
+@pytest.mark.slow
 def test_image_example_runs_with_its_labels(image_folder: Path, tmp_path: Path) -> None:
     config = _example("images_open_clip.yaml", tmp_path,
                       source={**yaml.safe_load((EXAMPLES / "images_open_clip.yaml").read_text())
@@ -75,6 +77,7 @@ def test_image_example_runs_with_its_labels(image_folder: Path, tmp_path: Path) 
     assert {r["label_name"] for r in manifest} == {p.name for p in image_folder.iterdir()}
 
 
+@pytest.mark.slow
 def test_stored_example_replays_a_harvest(tmp_path: Path) -> None:
     eeg = _example("eeg_patchtst.yaml", tmp_path)
     assert cli_main(["harvest", str(eeg), "--out", str(tmp_path / "runs" / "eeg-cache")]) == 0
@@ -86,6 +89,7 @@ def test_stored_example_replays_a_harvest(tmp_path: Path) -> None:
     _check_run(tmp_path / "eeg-replay")
 
 
+@pytest.mark.slow
 def test_synthetic_example_reports_ground_truth(tmp_path: Path) -> None:
     config = _example("synthetic_ground_truth.yaml", tmp_path,  # shrunk to seconds
                       train={"tokens": 4096, "d_sae": 256, "checkpoint_every": 8},
@@ -98,6 +102,7 @@ def test_synthetic_example_reports_ground_truth(tmp_path: Path) -> None:
         assert summary[name].between(0, 1).all() and (summary[name] > 0).all(), name
 
 
+@pytest.mark.slow
 def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
         ray_session: Any, image_folder: Path, tmp_path: Path) -> None:
     """The one Ray run: CPU decode stage -> backbone actors; same rows as inline."""

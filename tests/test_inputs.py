@@ -231,6 +231,7 @@ def test_length_bucketing_cuts_padding_and_keeps_runs() -> None:
         assert len(set((ids // run).tolist())) == 1
 
 
+@pytest.mark.slow
 def test_docstring_corpus_is_cached_per_python_and_survives_a_bad_cache(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from thresher.harvest import inputs

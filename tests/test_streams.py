@@ -214,6 +214,7 @@ def runs(ray_session: Any, tmp_path_factory: pytest.TempPathFactory) -> dict[str
                                    progress=False)}
 
 
+@pytest.mark.slow
 def test_streams_run_queued_or_together(runs: dict[str, Path]) -> None:
     # Who was running when each stream started, as the driver admitted them: an ordering fact
     # (the harvests' clock times may or may not overlap, as the scheduler has it).
@@ -227,6 +228,7 @@ def test_streams_run_queued_or_together(runs: dict[str, Path]) -> None:
     assert queued["tl"]["harvest"]["cpus_per_harvester"] == 0.5  # the source's own
 
 
+@pytest.mark.slow
 def test_each_hook_trains_on_its_own_rows_from_one_harvest(runs: dict[str, Path],
                                                            tmp_path: Path) -> None:
     run_dir = runs["queued"]
@@ -256,6 +258,7 @@ def test_each_hook_trains_on_its_own_rows_from_one_harvest(runs: dict[str, Path]
     assert scales["layer.1"]["scale"] != pytest.approx(scales["layer.3"]["scale"], rel=1e-3)
 
 
+@pytest.mark.slow
 def test_ray_and_inline_agree_on_every_stream(runs: dict[str, Path]) -> None:
     for ray_dir in (runs["queued"], runs["together"]):
         for sae_dir in sorted((ray_dir / "saes").iterdir()):
@@ -265,6 +268,7 @@ def test_ray_and_inline_agree_on_every_stream(runs: dict[str, Path]) -> None:
                 np.testing.assert_array_equal(a[name], b[name], err_msg=f"{sae_dir.name} {name}")
 
 
+@pytest.mark.slow
 def test_each_stream_writes_its_manifest_and_analyze_recomputes_every_sae(
         runs: dict[str, Path]) -> None:
     from thresher.analysis.analyze import analyze_run

@@ -91,6 +91,7 @@ def test_open_clip_embedding_is_encode_image() -> None:
     assert block.position.tolist() == [0, 0, 0] and block.d == 32
 
 
+@pytest.mark.slow
 def test_open_clip_siglip2_timm_trunk() -> None:
     """ViT-B-16-SigLIP2 (timm trunk, no CLS token) as shipped, random weights, one image."""
     source = image_source("open_clip", "layer.0", "patches", config={}, model="ViT-B-16-SigLIP2",
