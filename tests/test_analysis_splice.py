@@ -10,15 +10,12 @@ import torch
 from thresher.config import load_config
 from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
 
-TL_CONFIG = {"n_layers": 2, "d_model": 32, "n_ctx": 24, "d_head": 8, "n_heads": 4,
-             "d_mlp": 64, "d_vocab": 257, "act_fn": "gelu", "normalization_type": "LN"}
-GPT2_CONFIG = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4,
-               "vocab_size": 30522, "n_positions": 32, "bos_token_id": 0, "eos_token_id": 0}
+from .tiny_models import TINY_GPT2, TINY_TL
 
 
 @pytest.mark.parametrize(("backbone", "hook"), [
-    ({"kind": "transformer_lens", "config": TL_CONFIG}, "blocks.0.hook_resid_post"),
-    ({"kind": "hf_text", "config": GPT2_CONFIG}, "layer.0"),
+    ({"kind": "transformer_lens", "config": TINY_TL}, "blocks.0.hook_resid_post"),
+    ({"kind": "hf_text", "config": TINY_GPT2}, "layer.0"),
 ])
 def test_identity_recovers_one_and_zero_recovers_zero(backbone: dict, hook: str) -> None:
     source = load_config({"source": {"backbone": backbone, "hook": hook}}).source

@@ -19,10 +19,8 @@ from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import Inputs, build_inputs
 from thresher.stream.block import ActivationBlock
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 3,
-             "num_attention_heads": 4, "intermediate_size": 128}
-TINY_TL = {"n_layers": 2, "d_model": 64, "n_ctx": 64, "d_head": 16, "n_heads": 4, "d_mlp": 256,
-           "d_vocab": 300, "act_fn": "gelu"}
+from .tiny_models import TINY_BERT, TINY_TL
+
 TEXTS = [
     "Return the sum of a and b.",
     "A much longer docstring that spans more tokens than the context window holds, so that "
@@ -114,7 +112,7 @@ def test_random_bert_from_config_is_seeded_and_matches(tmp_path: Path) -> None:
         source = source_of(tmp_path, backbone, hook)
         inputs = build_inputs(source, 1, tmp_path, load_tokenizer(source.backbone))
         harvester = Harvester(source)
-        assert harvester.d_model == 64
+        assert harvester.d_model == TINY_BERT["hidden_size"]
         check_rows(harvest_all(harvester, inputs), inputs, 1, 1, hf_reference(model, index))
 
 
@@ -169,7 +167,9 @@ def test_transformer_lens_rows_equal_run_with_cache(tmp_path: Path, tiny_tl: Any
     inputs = build_inputs(source, 0, tmp_path, tokenizer)
     harvester = Harvester(source)
     block = harvest_all(harvester, inputs)
-    width = {"blocks.0.mlp.hook_post": 256, "blocks.0.attn.hook_z": 4 * 16}.get(hook, 64)
+    width = {"blocks.0.mlp.hook_post": TINY_TL["d_mlp"],
+             "blocks.0.attn.hook_z": TINY_TL["n_heads"] * TINY_TL["d_head"]
+             }.get(hook, TINY_TL["d_model"])
     assert harvester.d_model == width and block.d == width
     assert harvester.forward_calls == len(inputs.batches)
     check_rows(block, inputs, 1, 0, tl_reference(tiny_tl, hook))
@@ -192,6 +192,7 @@ def test_transformer_lens_errors_name_the_problem() -> None:
 
 def test_context_longer_than_model_is_refused(tmp_path: Path) -> None:
     source = source_of(tmp_path, {"kind": "transformer_lens", "model": "", "config": TINY_TL},
-                       "blocks.0.hook_resid_post", context=128)
-    with pytest.raises(ConfigError, match="context is 128 but the backbone takes at most 64"):
+                       "blocks.0.hook_resid_post", context=2 * TINY_TL["n_ctx"])
+    with pytest.raises(ConfigError, match=f"context is {2 * TINY_TL['n_ctx']} but the backbone "
+                                          f"takes at most {TINY_TL['n_ctx']}"):
         Harvester(source)

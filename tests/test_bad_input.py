@@ -29,9 +29,9 @@ from thresher.train.loop import CheckpointWriteError, TrainLoop
 from thresher.train.trainer import Trainer
 
 from .stored_data import stored_config, write_shards
-from .test_backbones import TINY_BERT
 from .test_loop import make_log
 from .test_stream import reader_for
+from .tiny_models import TINY_BERT
 
 # --------------------------------------------------------------------------------------------
 # Config, model, input files
@@ -64,6 +64,7 @@ def text_config(out: Path, name: str, **source: Any) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_model_that_cannot_be_loaded_offline_fails_the_ray_run_with_the_fix(
         ray_session: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = text_config(tmp_path, "offline",
@@ -78,6 +79,7 @@ def test_model_that_cannot_be_loaded_offline_fails_the_ray_run_with_the_fix(
     assert "`config`" in err  # the fix: a local folder, or a config for random weights
 
 
+@pytest.mark.slow
 def test_error_inside_a_harvester_actor_reaches_the_user_as_is(ray_session: Any,
                                                                tmp_path: Path) -> None:
     # The backbone takes 64 tokens: the harvester actors refuse in their constructor.
@@ -90,6 +92,7 @@ def test_error_inside_a_harvester_actor_reaches_the_user_as_is(ray_session: Any,
                               "tokens; lower context")  # nothing of Ray Data's wrapping
 
 
+@pytest.mark.slow
 def test_unreadable_input_file_names_the_file(ray_session: Any, tmp_path: Path) -> None:
     texts = tmp_path / "texts"
     texts.mkdir()
@@ -158,7 +161,8 @@ def assert_all_finite(run_dir: Path) -> None:
             assert np.isfinite(value).all(), f"{sae_dir.name} {name}"
 
 
-@pytest.mark.parametrize("inline", [True, False], ids=["inline", "ray"])
+@pytest.mark.parametrize("inline", [True, pytest.param(False, marks=pytest.mark.slow)],
+                         ids=["inline", "ray"])
 def test_nonfinite_rows_are_dropped_alone_and_never_reach_the_weights(
         inline: bool, tmp_path: Path, caplog: pytest.LogCaptureFixture, request: Any) -> None:
     if not inline:
@@ -269,6 +273,7 @@ def test_store_budget_sizes_the_harvest_and_refuses_a_log_that_cannot_fit() -> N
         StoreBudget(800 * MIB, 2, 100 * MIB).check_log("s0", 16384, 16, 4108)
 
 
+@pytest.mark.slow
 def test_chunks_larger_than_the_object_store_are_refused_before_any_training(
         ray_session: Any, tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", d=256, shards=8)

@@ -14,9 +14,7 @@ from thresher.harvest.eeg import cut_windows, spkit_eeg_sample
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
 
-TINY_PATCHTST: dict[str, Any] = {
-    "num_input_channels": 14, "context_length": 128, "patch_length": 16, "patch_stride": 16,
-    "d_model": 32, "num_hidden_layers": 3, "num_attention_heads": 4, "ffn_dim": 64}
+from .tiny_models import TINY_PATCHTST
 
 
 def eeg_source(hook: str = "layer.0", kind: str = "spkit_eeg_sample", paths: tuple = (),

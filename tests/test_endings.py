@@ -62,6 +62,7 @@ def record(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "run.json").read_text())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("sig", "code", "reason"), [
     (signal.SIGINT, 130, "KeyboardInterrupt"),
     (signal.SIGTERM, 143, "Terminated: terminated (SIGTERM)"),

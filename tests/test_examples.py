@@ -14,7 +14,7 @@ import thresher
 from thresher.analysis.parquet import SUMMARY_SCHEMA
 from thresher.cli import main as cli_main
 
-from .test_vision import TINY_CLIP
+from .tiny_models import TINY_CLIP
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -53,6 +53,7 @@ def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return module.make_image_folder(tmp_path_factory.mktemp("data") / "images")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["text_minilm.yaml", "text_transformer_lens.yaml",
                                   "eeg_patchtst.yaml"])
 def test_example_runs_to_parquet(name: str, tmp_path: Path) -> None:
@@ -62,6 +63,7 @@ def test_example_runs_to_parquet(name: str, tmp_path: Path) -> None:
     _check_run(tmp_path / run_name)
 
 
+@pytest.mark.slow
 def test_image_example_runs_with_its_labels(image_folder: Path, tmp_path: Path) -> None:
     config = _example("images_open_clip.yaml", tmp_path,
                       source={**yaml.safe_load((EXAMPLES / "images_open_clip.yaml").read_text())
@@ -75,6 +77,7 @@ def test_image_example_runs_with_its_labels(image_folder: Path, tmp_path: Path) 
     assert {r["label_name"] for r in manifest} == {p.name for p in image_folder.iterdir()}
 
 
+@pytest.mark.slow
 def test_stored_example_replays_a_harvest(tmp_path: Path) -> None:
     eeg = _example("eeg_patchtst.yaml", tmp_path)
     assert cli_main(["harvest", str(eeg), "--out", str(tmp_path / "runs" / "eeg-cache")]) == 0
@@ -86,6 +89,7 @@ def test_stored_example_replays_a_harvest(tmp_path: Path) -> None:
     _check_run(tmp_path / "eeg-replay")
 
 
+@pytest.mark.slow
 def test_synthetic_example_reports_ground_truth(tmp_path: Path) -> None:
     config = _example("synthetic_ground_truth.yaml", tmp_path,  # shrunk to seconds
                       train={"tokens": 4096, "d_sae": 256, "checkpoint_every": 8},
@@ -98,6 +102,7 @@ def test_synthetic_example_reports_ground_truth(tmp_path: Path) -> None:
         assert summary[name].between(0, 1).all() and (summary[name] > 0).all(), name
 
 
+@pytest.mark.slow
 def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
         ray_session: Any, image_folder: Path, tmp_path: Path) -> None:
     """The one Ray run: CPU decode stage -> backbone actors; same rows as inline."""
@@ -130,38 +135,36 @@ def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
     assert (ray_dir / weights).read_bytes() == (inline_dir / weights).read_bytes()
 
 
-def test_decode_stage_is_not_fused_into_the_backbone_actors(
-        ray_session: Any, image_folder: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture) -> None:
-    """The pump's two stages as it builds them: Ray Data's optimised plan keeps JPEG decoding in
-    CPU tasks of their own (without `decode_stage_remote_args` it fuses them into the backbone
-    actors, putting decoding back on the GPU's critical path)."""
-    import ray
-
+def test_the_harvest_pool_decodes_ahead_and_hands_back_the_blocks_in_input_order(
+        ray_session: Any, image_folder: Path, tmp_path: Path) -> None:
+    """The pool the stream actor runs, on images: each batch is decoded by a CPU task whose
+    ref the harvester's call takes (a Harvester does not decode: without the task it would get
+    file references), at most `in_flight` calls are out at once, and the blocks come back in
+    input order, equal to the in-process harvest of the same batches."""
     from thresher.config import load_config
-    from thresher.harvest.harvester import Harvester
-    from thresher.harvest.inputs import prepare_inputs
-    from thresher.harvest.vision import decode_stage, decode_stage_remote_args
+    from thresher.distributed.blocks import load_blocks
+    from thresher.distributed.harvest_worker import HarvestPool
+    from thresher.harvest.local import LocalHarvest
 
-    source = load_config({"source": {
+    cfg = load_config({"source": {
         "backbone": {"kind": "open_clip", "model": "ViT-B-32", "config": TINY_CLIP},
         "hook": "layer.0", "tokens": "cls", "batch_size": 8,
-        "inputs": {"kind": "image_folder", "paths": [str(image_folder)]}}}).source
-    inputs = prepare_inputs(source, 0, tmp_path)
-
-    def physical_plan(remote_args: Any) -> str:
-        ds = ray.data.from_items(inputs.batches, override_num_blocks=len(inputs.batches))
-        extra = {"ray_remote_args_fn": remote_args} if remote_args is not None else {}
-        ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode}, batch_size=1,
-                            num_cpus=1, **extra)
-        ds = ds.map_batches(Harvester, fn_constructor_kwargs={"source": source}, batch_size=1,
-                            num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1))
-        capsys.readouterr()
-        ds.explain()
-        return capsys.readouterr().out.split("Physical Plan (Optimized)")[-1]
-
-    plan = physical_plan(decode_stage_remote_args)
-    assert "TaskPoolMapOperator[MapBatches(decode_stage)]" in plan, plan
-    assert "ActorPoolMapOperator[MapBatches(Harvester)]" in plan, plan
-    # the check bites: Ray's default fuses the task stage into the actors
-    assert "MapBatches(decode_stage)->MapBatches(Harvester)" in physical_plan(None)
+        "inputs": {"kind": "image_folder", "paths": [str(image_folder)]}},
+        "resources": {"harvester_threads": 1}})
+    local = LocalHarvest(cfg, cfg.source)
+    assert local.inputs.decode is not None and len(local.inputs.batches) > 3
+    pool = HarvestPool(cfg.source, local.inputs.batches, actors=2, in_flight=3, gpus=0.0,
+                       threads=1, base_dir=str(tmp_path), decode=local.inputs.decode,
+                       options={"num_cpus": 0})
+    outputs = []
+    for out in pool:
+        assert len(pool.out) <= 3 - 1  # the one just handed back was among the three out
+        outputs.append(out)
+    pool.stop()
+    blocks = load_blocks([out.block for out in outputs])
+    expected = [item.block for item in local]
+    assert [len(b) for b in blocks] == [len(b) for b in expected]
+    assert [out.report.rows for out in outputs] == [len(b) for b in expected]
+    for got, want in zip(blocks, expected, strict=True):
+        assert (got.example_id == want.example_id).all()
+        assert abs(got.float32() - want.float32()).max() < 1e-5

@@ -30,6 +30,8 @@ from thresher.distributed.pipeline import run_tag, wait_for_previous_driver
 
 from .stored_data import stored_config, write_shards
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
+
 STEPS, CHECKPOINT_EVERY = 64, 8
 HARVEST_WORKER = "ray::HarvestWorker"  # the harvester actors' process title
 

@@ -23,6 +23,8 @@ from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
 from thresher.train.sae import DECODER_INIT_NORM, SAEBank, matryoshka_widths
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
+
 N_FEATURES, D_IN = 128, 64
 BATCH, STEPS = 512, 400
 MEAN_L0 = 3

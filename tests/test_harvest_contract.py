@@ -22,15 +22,18 @@ from thresher.config import (
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 
-from .test_eeg import TINY_PATCHTST, _write_edf
-from .test_vision import TINY_CLIP, TINY_SIGLIP, TINY_VIT, image_source, write_images
+from .test_eeg import _write_edf
+from .test_vision import image_source, write_images
+from .tiny_models import (
+    TINY_BERT,
+    TINY_CLIP,
+    TINY_GPT2,
+    TINY_PATCHTST,
+    TINY_SIGLIP,
+    TINY_TL,
+    TINY_VIT,
+)
 
-TINY_BERT = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 2,
-             "num_attention_heads": 2, "intermediate_size": 64}
-TINY_TL = {"n_layers": 2, "d_model": 32, "n_ctx": 32, "d_head": 8, "n_heads": 4, "d_mlp": 64,
-           "d_vocab": 300, "act_fn": "gelu", "normalization_type": "LN"}
-GPT2 = {"model_type": "gpt2", "n_layer": 2, "n_embd": 32, "n_head": 4, "vocab_size": 30522,
-        "n_positions": 32, "bos_token_id": 0, "eos_token_id": 0}
 DROPOUT = 0.5  # configs with dropout on: rows must not change between two harvests
 
 
@@ -244,7 +247,7 @@ def test_corrupt_edf_is_skipped_and_counted_in_run_json(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("backbone", "hook"), [
     ({"kind": "transformer_lens", "model": "", "config": TINY_TL}, "blocks.0.hook_resid_post"),
     ({"kind": "transformer_lens", "model": "", "config": TINY_TL}, "blocks.1.attn.hook_z"),
-    ({"kind": "hf_text", "model": "", "config": GPT2}, "layer.0"),
+    ({"kind": "hf_text", "model": "", "config": TINY_GPT2}, "layer.0"),
 ])
 def test_splice_sees_the_harvested_rows(backbone: dict[str, Any], hook: str) -> None:
     """The x an SAE replaces at the splice is the row it was trained on, position by position

@@ -20,10 +20,10 @@ from thresher.harvest.inputs import (
     read_text_files,
 )
 
+from .tiny_models import TINY_TL
+
 # A random-weight TransformerLens backbone: byte-level tokenizer, prefix [BOS=0], no suffix.
-BYTES = BackboneConfig(kind="transformer_lens", model="",
-                       config={"n_layers": 1, "d_model": 16, "n_ctx": 256, "d_head": 4,
-                               "d_vocab": 300})
+BYTES = BackboneConfig(kind="transformer_lens", model="", config=TINY_TL)
 
 
 class WordTokenizer:
@@ -231,6 +231,7 @@ def test_length_bucketing_cuts_padding_and_keeps_runs() -> None:
         assert len(set((ids // run).tolist())) == 1
 
 
+@pytest.mark.slow
 def test_docstring_corpus_is_cached_per_python_and_survives_a_bad_cache(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from thresher.harvest import inputs

@@ -28,6 +28,8 @@ from thresher.rundir import SUBMITTED_JOB_ENV, RunDirError, create_run_dir
 
 from .conftest import smoke_config
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
+
 BIN = Path(sys.executable).parent
 
 

@@ -20,6 +20,8 @@ import thresher
 
 from .stored_data import stored_config, write_shards
 
+pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -19,7 +19,7 @@ from thresher.stream.block import ActivationBlock
 
 from .conftest import smoke_config
 from .stored_data import HOOK, stored_config, write_shards
-from .test_backbones import TINY_TL
+from .tiny_models import TINY_TL
 
 
 def _one_line_error(cfg: dict) -> str:

@@ -13,8 +13,7 @@ import pytest
 import thresher
 from thresher.analysis.probing import binary_tasks, fit_logistic, probe_accuracy
 
-TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}
+from .tiny_models import TINY_VIT
 
 
 def test_logistic_probe_equals_sklearn() -> None:

@@ -13,11 +13,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 
 import thresher
 from thresher.analysis.baselines import pca_fve
 from thresher.config import load_config
 from thresher.harvest.collect import collect_stream
+
+pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
 
 
 def quality_config(out: Path) -> dict:

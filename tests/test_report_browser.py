@@ -25,8 +25,7 @@ from thresher.analysis.report.plots import pareto_front
 from thresher.cli import main
 
 from .chromium import Browser
-from .test_eeg import TINY_PATCHTST
-from .test_vision import TINY_CLIP
+from .tiny_models import TINY_CLIP, TINY_PATCHTST
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 RESOURCES = {"harvesters": 1, "trainers": 1, "cpus_per_harvester": 1, "cpus_per_trainer": 0,
@@ -133,6 +132,7 @@ def browser() -> Any:
     b.close()
 
 
+@pytest.mark.slow
 def test_text_browser_highlights_the_firing_token(tmp_path: Path, browser: Browser,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
@@ -164,6 +164,7 @@ def test_text_browser_highlights_the_firing_token(tmp_path: Path, browser: Brows
             assert mark.strip() == token.strip().removeprefix("##")
 
 
+@pytest.mark.slow
 def test_image_browser_outlines_the_firing_patch(tmp_path: Path, browser: Browser,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
@@ -212,6 +213,7 @@ def test_image_browser_outlines_the_firing_patch(tmp_path: Path, browser: Browse
     np.testing.assert_array_equal(thumb, np.asarray(original, dtype=np.int64))
 
 
+@pytest.mark.slow
 def test_eeg_browser_marks_channel_and_patch(tmp_path: Path, browser: Browser,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     from thresher.harvest.eeg import spkit_eeg_sample
@@ -242,6 +244,7 @@ def test_eeg_browser_marks_channel_and_patch(tmp_path: Path, browser: Browser,
         assert x0 == pytest.approx(16 * patch / (row.length - 1) * 360, abs=0.1)
 
 
+@pytest.mark.slow
 def test_a_renderer_that_cannot_render_says_why_on_the_page(
         tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch) -> None:
     """Images moved after the run: the browser shows ids and a sentence naming the folder."""

@@ -17,10 +17,10 @@ from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
 from thresher.train.trainer import Trainer
 
+from .tiny_models import TINY_TL
+
 sae_lens = pytest.importorskip("sae_lens")
 
-TL_CONFIG = {"n_layers": 2, "d_model": 32, "n_ctx": 24, "d_head": 8, "n_heads": 4,
-             "d_mlp": 64, "d_vocab": 257, "act_fn": "gelu", "normalization_type": "LN"}
 HOOK = "blocks.0.hook_resid_post"
 BOS, WINDOWS, CONTEXT, BATCH = 0, 24, 24, 128
 
@@ -43,7 +43,7 @@ def _export_sae(lm: SplicedLM, tmp_path: Path) -> Path:
     tokens = torch.from_numpy(rng.integers(1, 257, size=(64, CONTEXT)))
     with torch.no_grad():
         _, cache = lm.model.run_with_cache(tokens, names_filter=HOOK)
-    x = cache[HOOK].reshape(-1, TL_CONFIG["d_model"]).numpy().astype(np.float32)
+    x = cache[HOOK].reshape(-1, TINY_TL["d_model"]).numpy().astype(np.float32)
     sae = SAEConfig(sae_id="00-topk", arch="topk", d_sae=64, k=8, l1=0.0, lr=3e-3, seed=0)
     train = TrainConfig(batch_size=BATCH, tokens=BATCH * 12, warmup_steps=2)
     trainer = Trainer("t0", [sae], train, estimate_stream_stats(x[:512]), tmp_path,
@@ -61,7 +61,7 @@ def test_ce_and_kl_recovered_equal_saelens(tmp_path: Path) -> None:
     from sae_lens.training.activation_scaler import ActivationScaler
 
     source = load_config({"source": {"backbone": {"kind": "transformer_lens",
-                                                  "config": TL_CONFIG},
+                                                  "config": TINY_TL},
                                      "hook": HOOK}}).source
     lm = SplicedLM(source)
     folder = _export_sae(lm, tmp_path)

@@ -92,6 +92,7 @@ def _weights(location: str) -> dict[str, bytes]:
             for sae_id in storage.list_dir(saes)}
 
 
+@pytest.mark.slow
 def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
         s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each "machine" is a working-copy folder of its own (THRESHER_WORKDIR): what one wrote
@@ -135,6 +136,7 @@ def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
     assert not list((tmp_path / "machine-c").rglob("state-*.safetensors"))  # not pulled
 
 
+@pytest.mark.slow
 def test_ray_trainers_write_an_s3_run_from_their_own_working_copy(
         ray_session: Any, s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The driver's working copy is elsewhere than the actors' (their THRESHER_WORKDIR is

@@ -13,10 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
 import thresher
 
 from .stored_data import HOOK, stored_config
+
+pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
 
 ROWS, D = 16_384, 512
 CHUNK_BYTES = ROWS * D * 4

@@ -86,6 +86,7 @@ def test_bad_synthetic_config_names_the_key() -> None:
         load_config({"source": {**_source(), "hook": "layer.3"}})
 
 
+@pytest.mark.slow
 def test_run_ground_truth_equals_saelens_synthetic_evals(tmp_path: Path) -> None:
     sae_lens = pytest.importorskip("sae_lens")
     from sae_lens.synthetic.evals import (

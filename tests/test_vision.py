@@ -14,15 +14,7 @@ from thresher.config import BackboneConfig, ConfigError, InputsConfig, SourceCon
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 
-# A tiny CLIP of the ViT-B-32 family (open_clip model-config overrides): 2 blocks, 32 px.
-TINY_CLIP: dict[str, Any] = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "patch_size": 8, "head_width": 32},
-    "text_cfg": {"context_length": 16, "vocab_size": 100, "width": 32, "heads": 2, "layers": 1},
-}
-TINY_VIT = {"model_type": "vit", "hidden_size": 32, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "intermediate_size": 64, "image_size": 32, "patch_size": 8}
-TINY_SIGLIP = {**TINY_VIT, "model_type": "siglip_vision_model"}
+from .tiny_models import TINY_CLIP, TINY_SIGLIP, TINY_VIT
 
 
 def write_images(root: Path, per_label: int = 3, size: int = 40) -> Path:
@@ -99,6 +91,7 @@ def test_open_clip_embedding_is_encode_image() -> None:
     assert block.position.tolist() == [0, 0, 0] and block.d == 32
 
 
+@pytest.mark.slow
 def test_open_clip_siglip2_timm_trunk() -> None:
     """ViT-B-16-SigLIP2 (timm trunk, no CLS token) as shipped, random weights, one image."""
     source = image_source("open_clip", "layer.0", "patches", config={}, model="ViT-B-16-SigLIP2",

@@ -25,11 +25,14 @@ class StreamOutcome:
     harvest: dict[str, Any]
     log: dict[str, Any]
     stats: dict[str, StreamStats] | None
+    # The streams already running when the executor started this one (Ray; inline: none).
+    started_beside: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         stats = {hook: {k: v for k, v in s.to_dict().items() if k != "center"}
                  for hook, s in (self.stats or {}).items()}
-        return {"harvest": self.harvest, "log": self.log, "stream_stats": stats}
+        return {"harvest": self.harvest, "log": self.log, "stream_stats": stats,
+                "started_beside": list(self.started_beside)}
 
 
 @dataclass

@@ -122,6 +122,7 @@ class _RunningStream:
     pending: dict[Any, str] = field(default_factory=dict)  # trainer run() ref -> trainer id
     results: list[TrainerResult] = field(default_factory=list)
     harvest_done: bool = False
+    started_beside: tuple[str, ...] = ()  # the streams running when this one started
 
     def refs(self) -> list[Any]:
         """What the driver waits on: trainer results, and the harvest until it is over."""
@@ -170,7 +171,8 @@ def _finish_stream(running: _RunningStream) -> StreamOutcome:
         result.loop.update({"restarts": len(record), "restart_log": record,
                             "steps_lost": sum(r["steps_lost"] for r in record)})
     _stop(running)
-    return StreamOutcome(harvest=harvest, log=log, stats=stats)
+    return StreamOutcome(harvest=harvest, log=log, stats=stats,
+                         started_beside=running.started_beside)
 
 
 def _stop(running: _RunningStream) -> None:
@@ -203,8 +205,9 @@ def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool 
         while queue or running:
             while queue and len(running) < limit:
                 stream = queue.pop(0)
-                running[stream.stream_id] = _start_stream(cfg, stream, run_dir, tag, limit,
-                                                          cluster)
+                started = _start_stream(cfg, stream, run_dir, tag, limit, cluster)
+                started.started_beside = tuple(running)
+                running[stream.stream_id] = started
             refs = [ref for r in running.values() for ref in r.refs()]
             done, _ = ray.wait(refs, num_returns=len(refs), timeout=poll_seconds)
             # Harvests first: a failed harvest's error is the cause of its trainers' errors.
