@@ -276,9 +276,9 @@ def saelens_cfg(sae: SAEConfig, d_in: int, hook_name: str,
 
 
 def _thresher_version() -> str:
-    import thresher
+    from thresher.version import __version__
 
-    return str(thresher.__version__)
+    return __version__
 
 
 def fold_input_scale(params: Mapping[str, torch.Tensor],
