@@ -38,7 +38,7 @@ import torch
 from thresher.analysis.stats import CURVE_OPTIONS, Rows, SAEStats, StatsOptions
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import StreamStats
-from thresher.train.sae import SAEBank
+from thresher.train.bank import SAEBank
 
 D_IN, D_SAE = 512, 4096
 Timings = dict[str, list[tuple[float, float]]]

@@ -21,7 +21,7 @@ from thresher.analysis.parquet import CURVES_SCHEMA
 from thresher.analysis.wandb_log import WandbLogger
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import estimate_stream_stats
-from thresher.train.sae import SAEBank
+from thresher.train.bank import SAEBank
 
 D_IN = 10
 

@@ -21,7 +21,9 @@ from thresher.config import SAEConfig, TrainConfig, load_config
 from thresher.harvest.synthetic import SyntheticBackbone
 from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
-from thresher.train.sae import DECODER_INIT_NORM, SAEBank, matryoshka_widths
+from thresher.train.archs.matryoshka import matryoshka_widths
+from thresher.train.archs.registry import architecture_class
+from thresher.train.bank import SAEBank
 
 N_FEATURES, D_IN = 128, 64
 BATCH, STEPS = 512, 400
@@ -126,7 +128,7 @@ def saelens_mcc(arch: str, x: np.ndarray, dictionary: np.ndarray) -> float:
     # reference too weak to compare with. So each side gets the same initial decoder norm.
     common = {"d_in": D_IN, "d_sae": N_FEATURES, "device": "cpu",
               "normalize_activations": "expected_average_only_in",
-              "decoder_init_norm": DECODER_INIT_NORM.get(arch, 1.0)}
+              "decoder_init_norm": architecture_class(arch).decoder_init_norm}
     sae_cfg = next(s for s in SAES if s.arch == arch)
     if arch == "topk":
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=sae_cfg.k, **common))

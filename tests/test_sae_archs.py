@@ -3,6 +3,7 @@ against the same SAEs trained alone, the JumpReLU estimator, and checkpoints of 
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import subprocess
@@ -13,18 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.config import TOPK_FAMILY, SAEConfig, TrainConfig
+from thresher.config import ARCHITECTURES, TOPK_FAMILY, SAEConfig, TrainConfig
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.stats import StreamStats, estimate_stream_stats
-from thresher.train.sae import (
-    SAEBank,
-    jumprelu,
-    matryoshka_widths,
-    param_names,
-    resample_uniforms,
-    step_function,
-)
+from thresher.train.archs.base import PARAM_NAMES, Architecture
+from thresher.train.archs.jumprelu import jumprelu, step_function
+from thresher.train.archs.matryoshka import matryoshka_widths
+from thresher.train.archs.registry import ARCHITECTURE_CLASSES, architecture_class
+from thresher.train.archs.relu import resample_uniforms
+from thresher.train.bank import SAEBank
 from thresher.train.trainer import Trainer
 
 F64 = torch.float64
@@ -48,6 +47,10 @@ def sae(sae_id: str, arch: str, d_sae: int = 48, k: int = 4, l1: float = 0.3, l0
         lr: float = 3e-3, seed: int = 0, mono_coef: float = 0.0) -> SAEConfig:
     return SAEConfig(sae_id=sae_id, arch=arch, d_sae=d_sae, k=k, l1=l1, lr=lr, seed=seed, l0=l0,
                      mono_coef=mono_coef)
+
+
+def param_names(arch: str) -> tuple[str, ...]:
+    return PARAM_NAMES + architecture_class(arch).extra_param_names
 
 
 def batches_of(x: np.ndarray, batch: int, steps: int) -> list[torch.Tensor]:
@@ -292,7 +295,7 @@ def test_resampling_restarts_dead_relu_latents(data: tuple[np.ndarray, StreamSta
 def test_resampling_draws_depend_only_on_seed_and_step() -> None:
     """A resumed run (a new process) must resample as the first would: the draw may not come
     from Python's per-process salted hash()."""
-    code = ("from thresher.train.sae import resample_uniforms; "
+    code = ("from thresher.train.archs.relu import resample_uniforms; "
             "print(resample_uniforms(3, 41, 5).tolist())")
     # Another hash salt than this process's (random unless PYTHONHASHSEED pins it).
     salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
@@ -358,3 +361,22 @@ def test_resume_is_exact_for_every_arch(tmp_path: Path, data: tuple[np.ndarray, 
         assert "tokens_since_fired" in a
         for key in a:
             assert torch.equal(a[key], b[key]) or (a[key].isnan().all() and b[key].isnan().all())
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: one module per architecture
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_each_arch_is_the_class_of_its_own_module(name: str) -> None:
+    cls = architecture_class(name)
+    assert cls.name == name
+    assert cls.__module__ == f"thresher.train.archs.{name}"
+    assert issubclass(cls, Architecture) and not inspect.isabstract(cls)
+
+
+def test_the_registry_knows_every_configured_arch_and_no_other() -> None:
+    assert set(ARCHITECTURE_CLASSES) == set(ARCHITECTURES)
+    with pytest.raises(ValueError, match="unknown arch 'gated'; known: topk"):
+        architecture_class("gated")

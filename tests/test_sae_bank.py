@@ -8,8 +8,9 @@ import torch
 
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import StreamStats, estimate_stream_stats
+from thresher.train.archs.base import PARAM_NAMES
+from thresher.train.bank import SAEBank
 from thresher.train.optim import BankAdam, lr_multiplier
-from thresher.train.sae import PARAM_NAMES, SAEBank
 
 F64 = torch.float64
 
