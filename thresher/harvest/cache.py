@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from thresher import storage
-from thresher.config import Config, ConfigError, SourceConfig
+from thresher.config import Config, ConfigError, SourceConfig, config_dir
+from thresher.config.plan import StoredStore
 from thresher.harvest.shards import MANIFEST, BlockLayout, ShardStore, ShardWriter
 from thresher.stream.block import ActivationBlock
 
@@ -436,28 +437,26 @@ def check_stored_hook(source: SourceConfig, store: Store
     return wanted
 
 
-def stored_hooks(source: SourceConfig, base_dir: Path) -> tuple[str, ...]:
-    """The hooks a stored source replays (opens the store's header)."""
-    store = open_store(store_path(source, base_dir))
-    try:
-        return check_stored_hook(source, store)
-    finally:
-        store.close()
+def read_stores(cfg: Config) -> dict[str, StoredStore]:
+    """The header of each stored source's store, by stream id: what its plan replays."""
+    return {source.name: read_store(source, config_dir(cfg))
+            for source in cfg.sources if source.backbone.kind == "stored"}
 
 
-def describe_store(source: SourceConfig, base_dir: Path, hooks: tuple[str, ...] | list[str]
-                   ) -> str:
-    """What a stored source replays, from the store's header: path, rows, width, hooks."""
+def read_store(source: SourceConfig, base_dir: Path) -> StoredStore:
+    """A stored source's hooks (its own, checked against the store, or all the store holds)
+    and its line of the plan: path, rows, width, hooks."""
     path = store_path(source, base_dir)
     store = open_store(path)
     try:
-        rows = _rows_of(store)
+        hooks = check_stored_hook(source, store)
         layout = dict(store.hooks) or {h: store.d for h in hooks}
         widths = ", ".join(f"{h} ({layout.get(h, store.d)})" for h in hooks)
         kind = {LmdbStore: "LMDB cache", NpyShardStore: ".npy shards"}.get(
             type(store), "shard cache")
-        return (f"{kind} {str(path)!r}: {rows} rows of width {store.d} in {store.n_blocks} "
-                f"block(s), replaying hook(s) {widths}")
+        return StoredStore(hooks=hooks, description=(
+            f"{kind} {str(path)!r}: {_rows_of(store)} rows of width {store.d} in "
+            f"{store.n_blocks} block(s), replaying hook(s) {widths}"))
     finally:
         store.close()
 
@@ -507,10 +506,10 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
         else default_store_path(cfg)
     start = time.perf_counter()
     harvest = LocalHarvest(cfg, source)
-    from thresher.config import _to_plain
+    from thresher.config import to_plain
 
-    writer = store_writer(path, backbone=_to_plain(source.backbone), hook=source.hooks[0],
-                          source=_to_plain(source), map_size=map_size)
+    writer = store_writer(path, backbone=to_plain(source.backbone), hook=source.hooks[0],
+                          source=to_plain(source), map_size=map_size)
     unreadable = harvest.inputs.unreadable
     try:
         for harvested in harvest:
