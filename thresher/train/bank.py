@@ -13,10 +13,9 @@ ends where it would alone.
 Every SAE of a stream trains on x * scale, with the stream's one scale (E||x * scale|| = sqrt(d_in),
 Anthropic April 2024); `encode_decode` takes and returns raw activations.
 
-The L1 / L0 coefficient ramps up linearly over train.l1_warmup of training. Architectures with
-unit-norm decoders (all but relu) have the gradient component parallel to each decoder row
-removed before the step and the rows renormalised after. MonoLoss: mono_coef * (1 - mean batch
-MonoScore) on any arch (thresher.train.mono).
+Architectures with unit-norm decoders (all but relu) have the gradient component parallel to each
+decoder row removed before the step and the rows renormalised after. MonoLoss: mono_coef * (1 -
+mean batch MonoScore) on any arch (thresher.train.mono).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from thresher.config import SAEConfig, TrainConfig
+from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
 from thresher.stream.stats import StreamStats
 from thresher.train.archs.base import PARAM_NAMES, StepInputs, SubBank, per_sae
 from thresher.train.archs.registry import architecture_class
@@ -73,8 +72,8 @@ class SAEBank:
     per-SAE metrics in bank order (the order of `saes`): loss, mse (mean over rows of
     ||x*scale - x_hat||^2, in training units), l0 (mean active latents per row), grad_norm (each
     SAE's gradient norm before clipping), aux_loss (AuxK with its min(dead / aux_k, 1) weight,
-    before train.aux_k_coef; 0 outside the TopK family or without dead latents), mono_score (mean
-    batch MonoScore; nan where mono_coef = 0) and dead_fraction (latents silent for
+    before train.<arch>.aux_k_coef; 0 outside the TopK family or without dead latents),
+    mono_score (mean batch MonoScore; nan where mono_coef = 0) and dead_fraction (latents silent for
     train.dead_window rows).
 
     Parameters live on `device` in `dtype`; the encoder and dense-decoder matmuls run under bf16
@@ -180,11 +179,6 @@ class SAEBank:
 
     # -- training ----------------------------------------------------------------------------
 
-    def sparsity_ramp(self, step: int) -> float:
-        """Share of each relu L1 / jumprelu L0 coefficient in force at 0-based step `step`."""
-        warmup = self.train.l1_warmup * self.total_steps
-        return min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
-
     def step(self, x: torch.Tensor) -> dict[str, np.ndarray]:
         """One optimisation step of every SAE on the raw batch x [B, d_in]."""
         if len(x) == 0:
@@ -193,20 +187,19 @@ class SAEBank:
         t = self._steps_taken
         lr_scale = lr_multiplier(t, self.total_steps, self.train.warmup_steps,
                                  self.train.decay_start)
-        ramp = self.sparsity_ramp(t)
         metrics = np.zeros((len(METRIC_NAMES), len(self.saes)), dtype=np.float64)
         for sub in self._subs:
-            values = self._step_sub_bank(sub, x_s, lr_scale, ramp, t)
+            values = self._step_sub_bank(sub, x_s, lr_scale, t)
             metrics[:, sub.positions] = values.cpu().numpy()
         self.steps_taken = t + 1
         return {name: metrics[i] for i, name in enumerate(METRIC_NAMES)}
 
     def _step_sub_bank(self, sub: SubBank, x_s: torch.Tensor, lr_scale: float,
-                       ramp: float, t: int) -> torch.Tensor:
+                       t: int) -> torch.Tensor:
         mono_on = bool((sub.mono_coef > 0).any())
         inputs = StepInputs(x_s=x_s, target=x_s.unsqueeze(0),
-                            dead=sub.tokens_since_fired >= self.train.dead_window, ramp=ramp,
-                            need_dense=mono_on, step=t)
+                            dead=sub.tokens_since_fired >= self.train.dead_window,
+                            need_dense=mono_on, step=t, total_steps=self.total_steps)
         out = sub.arch.train_pass(sub, inputs)
         loss = out.loss
         mono_score = torch.full((sub.n,), math.nan, dtype=torch.float64, device=self.device)
@@ -309,20 +302,11 @@ class SAEBank:
 
 
 def _check_train(train: TrainConfig) -> None:
-    problems = []
+    """The config's checks of what the bank reads, for a TrainConfig built without load_config
+    (which reports the same with the file and line)."""
+    problems = [f"train.{name}.{key} {message}" for name in ARCHITECTURES
+                for key, message in train.arch_settings(name).problems()]
     if train.dead_window <= 0:
         problems.append(f"train.dead_window must be positive, got {train.dead_window}")
-    if train.aux_k < 0 or train.aux_k_coef < 0:
-        problems.append("train.aux_k and train.aux_k_coef must be >= 0")
-    if not 0 < train.threshold_ema <= 1:
-        problems.append(f"train.threshold_ema must be in (0, 1], got {train.threshold_ema}")
-    if train.jumprelu_bandwidth <= 0 or train.jumprelu_init_threshold <= 0:
-        problems.append("train.jumprelu_bandwidth and train.jumprelu_init_threshold must be "
-                        "positive")
-    if any(not 0 < f < 1 for f in train.matryoshka_fractions):
-        problems.append(f"train.matryoshka_fractions must lie in (0, 1), got "
-                        f"{list(train.matryoshka_fractions)}")
-    if train.resample_every < 0:
-        problems.append(f"train.resample_every must be >= 0, got {train.resample_every}")
     if problems:
         raise ValueError("; ".join(problems))

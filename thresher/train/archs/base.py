@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from thresher.config import SAEConfig, TrainConfig
+from thresher.config import ArchSettings, SAEConfig, TrainConfig
 from thresher.train.optim import BankAdam
 
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
@@ -41,9 +41,16 @@ class StepInputs:
     x_s: torch.Tensor  # [B, d_in], training units
     target: torch.Tensor  # [1, B, d_in]: x_s broadcast over the sub-bank
     dead: torch.Tensor  # [n, d_sae] bool: latents silent for train.dead_window rows
-    ramp: float  # share of the L1 / L0 coefficients in force at this step
     need_dense: bool  # the dense latents [n, B, d_sae] are wanted (MonoLoss)
     step: int  # 0-based index of this step
+    total_steps: int
+
+
+def coef_ramp(inputs: StepInputs, warmup: float) -> float:
+    """Share of a penalty coefficient in force at this step: a linear ramp over the first
+    `warmup` fraction of training."""
+    steps = warmup * inputs.total_steps
+    return min(1.0, (inputs.step + 1) / steps) if steps > 0 else 1.0
 
 
 @dataclass
@@ -139,7 +146,8 @@ class Architecture(ABC):
     """One SAE architecture, acting on the sub-bank of its SAEs of one width.
 
     Subclasses set `name` (the config's `arch`) and `saelens_architecture`, and are listed in
-    thresher.train.archs.registry.
+    thresher.train.archs.registry; their settings are `train.<name>`, the dataclass
+    thresher.config declares for them.
     """
 
     name: ClassVar[str]
@@ -153,6 +161,7 @@ class Architecture(ABC):
                  device: torch.device, dtype: torch.dtype) -> None:
         self.d_sae = d_sae
         self.train = train
+        self.settings: ArchSettings = train.arch_settings(self.name)  # train.<name>
 
     @classmethod
     def problems(cls, sae: SAEConfig) -> list[str]:

@@ -1,9 +1,9 @@
 """BatchTopK (Bussmann et al. 2024).
 
 Training: the k * B largest positive entries of the batch's pre (k active latents per row on
-average). Inference: f = pre * 1[pre > theta], theta an EMA (rate train.threshold_ema) of the
-smallest entry kept in training. Exported as a JumpReLU SAE with that threshold, as SAELens saves
-its own (BatchTopKTrainingSAE.process_state_dict_for_saving_inference).
+average). Inference: f = pre * 1[pre > theta], theta an EMA (rate train.batchtopk.threshold_ema)
+of the smallest entry kept in training. Exported as a JumpReLU SAE with that threshold, as
+SAELens saves its own (BatchTopKTrainingSAE.process_state_dict_for_saving_inference).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 
-from thresher.config import SAEConfig, TrainConfig
+from thresher.config import BatchTopKSettings, SAEConfig, TrainConfig
 from thresher.train.archs.base import SubBank
 from thresher.train.archs.topk_family import TopKFamily
 
@@ -22,11 +22,12 @@ from thresher.train.archs.topk_family import TopKFamily
 class BatchTopK(TopKFamily):
     name: ClassVar[str] = "batchtopk"
     saelens_architecture: ClassVar[str] = "jumprelu"
+    settings: BatchTopKSettings
 
     def __init__(self, members: Sequence[SAEConfig], d_sae: int, train: TrainConfig,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(members, d_sae, train, device, dtype)
-        self.threshold_ema = train.threshold_ema
+        self.threshold_ema = self.settings.threshold_ema
         # [n] float64: the inference threshold (nan before the first step)
         self.threshold = torch.full((len(members),), float("nan"), dtype=torch.float64,
                                     device=device)

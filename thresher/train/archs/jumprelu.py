@@ -1,9 +1,9 @@
 """JumpReLU (Rajamanoharan et al. 2024): f = pre * H(pre - theta), theta = exp(log_threshold).
 
 theta is learned through straight-through estimators with a rectangle kernel of width
-train.jumprelu_bandwidth; the loss is mse + l0 * ramp * sum_j H(pre_j - theta_j), the L0
-coefficient ramping up over train.l1_warmup of training. Thresholds start at
-train.jumprelu_init_threshold.
+train.jumprelu.bandwidth; the loss is mse + l0_coef * ramp * sum_j H(pre_j - theta_j), the
+coefficient ramping up over train.jumprelu.coef_warmup of training. Thresholds start at
+train.jumprelu.init_threshold.
 """
 
 from __future__ import annotations
@@ -14,8 +14,15 @@ from typing import Any, ClassVar
 
 import torch
 
-from thresher.config import SAEConfig, TrainConfig
-from thresher.train.archs.base import Architecture, StepInputs, SubBank, TrainingPass, per_sae
+from thresher.config import JumpReLUSettings, SAEConfig, TrainConfig
+from thresher.train.archs.base import (
+    Architecture,
+    StepInputs,
+    SubBank,
+    TrainingPass,
+    coef_ramp,
+    per_sae,
+)
 
 
 def _rectangle(pre: torch.Tensor, theta: torch.Tensor, bandwidth: float) -> torch.Tensor:
@@ -68,16 +75,17 @@ class JumpReLU(Architecture):
     name: ClassVar[str] = "jumprelu"
     saelens_architecture: ClassVar[str] = "jumprelu"
     extra_param_names: ClassVar[tuple[str, ...]] = ("log_threshold",)  # [n, d_sae]
+    settings: JumpReLUSettings
 
     def __init__(self, members: Sequence[SAEConfig], d_sae: int, train: TrainConfig,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(members, d_sae, train, device, dtype)
-        self.l0 = per_sae(members, "l0", dtype, device)  # [n]
-        self.bandwidth = train.jumprelu_bandwidth
+        self.l0_coef = per_sae(members, "l0_coef", dtype, device)  # [n]
+        self.bandwidth = self.settings.bandwidth
 
     @classmethod
     def init_extra_params(cls, sae: SAEConfig, train: TrainConfig) -> dict[str, torch.Tensor]:
-        return {"log_threshold": torch.full((sae.d_sae,), math.log(train.jumprelu_init_threshold),
+        return {"log_threshold": torch.full((sae.d_sae,), math.log(train.jumprelu.init_threshold),
                                             dtype=torch.float64)}
 
     @staticmethod
@@ -89,7 +97,7 @@ class JumpReLU(Architecture):
         theta = self._theta(sub)
         f = jumprelu(pre, theta, self.bandwidth)
         l0_soft = step_function(pre, theta, self.bandwidth).sum(-1).mean(-1)
-        penalty = self.l0 * inputs.ramp * l0_soft
+        penalty = self.l0_coef * coef_ramp(inputs, self.settings.coef_warmup) * l0_soft
         x_hat = sub.dense_decode(f)
         mse = (x_hat - inputs.target).pow(2).sum(-1).mean(-1)
         with torch.no_grad():

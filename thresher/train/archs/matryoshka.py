@@ -1,5 +1,5 @@
 """Matryoshka (Bussmann et al. 2025; Nabeshima 2024): BatchTopK, plus the mse of every nested
-prefix of latents (train.matryoshka_fractions of d_sae) reconstructing alone."""
+prefix of latents (train.matryoshka.fractions of d_sae) reconstructing alone."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import torch
 
-from thresher.config import SAEConfig, TrainConfig
+from thresher.config import MatryoshkaSettings, SAEConfig, TrainConfig
 from thresher.train.archs.base import SubBank
 from thresher.train.archs.batchtopk import BatchTopK
 
@@ -22,11 +22,12 @@ def matryoshka_widths(d_sae: int, fractions: Sequence[float]) -> tuple[int, ...]
 class Matryoshka(BatchTopK):
     name: ClassVar[str] = "matryoshka"
     saelens_architecture: ClassVar[str] = "jumprelu"
+    settings: MatryoshkaSettings
 
     def __init__(self, members: Sequence[SAEConfig], d_sae: int, train: TrainConfig,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(members, d_sae, train, device, dtype)
-        self.widths = matryoshka_widths(d_sae, train.matryoshka_fractions)
+        self.widths = matryoshka_widths(d_sae, self.settings.fractions)
 
     def prefix_penalty(self, sub: SubBank, values: torch.Tensor, indices: torch.Tensor,
                        target: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

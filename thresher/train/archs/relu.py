@@ -1,7 +1,7 @@
-"""ReLU SAE, Anthropic's April 2024 recipe: f = ReLU(pre), loss mse + l1 * ramp * sum_j f_j
-||W_dec[j]||, the decoder free (rows not kept unit norm, initialised at norm 0.1), the L1
-coefficient ramping up over train.l1_warmup of training. Optional resampling of dead latents
-every train.resample_every steps (Bricken et al. 2023).
+"""ReLU SAE, Anthropic's April 2024 recipe: f = ReLU(pre), loss mse + l1_coef * ramp * sum_j
+f_j ||W_dec[j]||, the decoder free (rows not kept unit norm, initialised at norm 0.1), the
+coefficient ramping up over train.relu.coef_warmup of training. Optional resampling of dead
+latents every train.relu.resample_every steps (Bricken et al. 2023).
 """
 
 from __future__ import annotations
@@ -12,8 +12,15 @@ from typing import ClassVar
 
 import torch
 
-from thresher.config import SAEConfig, TrainConfig
-from thresher.train.archs.base import Architecture, StepInputs, SubBank, TrainingPass, per_sae
+from thresher.config import ReLUSettings, SAEConfig, TrainConfig
+from thresher.train.archs.base import (
+    Architecture,
+    StepInputs,
+    SubBank,
+    TrainingPass,
+    coef_ramp,
+    per_sae,
+)
 
 # A resampled encoder column gets this share of the mean alive encoder norm.
 RESAMPLE_ENCODER_SCALE = 0.2
@@ -33,19 +40,21 @@ class ReLU(Architecture):
     saelens_architecture: ClassVar[str] = "standard"
     unit_norm_decoder: ClassVar[bool] = False
     decoder_init_norm: ClassVar[float] = 0.1
+    settings: ReLUSettings
 
     def __init__(self, members: Sequence[SAEConfig], d_sae: int, train: TrainConfig,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(members, d_sae, train, device, dtype)
-        self.l1 = per_sae(members, "l1", dtype, device)  # [n]
-        self.resample_every = train.resample_every
+        self.l1_coef = per_sae(members, "l1_coef", dtype, device)  # [n]
+        self.resample_every = self.settings.resample_every
         self.dead_window = train.dead_window
 
     def train_pass(self, sub: SubBank, inputs: StepInputs) -> TrainingPass:
         pre = sub.pre(inputs.x_s)
         f = pre.relu()
         decoder_norms = sub.p["W_dec"].norm(dim=-1)  # [n, d_sae]
-        penalty = self.l1 * inputs.ramp * (f * decoder_norms.unsqueeze(1)).sum(-1).mean(-1)
+        ramp = coef_ramp(inputs, self.settings.coef_warmup)
+        penalty = self.l1_coef * ramp * (f * decoder_norms.unsqueeze(1)).sum(-1).mean(-1)
         x_hat = sub.dense_decode(f)
         mse = (x_hat - inputs.target).pow(2).sum(-1).mean(-1)
         with torch.no_grad():

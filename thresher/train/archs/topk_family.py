@@ -2,12 +2,12 @@
 
 Each member chooses, without autograd, which entries of pre are active (`select`); only those
 are gathered with gradient, so the dense [n, B, d_sae] latents are never formed in training
-(thresher.train.sparse) unless train.sparse_decode is off or MonoLoss needs them.
+(thresher.train.sparse) unless train.<arch>.sparse_decode is off or MonoLoss needs them.
 
-AuxK: the aux_k largest pre-activations of dead latents (no firing over train.dead_window rows)
-reconstruct the detached residual, weighted by min(dead / aux_k, 1) as in SAELens; the loss adds
-it times train.aux_k_coef. The training loss is mse + penalty (`prefix_penalty`, 0 but for
-matryoshka) + aux_k_coef * AuxK.
+AuxK: the train.<arch>.aux_k largest pre-activations of dead latents (no firing over
+train.dead_window rows) reconstruct the detached residual, weighted by min(dead / aux_k, 1) as in
+SAELens; the loss adds it times train.<arch>.aux_k_coef. The training loss is mse + penalty
+(`prefix_penalty`, 0 but for matryoshka) + aux_k_coef * AuxK.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from collections.abc import Sequence
 
 import torch
 
-from thresher.config import SAEConfig, TrainConfig
+from thresher.config import SAEConfig, TopKSettings, TrainConfig
 from thresher.train.archs.base import Architecture, StepInputs, SubBank, TrainingPass, per_sae
 from thresher.train.sparse import dense_decode, sparse_decode, sparse_encode_gather
 
 
 class TopKFamily(Architecture):
+    settings: TopKSettings
+
     def __init__(self, members: Sequence[SAEConfig], d_sae: int, train: TrainConfig,
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(members, d_sae, train, device, dtype)
@@ -32,9 +34,9 @@ class TopKFamily(Architecture):
         # [n, k_max]: 1 where rank < k_i
         self.k_mask = (torch.arange(self.k_max, device=device)[None, :]
                        < self.k[:, None]).to(dtype)
-        self.sparse_decode = train.sparse_decode
-        self.aux_k = train.aux_k
-        self.aux_k_coef = train.aux_k_coef
+        self.sparse_decode = self.settings.sparse_decode
+        self.aux_k = self.settings.aux_k
+        self.aux_k_coef = self.settings.aux_k_coef
 
     @classmethod
     def problems(cls, sae: SAEConfig) -> list[str]:
