@@ -378,6 +378,10 @@ def test_each_arch_is_the_class_of_its_own_module(name: str) -> None:
     assert cls.name == name
     assert cls.__module__ == f"thresher.train.archs.{name}"
     assert issubclass(cls, Architecture) and not inspect.isabstract(cls)
+    # it reads its own section of the train config, train.<name>
+    train = TRAIN.with_arch_settings(coef_warmup=0.125)
+    arch = cls([sae("a", name)], 48, train, torch.device("cpu"), F64)
+    assert arch.settings is getattr(train, name)
 
 
 def test_the_registry_knows_every_configured_arch_and_no_other() -> None:
