@@ -3,6 +3,7 @@ against the same SAEs trained alone, the JumpReLU estimator, and checkpoints of 
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import math
@@ -388,3 +389,14 @@ def test_the_registry_knows_every_configured_arch_and_no_other() -> None:
     assert set(ARCHITECTURE_CLASSES) == set(ARCHITECTURES)
     with pytest.raises(ValueError, match="unknown arch 'gated'; known: topk"):
         architecture_class("gated")
+
+
+def test_no_module_outside_the_declaration_and_archs_names_an_architecture() -> None:
+    """What an architecture does lives in its own module: nothing else tests `arch` by name."""
+    package = Path(__file__).resolve().parents[1] / "thresher"
+    allowed = {package / "config" / "saes.py", *(package / "train" / "archs").glob("*.py")}
+    named = [f"{path.relative_to(package)}:{node.lineno}"
+             for path in sorted(package.rglob("*.py")) if path not in allowed
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Constant) and node.value in ARCHITECTURES]
+    assert named == []
