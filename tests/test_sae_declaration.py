@@ -1,12 +1,10 @@
 """The one declaration of sweep keys and architecture settings (thresher/config/saes.py) drives
 validation, the plan, the summary columns and the training code; old keys are told their new
-names; loading a config stays free of torch and of every stage."""
+names (tests/test_config_package.py checks that loading a config imports no torch)."""
 
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -118,13 +116,3 @@ def test_plan_shows_the_hyperparameters_each_architecture_reads(tmp_path: Path) 
     assert "l1_coef=2" in relu and " k=" not in relu and "l0_coef" not in relu
     assert "l0_coef=0.25 mono_coef=0.5" in jumprelu and "l1_coef" not in jumprelu
     assert " k=8 " in topk and "mono_coef" not in topk and "l1_coef" not in topk
-
-
-def test_loading_a_config_imports_neither_torch_nor_a_stage() -> None:
-    code = ("import sys; from thresher.config import load_config, make_plan; "
-            "make_plan(load_config(None)); "
-            "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith(("
-            "'thresher.train', 'thresher.harvest', 'thresher.analysis', 'thresher.stream'))))")
-    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           timeout=120, check=True)
-    assert child.stdout == "[]\n"

@@ -72,7 +72,7 @@ class MatryoshkaSettings(BatchTopKSettings):
     def problems(self) -> Problems:
         wrong = super().problems()
         if any(not 0 < f < 1 for f in self.fractions):
-            wrong.append(("fractions", f"must lie in (0, 1), got {list(self.fractions)}"))
+            wrong.append(("fractions", f"must each lie in (0, 1), got {list(self.fractions)}"))
         return wrong
 
 
