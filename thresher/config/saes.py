@@ -221,7 +221,6 @@ class SAEConfig(Hyperparameters):
                 and (SWEEP_KEY[name].in_plan == "always" or value)}
 
 
-
 def _renamed_train_keys() -> dict[str, tuple[str, ...]]:
     """Old `train.<key>` -> where it is now (relative to train), from the `was` of each field."""
     moved: dict[str, tuple[str, ...]] = {}
