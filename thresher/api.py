@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import threading
@@ -13,6 +14,8 @@ from pathlib import Path
 from thresher import storage
 from thresher.config import Config, Plan, load_config, make_plan
 from thresher.rundir import Terminated, create_run_dir, load_run_config, record_ending
+
+log = logging.getLogger(__name__)
 
 ConfigLike = str | os.PathLike[str] | dict | Config | None
 
@@ -42,20 +45,25 @@ def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | Non
     executor = "inline" if inline else "ray"
     run_dir = create_run_dir(the_plan, executor, resume=resume, overwrite=overwrite)
     start = time.perf_counter()
+    from thresher.outcome import close_curve_log, finalize, open_curve_log
+
+    curves = open_curve_log(run_dir, the_plan)
     try:
         with _sigterm_interrupts():
             if inline:
                 from thresher.inline import run_inline
 
-                outcome = run_inline(the_plan, run_dir, progress_enabled=progress)
+                outcome = run_inline(the_plan, run_dir, curves, progress_enabled=progress)
             else:
                 from thresher.distributed.pipeline import run_ray
 
-                outcome = run_ray(the_plan, run_dir, progress_enabled=progress)
-            from thresher.outcome import finalize
-
-            finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start)
+                outcome = run_ray(the_plan, run_dir, curves, progress_enabled=progress)
+            finalize(run_dir, the_plan, executor, outcome, time.perf_counter() - start, curves)
     except BaseException as exc:
+        try:
+            close_curve_log(run_dir, curves)  # the curves so far stay, for the resume
+        except Exception as close_error:  # the run's own error is the one to raise
+            log.warning("could not save the training curves: %s", close_error)
         record_ending(run_dir, exc)  # failed or interrupted, why, and where a resume goes on
         raise
     location = storage.location_of(run_dir)

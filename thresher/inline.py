@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from thresher.analysis.curves import CurveLog
 from thresher.analysis.evaluate import TrainerResult
 from thresher.config import (
     Config,
@@ -34,7 +35,8 @@ from thresher.stream.reader import fetch_group
 from thresher.stream.stats import StreamStats, estimate_hook_stats
 
 
-def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) -> RunOutcome:
+def run_inline(plan: Plan, run_dir: Path, curves: CurveLog,
+               progress_enabled: bool | None = None) -> RunOutcome:
     cfg = plan.config
     steps_total = -(-cfg.train.tokens // cfg.train.batch_size)
     progress = Progress(len(plan.streams) * (cfg.train.tokens + cfg.stream.holdout_rows),
@@ -44,7 +46,7 @@ def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) 
     rows_before = 0
     try:
         for stream in plan.streams:
-            results, streamed = _run_stream(cfg, stream, run_dir, progress, rows_before)
+            results, streamed = _run_stream(cfg, stream, run_dir, curves, progress, rows_before)
             outcome.results += results
             outcome.streams[stream.stream_id] = streamed
             rows_before += int(streamed.harvest["rows"])
@@ -53,8 +55,9 @@ def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) 
     return outcome
 
 
-def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progress,
-                rows_before: int) -> tuple[list[TrainerResult], StreamOutcome]:
+def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, curves: CurveLog,
+                progress: Progress, rows_before: int
+                ) -> tuple[list[TrainerResult], StreamOutcome]:
     source = stream.source
     harvest_threads = torch_threads(cfg, "harvester", source)
     train_threads = torch_threads(cfg, "trainer")
@@ -93,7 +96,8 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progre
                     cfg, stream.stream_id, t, pump.stats[t.hook], run_dir,
                     device=torch_device(cfg.resources.gpus_per_trainer),
                     fetch=lambda g: fetch_group(pump.log, g), load=list,
-                    commit=lambda c, tid=t.trainer_id: pump.commit(tid, c))
+                    commit=lambda c, tid=t.trainer_id: pump.commit(tid, c),
+                    on_points=curves.add)
 
         torch.set_num_threads(train_threads)
         for session in sessions.values():
@@ -103,7 +107,7 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progre
             session.advance(lambda: pump.log.full)
             moved |= (session.trainer.step, pump.log.counters.released) != before or session.done
         progress.update(rows_before + pump.counters.rows,
-                        {tid: s.trainer.step for tid, s in sessions.items()})
+                        {tid: s.trainer.step for tid, s in sessions.items()}, curves.newest)
         if not moved:
             raise RuntimeError(
                 f"stream {stream.stream_id} stalled: no trainer can step and the pump cannot "

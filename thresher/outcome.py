@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher import storage
+from thresher.analysis.curves import CurveLog
 from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.config import Plan
 from thresher.rundir import write_run_json
@@ -59,12 +60,14 @@ class RunOutcome:
 
 
 def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
-             wall_seconds: float) -> Path:
-    """Write the Parquet statistics and the final run.json."""
+             wall_seconds: float, curves: CurveLog) -> Path:
+    """Write the Parquet statistics, the curves (with each trainer's last partial window) and
+    the final run.json; end the wandb runs."""
     start = time.perf_counter()
     warn_dropped_rows(outcome)
-    written = write_run_stats(run_dir, outcome.results)
-    log_to_wandb(run_dir, plan, outcome.results, written["summary"])
+    curves.add(row for r in outcome.results for row in r.curve_rows)
+    written = write_run_stats(run_dir, outcome.results, curves.rows())
+    close_curve_log(run_dir, curves, written["summary"])
     harvest = outcome.harvest_totals()
     outcome.timings.update({
         "wall": wall_seconds,
@@ -94,29 +97,38 @@ def warn_dropped_rows(outcome: RunOutcome) -> None:
                         stream_id, dropped, examples, stream_id)
 
 
-def log_to_wandb(run_dir: Path, plan: Plan, results: list[TrainerResult],
-                 summary_path: Path) -> None:
-    """Each SAE's training curves and final metrics as a wandb run (run.wandb; off by default).
+def open_curve_log(run_dir: Path, plan: Plan) -> CurveLog:
+    """Where the trainers' curve points go while the run goes: stats/curves.parquet and, where
+    run.wandb is on, one wandb run per SAE (off by default).
 
-    Logged by the driver once the trainers are done, so no actor on a worker node needs wandb
-    or its login; a missing or failing wandb only warns (WandbLogger).
-    """
+    wandb runs in the driver only: trainers forward their points here (through the stream
+    actor on Ray), so no actor on a worker node needs wandb or its login; a missing or failing
+    wandb only warns (WandbLogger)."""
     settings = plan.config.run.wandb
-    if settings.mode == "disabled":
+    logger = None
+    if settings.mode != "disabled":
+        from thresher.analysis.wandb_log import WandbLogger
+
+        saes = {sae.sae_id: {**sae.to_dict(), "run_name": plan.config.run.name}
+                for stream in plan.streams for trainer in stream.trainers
+                for sae in trainer.saes}
+        logger = WandbLogger(saes, mode=settings.mode, project=settings.project,
+                             entity=settings.entity, group=plan.config.run.name,
+                             directory=run_dir / "wandb")
+    return CurveLog(run_dir / "stats" / "curves.parquet", logger)
+
+
+def close_curve_log(run_dir: Path, curves: CurveLog,
+                    summary_path: Path | None = None) -> None:
+    """Save the curves; give wandb the final metrics (where the run got that far) and end it."""
+    curves.save(force=True)
+    if curves.logger is None:
         return
     import pyarrow.parquet as pq
 
-    from thresher.analysis.wandb_log import WandbLogger
-
-    saes = {sae.sae_id: {**sae.to_dict(), "run_name": plan.config.run.name}
-            for stream in plan.streams for trainer in stream.trainers for sae in trainer.saes}
-    logger = WandbLogger(saes, mode=settings.mode, project=settings.project,
-                         entity=settings.entity, group=plan.config.run.name,
-                         directory=run_dir / "wandb")
     try:
-        logger.log_points(sorted((row for r in results for row in r.curve_rows),
-                                 key=lambda row: (row["sae_id"], row["step"])))
-        logger.log_final(pq.read_table(summary_path).to_pylist())
+        if summary_path is not None:
+            curves.logger.log_final(pq.read_table(summary_path).to_pylist())
     finally:
-        logger.finish()
+        curves.logger.finish()
         storage.publish_tree(run_dir / "wandb")  # offline files, where the run is remote

@@ -39,7 +39,8 @@ class TrainerSession:
     def __init__(self, cfg: Config, stream_id: str, plan: TrainerPlan, stats: StreamStats,
                  run_dir: str | Path, device: str, fetch: Fetch[Any], load: Load[Any],
                  commit: Callable[[Cursor], object], prefetch: bool = False,
-                 on_step: Callable[[int], object] | None = None) -> None:
+                 on_step: Callable[[int], object] | None = None,
+                 on_points: Callable[[list[dict[str, Any]]], object] | None = None) -> None:
         self.cfg, self.stream_id, self.plan = cfg, stream_id, plan
         self.started = time.perf_counter()
         # Restores from the trainer's own checkpoints, so a restarted trainer resumes here.
@@ -48,8 +49,15 @@ class TrainerSession:
         self.reader = BatchReader(fetch, load, cfg.train.batch_size,
                                   self.trainer.resumed_cursor, hook=plan.hook,
                                   prefetch=prefetch)
+
+        def stepped(step: int) -> None:
+            if on_step is not None:
+                on_step(step)
+            if on_points is not None and (points := self.trainer.new_curve_points()):
+                on_points(points)  # each curve point as soon as its window closes
+
         self.loop = TrainLoop(self.trainer, self.reader, commit=commit,
-                              checkpoint_every=cfg.train.checkpoint_every, on_step=on_step)
+                              checkpoint_every=cfg.train.checkpoint_every, on_step=stepped)
 
     @property
     def done(self) -> bool:

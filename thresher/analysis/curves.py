@@ -1,5 +1,5 @@
-"""Training curves: one point per SAE every `every` steps, kept as rows for stats/curves.parquet
-and handed to the wandb logger.
+"""Training curves: one point per SAE every `every` steps (`TrainingCurves`, in the trainer),
+gathered on the driver while the run goes (`CurveLog`) into stats/curves.parquet and wandb.
 
 Two sources, both optional per step:
 
@@ -18,7 +18,9 @@ Rows are plain dicts of CURVES_SCHEMA (thresher/analysis/parquet.py, docs/format
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,3 +115,54 @@ class TrainingCurves:
         self.rows.extend(points)
         self._reset()
         return points
+
+
+class CurveLog:
+    """The driver's record of every SAE's curve points while a run goes.
+
+    Points arrive as trainers close their windows (forwarded by the stream actor on Ray, or
+    handed over directly inline). Each is kept by (sae_id, step): a restarted or resumed
+    trainer redoes the steps after its checkpoint and its new point replaces the old one.
+    `save` writes stats/curves.parquet, at most every `save_every` seconds unless forced, so a
+    run that dies keeps its curves; a resumed run starts from the file its first part left.
+    `logger` (a WandbLogger) gets each SAE's points as they come, in step order.
+    """
+
+    def __init__(self, path: str | Path, logger: Any = None, save_every: float = 10.0) -> None:
+        from thresher import storage
+
+        self.path, self.logger, self.save_every = Path(path), logger, save_every
+        self.points: dict[tuple[str, int], dict[str, Any]] = {}
+        self.logged_step: dict[str, int] = {}  # the last step sent to wandb, per SAE
+        self.newest: dict[str, dict[str, Any]] = {}  # the newest point of each SAE
+        self.dirty, self.saved_at = False, -math.inf
+        if storage.is_file(self.path):  # a resumed run: the curves of its first part
+            import pyarrow.parquet as pq
+
+            for point in pq.read_table(self.path).to_pylist():
+                self.points[(point["sae_id"], point["step"])] = point
+
+    def add(self, points: Iterable[Mapping[str, Any]]) -> None:
+        fresh = sorted(points, key=lambda p: (p["step"], p["sae_id"]))
+        for point in fresh:
+            kept = self.points[(str(point["sae_id"]), int(point["step"]))] = dict(point)
+            self.newest[kept["sae_id"]] = kept
+        self.dirty |= bool(fresh)
+        if self.logger is not None:
+            # wandb takes each run's steps in increasing order only: a redone step is not sent.
+            new = [p for p in fresh if p["step"] > self.logged_step.get(p["sae_id"], -1)]
+            for p in new:
+                self.logged_step[p["sae_id"]] = int(p["step"])
+            self.logger.log_points(new)
+        self.save()
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [self.points[key] for key in sorted(self.points)]
+
+    def save(self, force: bool = False) -> None:
+        if not self.dirty or (not force and time.monotonic() - self.saved_at < self.save_every):
+            return
+        from thresher.analysis.parquet import CURVES_SCHEMA, table_from_rows, write_table_atomic
+
+        write_table_atomic(table_from_rows(self.rows(), CURVES_SCHEMA), self.path)
+        self.dirty, self.saved_at = False, time.monotonic()

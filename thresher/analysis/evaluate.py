@@ -171,9 +171,10 @@ def identity_columns(cfg: Config, stream_id: str, trainer_id: str, sae: SAEConfi
             "backbone": backbone.kind, "model": model, "hook": sae.hook}
 
 
-def write_run_stats(run_dir: str | Path, results: list[TrainerResult]) -> dict[str, Path]:
+def write_run_stats(run_dir: str | Path, results: list[TrainerResult],
+                    curves: list[dict[str, Any]] | None = None) -> dict[str, Path]:
     """stats/{summary,features,examples}.parquet, labels.parquet where rows carry labels and
-    curves.parquet where trainers recorded training curves."""
+    curves.parquet where there are training curves (`curves`, else the results' own)."""
     from thresher.analysis.parquet import (
         CURVES_SCHEMA,
         EXAMPLES_SCHEMA,
@@ -199,8 +200,9 @@ def write_run_stats(run_dir: str | Path, results: list[TrainerResult]) -> dict[s
         table = table_from_columns(
             {n: np.concatenate([c[n] for c in columns]) for n in schema.names}, schema)
         written[name] = write_table_atomic(table, stats_dir / f"{name}.parquet")
-    curves = sorted((row for r in results for row in r.curve_rows),
-                    key=lambda row: (row["sae_id"], row["step"]))
+    if curves is None:
+        curves = [row for r in results for row in r.curve_rows]
+    curves = sorted(curves, key=lambda row: (row["sae_id"], row["step"]))
     if curves:
         written["curves"] = write_table_atomic(table_from_rows(curves, CURVES_SCHEMA),
                                                stats_dir / "curves.parquet")

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from thresher import storage
+from thresher.analysis.curves import CurveLog
 from thresher.analysis.evaluate import TrainerResult
 from thresher.config import Config, Plan, StreamPlan, harvest_resources
 from thresher.distributed.errors import user_error
@@ -180,7 +181,7 @@ def _stop(running: _RunningStream) -> None:
     ray.kill(running.stream_actor)
 
 
-def run_ray(plan: Plan, run_dir: Path, progress_enabled: bool | None = None,
+def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool | None = None,
             poll_seconds: float = 0.5) -> RunOutcome:
     import ray
 
@@ -226,7 +227,8 @@ def run_ray(plan: Plan, run_dir: Path, progress_enabled: bool | None = None,
                 info = ray.get(r.stream_actor.progress.remote())
                 rows_done[stream_id] = info["rows"]
                 steps.update(info["steps"])
-            progress.update(sum(rows_done.values()), steps)
+                curves.add(info["curve_points"])
+            progress.update(sum(rows_done.values()), steps, curves.newest)
     except ray.exceptions.RayError as exc:
         # A bad config, checkpoint or full disk found inside an actor: its own message.
         cause = user_error(exc)

@@ -87,6 +87,8 @@ def stream_actor_cls() -> Any:
             self.trainer_starts: dict[str, int] = {t.trainer_id: 0 for t in stream.trainers}
             self.restarts: dict[str, list[dict[str, int]]] = {
                 t.trainer_id: [] for t in stream.trainers}
+            # Trainers' curve points not yet taken by the driver (it logs and saves them).
+            self.curve_points: list[dict[str, Any]] = []
             self.cpu_at_start = time.process_time()
             self.rss_at_start = 0  # once the harvest loop starts (imports and set-up before)
             self.rss_peak = 0
@@ -277,6 +279,10 @@ def stream_actor_cls() -> Any:
             with self.lock:
                 self.progress_steps[trainer_id] = max(self.progress_steps[trainer_id], step)
 
+        def report_curve_points(self, points: list[dict[str, Any]]) -> None:
+            with self.lock:
+                self.curve_points.extend(points)
+
         def group(self, trainer_id: str, g: int, steps: int, timeout: float = 2.0) -> GroupReply:
             """Group g for a trainer; waits up to `timeout` seconds for it to be complete."""
             with self.lock:
@@ -307,14 +313,18 @@ def stream_actor_cls() -> Any:
                 return list(self.pump.chunker.holdout)
 
         def progress(self) -> dict[str, Any]:
+            """Rows, steps, the log's fill, trainer restarts, and the curve points that came in
+            since the last call (the driver polls this; it is their one reader)."""
             with self.lock:
                 log = self.pump.log
+                points, self.curve_points = self.curve_points, []
                 return {"rows": self.pump.counters.rows, "planned_rows": self.planned_rows,
                         "wanted_rows": self.pump.chunker.wanted_rows,
                         "holdout_rows": self.cfg.stream.holdout_rows,
                         "steps": dict(self.progress_steps), "held": log.held,
                         "peak_held": log.counters.peak_held, "capacity": log.capacity,
-                        "restarts": {t: list(r) for t, r in self.restarts.items()}}
+                        "restarts": {t: list(r) for t, r in self.restarts.items()},
+                        "curve_points": points}
 
         def log_counters(self) -> dict[str, Any]:
             with self.lock:

@@ -73,7 +73,10 @@ def trainer_actor_cls() -> Any:
                 # The next group is fetched and gathered while this one trains.
                 prefetch=True,
                 # Fire and forget: the stream keeps the newest step it heard of.
-                on_step=lambda step: self.stream.report_step.remote(tid, step))
+                on_step=lambda step: self.stream.report_step.remote(tid, step),
+                # The driver takes them from the stream actor: wandb and the curves file live
+                # there, so this node needs neither wandb nor its login.
+                on_points=lambda points: self.stream.report_curve_points.remote(points))
             # A restarted actor lands here again: the stream records the steps it redoes.
             ray.get(self.stream.trainer_started.remote(tid, session.trainer.step))
             while session.advance(lambda: self.log_full) == "blocked":

@@ -54,6 +54,7 @@ class Trainer:
         self.curves = TrainingCurves(trainer_id, [s.sae_id for s in self.saes], self.bank.d_in,
                                      [s.d_sae for s in self.saes], every=train.curve_every,
                                      first_step=self.step)
+        self._points_sent = 0
 
     @property
     def step(self) -> int:
@@ -104,6 +105,12 @@ class Trainer:
         left_in_window = -self.step % every  # steps after this one until the point closes
         left_in_run = self.total_steps - self.step
         return min(left_in_window, left_in_run) < min(self.train.curve_batches, every)
+
+    def new_curve_points(self) -> list[dict]:
+        """The curve points closed since the last call (for the driver, while the run goes)."""
+        points = self.curves.rows[self._points_sent:]
+        self._points_sent = len(self.curves.rows)
+        return points
 
     def finish_curves(self) -> list[dict]:
         """Close the last, partial curve window; returns every point of this process."""
