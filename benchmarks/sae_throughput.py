@@ -26,7 +26,7 @@ import torch
 
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import StreamStats
-from thresher.train.sae import SAEBank
+from thresher.train.bank import SAEBank
 
 
 def reference_step_fn(d_in: int, d_sae: int, k: int, lr: float, device: str,

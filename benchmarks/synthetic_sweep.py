@@ -35,9 +35,9 @@ def config(tokens: int, out: str, jumprelu_l0: float) -> dict:
                   "warmup_steps": 20, "d_sae": 1024, "k": 20, "lr": 2e-3,
                   # As in tests/test_ground_truth.py: from the defaults' 0.001 the threshold
                   # barely moves in a few hundred steps and JumpReLU stays dense.
-                  "jumprelu_init_threshold": 0.5, "jumprelu_bandwidth": 0.5},
+                  "jumprelu": {"init_threshold": 0.5, "bandwidth": 0.5}},
         "sweep": [{"arch": ["topk", "batchtopk", "matryoshka"]},
-                  {"arch": "jumprelu", "l0": jumprelu_l0}],
+                  {"arch": "jumprelu", "l0_coef": jumprelu_l0}],
         "resources": {"harvesters": 1, "trainers": 4, "cpus_per_harvester": 1,
                       "cpus_per_trainer": 0},
     }

@@ -21,7 +21,7 @@ from thresher.analysis.parquet import CURVES_SCHEMA
 from thresher.analysis.wandb_log import WandbLogger
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import estimate_stream_stats
-from thresher.train.sae import SAEBank
+from thresher.train.bank import SAEBank
 
 D_IN = 10
 
@@ -31,8 +31,8 @@ def _bank() -> tuple[SAEBank, list[torch.Tensor]]:
     basis = rng.normal(size=(20, D_IN))
     x = ((rng.exponential(size=(640, 20)) * (rng.random((640, 20)) < 0.15)) @ basis
          ).astype(np.float32)
-    saes = [SAEConfig("a-topk", "topk", 24, 3, 0.0, 3e-3, 0),
-            SAEConfig("b-relu", "relu", 32, 3, 0.05, 3e-3, 1)]
+    saes = [SAEConfig(sae_id="a-topk", arch="topk", d_sae=24, k=3, l1_coef=0.0, lr=3e-3, seed=0),
+            SAEConfig(sae_id="b-relu", arch="relu", d_sae=32, k=3, l1_coef=0.05, lr=3e-3, seed=1)]
     bank = SAEBank(saes, estimate_stream_stats(x[:256]), TrainConfig(warmup_steps=1), 20)
     return bank, [torch.from_numpy(x[i * 128:(i + 1) * 128]) for i in range(5)]
 
@@ -125,7 +125,7 @@ def _history_and_summary(run_dir: Path) -> tuple[str, list[dict[str, float]], di
 
 def test_offline_wandb_holds_curves_and_final_metrics(tmp_path: Path) -> None:
     pytest.importorskip("wandb")
-    configs = {"a-topk": {"arch": "topk", "k": 3}, "b-relu": {"arch": "relu", "l1": 0.05}}
+    configs = {"a-topk": {"arch": "topk", "k": 3}, "b-relu": {"arch": "relu", "l1_coef": 0.05}}
     logger = WandbLogger(configs, mode="offline", project="thresher-test", group="smoke",
                          directory=tmp_path)
     assert logger.active

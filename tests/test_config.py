@@ -68,11 +68,11 @@ def test_missing_config_file() -> None:
 
 def test_sweep_grid_expands_and_validates(tmp_path: Path) -> None:
     path = write(tmp_path, "sweep:\n  - {arch: topk, k: [8, 16], lr: [1e-3, 3e-4, 1e-4]}\n"
-                           "  - {arch: relu, l1: 2}\n")
+                           "  - {arch: relu, l1_coef: 2}\n")
     saes = expand_sweep(load_config(path))
     assert len(saes) == 7
     assert {s.lr for s in saes[:6]} == {1e-3, 3e-4, 1e-4}  # 1e-3 is a float, not a string
-    assert saes[6].arch == "relu" and saes[6].l1 == 2.0
+    assert saes[6].arch == "relu" and saes[6].l1_coef == 2.0
     bad = write(tmp_path, "sweep:\n  - {arch: topk, kk: [8]}\n")
     with pytest.raises(ConfigError, match=r"unknown key `sweep.0.kk`.*did you mean `k`"):
         load_config(bad)

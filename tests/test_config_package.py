@@ -40,12 +40,12 @@ def test_to_dict_loads_back_to_the_same_config(tmp_path: Path) -> None:
 
 def test_an_architecture_setting_out_of_range_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "cfg.yaml"
-    path.write_text("train:\n  d_sae: 512\n  threshold_ema: 1.5\n")
-    with pytest.raises(ConfigError, match=r"`train.threshold_ema` \(.*cfg.yaml:3\) must be in "
-                                          r"\(0, 1\], got 1.5"):
+    path.write_text("train:\n  d_sae: 512\n  batchtopk: {threshold_ema: 1.5}\n")
+    with pytest.raises(ConfigError, match=r"`train.batchtopk.threshold_ema` \(.*cfg.yaml:3\) "
+                                          r"must be in \(0, 1\], got 1.5"):
         load_config(path)
-    path.write_text("train:\n  matryoshka_fractions: [0.5, 1.5]\n")
-    with pytest.raises(ConfigError, match=r"`train.matryoshka_fractions` \(.*cfg.yaml:2\)"):
+    path.write_text("train:\n  matryoshka: {fractions: [0.5, 1.5]}\n")
+    with pytest.raises(ConfigError, match=r"`train.matryoshka.fractions` \(.*cfg.yaml:2\)"):
         load_config(path)
 
 

@@ -21,7 +21,9 @@ from thresher.config import SAEConfig, TrainConfig, load_config
 from thresher.harvest.synthetic import SyntheticBackbone
 from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
-from thresher.train.sae import DECODER_INIT_NORM, SAEBank, matryoshka_widths
+from thresher.train.archs.matryoshka import matryoshka_widths
+from thresher.train.archs.registry import architecture_class
+from thresher.train.bank import SAEBank
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
 
@@ -34,18 +36,19 @@ SOURCE = {"backbone": {"kind": "synthetic", "config": {
     "block_rows": BATCH * 20, "rows": BATCH * STEPS, "seed": 0}}, "hook": "synthetic"}
 # Per arch: thresher's sparsity hyperparameter (k for the TopK family; l1 / l0 coefficients).
 SAES = [
-    SAEConfig(sae_id="topk", arch="topk", d_sae=N_FEATURES, k=2 * MEAN_L0, l1=0, lr=LR, seed=1),
-    SAEConfig(sae_id="batchtopk", arch="batchtopk", d_sae=N_FEATURES, k=2 * MEAN_L0, l1=0, lr=LR,
-              seed=2),
-    SAEConfig(sae_id="matryoshka", arch="matryoshka", d_sae=N_FEATURES, k=2 * MEAN_L0, l1=0,
+    SAEConfig(sae_id="topk", arch="topk", d_sae=N_FEATURES, k=2 * MEAN_L0, l1_coef=0, lr=LR,
+              seed=1),
+    SAEConfig(sae_id="batchtopk", arch="batchtopk", d_sae=N_FEATURES, k=2 * MEAN_L0, l1_coef=0,
+              lr=LR, seed=2),
+    SAEConfig(sae_id="matryoshka", arch="matryoshka", d_sae=N_FEATURES, k=2 * MEAN_L0, l1_coef=0,
               lr=LR, seed=5),
-    SAEConfig(sae_id="jumprelu", arch="jumprelu", d_sae=N_FEATURES, k=0, l1=0, l0=1.0, lr=LR,
-              seed=3),
-    SAEConfig(sae_id="relu", arch="relu", d_sae=N_FEATURES, k=0, l1=1.5, lr=LR, seed=4),
+    SAEConfig(sae_id="jumprelu", arch="jumprelu", d_sae=N_FEATURES, k=0, l1_coef=0, l0_coef=1.0,
+              lr=LR, seed=3),
+    SAEConfig(sae_id="relu", arch="relu", d_sae=N_FEATURES, k=0, l1_coef=1.5, lr=LR, seed=4),
 ]
 TRAIN = TrainConfig(batch_size=BATCH, tokens=BATCH * STEPS, warmup_steps=10, decay_start=0.8,
-                    l1_warmup=0.05, dead_window=BATCH * 20, jumprelu_init_threshold=1.0,
-                    jumprelu_bandwidth=1.0)
+                    dead_window=BATCH * 20).with_arch_settings(coef_warmup=0.05,
+                                                               init_threshold=1.0, bandwidth=1.0)
 MIN_MCC = 0.85
 SAELENS_MARGIN = 0.02
 
@@ -128,23 +131,24 @@ def saelens_mcc(arch: str, x: np.ndarray, dictionary: np.ndarray) -> float:
     # reference too weak to compare with. So each side gets the same initial decoder norm.
     common = {"d_in": D_IN, "d_sae": N_FEATURES, "device": "cpu",
               "normalize_activations": "expected_average_only_in",
-              "decoder_init_norm": DECODER_INIT_NORM.get(arch, 1.0)}
+              "decoder_init_norm": architecture_class(arch).decoder_init_norm}
     sae_cfg = next(s for s in SAES if s.arch == arch)
     if arch == "topk":
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=sae_cfg.k, **common))
     elif arch == "batchtopk":
         sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=sae_cfg.k, **common))
     elif arch == "matryoshka":
-        widths = list(matryoshka_widths(N_FEATURES, TRAIN.matryoshka_fractions))
+        widths = list(matryoshka_widths(N_FEATURES, TRAIN.matryoshka.fractions))
         sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
             k=sae_cfg.k, matryoshka_widths=widths, **common))
     elif arch == "jumprelu":
         sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-            l0_coefficient=sae_cfg.l0, jumprelu_init_threshold=TRAIN.jumprelu_init_threshold,
-            jumprelu_bandwidth=TRAIN.jumprelu_bandwidth, **common))
+            l0_coefficient=sae_cfg.l0_coef, jumprelu_init_threshold=TRAIN.jumprelu.init_threshold,
+            jumprelu_bandwidth=TRAIN.jumprelu.bandwidth, **common))
     else:
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(
-            l1_coefficient=sae_cfg.l1, l1_warm_up_steps=int(TRAIN.l1_warmup * STEPS), **common))
+            l1_coefficient=sae_cfg.l1_coef, l1_warm_up_steps=int(TRAIN.relu.coef_warmup * STEPS),
+            **common))
     norm_batches = 8
 
     def batches() -> Iterator[torch.Tensor]:

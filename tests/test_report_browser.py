@@ -39,7 +39,7 @@ def _config_file(project: Path, name: str, source: dict[str, Any], holdout: int)
                       "holdout_rows": holdout, "norm_rows": 128},
            "train": {"batch_size": 64, "tokens": 512, "checkpoint_every": 4, "warmup_steps": 1,
                      "d_sae": 64, "k": 4, "curve_every": 2},
-           "sweep": [{"arch": "topk", "k": [4, 8]}, {"arch": "relu", "l1": 3.0}],
+           "sweep": [{"arch": "topk", "k": [4, 8]}, {"arch": "relu", "l1_coef": 3.0}],
            "resources": RESOURCES}
     path = project / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))

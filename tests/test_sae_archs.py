@@ -3,6 +3,9 @@ against the same SAEs trained alone, the JumpReLU estimator, and checkpoints of 
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import inspect
 import math
 import os
 import subprocess
@@ -13,18 +16,16 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.config import TOPK_FAMILY, SAEConfig, TrainConfig
+from thresher.config import ARCHITECTURES, TOPK_FAMILY, SAEConfig, TrainConfig
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.stats import StreamStats, estimate_stream_stats
-from thresher.train.sae import (
-    SAEBank,
-    jumprelu,
-    matryoshka_widths,
-    param_names,
-    resample_uniforms,
-    step_function,
-)
+from thresher.train.archs.base import PARAM_NAMES, Architecture
+from thresher.train.archs.jumprelu import jumprelu, step_function
+from thresher.train.archs.matryoshka import matryoshka_widths
+from thresher.train.archs.registry import ARCHITECTURE_CLASSES, architecture_class
+from thresher.train.archs.relu import resample_uniforms
+from thresher.train.bank import SAEBank
 from thresher.train.trainer import Trainer
 
 F64 = torch.float64
@@ -44,10 +45,15 @@ def data() -> tuple[np.ndarray, StreamStats]:
     return x, estimate_stream_stats(x[:512])
 
 
-def sae(sae_id: str, arch: str, d_sae: int = 48, k: int = 4, l1: float = 0.3, l0: float = 0.05,
-        lr: float = 3e-3, seed: int = 0, mono_coef: float = 0.0) -> SAEConfig:
-    return SAEConfig(sae_id=sae_id, arch=arch, d_sae=d_sae, k=k, l1=l1, lr=lr, seed=seed, l0=l0,
-                     mono_coef=mono_coef)
+def sae(sae_id: str, arch: str, d_sae: int = 48, k: int = 4, l1_coef: float = 0.3,
+        l0_coef: float = 0.05, lr: float = 3e-3, seed: int = 0,
+        mono_coef: float = 0.0) -> SAEConfig:
+    return SAEConfig(sae_id=sae_id, arch=arch, d_sae=d_sae, k=k, l1_coef=l1_coef, lr=lr,
+                     seed=seed, l0_coef=l0_coef, mono_coef=mono_coef)
+
+
+def param_names(arch: str) -> tuple[str, ...]:
+    return PARAM_NAMES + architecture_class(arch).extra_param_names
 
 
 def batches_of(x: np.ndarray, batch: int, steps: int) -> list[torch.Tensor]:
@@ -55,9 +61,9 @@ def batches_of(x: np.ndarray, batch: int, steps: int) -> list[torch.Tensor]:
 
 
 # A short dead window so AuxK (and resampling) act within ten steps.
-TRAIN = TrainConfig(warmup_steps=2, decay_start=0.6, l1_warmup=0.3, grad_clip=1.0,
-                    dead_window=64, jumprelu_bandwidth=0.5, jumprelu_init_threshold=0.3,
-                    matryoshka_fractions=(0.25, 0.5), threshold_ema=0.1)
+TRAIN = TrainConfig(warmup_steps=2, decay_start=0.6, grad_clip=1.0, dead_window=64
+                    ).with_arch_settings(coef_warmup=0.3, bandwidth=0.5, init_threshold=0.3,
+                                         fractions=(0.25, 0.5), threshold_ema=0.1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -103,7 +109,8 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
     for t, x in enumerate(batches):
         x_s = x.to(F64) * scale
         rows = len(x_s)
-        ramp = min(1.0, (t + 1) / (train.l1_warmup * total_steps))
+        warmup = train.jumprelu.coef_warmup if cfg.arch == "jumprelu" else train.relu.coef_warmup
+        ramp = min(1.0, (t + 1) / (warmup * total_steps))
         pre = (x_s - b_dec) @ w_enc + b_enc
         if cfg.arch == "topk":
             values, indices = pre.topk(cfg.k, dim=-1)
@@ -114,10 +121,10 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
             kept = values[values > 0]
             smallest = float(kept.detach().min())
             threshold = (smallest if math.isnan(threshold)
-                         else threshold + train.threshold_ema * (smallest - threshold))
+                         else threshold + train.batchtopk.threshold_ema * (smallest - threshold))
         elif cfg.arch == "jumprelu":
             theta = params["log_threshold"].exp()
-            eps = train.jumprelu_bandwidth
+            eps = train.jumprelu.bandwidth
             window = ((pre - theta).abs() < eps / 2).to(F64)
             above = (pre > theta).to(F64)
             f = ste(pre * above, theta, -(theta / eps) * window)
@@ -127,11 +134,11 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
         x_hat = f @ w_dec + b_dec
         loss = ((x_s - x_hat) ** 2).sum(-1).mean()
         if cfg.arch == "relu":
-            loss = loss + cfg.l1 * ramp * (f * w_dec.norm(dim=1)).sum(-1).mean()
+            loss = loss + cfg.l1_coef * ramp * (f * w_dec.norm(dim=1)).sum(-1).mean()
         if cfg.arch == "jumprelu":
-            loss = loss + cfg.l0 * ramp * l0
+            loss = loss + cfg.l0_coef * ramp * l0
         if cfg.arch == "matryoshka":
-            for width in matryoshka_widths(cfg.d_sae, train.matryoshka_fractions)[:-1]:
+            for width in matryoshka_widths(cfg.d_sae, train.matryoshka.fractions)[:-1]:
                 inner = f[:, :width] @ w_dec[:width] + b_dec
                 loss = loss + ((x_s - inner) ** 2).sum(-1).mean()
         aux_value = 0.0
@@ -144,7 +151,7 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
             aux_f = torch.zeros_like(pre).scatter(-1, aux_idx, aux_vals)
             residual = (x_s - x_hat).detach()
             aux = min(n_dead / k_aux, 1.0) * ((aux_f @ w_dec - residual) ** 2).sum(-1).mean()
-            loss = loss + train.aux_k_coef * aux
+            loss = loss + train.topk.aux_k_coef * aux
             aux_value = float(aux.detach())
         aux_losses.append(aux_value)
         if cfg.mono_coef:
@@ -173,10 +180,10 @@ ARCH_CASES = [
     sae("topk", "topk", d_sae=128, k=3, seed=7),
     sae("batchtopk", "batchtopk", d_sae=128, k=3, seed=8),
     sae("matryoshka", "matryoshka", d_sae=128, k=3, seed=9),
-    sae("jumprelu", "jumprelu", l0=0.05, seed=10),
-    sae("relu", "relu", l1=0.3, seed=11),
+    sae("jumprelu", "jumprelu", l0_coef=0.05, seed=10),
+    sae("relu", "relu", l1_coef=0.3, seed=11),
     sae("topk-mono", "topk", k=4, seed=12, mono_coef=0.5),
-    sae("relu-mono", "relu", l1=0.3, seed=13, mono_coef=0.5),
+    sae("relu-mono", "relu", l1_coef=0.3, seed=13, mono_coef=0.5),
 ]
 
 
@@ -208,18 +215,18 @@ def test_each_arch_matches_its_plain_reference(cfg: SAEConfig,
 def test_every_arch_trains_in_a_bank_exactly_as_alone(
         data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
-    train = TrainConfig(**{**TRAIN.__dict__, "resample_every": 4})
+    train = TRAIN.with_arch_settings(resample_every=4)
     total = 10
     saes = [
         sae("topk-k4", "topk", k=4, lr=1e-3, seed=1),
         sae("btk-k3", "batchtopk", k=3, lr=2e-3, seed=2),
         sae("mat-k4", "matryoshka", k=4, lr=2e-3, seed=3),
-        sae("jr-a", "jumprelu", l0=0.02, lr=2e-3, seed=4),
-        sae("relu-a", "relu", l1=0.1, lr=2e-3, seed=5),
+        sae("jr-a", "jumprelu", l0_coef=0.02, lr=2e-3, seed=4),
+        sae("relu-a", "relu", l1_coef=0.1, lr=2e-3, seed=5),
         sae("topk-k7", "topk", k=7, lr=3e-3, seed=6, mono_coef=0.3),
         sae("btk-k6", "batchtopk", k=6, lr=1e-3, seed=7),
-        sae("jr-b", "jumprelu", l0=0.1, lr=1e-3, seed=8, mono_coef=0.2),
-        sae("relu-b", "relu", l1=1.0, lr=3e-3, seed=9),
+        sae("jr-b", "jumprelu", l0_coef=0.1, lr=1e-3, seed=8, mono_coef=0.2),
+        sae("relu-b", "relu", l1_coef=1.0, lr=3e-3, seed=9),
         sae("mat-wide", "matryoshka", d_sae=64, k=5, lr=1e-3, seed=10),
     ]
     batches = batches_of(x, 64, total)
@@ -245,8 +252,8 @@ def test_sparse_and_dense_decode_train_the_same_bank(
     x, stats = data
     saes = [sae("a", "topk", k=3, seed=1), sae("b", "topk", k=6, seed=2, mono_coef=0.2),
             sae("c", "batchtopk", k=4, seed=3), sae("d", "matryoshka", k=4, seed=4)]
-    banks = [SAEBank(saes, stats, TrainConfig(**{**TRAIN.__dict__, "sparse_decode": sparse}),
-                     8, dtype=F64) for sparse in (True, False)]
+    banks = [SAEBank(saes, stats, TRAIN.with_arch_settings(sparse_decode=sparse), 8, dtype=F64)
+             for sparse in (True, False)]
     for batch in batches_of(x, 64, 8):
         m_sparse, m_dense = (b.step(batch) for b in banks)
         np.testing.assert_allclose(m_sparse["loss"], m_dense["loss"], rtol=1e-12)
@@ -258,8 +265,9 @@ def test_sparse_and_dense_decode_train_the_same_bank(
 
 def test_resampling_restarts_dead_relu_latents(data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
-    train = TrainConfig(warmup_steps=1, dead_window=64, resample_every=2, l1_warmup=0.0)
-    bank = SAEBank([sae("r", "relu", l1=0.1, lr=1e-3, seed=3)], stats, train, 4, dtype=F64)
+    train = TrainConfig(warmup_steps=1, dead_window=64).with_arch_settings(resample_every=2,
+                                                                           coef_warmup=0.0)
+    bank = SAEBank([sae("r", "relu", l1_coef=0.1, lr=1e-3, seed=3)], stats, train, 4, dtype=F64)
     state = bank.get_sae_state("r")
     killed = torch.arange(10)
     state["b_enc"][killed] = -1e3  # these latents never fire
@@ -292,7 +300,7 @@ def test_resampling_restarts_dead_relu_latents(data: tuple[np.ndarray, StreamSta
 def test_resampling_draws_depend_only_on_seed_and_step() -> None:
     """A resumed run (a new process) must resample as the first would: the draw may not come
     from Python's per-process salted hash()."""
-    code = ("from thresher.train.sae import resample_uniforms; "
+    code = ("from thresher.train.archs.relu import resample_uniforms; "
             "print(resample_uniforms(3, 41, 5).tolist())")
     # Another hash salt than this process's (random unless PYTHONHASHSEED pins it).
     salt = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"
@@ -336,7 +344,7 @@ def test_resume_is_exact_for_every_arch(tmp_path: Path, data: tuple[np.ndarray, 
     x, stats = data
     saes = [sae(f"{i:02d}-{arch}", arch, seed=i) for i, arch in
             enumerate(("topk", "batchtopk", "matryoshka", "jumprelu", "relu"))]
-    train = TrainConfig(**{**TRAIN.__dict__, "batch_size": 64, "tokens": 64 * 10})
+    train = dataclasses.replace(TRAIN, batch_size=64, tokens=64 * 10)
 
     def block(i: int) -> ActivationBlock:
         acts = x[i * 64:(i + 1) * 64]
@@ -358,3 +366,37 @@ def test_resume_is_exact_for_every_arch(tmp_path: Path, data: tuple[np.ndarray, 
         assert "tokens_since_fired" in a
         for key in a:
             assert torch.equal(a[key], b[key]) or (a[key].isnan().all() and b[key].isnan().all())
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: one module per architecture
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_each_arch_is_the_class_of_its_own_module(name: str) -> None:
+    cls = architecture_class(name)
+    assert cls.name == name
+    assert cls.__module__ == f"thresher.train.archs.{name}"
+    assert issubclass(cls, Architecture) and not inspect.isabstract(cls)
+    # it reads its own section of the train config, train.<name>
+    train = TRAIN.with_arch_settings(coef_warmup=0.125)
+    arch = cls([sae("a", name)], 48, train, torch.device("cpu"), F64)
+    assert arch.settings is getattr(train, name)
+
+
+def test_the_registry_knows_every_configured_arch_and_no_other() -> None:
+    assert set(ARCHITECTURE_CLASSES) == set(ARCHITECTURES)
+    with pytest.raises(ValueError, match="unknown arch 'gated'; known: topk"):
+        architecture_class("gated")
+
+
+def test_no_module_outside_the_declaration_and_archs_names_an_architecture() -> None:
+    """What an architecture does lives in its own module: nothing else tests `arch` by name."""
+    package = Path(__file__).resolve().parents[1] / "thresher"
+    allowed = {package / "config" / "saes.py", *(package / "train" / "archs").glob("*.py")}
+    named = [f"{path.relative_to(package)}:{node.lineno}"
+             for path in sorted(package.rglob("*.py")) if path not in allowed
+             for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Constant) and node.value in ARCHITECTURES]
+    assert named == []

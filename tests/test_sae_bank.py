@@ -8,8 +8,9 @@ import torch
 
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import StreamStats, estimate_stream_stats
+from thresher.train.archs.base import PARAM_NAMES
+from thresher.train.bank import SAEBank
 from thresher.train.optim import BankAdam, lr_multiplier
-from thresher.train.sae import PARAM_NAMES, SAEBank
 
 F64 = torch.float64
 
@@ -28,9 +29,10 @@ def sparse_dictionary_data(rows: int, d_in: int = 32, n_features: int = 64, acti
     return x.astype(np.float32), dictionary
 
 
-def sae(sae_id: str, arch: str = "topk", d_sae: int = 48, k: int = 4, l1: float = 1.0,
+def sae(sae_id: str, arch: str = "topk", d_sae: int = 48, k: int = 4, l1_coef: float = 1.0,
         lr: float = 1e-3, seed: int = 0) -> SAEConfig:
-    return SAEConfig(sae_id=sae_id, arch=arch, d_sae=d_sae, k=k, l1=l1, lr=lr, seed=seed)
+    return SAEConfig(sae_id=sae_id, arch=arch, d_sae=d_sae, k=k, l1_coef=l1_coef, lr=lr,
+                     seed=seed)
 
 
 def batches_of(x: np.ndarray, batch: int, steps: int) -> list[torch.Tensor]:
@@ -151,7 +153,7 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
         x_hat = f @ w_dec + b_dec
         loss = ((x_s - x_hat) ** 2).sum(-1).mean()
         if cfg.arch == "relu":
-            lam = cfg.l1 * min(1.0, (t + 1) / (train.l1_warmup * total_steps))
+            lam = cfg.l1_coef * min(1.0, (t + 1) / (train.relu.coef_warmup * total_steps))
             loss = loss + lam * (f * w_dec.norm(dim=1)).sum(-1).mean()
         adam.zero_grad()
         loss.backward()
@@ -175,9 +177,10 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
 def test_bank_matches_a_plain_torch_reference(arch: str,
                                               data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
-    train = TrainConfig(warmup_steps=3, decay_start=0.6, l1_warmup=0.5, grad_clip=1.0)
+    train = TrainConfig(warmup_steps=3, decay_start=0.6, grad_clip=1.0
+                        ).with_arch_settings(coef_warmup=0.5)
     total = 10
-    cfg = sae("s", arch, k=5, l1=0.3, lr=3e-3, seed=7)
+    cfg = sae("s", arch, k=5, l1_coef=0.3, lr=3e-3, seed=7)
     bank = SAEBank([cfg], stats, train, total, dtype=F64)
     init = bank.sae_params("s")
     batches = batches_of(x, 128, total)
@@ -193,13 +196,14 @@ def test_bank_matches_a_plain_torch_reference(arch: str,
 
 def test_saes_in_a_bank_train_exactly_as_alone(data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
-    train = TrainConfig(warmup_steps=2, decay_start=0.5, l1_warmup=0.3, grad_clip=1.0)
+    train = TrainConfig(warmup_steps=2, decay_start=0.5, grad_clip=1.0
+                        ).with_arch_settings(coef_warmup=0.3)
     total = 10
     saes = [
         sae("topk-k4", "topk", k=4, lr=1e-3, seed=1),
-        sae("relu-a", "relu", l1=0.1, lr=2e-3, seed=2),
+        sae("relu-a", "relu", l1_coef=0.1, lr=2e-3, seed=2),
         sae("topk-k8", "topk", k=8, lr=3e-3, seed=3),
-        sae("relu-b", "relu", l1=1.0, lr=2e-3, seed=4),
+        sae("relu-b", "relu", l1_coef=1.0, lr=2e-3, seed=4),
         sae("topk-k2", "topk", k=2, lr=5e-3, seed=5),
         sae("topk-wide", "topk", d_sae=64, k=6, lr=1e-3, seed=6),  # a second topk sub-bank
     ]
@@ -223,9 +227,10 @@ def test_saes_in_a_bank_train_exactly_as_alone(data: tuple[np.ndarray, StreamSta
 def test_per_sae_gradient_clipping(data: tuple[np.ndarray, StreamStats]) -> None:
     """A huge gradient in one SAE leaves another SAE's update exactly as if it were alone."""
     x, stats = data
-    train = TrainConfig(warmup_steps=0, decay_start=1.0, l1_warmup=0.0, grad_clip=1.0)
-    huge = sae("huge", "relu", l1=1e9, lr=1e-3, seed=1)
-    calm = sae("calm", "relu", l1=0.01, lr=1e-3, seed=2)
+    train = TrainConfig(warmup_steps=0, decay_start=1.0, grad_clip=1.0
+                        ).with_arch_settings(coef_warmup=0.0)
+    huge = sae("huge", "relu", l1_coef=1e9, lr=1e-3, seed=1)
+    calm = sae("calm", "relu", l1_coef=0.01, lr=1e-3, seed=2)
     batches = batches_of(x, 64, 5)
     both = SAEBank([huge, calm], stats, train, 5, dtype=F64)
     alone = SAEBank([calm], stats, train, 5, dtype=F64)
@@ -276,9 +281,10 @@ def test_training_learns_a_sparse_dictionary() -> None:
     train_x, held_out = x[:-2048], x[-2048:]
     stats = estimate_stream_stats(train_x[:2048])
     steps = 200
-    train = TrainConfig(warmup_steps=10, decay_start=0.8, l1_warmup=0.05, grad_clip=1.0)
+    train = TrainConfig(warmup_steps=10, decay_start=0.8, grad_clip=1.0
+                        ).with_arch_settings(coef_warmup=0.05)
     saes = [sae("topk", "topk", d_sae=128, k=4, lr=1e-2, seed=0),
-            sae("relu", "relu", d_sae=128, l1=1.0, lr=1e-2, seed=1)]
+            sae("relu", "relu", d_sae=128, l1_coef=1.0, lr=1e-2, seed=1)]
     bank = SAEBank(saes, stats, train, steps)
     first = bank.step(torch.from_numpy(train_x[:128]))
     for i in range(1, steps):
@@ -313,11 +319,11 @@ def test_bf16_autocast_path_runs_and_tracks_float32(data: tuple[np.ndarray, Stre
     """The bf16 autocast path (train.bf16, on for CUDA), forced on here on the CPU: its rounding
     reaches the results, yet training follows the float32 run and the parameters stay float32."""
     x, stats = data
-    saes = [sae("topk", "topk", k=4, seed=1), sae("relu", "relu", l1=0.3, seed=2),
-            SAEConfig(sae_id="jr", arch="jumprelu", d_sae=48, k=0, l1=0.0, l0=0.05, lr=1e-3,
-                      seed=3)]
-    train = TrainConfig(warmup_steps=1, bf16=True, jumprelu_init_threshold=0.3,
-                        jumprelu_bandwidth=0.5)
+    saes = [sae("topk", "topk", k=4, seed=1), sae("relu", "relu", l1_coef=0.3, seed=2),
+            SAEConfig(sae_id="jr", arch="jumprelu", d_sae=48, k=0, l1_coef=0.0, l0_coef=0.05,
+                      lr=1e-3, seed=3)]
+    train = TrainConfig(warmup_steps=1, bf16=True).with_arch_settings(init_threshold=0.3,
+                                                                      bandwidth=0.5)
     plain = SAEBank(saes, stats, train, 20)
     mixed = SAEBank(saes, stats, train, 20, autocast=True)
     assert not plain.autocast  # train.bf16 alone changes nothing on a CPU

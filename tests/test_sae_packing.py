@@ -6,7 +6,7 @@ from thresher.config import SAEConfig, pack_trainers, sae_cost
 
 
 def sae(i: int, arch: str, d_sae: int, mono: float = 0.0) -> SAEConfig:
-    return SAEConfig(sae_id=f"{i:02d}", arch=arch, d_sae=d_sae, k=8, l1=1.0, lr=1e-3, seed=i,
+    return SAEConfig(sae_id=f"{i:02d}", arch=arch, d_sae=d_sae, k=8, l1_coef=1.0, lr=1e-3, seed=i,
                      mono_coef=mono)
 
 

@@ -48,7 +48,7 @@ def two_stream_config(out: Path, **overrides: Any) -> dict[str, Any]:
     short = {"kind": "python_docstrings", "context": 64, "max_tokens": 7000}
     cfg["sources"] = [{**minilm, "inputs": short}, {**TL_SOURCE, "inputs": short}]
     cfg["sweep"] = [{"arch": "topk", "k": [8, 16]},
-                    {"arch": "relu", "l1": 1.0, "stream": "minilm", "hook": "layer.3"}]
+                    {"arch": "relu", "l1_coef": 1.0, "stream": "minilm", "hook": "layer.3"}]
     return cfg
 
 

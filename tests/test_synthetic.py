@@ -103,7 +103,7 @@ def test_run_ground_truth_equals_saelens_synthetic_evals(tmp_path: Path) -> None
         "train": {"batch_size": 128, "tokens": 128 * 40, "checkpoint_every": 40,
                   "warmup_steps": 4, "d_sae": 64, "k": 4, "lr": 3e-3},
         "sweep": [{"arch": ["topk", "batchtopk", "matryoshka"]},
-                  {"arch": "jumprelu", "l0": 1.0}, {"arch": "relu", "l1": 1.0}],
+                  {"arch": "jumprelu", "l0_coef": 1.0}, {"arch": "relu", "l1_coef": 1.0}],
         "resources": {"harvesters": 1, "trainers": 1, "harvester_threads": 1,
                       "trainer_threads": 1},
     }

@@ -26,12 +26,12 @@ D_IN = 24
 BATCH = 64
 
 SAES = (
-    SAEConfig(sae_id="00-topk-k4", arch="topk", d_sae=64, k=4, l1=0.0, lr=3e-3, seed=0),
-    SAEConfig(sae_id="01-topk-k8", arch="topk", d_sae=64, k=8, l1=0.0, lr=1e-3, seed=1),
-    SAEConfig(sae_id="02-relu", arch="relu", d_sae=48, k=0, l1=0.5, lr=3e-3, seed=2),
+    SAEConfig(sae_id="00-topk-k4", arch="topk", d_sae=64, k=4, l1_coef=0.0, lr=3e-3, seed=0),
+    SAEConfig(sae_id="01-topk-k8", arch="topk", d_sae=64, k=8, l1_coef=0.0, lr=1e-3, seed=1),
+    SAEConfig(sae_id="02-relu", arch="relu", d_sae=48, k=0, l1_coef=0.5, lr=3e-3, seed=2),
 )
 TRAIN = TrainConfig(batch_size=BATCH, tokens=BATCH * 20, warmup_steps=2, decay_start=0.5,
-                    l1_warmup=0.2, grad_clip=1.0)
+                    grad_clip=1.0).with_arch_settings(coef_warmup=0.2)
 
 
 def block(rows: int, seed: int) -> ActivationBlock:

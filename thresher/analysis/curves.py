@@ -28,7 +28,7 @@ import torch
 
 from thresher.analysis.stats import CURVE_OPTIONS, Rows, SAEStats
 
-# The bank's per-step metrics (thresher.train.sae.METRIC_NAMES) as curve columns.
+# The bank's per-step metrics (thresher.train.bank.METRIC_NAMES) as curve columns.
 STEP_METRICS = {"loss": "train_loss", "mse": "train_sq_err_per_row", "l0": "train_l0",
                 "grad_norm": "train_grad_norm", "aux_loss": "train_aux_loss",
                 "mono_score": "train_mono_score", "dead_fraction": "train_dead_fraction"}

@@ -167,13 +167,8 @@ def identity_columns(cfg: Config, stream_id: str, trainer_id: str, sae: SAEConfi
         config = backbone.config or {}
         model = ("synthetic " + ", ".join(f"{k}={config[k]}" for k in sorted(config))).strip()
     return {"run_name": cfg.run.name, "stream_id": stream_id, "trainer_id": trainer_id,
-            **_hyper(sae), "d_in": d_in, "backbone": backbone.kind, "model": model,
-            "hook": sae.hook}
-
-
-def _hyper(sae: SAEConfig) -> dict[str, Any]:
-    return {"sae_id": sae.sae_id, "arch": sae.arch, "d_sae": sae.d_sae, "k": sae.k,
-            "l1_coef": sae.l1, "lr": sae.lr, "seed": sae.seed}
+            "sae_id": sae.sae_id, **sae.hyperparameters(), "d_in": d_in,
+            "backbone": backbone.kind, "model": model, "hook": sae.hook}
 
 
 def write_run_stats(run_dir: str | Path, results: list[TrainerResult],

@@ -1,9 +1,9 @@
 """Exported SAEs (saes/<id>/, raw units, input scale folded in) applied without the bank.
 
 `FrozenSAE` is the SAE of docs/formats.md: f = act((x − b_dec) W_enc + b_enc), x̂ = f W_dec + b_dec,
-act = ReLU(TopK_k(·)) for topk, ReLU for relu, and pre · 1[pre > threshold] for the exports that
-carry a `threshold` (jumprelu; batchtopk and matryoshka at inference). `thresher analyze` and the
-splice use it.
+act = pre · 1[pre > threshold] for the exports that carry a `threshold` (jumprelu; batchtopk and
+matryoshka at inference), else ReLU(TopK_k(·)) where cfg.json has `k` (topk), else ReLU (relu).
+`thresher analyze` and the splice use it.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ class FrozenSAE:
     input_scale: float
     record: dict[str, Any]  # cfg.json's thresher record (trainer_id, step, rows_seen, ...)
     threshold: torch.Tensor | None = None  # [d_sae]: f = pre * 1[pre > threshold]
+    k: int | None = None  # cfg.json's `k`: f = ReLU(TopK_k(pre))
 
     @classmethod
     def load(cls, folder: str | Path) -> FrozenSAE:
@@ -39,7 +40,7 @@ class FrozenSAE:
         sae = SAEConfig(**record["sae"])
         tensors = {name: torch.from_numpy(weights[name]).float() for name in weights}
         return cls(sae=sae, **tensors, input_scale=float(record.get("input_scale", 1.0)),
-                   record=record)
+                   record=record, k=cfg.get("k"))
 
     @property
     def d_in(self) -> int:
@@ -50,8 +51,8 @@ class FrozenSAE:
         pre = (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
         if self.threshold is not None:
             return pre * (pre > self.threshold).to(pre.dtype)
-        if self.sae.arch == "topk":
-            values, indices = pre.topk(self.sae.k, dim=-1)
+        if self.k is not None:
+            values, indices = pre.topk(self.k, dim=-1)
             return torch.zeros_like(pre).scatter(-1, indices, values.relu())
         return pre.relu()
 

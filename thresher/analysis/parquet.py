@@ -13,19 +13,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from thresher.config import HYPERPARAMETER_NAMES, SWEEP_KEY
+
 SUMMARY_SCHEMA = pa.schema(
     [
         ("run_name", pa.string()),
         ("stream_id", pa.string()),
         ("trainer_id", pa.string()),
         ("sae_id", pa.string()),
-        ("arch", pa.string()),
+        # Every sweep key (thresher.config.saes), stored for every architecture even where
+        # it does not read it (k of a relu SAE).
+        *((name, getattr(pa, SWEEP_KEY[name].column_type)()) for name in HYPERPARAMETER_NAMES),
         ("d_in", pa.int32()),
-        ("d_sae", pa.int32()),
-        ("k", pa.int32()),  # TopK k (also stored for other architectures, unused there)
-        ("l1_coef", pa.float64()),  # ReLU L1 coefficient (unused by TopK)
-        ("lr", pa.float64()),
-        ("seed", pa.int64()),
         ("backbone", pa.string()),
         ("model", pa.string()),
         ("hook", pa.string()),

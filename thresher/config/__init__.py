@@ -5,10 +5,12 @@ the file and line, and the valid choices. ``expand_sweep`` turns the ``sweep`` g
 :class:`SAEConfig` per SAE and hook of every stream; ``make_plan`` packs them onto trainers.
 
 The modules, in the order a config passes through them:
-schema (the dataclasses) -> build (YAML values to typed fields) -> validate (checks across
-fields, with file:line) -> loader (``load_config``) -> sweep (``expand_sweep``) -> plan
-(``make_plan``); beside them files (input paths and the run directory) and resources (what
-each actor asks for). Config imports no stage: the stages import it.
+schema (the dataclasses; beside it saes, the one declaration of the sweep keys and of each
+architecture's settings that the plan, the summary columns and the training code read) ->
+build (YAML values to typed fields) -> validate (checks across fields, with file:line) ->
+loader (``load_config``) -> sweep (``expand_sweep``) -> plan (``make_plan``); beside them
+files (input paths and the run directory) and resources (what each actor asks for). Config
+imports no stage: the stages import it.
 """
 
 from thresher.config.build import Where, build
@@ -24,26 +26,38 @@ from thresher.config.plan import (
     sae_cost,
 )
 from thresher.config.resources import HarvestResources, harvest_resources, torch_threads
-from thresher.config.schema import (
+from thresher.config.saes import (
+    ARCH_SPECS,
     ARCHITECTURES,
+    HYPERPARAMETER_NAMES,
+    SWEEP_KEY,
+    SWEEP_KEYS,
+    TOPK_FAMILY,
+    ArchName,
+    ArchSettings,
+    BatchTopKSettings,
+    Hyperparameters,
+    JumpReLUSettings,
+    MatryoshkaSettings,
+    ReLUSettings,
+    SAEConfig,
+    TopKSettings,
+)
+from thresher.config.schema import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_CONFIG_PATH,
     EEG_BACKBONES,
     EEG_INPUTS,
     IMAGE_BACKBONES,
     IMAGE_INPUTS,
-    SWEEP_KEYS,
     TEXT_BACKBONES,
     TEXT_INPUTS,
-    TOPK_FAMILY,
-    ArchName,
     BackboneConfig,
     Config,
     ConfigError,
     InputsConfig,
     ResourcesConfig,
     RunConfig,
-    SAEConfig,
     SourceConfig,
     StreamConfig,
     TrainConfig,
@@ -54,23 +68,32 @@ from thresher.config.sweep import expand_sweep
 
 __all__ = [
     "ARCHITECTURES",
+    "ARCH_SPECS",
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_CONFIG_PATH",
     "EEG_BACKBONES",
     "EEG_INPUTS",
+    "HYPERPARAMETER_NAMES",
     "IMAGE_BACKBONES",
     "IMAGE_INPUTS",
+    "SWEEP_KEY",
     "SWEEP_KEYS",
     "TEXT_BACKBONES",
     "TEXT_INPUTS",
     "TOPK_FAMILY",
     "ArchName",
+    "ArchSettings",
     "BackboneConfig",
+    "BatchTopKSettings",
     "Config",
     "ConfigError",
     "HarvestResources",
+    "Hyperparameters",
     "InputsConfig",
+    "JumpReLUSettings",
+    "MatryoshkaSettings",
     "Plan",
+    "ReLUSettings",
     "ResourcesConfig",
     "RunConfig",
     "SAEConfig",
@@ -78,6 +101,7 @@ __all__ = [
     "StoredStore",
     "StreamConfig",
     "StreamPlan",
+    "TopKSettings",
     "TrainConfig",
     "TrainerPlan",
     "WandbConfig",

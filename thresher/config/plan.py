@@ -12,18 +12,14 @@ from dataclasses import dataclass
 
 from thresher.config.files import run_dir_of
 from thresher.config.resources import harvest_resources
-from thresher.config.schema import Config, ConfigError, SAEConfig, SourceConfig, TrainConfig
+from thresher.config.saes import ARCH_SPEC, MONO_STEP_COST, SAEConfig
+from thresher.config.schema import Config, ConfigError, SourceConfig, TrainConfig
 from thresher.config.sweep import expand_sweep, fmt
-
-# relu and jumprelu run six dense matmuls (encoder and decoder, forward and two backward each).
-ARCH_STEP_COST = {"topk": 2.0, "batchtopk": 2.5, "matryoshka": 3.0, "jumprelu": 6.0,
-                  "relu": 6.0}
-MONO_STEP_COST = 3.0  # MonoLoss: E^T A and its backward, plus the dense latents
 
 
 def sae_cost(sae: SAEConfig) -> float:
     """Relative cost of one training step: the width times the arch's matmul count."""
-    per_width = ARCH_STEP_COST.get(sae.arch, 6.0) + (MONO_STEP_COST if sae.mono_coef else 0.0)
+    per_width = ARCH_SPEC[sae.arch].step_cost + (MONO_STEP_COST if sae.mono_coef else 0.0)
     return float(sae.d_sae) * per_width
 
 
@@ -97,14 +93,8 @@ class Plan:
             for trainer in stream.trainers:
                 lines.append(f"  trainer {trainer.trainer_id} @ {trainer.hook}:")
                 for sae in trainer.saes:
-                    hyper = {"relu": f"l1={fmt(sae.l1)}",
-                             "jumprelu": f"l0={fmt(sae.l0)}"}.get(sae.arch, f"k={sae.k}")
-                    if sae.mono_coef:
-                        hyper += f" mono={fmt(sae.mono_coef)}"
-                    lines.append(
-                        f"    {sae.sae_id:<28} {sae.arch:<5} d_sae={sae.d_sae} {hyper} "
-                        f"lr={fmt(sae.lr)} seed={sae.seed}"
-                    )
+                    hyper = " ".join(f"{k}={fmt(v)}" for k, v in sae.plan_values().items())
+                    lines.append(f"    {sae.sae_id:<28} {sae.arch:<5} {hyper}")
         return "\n".join(lines)
 
 

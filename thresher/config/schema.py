@@ -11,7 +11,20 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
+
+from thresher.config.saes import (
+    ARCH_SPEC,
+    ARCH_SPECS,
+    RENAMED_TRAIN_KEYS,
+    ArchSettings,
+    BatchTopKSettings,
+    Hyperparameters,
+    JumpReLUSettings,
+    MatryoshkaSettings,
+    ReLUSettings,
+    TopKSettings,
+)
 
 DEFAULT_CONFIG_NAME = "default"
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "default.yaml"
@@ -142,14 +155,15 @@ class StreamConfig:
     norm_rows: int = 8192  # first training rows, used for the input scale and decoder bias
 
 
-ARCHITECTURES = ("topk", "relu", "batchtopk", "jumprelu", "matryoshka")
-# The TopK family: latents chosen by rank (per row, or over the batch), trained with AuxK.
-TOPK_FAMILY = ("topk", "batchtopk", "matryoshka")
-ArchName = Literal["topk", "relu", "batchtopk", "jumprelu", "matryoshka"]
-
-
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Hyperparameters):
+    """Shared by every SAE of the run; the Hyperparameters fields (arch, d_sae, k, l1_coef,
+    l0_coef, mono_coef, lr, seed) are the defaults of the sweep keys, and each architecture's
+    own settings sit under its name (ARCH_SPECS)."""
+
+    # Keys an older config wrote here and where they are now (the loader says so).
+    RENAMED_KEYS: ClassVar[dict[str, tuple[str, ...]]] = RENAMED_TRAIN_KEYS
+
     batch_size: int = 1024
     tokens: int = 100_000  # training rows per SAE (the run stops early if the stream ends)
     checkpoint_every: int = 200  # steps between checkpoints
@@ -160,29 +174,35 @@ class TrainConfig:
     warmup_steps: int = 20  # linear learning-rate warm-up
     decay_start: float = 0.8  # fraction of training after which lr decays linearly to 0
     grad_clip: float = 1.0  # per-SAE gradient norm clip (0 disables)
-    l1_warmup: float = 0.05  # fraction of training over which the L1 / L0 coefficient ramps up
     # A latent is dead once it has not fired on this many training rows (AuxK, resampling).
     dead_window: int = 1_000_000
-    aux_k: int = 0  # AuxK: dead latents that reconstruct the residual; 0 means d_in // 2
-    aux_k_coef: float = 0.03125  # AuxK loss weight (1/32, Gao et al.)
-    threshold_ema: float = 0.01  # batchtopk: EMA rate of the inference threshold
-    jumprelu_bandwidth: float = 0.05  # STE rectangle-kernel width (training units)
-    jumprelu_init_threshold: float = 0.01
-    # matryoshka: the nested prefixes trained to reconstruct alone, as fractions of d_sae
-    # (the full width is always the last level).
-    matryoshka_fractions: tuple[float, ...] = (0.0625, 0.25)
-    resample_every: int = 0  # relu: Anthropic resampling of dead latents every N steps (0 off)
-    sparse_decode: bool = True  # TopK family: decode from the k active rows only
     bf16: bool = False  # CUDA only: bf16 autocast of the encoder / dense decoder matmuls
-    # Defaults of what a sweep may vary (see SAEConfig).
-    arch: ArchName = "topk"
-    d_sae: int = 1536
-    k: int = 32
-    l1: float = 5.0
-    l0: float = 0.5  # jumprelu: L0 penalty coefficient
-    mono_coef: float = 0.0  # MonoLoss weight: mono_coef * (1 - mean batch MonoScore)
-    lr: float = 1e-3
-    sae_seed: int = 0
+    # Each architecture's own settings (thresher/config/saes.py), one section per ARCH_SPECS.
+    topk: TopKSettings = field(default_factory=TopKSettings)
+    relu: ReLUSettings = field(default_factory=ReLUSettings)
+    batchtopk: BatchTopKSettings = field(default_factory=BatchTopKSettings)
+    jumprelu: JumpReLUSettings = field(default_factory=JumpReLUSettings)
+    matryoshka: MatryoshkaSettings = field(default_factory=MatryoshkaSettings)
+
+    def arch_settings(self, arch: str) -> ArchSettings:
+        """train.<arch>: the settings of one architecture."""
+        settings = getattr(self, arch)
+        assert isinstance(settings, ARCH_SPEC[arch].settings)
+        return settings
+
+    def with_arch_settings(self, **changes: Any) -> TrainConfig:
+        """A copy with each change made in every architecture's settings that have the field
+        (coef_warmup=0.3 sets relu's and jumprelu's)."""
+        unused = set(changes)
+        replaced = {}
+        for spec in ARCH_SPECS:
+            names = {f.name for f in dataclasses.fields(spec.settings)}
+            mine = {k: v for k, v in changes.items() if k in names}
+            unused -= set(mine)
+            replaced[spec.name] = dataclasses.replace(self.arch_settings(spec.name), **mine)
+        if unused:
+            raise TypeError(f"no architecture has the settings {sorted(unused)}")
+        return dataclasses.replace(self, **replaced)
 
 
 @dataclass(frozen=True)
@@ -217,7 +237,7 @@ class Config:
     sources: tuple[SourceConfig, ...] = (SourceConfig(name="s0"),)
     stream: StreamConfig = field(default_factory=StreamConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    # A list of grids; a list value inside a grid is an axis. Keys: see SWEEP_KEYS.
+    # A list of grids; a list value inside a grid is an axis. Keys: SWEEP_KEYS (saes.py).
     sweep: tuple[dict[str, Any], ...] = ()
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
     source_file: str | None = field(default=None, compare=False)
@@ -247,45 +267,6 @@ class Config:
             plain = {("source" if k == "sources" else k): (v[0] if k == "sources" else v)
                      for k, v in plain.items()}
         return plain
-
-
-@dataclass(frozen=True)
-class SAEConfig:
-    """One SAE of a sweep: the hyperparameters that differ between SAEs of a stream."""
-
-    sae_id: str
-    arch: str
-    d_sae: int
-    k: int
-    l1: float
-    lr: float
-    seed: int
-    l0: float = 0.5
-    mono_coef: float = 0.0
-    stream_id: str = "s0"  # the stream whose rows it trains on
-    hook: str = ""  # the hook of that stream ("" for a stored source's only hook)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-# Sweep keys map to SAEConfig fields; `seed` is the SAE init seed (train.sae_seed by default).
-# `stream` and `hook` restrict a grid to some streams / hooks (default: every stream and hook).
-SWEEP_KEYS = ("arch", "d_sae", "k", "l1", "l0", "mono_coef", "lr", "seed", "stream", "hook")
-# The type each sweep value is converted to.
-SWEEP_TYPES: dict[str, Any] = {
-    "arch": ArchName,
-    "d_sae": int,
-    "k": int,
-    "l1": float,
-    "l0": float,
-    "mono_coef": float,
-    "lr": float,
-    "seed": int,
-    "stream": str,
-    "hook": str,
-}
-
 
 
 def to_plain(obj: Any) -> Any:

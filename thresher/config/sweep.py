@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from thresher.config.schema import SWEEP_TYPES, Config, SAEConfig
+from thresher.config.saes import TARGET_KEYS, SAEConfig, sweep_key_type
+from thresher.config.schema import Config
 
 
 def fmt(value: Any) -> str:
@@ -20,9 +21,7 @@ def expand_sweep(cfg: Config, hooks: dict[str, tuple[str, ...]] | None = None
     not in the config (a stored source taking its cache's); ids are unique and filesystem-safe,
     and name the stream / the hook where the run has more than one.
     """
-    t = cfg.train
-    base = {"arch": t.arch, "d_sae": t.d_sae, "k": t.k, "l1": t.l1, "lr": t.lr,
-            "seed": t.sae_seed, "l0": t.l0, "mono_coef": t.mono_coef}
+    base = cfg.train.hyperparameters()  # train.<key>: each sweep key's default
     grids = cfg.sweep or ({},)
     saes: list[SAEConfig] = []
     for source in cfg.sources:
@@ -32,11 +31,12 @@ def expand_sweep(cfg: Config, hooks: dict[str, tuple[str, ...]] | None = None
                 if not _grid_applies(grid, source.name, hook):
                     continue
                 axes = [(key, value if isinstance(value, list) else [value])
-                        for key, value in grid.items() if key not in ("stream", "hook")]
+                        for key, value in grid.items() if key not in TARGET_KEYS]
                 for point in itertools.product(*(values for _, values in axes)):
                     chosen = dict(zip((key for key, _ in axes), point, strict=True))
-                    params = {**base, **{k: SWEEP_TYPES[k](v) if SWEEP_TYPES[k] in (int, float)
-                                         else v for k, v in chosen.items()}}
+                    params = {**base, **{k: sweep_key_type(k)(v)
+                                         if sweep_key_type(k) in (int, float) else v
+                                         for k, v in chosen.items()}}
                     label = "-".join(f"{k}{'_' if k[-1].isdigit() else ''}{fmt(v)}"
                                      for k, v in chosen.items() if k != "arch")
                     parts = [f"{len(saes):02d}"]
@@ -51,7 +51,7 @@ def expand_sweep(cfg: Config, hooks: dict[str, tuple[str, ...]] | None = None
 
 
 def _grid_applies(grid: dict[str, Any], stream: str, hook: str) -> bool:
-    for key, here in (("stream", stream), ("hook", hook)):
+    for key, here in zip(TARGET_KEYS, (stream, hook), strict=True):
         if key in grid:
             wanted = grid[key] if isinstance(grid[key], list) else [grid[key]]
             if here not in wanted:

@@ -9,12 +9,17 @@ from typing import Any
 
 from thresher.config.build import Where, build
 from thresher.config.files import config_dir, resolve_dirs, resolve_globs
+from thresher.config.saes import (
+    ARCH_SPECS,
+    RENAMED_SWEEP_KEYS,
+    SWEEP_KEY,
+    SWEEP_KEYS,
+    sweep_key_type,
+)
 from thresher.config.schema import (
     EEG_INPUTS,
     IMAGE_BACKBONES,
     IMAGE_INPUTS,
-    SWEEP_KEYS,
-    SWEEP_TYPES,
     TEXT_BACKBONES,
     TEXT_INPUTS,
     Config,
@@ -45,8 +50,7 @@ def _check_device_amount(amount: float | None, path: tuple, where: Where) -> Non
 def check_config(cfg: Config, where: Where) -> None:
     _positive(cfg.stream, ("chunk_rows", "capacity_chunks", "mix_chunks", "norm_rows"),
               ("stream",), where)
-    _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "curve_every", "d_sae",
-                          "k", "lr"),
+    _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "curve_every"),
               ("train",), where)
     _positive(cfg.resources, ("harvesters", "trainers", "harvester_threads", "trainer_threads",
                               "object_store_mb", "concurrent_streams",
@@ -92,6 +96,9 @@ def check_config(cfg: Config, where: Where) -> None:
         _check_source(cfg, source, path, where)
     for i, grid in enumerate(cfg.sweep):
         for key, value in grid.items():
+            if key in RENAMED_SWEEP_KEYS:
+                raise ConfigError(f"{where.at(('sweep', i, key))}: sweep key `{key}` is now "
+                                  f"`{RENAMED_SWEEP_KEYS[key]}`")
             if key not in SWEEP_KEYS:
                 close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)
                 hint = f"; did you mean `{close[0]}`?" if close else ""
@@ -106,21 +113,14 @@ def check_config(cfg: Config, where: Where) -> None:
 
 
 def _check_train(cfg: Config, where: Where) -> None:
-    """The architectures' own settings (the bank trusts them)."""
+    """The architectures' own settings (the bank trusts them) and the dead-latent window."""
     train = cfg.train
-
-    def fail(name: str, rule: str) -> None:
-        raise ConfigError(f"{where.at(('train', name))} {rule}, got {getattr(train, name)!r}")
-
-    _positive(train, ("dead_window", "jumprelu_bandwidth", "jumprelu_init_threshold"),
-              ("train",), where)
-    for name in ("aux_k", "aux_k_coef", "resample_every"):
-        if getattr(train, name) < 0:
-            fail(name, "must be >= 0")
-    if not 0 < train.threshold_ema <= 1:
-        fail("threshold_ema", "must be in (0, 1]")
-    if any(not 0 < f < 1 for f in train.matryoshka_fractions):
-        fail("matryoshka_fractions", "must each lie in (0, 1)")
+    _positive(train, ("dead_window",), ("train",), where)
+    for key in SWEEP_KEY:  # the sweep keys' defaults pass the sweep's own checks
+        _check_sweep_value(key, getattr(train, key), ("train", key), where)
+    for spec in ARCH_SPECS:
+        for name, problem in train.arch_settings(spec.name).problems():
+            raise ConfigError(f"{where.at(('train', spec.name, name))} {problem}")
 
 
 def _modality(kind: str) -> str:
@@ -204,9 +204,10 @@ def _check_sweep_target(cfg: Config, key: str, value: Any, path: tuple, where: W
 
 
 def _check_sweep_value(key: str, value: Any, path: tuple, where: Where) -> None:
-    built = build(SWEEP_TYPES[key], value, path, where)
-    if key in ("d_sae", "k", "lr") and built <= 0:
+    built = build(sweep_key_type(key), value, path, where)
+    minimum = SWEEP_KEY[key].minimum if key in SWEEP_KEY else None
+    if minimum == "positive" and built <= 0:
         raise ConfigError(f"{where.at(path)} must be positive, got {value!r}")
-    if key in ("l1", "l0", "mono_coef") and built < 0:
+    if minimum == "non-negative" and built < 0:
         raise ConfigError(f"{where.at(path)} must be >= 0, got {value!r}")
 

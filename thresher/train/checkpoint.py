@@ -35,6 +35,7 @@ from safetensors.torch import save as save_torch_bytes
 from thresher import storage
 from thresher.config import SAEConfig
 from thresher.stream.log import Cursor
+from thresher.train.archs.registry import architecture_class
 
 FORMAT_VERSION = 1
 STATE_JSON = "state.json"
@@ -43,10 +44,6 @@ SAE_CFG_FILENAME = "cfg.json"
 # The SAELens cfg.json layout we follow: 6.x, with a `metadata` dict. SAELens reads a cfg.json
 # whose metadata names a version below 6.0 (or none) through its legacy converter instead.
 SAELENS_FORMAT_VERSION = "6.0.0"
-# BatchTopK and Matryoshka SAEs are saved as JumpReLU SAEs with their inference threshold, as
-# SAELens saves its own (BatchTopKTrainingSAE.process_state_dict_for_saving_inference).
-SAELENS_ARCHITECTURE = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu",
-                        "batchtopk": "jumprelu", "matryoshka": "jumprelu"}
 # Relative tolerance on the stream's input scale when resuming: it is recomputed from the same
 # rows, so anything beyond float noise means the checkpoint belongs to another stream.
 SCALE_RTOL = 1e-4
@@ -251,8 +248,9 @@ def load_generation(run_dir: str | Path, sae_id: str,
 def saelens_cfg(sae: SAEConfig, d_in: int, hook_name: str,
                 thresher_record: Mapping[str, Any]) -> dict[str, Any]:
     """cfg.json in SAELens's 6.x layout, with thresher's own record under `thresher`."""
+    arch = architecture_class(sae.arch)
     cfg: dict[str, Any] = {
-        "architecture": SAELENS_ARCHITECTURE[sae.arch],
+        "architecture": arch.saelens_architecture,
         "d_in": int(d_in),
         "d_sae": int(sae.d_sae),
         "dtype": "float32",
@@ -261,9 +259,7 @@ def saelens_cfg(sae: SAEConfig, d_in: int, hook_name: str,
         "normalize_activations": "none",  # the input scale is folded into the weights
         "reshape_activations": "none",
     }
-    if sae.arch == "topk":
-        cfg["k"] = int(sae.k)
-        cfg["rescale_acts_by_decoder_norm"] = False
+    cfg.update(arch.saelens_fields(sae))
     # Pre-6.0 SAELens configs kept hook_name at the top level; 6.x reads it from metadata.
     cfg["hook_name"] = hook_name
     cfg["metadata"] = {

@@ -22,9 +22,9 @@ Both backwards need the two products of S with dense matrices, and neither mater
                      pattern as a CSR matrix, its columns sorted within each row.
 
 Indices must be distinct within a row (TopK and topk-padded selections are). Entries whose value
-is 0 (masked ranks, padding) add exact zeros, so padding never changes a sum. The dense path in
-`thresher.train.sae` (scatter into [n, B, M], then batched matmuls) is the reference these are
-tested against.
+is 0 (masked ranks, padding) add exact zeros, so padding never changes a sum. `dense_decode`
+(scatter into [n, B, M], then batched matmuls; the TopK family's path with sparse_decode
+off) is the reference these are tested against.
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.stats import StreamStats
+from thresher.train.bank import SAEBank
 from thresher.train.checkpoint import (
     checkpoint_dir,
     export_sae,
@@ -29,7 +30,6 @@ from thresher.train.checkpoint import (
     read_checkpoint_info,
     save_sae_checkpoint,
 )
-from thresher.train.sae import SAEBank
 
 log = logging.getLogger(__name__)
 

@@ -23,13 +23,12 @@ import pyarrow.parquet as pq
 from thresher import storage
 from thresher.analysis.report import browser, plots
 from thresher.analysis.report.modality import THUMB, example_renderer
-from thresher.config import ConfigError
+from thresher.config import HYPERPARAMETER_NAMES, ConfigError
 
 __all__ = ["THUMB", "write_report"]
 
-SWEEP_COLUMNS = ("sae_id", "arch", "d_sae", "k", "l1_coef", "lr", "fve", "nmse", "l0", "l1",
-                 "l2_ratio", "dead_fraction", "dense_fraction_10pct", "mono_score_mean",
-                 "ce_loss_recovered")
+SWEEP_COLUMNS = ("sae_id", *HYPERPARAMETER_NAMES, "fve", "nmse", "l0", "l1", "l2_ratio",
+                 "dead_fraction", "dense_fraction_10pct", "mono_score_mean", "ce_loss_recovered")
 STATIC_FILES = ("browser.js", "report.css")
 
 

@@ -1,0 +1,200 @@
+"""The strategy protocol every SAE architecture implements, and the sub-bank it acts on.
+
+A sub-bank holds the SAEs of one (arch, d_sae) with their parameters stacked along a first
+dimension n (W_enc [n, d_in, d_sae], b_enc [n, d_sae], W_dec [n, d_sae, d_in], b_dec [n, d_in],
+then the architecture's own parameters). The bank (thresher.train.bank) owns what every
+architecture shares: stacking, the optimiser, decoder-row projection, clipping, the schedule,
+dead-latent counters and checkpoint state. An `Architecture` owns the rest: its extra
+parameters and buffers and their init, its training latents with their penalty and auxiliary
+loss, its inference latents, its export and its SAELens name. One instance serves one sub-bank
+and holds that sub-bank's per-SAE hyperparameters as tensors.
+
+pre = (x - b_dec) W_enc + b_enc throughout; mse = mean over rows of ||x - x_hat||^2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from thresher.config import ArchSettings, SAEConfig, TrainConfig
+from thresher.train.optim import BankAdam
+
+PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
+
+
+def per_sae(members: Sequence[SAEConfig], field: str, dtype: torch.dtype,
+            device: torch.device) -> torch.Tensor:
+    """One SAEConfig field of every member as a tensor [n]."""
+    return torch.tensor([getattr(sae, field) for sae in members], dtype=dtype, device=device)
+
+
+@dataclass
+class StepInputs:
+    """What one training step hands every sub-bank."""
+
+    x_s: torch.Tensor  # [B, d_in], training units
+    target: torch.Tensor  # [1, B, d_in]: x_s broadcast over the sub-bank
+    dead: torch.Tensor  # [n, d_sae] bool: latents silent for train.dead_window rows
+    need_dense: bool  # the dense latents [n, B, d_sae] are wanted (MonoLoss)
+    step: int  # 0-based index of this step
+    total_steps: int
+
+
+def coef_ramp(inputs: StepInputs, warmup: float) -> float:
+    """Share of a penalty coefficient in force at this step: a linear ramp over the first
+    `warmup` fraction of training."""
+    steps = warmup * inputs.total_steps
+    return min(1.0, (inputs.step + 1) / steps) if steps > 0 else 1.0
+
+
+@dataclass
+class TrainingPass:
+    """An architecture's forward pass in training, per SAE [n] unless said otherwise."""
+
+    x_hat: torch.Tensor  # [n, B, d_in]
+    mse: torch.Tensor
+    penalty: torch.Tensor  # added to the loss as it is (sparsity penalty, nested losses)
+    aux: torch.Tensor  # the auxiliary loss reported as aux_loss, weighted by aux_coef
+    aux_coef: float
+    fired: torch.Tensor  # [n, d_sae] bool: latents active on some row of the batch
+    l0: torch.Tensor  # float64: mean active latents per row
+    dense: torch.Tensor | None  # [n, B, d_sae] latents when StepInputs.need_dense
+
+    @property
+    def loss(self) -> torch.Tensor:
+        return self.mse + self.penalty + self.aux_coef * self.aux
+
+
+@dataclass
+class SubBank:
+    """SAEs of one (arch, d_sae), their parameters stacked along dim 0."""
+
+    arch: Architecture
+    d_sae: int
+    positions: list[int]  # each SAE's index in bank order
+    members: list[SAEConfig]
+    p: dict[str, torch.Tensor]  # parameters by name (`param_names`), [n, ...]
+    lr: torch.Tensor  # [n] float64
+    mono_coef: torch.Tensor  # [n]
+    tokens_since_fired: torch.Tensor  # [n, d_sae] int64
+    optim: BankAdam
+    device: torch.device
+    dtype: torch.dtype
+    autocast: bool  # bf16 autocast of the encoder and dense-decoder matmuls
+    # The sparse path's pre-activations [n, B, d_sae], reused step to step on the CPU, where a
+    # fresh buffer this large costs page faults on every step.
+    pre_buffer: torch.Tensor | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.positions)
+
+    @property
+    def d_in(self) -> int:
+        return int(self.p["b_dec"].shape[-1])
+
+    @property
+    def sae_ids(self) -> list[str]:
+        return [sae.sae_id for sae in self.members]
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return PARAM_NAMES + self.arch.extra_param_names
+
+    @property
+    def params(self) -> list[torch.Tensor]:
+        return [self.p[name] for name in self.param_names]
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """Per-SAE training state beside parameters and moments, saved in checkpoints."""
+        return {"tokens_since_fired": self.tokens_since_fired, **self.arch.buffers}
+
+    def matmul_context(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def pre(self, x_s: torch.Tensor, reuse_buffer: bool = False) -> torch.Tensor:
+        """pre-activations [n, B, d_sae] = (x - b_dec) W_enc + b_enc (autograd as the caller);
+        `reuse_buffer` writes them into the sub-bank's buffer (no autograd, valid until the next
+        call)."""
+        centred = x_s.unsqueeze(0) - self.p["b_dec"].unsqueeze(1)
+        if reuse_buffer and self.device.type == "cpu" and not self.autocast:
+            shape = (self.n, len(x_s), self.d_sae)
+            if self.pre_buffer is None or self.pre_buffer.shape != shape:
+                self.pre_buffer = torch.empty(shape, dtype=self.dtype, device=self.device)
+            return torch.baddbmm(self.p["b_enc"].unsqueeze(1), centred, self.p["W_enc"],
+                                 out=self.pre_buffer)
+        with self.matmul_context():
+            pre = torch.baddbmm(self.p["b_enc"].unsqueeze(1), centred, self.p["W_enc"])
+        return pre.to(self.dtype)
+
+    def dense_decode(self, f: torch.Tensor) -> torch.Tensor:
+        with self.matmul_context():
+            x_hat = torch.baddbmm(self.p["b_dec"].unsqueeze(1), f, self.p["W_dec"])
+        return x_hat.to(self.dtype)
+
+
+class Architecture(ABC):
+    """One SAE architecture, acting on the sub-bank of its SAEs of one width.
+
+    Subclasses set `name` (the config's `arch`) and `saelens_architecture`, and are listed in
+    thresher.train.archs.registry; their settings are `train.<name>`, the dataclass
+    thresher.config declares for them.
+    """
+
+    name: ClassVar[str]
+    saelens_architecture: ClassVar[str]  # cfg.json's `architecture` of the export
+    extra_param_names: ClassVar[tuple[str, ...]] = ()  # trained beside PARAM_NAMES
+    # Decoder rows kept unit norm (gradient projected, rows renormalised after each step).
+    unit_norm_decoder: ClassVar[bool] = True
+    decoder_init_norm: ClassVar[float] = 1.0  # initial decoder row norm
+
+    def __init__(self, members: Sequence[SAEConfig], d_sae: int, train: TrainConfig,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.d_sae = d_sae
+        self.train = train
+        self.settings: ArchSettings = train.arch_settings(self.name)  # train.<name>
+
+    @classmethod
+    def problems(cls, sae: SAEConfig) -> list[str]:
+        """What is wrong with an SAE's hyperparameters for this architecture."""
+        return []
+
+    @classmethod
+    def init_extra_params(cls, sae: SAEConfig, train: TrainConfig) -> dict[str, torch.Tensor]:
+        """The initial `extra_param_names` of one SAE, float64 on the CPU."""
+        return {}
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The architecture's own per-SAE state [n, ...], saved in checkpoints by name."""
+        return {}
+
+    @abstractmethod
+    def train_pass(self, sub: SubBank, inputs: StepInputs) -> TrainingPass:
+        """The training forward pass of every SAE of `sub` on one batch."""
+
+    @abstractmethod
+    def inference_latents(self, sub: SubBank, pre: torch.Tensor) -> torch.Tensor:
+        """Latents [n, B, d_sae] at inference from pre-activations [n, B, d_sae]."""
+
+    def export(self, sub: SubBank, j: int) -> dict[str, torch.Tensor]:
+        """Inference parameters of SAE j beside the four matrices (training units)."""
+        return {}
+
+    def after_step(  # noqa: B027 (a hook most architectures leave empty)
+            self, sub: SubBank, inputs: StepInputs, out: TrainingPass) -> None:
+        """Run without autograd after the optimiser step and the dead-latent counters."""
+
+    @classmethod
+    def saelens_fields(cls, sae: SAEConfig) -> dict[str, Any]:
+        """cfg.json fields of the export that only this architecture has."""
+        return {}
