@@ -31,7 +31,7 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "thresher-bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 from thresher import storage
-from thresher.harvest.shards import ShardStore, ShardWriter
+from thresher.modalities.stored.shards import ShardStore, ShardWriter
 from thresher.stream.block import ActivationBlock
 
 

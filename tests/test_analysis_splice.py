@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from thresher.config import load_config
-from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
+from thresher.modalities.text.splice import SplicedLM, splice_metrics, splice_supported
 
 TL_CONFIG = {"n_layers": 2, "d_model": 32, "n_ctx": 24, "d_head": 8, "n_heads": 4,
              "d_mlp": 64, "d_vocab": 257, "act_fn": "gelu", "normalization_type": "LN"}

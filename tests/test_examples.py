@@ -140,8 +140,7 @@ def test_decode_stage_is_not_fused_into_the_backbone_actors(
 
     from thresher.config import load_config
     from thresher.harvest.harvester import Harvester
-    from thresher.harvest.inputs import prepare_inputs
-    from thresher.harvest.vision import decode_stage, decode_stage_remote_args
+    from thresher.harvest.inputs import decode_stage, decode_stage_remote_args, prepare_inputs
 
     source = load_config({"source": {
         "backbone": {"kind": "open_clip", "model": "ViT-B-32", "config": TINY_CLIP},
@@ -150,9 +149,10 @@ def test_decode_stage_is_not_fused_into_the_backbone_actors(
     inputs = prepare_inputs(source, 0, tmp_path)
 
     def physical_plan(remote_args: Any) -> str:
-        ds = ray.data.from_items(inputs.batches, override_num_blocks=len(inputs.batches))
+        items = [batch.to_columns() for batch in inputs.batches]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
         extra = {"ray_remote_args_fn": remote_args} if remote_args is not None else {}
-        ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode}, batch_size=1,
+        ds = ds.map_batches(decode_stage, fn_kwargs={"decoder": inputs.decode}, batch_size=1,
                             num_cpus=1, **extra)
         ds = ds.map_batches(Harvester, fn_constructor_kwargs={"source": source}, batch_size=1,
                             num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1))

@@ -8,11 +8,11 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from thresher.analysis.parquet import INPUTS_SCHEMA
 from thresher.config import ConfigError, load_config
-from thresher.harvest.backbones import load_tokenizer
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs, write_manifest
+from thresher.modalities.text.tokenizers import load_tokenizer
+from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA as INPUTS_SCHEMA
 
 from .test_inputs import BYTES
 

@@ -15,8 +15,8 @@ import pytest
 import thresher
 from thresher import storage
 from thresher.cli import main as cli_main
-from thresher.harvest.cache import iter_store, open_store
-from thresher.harvest.shards import ShardStore, ShardStoreError
+from thresher.modalities.stored.shards import ShardStore, ShardStoreError
+from thresher.modalities.stored.store import iter_store, open_store
 from thresher.stream.block import ActivationBlock
 
 from .test_cache import _direct_rows, _eeg_config, _write_yaml
@@ -61,7 +61,7 @@ def test_harvest_to_s3_and_replay_equals_local(tmp_path: Path, s3_uri: str,  # n
 
 def test_a_corrupt_shard_is_named_with_the_fix(tmp_path: Path, s3_uri: str,  # noqa: F811
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from thresher.harvest.shards import ShardWriter
+    from thresher.modalities.stored.shards import ShardWriter
 
     cache = storage.join(s3_uri, tmp_path.name, "bad")
     writer = ShardWriter(cache, backbone={"kind": "x"}, hook="h", source={})

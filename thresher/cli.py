@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             _report_after_run(run_dir, args.no_report)
             return 0
         if args.command == "harvest":
-            from thresher.harvest.cache import harvest_and_describe
+            from thresher.harvest.to_store import harvest_and_describe
 
             print(harvest_and_describe(args.config, args.out, args.stream))
             return 0

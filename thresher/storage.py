@@ -129,6 +129,13 @@ def save(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
+def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write a Parquet file of the run directory (atomic; published where it is remote)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return save(path, sink.getvalue().to_pybytes())
+
+
 def write_text(location: str | os.PathLike[str], text: str) -> Location:
     return write_bytes(location, text.encode("utf-8"))
 

@@ -59,7 +59,8 @@ class HarvestWorker:
             raise self.failure
         blocks, reports = [], {}
         for i in range(len(items[BATCH_INDEX])):
-            batch = {name: column[i] for name, column in items.items() if name != BATCH_INDEX}
+            batch = self.harvester.batch_type.from_columns(
+                {name: column[i] for name, column in items.items()})
             before, dropped = self.harvester.unreadable, self.harvester.nonfinite_rows
             block = self.harvester.harvest(batch)
             blocks.append(block)

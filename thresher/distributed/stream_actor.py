@@ -114,7 +114,7 @@ def stream_actor_cls() -> Any:
         def _dataset(self) -> Any:
             """The Ray Data harvest of the stream's inputs (written to the manifest here)."""
             from thresher.config import config_dir
-            from thresher.harvest.vision import decode_stage, decode_stage_remote_args
+            from thresher.harvest.inputs import decode_stage, decode_stage_remote_args
             from thresher.session import open_inputs
 
             source = self.stream.source
@@ -135,11 +135,12 @@ def stream_actor_cls() -> Any:
             ctx.print_on_execution_start = False
             # One block per input batch: each harvest output reaches the pump on its own, so
             # trainers start on the first chunk instead of waiting for a bundle of forwards.
-            items = [{**batch, BATCH_INDEX: i} for i, batch in enumerate(inputs.batches)]
+            items = [{**batch.to_columns(), BATCH_INDEX: i}
+                     for i, batch in enumerate(inputs.batches)]
             ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
             if inputs.decode is not None:
                 # Decode and preprocess images in CPU tasks ahead of the backbone actors.
-                ds = ds.map_batches(decode_stage, fn_kwargs={"spec": inputs.decode},
+                ds = ds.map_batches(decode_stage, fn_kwargs={"decoder": inputs.decode},
                                     batch_size=1, num_cpus=1,
                                     ray_remote_args_fn=decode_stage_remote_args)
             # Near the pump (soft: a pool larger than this node spills to other harvest nodes),

@@ -5,7 +5,7 @@ of FVE against L0 (the ones to read first: no other SAE explains as much with as
 latents), the training curves (stats/curves.parquet), and density and MonoScore histograms.
 Every page is a static file that works from file:// (thresher/analysis/report/browser.py).
 
-Examples are shown by the stream's modality (thresher/analysis/report/modality.py), their inputs
+Examples are shown by the stream's modality (thresher/modalities/<name>/report.py), their inputs
 resolved as the run resolved them: relative paths against the config file recorded in run.json,
 whatever folder `thresher report` starts in. What cannot be rendered says why on the page.
 """
@@ -22,10 +22,10 @@ import pyarrow.parquet as pq
 
 from thresher import storage
 from thresher.analysis.report import browser, plots
-from thresher.analysis.report.modality import THUMB, example_renderer
+from thresher.analysis.report.modality import example_renderer
 from thresher.config import ConfigError
 
-__all__ = ["THUMB", "write_report"]
+__all__ = ["write_report"]
 
 SWEEP_COLUMNS = ("sae_id", "arch", "d_sae", "k", "l1_coef", "lr", "fve", "nmse", "l0", "l1",
                  "l2_ratio", "dead_fraction", "dense_fraction_10pct", "mono_score_mean",

@@ -1,0 +1,196 @@
+"""The `synthetic` source: activations made from a known feature dictionary (ground truth).
+
+Each row is x = Σ_j a_j d_j + noise, with d_j the unit rows of a random dictionary
+[n_features, d_in] and a_j ≥ 0 the true feature activations:
+
+- firing: feature j fires with a Zipfian probability p_j ∝ (j + 1)^−zipf_exponent, scaled so
+  that the features outside any hierarchy fire `mean_l0` times per row on average (p ≤ 1);
+- correlations (`correlation_rank` > 0): firing is thresholded from a Gaussian copula,
+  z = √(1−s)·ε + √s·(L g) with L [features, rank] of unit rows, fire where Φ(z) < p_j, so each
+  marginal p_j is kept while features sharing directions of L fire together;
+- hierarchy (`n_parents` > 0): the commonest `n_parents` features are parents with
+  `children_per_parent` children each; when a parent fires, with probability `child_prob`
+  exactly one of its children fires (chosen uniformly), so siblings are mutually exclusive and a
+  child never fires without its parent;
+- magnitudes: uniform in [magnitude_low, magnitude_high] for each firing entry.
+
+Like the `stored` source, the input batch [i] is "harvested" by making block i, a pure
+function of (seed, i): every executor, harvester and re-analysis sees identical rows, and
+the evaluation regenerates the true activations of the held-out rows (example_id = row index
+in the stream, position 0) instead of shipping them with the activations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from thresher.config import BackboneConfig, ConfigError, SourceConfig
+
+HOOK = "synthetic"  # the one hook a synthetic source has
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """`source.backbone.config` of a `synthetic` source (every key optional)."""
+
+    n_features: int = 1024
+    d_in: int = 128
+    mean_l0: float = 8.0  # expected firing features per row outside the hierarchy
+    zipf_exponent: float = 0.5
+    magnitude_low: float = 0.5
+    magnitude_high: float = 1.5
+    n_parents: int = 0  # 0: no hierarchy
+    children_per_parent: int = 2
+    child_prob: float = 0.5  # P(one child fires | its parent fires)
+    correlation_rank: int = 0  # 0: independent firing
+    correlation_strength: float = 0.0  # s in [0, 1): share of z's variance that is shared
+    noise_std: float = 0.0  # isotropic Gaussian noise added to each row
+    rows: int = 1 << 22  # rows in the stream; blocks are made only as the harvest asks
+    block_rows: int = 4096
+    seed: int = 0  # the dictionary and every block (independent of run.seed)
+
+
+def synthetic_config(backbone: BackboneConfig, path: tuple = ("source", "backbone", "config"),
+                     where: Any = None) -> SyntheticConfig:
+    """The typed config of a synthetic backbone; ConfigError naming a bad key or value
+    (`where`: config.py's record of the YAML lines, for file:line in the message)."""
+    from thresher.config import _build, _Where
+
+    where = where if where is not None else _Where(None, {})
+    cfg = _build(SyntheticConfig, backbone.config or {}, path, where)
+    check_synthetic(cfg, where.at(path))
+    return cfg
+
+
+def check_synthetic(cfg: SyntheticConfig, where: str = "`source.backbone.config`") -> None:
+    for name in ("n_features", "d_in", "rows", "block_rows", "children_per_parent"):
+        if getattr(cfg, name) <= 0:
+            raise ConfigError(f"{where}: {name} must be positive, got {getattr(cfg, name)!r}")
+    if cfg.mean_l0 <= 0 or cfg.magnitude_low < 0 or cfg.magnitude_high < cfg.magnitude_low:
+        raise ConfigError(f"{where}: need mean_l0 > 0 and 0 <= magnitude_low <= magnitude_high, "
+                          f"got {cfg.mean_l0}, {cfg.magnitude_low}, {cfg.magnitude_high}")
+    if cfg.n_parents < 0 or cfg.n_parents * (1 + cfg.children_per_parent) > cfg.n_features:
+        raise ConfigError(f"{where}: n_parents is {cfg.n_parents}: parents and their "
+                          f"{cfg.children_per_parent} children each must fit in n_features "
+                          f"({cfg.n_features}); lower n_parents or raise n_features")
+    if not 0 <= cfg.child_prob <= 1 or not 0 <= cfg.correlation_strength < 1:
+        raise ConfigError(f"{where}: child_prob must be in [0, 1] and correlation_strength in "
+                          f"[0, 1), got {cfg.child_prob}, {cfg.correlation_strength}")
+    if cfg.correlation_rank < 0 or cfg.noise_std < 0:
+        raise ConfigError(f"{where}: correlation_rank and noise_std must be >= 0")
+
+
+class SyntheticModel:
+    """The dictionary, firing probabilities and hierarchy of one config; makes blocks."""
+
+    def __init__(self, cfg: SyntheticConfig) -> None:
+        self.cfg = cfg
+        n, c = cfg.n_features, cfg.children_per_parent
+        rng = np.random.default_rng([cfg.seed, 0])
+        dictionary = rng.normal(size=(n, cfg.d_in))
+        self.dictionary = dictionary / np.linalg.norm(dictionary, axis=1, keepdims=True)
+        n_child = cfg.n_parents * c
+        self.parents = np.arange(cfg.n_parents)
+        # children[j, i]: the i-th child of parent j; they follow the parents in index order.
+        self.children = cfg.n_parents + np.arange(n_child).reshape(cfg.n_parents, c)
+        # Roots fire by themselves (parents included); children only through their parent.
+        self.roots = np.concatenate([self.parents, np.arange(cfg.n_parents + n_child, n)])
+        p = (self.roots + 1.0) ** -cfg.zipf_exponent
+        self.root_prob = np.minimum(p * cfg.mean_l0 / p.sum(), 1.0)
+        if cfg.correlation_rank:
+            mix = rng.normal(size=(len(self.roots), cfg.correlation_rank))
+            self.mix = mix / np.linalg.norm(mix, axis=1, keepdims=True)
+            from scipy.special import ndtri
+
+            self.root_z = ndtri(self.root_prob)  # fire where z < Φ⁻¹(p): P = p exactly
+
+    @cached_property
+    def feature_prob(self) -> np.ndarray:
+        """Marginal firing probability of every feature."""
+        p = np.zeros(self.cfg.n_features)
+        p[self.roots] = self.root_prob
+        if self.cfg.n_parents:
+            share = self.cfg.child_prob / self.cfg.children_per_parent
+            p[self.children] = self.root_prob[: self.cfg.n_parents, None] * share
+        return p
+
+    @property
+    def n_blocks(self) -> int:
+        return -(-self.cfg.rows // self.cfg.block_rows)
+
+    def block_size(self, block: int) -> int:
+        return min(self.cfg.block_rows, self.cfg.rows - block * self.cfg.block_rows)
+
+    def feature_acts(self, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Block `block`'s true activations as entries (row, feature, value), and its rows."""
+        cfg, rows = self.cfg, self.block_size(block)
+        rng = np.random.default_rng([cfg.seed, 1, block])
+        if cfg.correlation_rank:
+            s = cfg.correlation_strength
+            z = (np.sqrt(1 - s) * rng.standard_normal((rows, len(self.roots)))
+                 + np.sqrt(s) * (rng.standard_normal((rows, cfg.correlation_rank)) @ self.mix.T))
+            fires = z < self.root_z
+        else:
+            fires = rng.random((rows, len(self.roots))) < self.root_prob
+        row, col = np.nonzero(fires)
+        feat = self.roots[col]
+        if cfg.n_parents:
+            parent_fires = fires[:, : cfg.n_parents]
+            child_on = parent_fires & (rng.random(parent_fires.shape) < cfg.child_prob)
+            which = rng.integers(0, cfg.children_per_parent, size=parent_fires.shape)
+            c_row, c_parent = np.nonzero(child_on)
+            c_feat = self.children[c_parent, which[c_row, c_parent]]
+            row, feat = np.concatenate([row, c_row]), np.concatenate([feat, c_feat])
+        order = np.lexsort((feat, row))
+        row, feat = row[order], feat[order]
+        value = rng.uniform(cfg.magnitude_low, cfg.magnitude_high, size=len(row))
+        return row, feat, value, rows
+
+    def dense_feature_acts(self, block: int) -> np.ndarray:
+        row, feat, value, rows = self.feature_acts(block)
+        a = np.zeros((rows, self.cfg.n_features), dtype=np.float32)
+        a[row, feat] = value
+        return a
+
+    def block_acts(self, block: int) -> np.ndarray:
+        """x [rows, d_in] float32 of block `block`."""
+        row, feat, value, rows = self.feature_acts(block)
+        from scipy.sparse import csr_matrix
+
+        # Sparse product: a row has ~L0 entries, far cheaper than a dense [rows, features] one.
+        x = csr_matrix((value, (row, feat)), shape=(rows, self.cfg.n_features)) @ self.dictionary
+        if self.cfg.noise_std:
+            noise_rng = np.random.default_rng([self.cfg.seed, 2, block])
+            x += self.cfg.noise_std * noise_rng.standard_normal(x.shape)
+        return x.astype(np.float32)
+
+
+def model_of(source: SourceConfig) -> SyntheticModel:
+    return SyntheticModel(synthetic_config(source.backbone))
+
+
+def true_fires(model: SyntheticModel, example_id: np.ndarray,
+               features: np.ndarray) -> tuple[np.ndarray, int]:
+    """(bool [rows, len(features)]: whether each true feature in `features` fires on each row,
+    the number of true firing entries of all features on these rows); rows are named by their
+    example_id (the stream row index) and regenerated block by block."""
+    entries = 0
+    unique, inverse = np.unique(features, return_inverse=True)  # latents may share a feature
+    out = np.zeros((len(example_id), len(unique)), dtype=bool)
+    blocks = example_id // model.cfg.block_rows
+    column = np.full(model.cfg.n_features, -1)
+    column[unique] = np.arange(len(unique))
+    for block in np.unique(blocks):
+        at = np.nonzero(blocks == block)[0]
+        row, feat, _, rows = model.feature_acts(int(block))
+        local = np.full(rows, -1)
+        local[example_id[at] - block * model.cfg.block_rows] = at
+        ours = local[row] >= 0
+        entries += int(ours.sum())
+        keep = ours & (column[feat] >= 0)
+        out[local[row[keep]], column[feat[keep]]] = True
+    return out[:, inverse], entries

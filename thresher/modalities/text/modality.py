@@ -1,0 +1,20 @@
+"""The text modality: hf_text and transformer_lens backbones over tokenised windows."""
+
+from __future__ import annotations
+
+from thresher.modalities.contract import Modality
+from thresher.modalities.text.backbones import text_backbone
+from thresher.modalities.text.preflight import preflight_text
+from thresher.modalities.text.report import render_text_examples
+from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA, TokenBatch, prepare_text_inputs
+
+TEXT = Modality(
+    name="text",
+    backbone_kinds=("hf_text", "transformer_lens"),
+    batch_type=TokenBatch,
+    prepare_inputs=prepare_text_inputs,
+    load_backbone=text_backbone,
+    manifest_schema=TEXT_MANIFEST_SCHEMA,
+    render_examples=render_text_examples,
+    preflight=preflight_text,
+)
