@@ -50,7 +50,7 @@ def test_harvest_to_s3_and_replay_equals_local(tmp_path: Path, s3_uri: str,  # n
     replay["run"]["name"] = "replay"
     replay["source"] = {"backbone": {"kind": "stored", "model": cache}, "hook": "layer.1"}
     plan = thresher.plan(replay).describe()
-    assert f"shard cache {cache!r}: {len(direct)} rows of width {direct.d}" in plan
+    assert f"shard store {cache!r}: {len(direct)} rows of width {direct.d}" in plan
     original = thresher.run(_eeg_config(tmp_path), inline=True, progress=False)
     replayed = thresher.run(replay, inline=True, progress=False)
     assert pq.read_table(original / "inputs" / "s0.parquet").equals(

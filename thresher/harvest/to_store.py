@@ -18,7 +18,7 @@ def default_store_path(cfg: Config) -> Path | str:
     from thresher.config import run_dir_of
 
     location = run_dir_of(cfg)
-    if storage.is_uri(location):  # a shard cache next to the run's files
+    if storage.is_uri(location):  # a shard store next to the run's files
         return storage.join(location, "activations")
     return Path(location) / "activations"
 
@@ -27,7 +27,7 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
                      map_size: int = DEFAULT_MAP_SIZE, stream: str | None = None
                      ) -> Path | str:
     """Harvest one source of the config (`stream`, or its only one) once, every input in
-    stream order and every hook of it, into an LMDB store (a local path), or a shard cache
+    stream order and every hook of it, into an LMDB store (a local path), or a shard store
     (a URI: thresher/modalities/stored/shards.py)."""
     source = cfg.source_named(stream) if stream is not None else cfg.source
     if source.backbone.kind == "stored":

@@ -1,4 +1,4 @@
-"""An activation cache at a URI (s3://, gs://, file://, or a local path): shards plus a manifest.
+"""An activation store at a URI (s3://, gs://, file://, or a local path): shards plus a manifest.
 
 Layout (format "thresher-shards", format_version 1), written through thresher/storage.py:
 
@@ -11,7 +11,7 @@ Layout (format "thresher-shards", format_version 1), written through thresher/st
                                      rows) and per shard its name, rows, bytes and SHA-256
 
 Each object is written whole (one PUT), and the manifest only after every shard, so a reader
-either finds a complete cache or none. Shards stream: `ShardStore.block(i)` hands out shard i
+either finds a complete store or none. Shards stream: `ShardStore.block(i)` hands out shard i
 while a thread pool already fetches the next `READ_AHEAD` ones, so a trainer fed from an object
 store waits on the network only when the network is slower than the trainer. Every shard is
 checked against its size and checksum before use; a bad one is named with the fix.
@@ -41,7 +41,7 @@ _META = (("example_id", "<i8"), ("position", "<i4"), ("label", "<i8"))
 
 
 class ShardStoreError(ConfigError):
-    """A shard cache that cannot be replayed; the message names the object and the fix."""
+    """A shard store that cannot be replayed; the message names the object and the fix."""
 
 
 def is_shard_store(location: str) -> bool:
@@ -74,7 +74,7 @@ class ShardWriter(BlockLayout):
                  source: dict[str, Any]) -> None:
         self.location = str(location)
         if storage.exists(storage.join(self.location, MANIFEST)):
-            raise ShardStoreError(f"{self.location} already holds an activation cache; remove "
+            raise ShardStoreError(f"{self.location} already holds an activation store; remove "
                                   "it or choose another --out")
         self.backbone, self.hook, self.source = backbone, hook, source
         self.shards: list[dict[str, Any]] = []
@@ -91,7 +91,7 @@ class ShardWriter(BlockLayout):
     def add(self, block: ActivationBlock) -> None:
         if len(block) == 0:
             return
-        self.admit(block, "cache")
+        self.admit(block, "shard store")
         parts = [np.ascontiguousarray(block.acts, dtype="<i2" if self.bf16 else "<f4")]
         parts += [np.ascontiguousarray(getattr(block, name), dtype=dtype)
                   for name, dtype in _META if name != "label" or self.labelled]
@@ -124,7 +124,7 @@ class ShardWriter(BlockLayout):
 
 
 class ShardStore:
-    """A complete shard cache, read with read-ahead; the interface of the other stores."""
+    """A complete shard store, read with read-ahead; the interface of the other stores."""
 
     def __init__(self, location: str, read_ahead: int = READ_AHEAD) -> None:
         self.location = str(location)
@@ -134,15 +134,15 @@ class ShardStore:
             self.header: dict[str, Any] = json.loads(storage.read_text(where))
         except FileNotFoundError as exc:
             raise ShardStoreError(f"{self.location} holds no {MANIFEST}: not an activation "
-                                  "cache, or its harvest did not finish; write it with "
+                                  "store, or its harvest did not finish; write it with "
                                   "`thresher harvest CONFIG --out LOCATION`") from exc
         except ValueError as exc:
-            raise ShardStoreError(f"{where} is not valid JSON ({exc}); harvest the cache "
+            raise ShardStoreError(f"{where} is not valid JSON ({exc}); harvest the store "
                                   "again") from exc
         if self.header.get("format") != SHARD_FORMAT or \
                 self.header.get("format_version") != SHARD_FORMAT_VERSION:
             raise ShardStoreError(f"{where} is not a {SHARD_FORMAT} v{SHARD_FORMAT_VERSION} "
-                                  "manifest; harvest the cache again with this thresher")
+                                  "manifest; harvest the store again with this thresher")
         self.shards: list[dict[str, Any]] = list(self.header["shards"])
         self.n_blocks = len(self.shards)
         self.d = int(self.header["d"] or 0)
@@ -174,13 +174,13 @@ class ShardStore:
         try:
             data = self._pending.pop(i).result()
         except FileNotFoundError as exc:
-            raise ShardStoreError(f"shard {location} is missing from the activation cache; "
+            raise ShardStoreError(f"shard {location} is missing from the activation store; "
                                   "harvest it again (`thresher harvest CONFIG --out "
                                   f"{self.location}` into an empty location)") from exc
         if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
             what = (f"has {len(data)} bytes, not {shard['bytes']}" if len(data) != shard["bytes"]
                     else "fails its SHA-256 checksum")
-            raise ShardStoreError(f"shard {location} is corrupt: it {what}; harvest the cache "
+            raise ShardStoreError(f"shard {location} is corrupt: it {what}; harvest the store "
                                   "again (`thresher harvest CONFIG --out LOCATION`) or put "
                                   "back that object from a good copy")
         return self._decode(data, int(shard["rows"]))

@@ -18,7 +18,7 @@ from thresher.stream.block import ActivationBlock
 
 
 def store_path(source: SourceConfig, base_dir: Path) -> Path | str:
-    if storage.is_uri(source.backbone.model):  # a shard cache in an object store
+    if storage.is_uri(source.backbone.model):  # a shard store in an object store
         return source.backbone.model
     p = Path(source.backbone.model).expanduser()
     return p if p.is_absolute() else Path(base_dir) / p
@@ -81,8 +81,8 @@ def describe_store(source: SourceConfig, base_dir: Path, hooks: tuple[str, ...] 
         rows = rows_of(store)
         layout = dict(store.hooks) or {h: store.d for h in hooks}
         widths = ", ".join(f"{h} ({layout.get(h, store.d)})" for h in hooks)
-        kind = {LmdbStore: "LMDB cache", NpyShardStore: ".npy shards"}.get(
-            type(store), "shard cache")
+        kind = {LmdbStore: "LMDB store", NpyShardStore: ".npy shards"}.get(
+            type(store), "shard store")
         return (f"{kind} {str(path)!r}: {rows} rows of width {store.d} in {store.n_blocks} "
                 f"block(s), replaying hook(s) {widths}")
     finally:
@@ -116,7 +116,5 @@ def preflight_stored(source: SourceConfig, base_dir: Path) -> None:
 
 def render_stored_examples(request: ExamplesRequest) -> Examples:
     return Examples(request.manifest, "examples show ids and origins only: this stream replays "
-                    f"a stored cache ({request.source.backbone.model}); the report of the run "
-                    "that harvested its inputs shows them rendered")
-
-
+                    f"an activation store ({request.source.backbone.model}); the report of the "
+                    "run that harvested its inputs shows them rendered")

@@ -18,8 +18,8 @@ Store = LmdbStore | NpyShardStore | ShardStore
 
 
 def open_store(path: str | Path) -> Store:
-    """The store at a path or URI: a shard cache (a URI, or a folder with manifest.json), an
-    LMDB cache, or a folder of .npy shards."""
+    """The store at a path or URI: a shard store (a URI, or a folder with manifest.json), an
+    LMDB store, or a folder of .npy shards."""
     if storage.is_uri(path):
         return ShardStore(str(path))
     p = Path(path).expanduser()
