@@ -112,11 +112,12 @@ def measure(args: argparse.Namespace, shards: Path, out: Path, consumers: int
             ) -> list[tuple[int, int, float]]:
     import ray
 
-    from thresher.config import load_config, make_plan
+    import thresher
+    from thresher.config import load_config
     from thresher.distributed.stream_actor import stream_actor_cls
 
     cfg = load_config(config(args, shards, out, consumers))
-    (stream,) = make_plan(cfg).streams
+    (stream,) = thresher.plan(cfg).streams
     name = f"data-path-{consumers}-{time.time_ns()}"
     actor = stream_actor_cls().options(name=name).remote(cfg, stream, str(out), name)
     harvest = actor.harvest.remote()

@@ -18,6 +18,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "thresher"
 EXECUTORS = ("thresher.inline", "thresher.session", "thresher.distributed", "thresher.api",
              "thresher.cli")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
+    # Config is read by every stage and imports none (nor torch: see test_config_package).
+    "thresher.config": ("thresher.stream", "thresher.modalities", "thresher.harvest",
+                        "thresher.train", "thresher.analysis", *EXECUTORS),
     "thresher.stream": ("thresher.modalities", "thresher.harvest", "thresher.train",
                         "thresher.analysis", *EXECUTORS),
     # A modality's inputs, decoding, backbones and renderer; the harvest loop is above it.

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.config import BackboneConfig, SourceConfig, load_config
+from thresher.config import MODALITY_KINDS, BackboneConfig, SourceConfig, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
 from thresher.modalities.contract import InputBatch
@@ -27,6 +27,9 @@ def test_every_backbone_kind_belongs_to_exactly_one_modality() -> None:
     kinds = typing.get_args(typing.get_type_hints(BackboneConfig)["kind"])
     served = [kind for modality in MODALITIES for kind in modality.backbone_kinds]
     assert sorted(served) == sorted(kinds)  # none missing, none twice
+    # the registry and the config's declaration (what load_config checks) name the same ones
+    assert {m.name: m.backbone_kinds for m in MODALITIES} == {
+        name: kinds.backbones for name, kinds in MODALITY_KINDS.items()}
     for modality in MODALITIES:
         for kind in modality.backbone_kinds:
             assert modality_of(SourceConfig(backbone=BackboneConfig(kind=kind))) is modality

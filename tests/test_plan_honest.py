@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import thresher
 from thresher.config import ConfigError, load_config, make_plan
 
 from .conftest import smoke_config
@@ -34,7 +35,7 @@ def test_tokens_not_whole_batches_are_shown_rounded_up(tmp_path: Path) -> None:
 
 def test_a_stored_plan_shows_the_store_not_text_inputs(tmp_path: Path) -> None:
     shards = write_shards(tmp_path / "shards", d=48, shards=3, rows=100)
-    text = make_plan(load_config(stored_config(tmp_path, shards))).describe()
+    text = thresher.plan(stored_config(tmp_path, shards)).describe()
     stream_line = next(line for line in text.splitlines() if line.startswith("stream s0"))
     assert str(shards) in stream_line and "300 rows of width 48 in 3 block(s)" in stream_line
     assert f"{HOOK} (48)" in stream_line

@@ -22,7 +22,6 @@ from thresher.harvest.collect import collect_stream
 
 def quality_config(out: Path) -> dict:
     cfg = load_config(None).to_dict()
-    cfg.pop("source_file")
     cfg["run"].update(name="quality", out=str(out))
     cfg["source"]["inputs"]["max_tokens"] = 80_000
     cfg["stream"].update(holdout_rows=8192)

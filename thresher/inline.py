@@ -22,6 +22,7 @@ from thresher.config import (
     harvest_resources,
     torch_threads,
 )
+from thresher.devices import torch_device
 from thresher.harvest.local import LocalHarvest
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
@@ -31,10 +32,6 @@ from thresher.stream.chunker import load_pieces
 from thresher.stream.pump import Pump
 from thresher.stream.reader import fetch_group
 from thresher.stream.stats import StreamStats, estimate_hook_stats
-
-
-def _device(gpus: float) -> str:
-    return "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
 
 
 def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) -> RunOutcome:
@@ -59,14 +56,15 @@ def run_inline(plan: Plan, run_dir: Path, progress_enabled: bool | None = None) 
 def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progress,
                 rows_before: int) -> tuple[list[TrainerResult], StreamOutcome]:
     source = stream.source
-    harvest_threads = torch_threads(cfg, "harvester")
+    harvest_threads = torch_threads(cfg, "harvester", source)
     train_threads = torch_threads(cfg, "trainer")
 
     start = time.perf_counter()
     inputs = open_inputs(cfg, stream, run_dir)
     torch.set_num_threads(harvest_threads)
-    harvest = LocalHarvest(cfg, source, device=_device(harvest_resources(cfg, source)
-                                                       .gpus_per_harvester), inputs=inputs)
+    device = torch_device(harvest_resources(cfg, source).gpus_per_harvester,
+                          source.backbone.device, role="harvester")
+    harvest = LocalHarvest(cfg, source, device=device, inputs=inputs)
     # Inline, a block's handle is the block itself.
     pump: Pump[ActivationBlock, dict[str, StreamStats]] = Pump(
         cfg, stream, estimate=lambda pieces: estimate_hook_stats(load_pieces(pieces, list)))
@@ -93,7 +91,7 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, progress: Progre
             for t in stream.trainers:
                 sessions[t.trainer_id] = TrainerSession(
                     cfg, stream.stream_id, t, pump.stats[t.hook], run_dir,
-                    device=_device(cfg.resources.gpus_per_trainer),
+                    device=torch_device(cfg.resources.gpus_per_trainer),
                     fetch=lambda g: fetch_group(pump.log, g), load=list,
                     commit=lambda c, tid=t.trainer_id: pump.commit(tid, c))
 

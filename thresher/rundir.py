@@ -152,8 +152,8 @@ def source_file_of_run(run_dir: str | Path) -> str | None:
 def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
                    extra: dict[str, Any] | None = None) -> Path:
     config = plan.config.to_dict()
-    if config.get("source_file"):  # absolute: a resume may start from another folder
-        config["source_file"] = str(Path(config["source_file"]).resolve())
+    if plan.config.source_file:  # absolute: a resume may start from another folder
+        config["source_file"] = str(Path(plan.config.source_file).resolve())
     record = {
         "format_version": FORMAT_VERSION,
         "status": status,

@@ -33,19 +33,15 @@ class HarvestWorker:
     def __init__(self, source: SourceConfig, gpus: float, threads: int, base_dir: str,
                  stream_actor: str) -> None:
         import ray
-        import torch
 
+        from thresher.devices import torch_device
         from thresher.harvest.harvester import Harvester
 
-        # Decided here, in the actor: only it sees the devices Ray assigned to it.
-        device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-        if gpus > 0 and device == "cpu":
-            log.warning("harvester: %g GPU requested but torch sees no CUDA device; using CPU",
-                        gpus)
         # By name: a handle among the constructor arguments would pin them in the object store.
         self.stream = ray.get_actor(stream_actor)
         self.failure: ConfigError | None = None
         try:
+            device = torch_device(gpus, source.backbone.device, role="harvester")
             self.harvester = Harvester(source, device=device, threads=threads, base_dir=base_dir)
         except ConfigError as exc:
             # Raised from the first call instead: Ray keeps a task's error as an object the

@@ -155,7 +155,7 @@ def stream_actor_cls() -> Any:
             return ds.map_batches(
                 HarvestWorker,
                 fn_constructor_kwargs={"source": source, "gpus": harvest.gpus_per_harvester,
-                                       "threads": torch_threads(self.cfg, "harvester"),
+                                       "threads": torch_threads(self.cfg, "harvester", source),
                                        "base_dir": str(config_dir(self.cfg)),
                                        "stream_actor": self.name},
                 batch_size=1,

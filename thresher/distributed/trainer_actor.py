@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from thresher.config import Config, TrainerPlan, torch_threads
+from thresher.devices import torch_device
 from thresher.distributed.blocks import load_blocks
 from thresher.stream.block import ActivationBlock
 from thresher.stream.chunker import load_pieces
@@ -36,12 +37,8 @@ def trainer_actor_cls() -> Any:
             self.log_full = False
             # Ray set OMP_NUM_THREADS from num_cpus (1 when fractional): set ours explicitly.
             torch.set_num_threads(torch_threads(cfg, "trainer"))
-            gpus = cfg.resources.gpus_per_trainer
-            # Decided here: only this actor sees the GPU share Ray gave it (CUDA_VISIBLE_DEVICES).
-            self.device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-            if gpus > 0 and self.device == "cpu":
-                log.warning("trainer %s: %g GPU requested but torch sees no CUDA device; "
-                            "training on CPU", plan.trainer_id, gpus)
+            self.device = torch_device(cfg.resources.gpus_per_trainer,
+                                       role=f"trainer {plan.trainer_id}")
 
         def placement(self) -> dict[str, Any]:
             """Where this actor runs: its node and the GPUs Ray assigned it."""

@@ -37,7 +37,7 @@ class LocalHarvest:
         self.source = source
         self.inputs = inputs or prepare_inputs(source, cfg.run.seed, config_dir(cfg))
         self.harvester = Harvester(source, device=device,
-                                   threads=torch_threads(cfg, "harvester"),
+                                   threads=torch_threads(cfg, "harvester", source),
                                    base_dir=config_dir(cfg))
 
     def __iter__(self) -> Iterator[Harvested]:

@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from thresher import storage
-from thresher.config import Config, ConfigError
+from thresher.config import Config, ConfigError, run_dir_of, to_plain
 from thresher.harvest.local import LocalHarvest
 from thresher.modalities.stored.lmdb import DEFAULT_MAP_SIZE
 from thresher.modalities.stored.store import hooks_of, open_store, store_writer
 
 
 def default_store_path(cfg: Config) -> Path | str:
-    from thresher.config import run_dir_of
-
     location = run_dir_of(cfg)
     if storage.is_uri(location):  # a shard store next to the run's files
         return storage.join(location, "activations")
@@ -37,10 +35,8 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
         else default_store_path(cfg)
     start = time.perf_counter()
     harvest = LocalHarvest(cfg, source)
-    from thresher.config import _to_plain
-
-    writer = store_writer(path, backbone=_to_plain(source.backbone), hook=source.hooks[0],
-                          source=_to_plain(source), map_size=map_size)
+    writer = store_writer(path, backbone=to_plain(source.backbone), hook=source.hooks[0],
+                          source=to_plain(source), map_size=map_size)
     unreadable = harvest.inputs.unreadable
     try:
         for harvested in harvest:

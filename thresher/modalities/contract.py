@@ -106,7 +106,8 @@ class Modality:
     """One modality: what the harvest, `thresher plan` and the report ask of it."""
 
     name: str
-    backbone_kinds: tuple[str, ...]  # the `source.backbone.kind`s it serves
+    backbone_kinds: tuple[str, ...]  # the `source.backbone.kind`s it serves: config's
+    # declaration of them (thresher/config/schema.py, MODALITY_KINDS), where YAML is checked
     batch_type: type[InputBatch]  # what its backbones harvest (after any decoding)
     prepare_inputs: Callable[[SourceConfig, int, Path], Inputs]  # (source, seed, base_dir)
     load_backbone: Callable[[SourceConfig, str, Path], Backbone]  # (source, device, base_dir)

@@ -2,7 +2,8 @@
 report find a source's modality by its backbone kind.
 
 A new modality is a folder beside these with a `modality.py` declaring its `Modality`, one
-line below, and its kinds in the config's schema (thresher/config.py, `MODALITY_KINDS`).
+entry below, and its YAML kinds (backbones, inputs) in the config's declaration,
+`MODALITY_KINDS` in thresher/config/schema.py, which checks a config without importing a stage.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import Modality
 from thresher.modalities.image.backbones import image_backbone
 from thresher.modalities.image.decode import ImageBatch, image_spec
@@ -11,7 +12,7 @@ from thresher.modalities.image.report import render_image_examples
 
 IMAGE = Modality(
     name="image",
-    backbone_kinds=("open_clip", "hf_vision"),
+    backbone_kinds=MODALITY_KINDS["image"].backbones,
     batch_type=ImageBatch,
     prepare_inputs=prepare_image_inputs,
     load_backbone=image_backbone,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import BlockIndexBatch, Modality
 from thresher.modalities.stored.source import (
     preflight_stored,
@@ -12,7 +13,7 @@ from thresher.modalities.stored.source import (
 
 STORED = Modality(
     name="stored",
-    backbone_kinds=("stored",),
+    backbone_kinds=MODALITY_KINDS["stored"].backbones,
     batch_type=BlockIndexBatch,
     prepare_inputs=prepare_stored_inputs,
     load_backbone=stored_backbone,

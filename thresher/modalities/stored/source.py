@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from thresher import storage
-from thresher.config import ConfigError, SourceConfig
+from thresher.config import Config, ConfigError, SourceConfig, StoredStore, config_dir
 from thresher.modalities.contract import BlockIndexBatch, Inputs
 from thresher.modalities.render import Examples, ExamplesRequest
 from thresher.modalities.stored.lmdb import LmdbStore
@@ -63,28 +63,26 @@ def check_stored_hook(source: SourceConfig, store: Store
     return wanted
 
 
-def stored_hooks(source: SourceConfig, base_dir: Path) -> tuple[str, ...]:
-    """The hooks a stored source replays (opens the store's header)."""
-    store = open_store(store_path(source, base_dir))
-    try:
-        return check_stored_hook(source, store)
-    finally:
-        store.close()
+def read_stores(cfg: Config) -> dict[str, StoredStore]:
+    """The header of each stored source's store, by stream id: what its plan replays."""
+    return {source.name: read_store(source, config_dir(cfg))
+            for source in cfg.sources if source.backbone.kind == "stored"}
 
 
-def describe_store(source: SourceConfig, base_dir: Path, hooks: tuple[str, ...] | list[str]
-                   ) -> str:
-    """What a stored source replays, from the store's header: path, rows, width, hooks."""
+def read_store(source: SourceConfig, base_dir: Path) -> StoredStore:
+    """A stored source's hooks (its own, checked against the store, or all the store holds)
+    and its line of the plan: path, rows, width, hooks."""
     path = store_path(source, base_dir)
     store = open_store(path)
     try:
-        rows = rows_of(store)
+        hooks = check_stored_hook(source, store)
         layout = dict(store.hooks) or {h: store.d for h in hooks}
         widths = ", ".join(f"{h} ({layout.get(h, store.d)})" for h in hooks)
         kind = {LmdbStore: "LMDB store", NpyShardStore: ".npy shards"}.get(
             type(store), "shard store")
-        return (f"{kind} {str(path)!r}: {rows} rows of width {store.d} in {store.n_blocks} "
-                f"block(s), replaying hook(s) {widths}")
+        return StoredStore(hooks=hooks, description=(
+            f"{kind} {str(path)!r}: {rows_of(store)} rows of width {store.d} in "
+            f"{store.n_blocks} block(s), replaying hook(s) {widths}"))
     finally:
         store.close()
 
@@ -111,7 +109,7 @@ def preflight_stored(source: SourceConfig, base_dir: Path) -> None:
     """The store opened and checked: an LMDB store's header, completeness and file size; every
     .npy shard's header (2-D, float dtype, one width for all); a shard store's manifest; and
     that the hooks asked for are in it."""
-    stored_hooks(source, base_dir)
+    read_store(source, base_dir)
 
 
 def render_stored_examples(request: ExamplesRequest) -> Examples:

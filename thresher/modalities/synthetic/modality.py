@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import BlockIndexBatch, Modality
 from thresher.modalities.synthetic.source import (
     prepare_synthetic_inputs,
@@ -11,7 +12,7 @@ from thresher.modalities.synthetic.source import (
 
 SYNTHETIC = Modality(
     name="synthetic",
-    backbone_kinds=("synthetic",),
+    backbone_kinds=MODALITY_KINDS["synthetic"].backbones,
     batch_type=BlockIndexBatch,
     prepare_inputs=prepare_synthetic_inputs,
     load_backbone=synthetic_backbone,

@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from thresher.config import SourceConfig
+from thresher.config.synthetic import HOOK, synthetic_config
 from thresher.modalities.contract import BlockIndexBatch, Inputs
 from thresher.modalities.render import Examples, ExamplesRequest
-from thresher.modalities.synthetic.model import HOOK, SyntheticModel, synthetic_config
+from thresher.modalities.synthetic.model import SyntheticModel
 from thresher.stream.block import ActivationBlock
 
 

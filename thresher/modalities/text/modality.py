@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import Modality
 from thresher.modalities.text.backbones import text_backbone
 from thresher.modalities.text.preflight import preflight_text
@@ -10,7 +11,7 @@ from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA, TokenBatch, p
 
 TEXT = Modality(
     name="text",
-    backbone_kinds=("hf_text", "transformer_lens"),
+    backbone_kinds=MODALITY_KINDS["text"].backbones,
     batch_type=TokenBatch,
     prepare_inputs=prepare_text_inputs,
     load_backbone=text_backbone,
