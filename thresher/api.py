@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import Config, Plan, load_config, make_plan
 from thresher.rundir import Terminated, create_run_dir, load_run_config, record_ending
 
@@ -31,7 +31,7 @@ def plan(config: ConfigLike = None) -> Plan:
 def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | None = None,
         resume: bool = False, overwrite: bool = False) -> Path | str:
     """Harvest, train and write statistics; returns the run directory (its URI where run.out
-    is one; the files are then also in this machine's working copy, thresher/storage.py).
+    is one; the files are then also in this machine's working copy, thresher/uri_io.py).
 
     `config` is a YAML path, a dict, a Config, or None for the built-in default run.
     `inline=True` runs every role in this process without Ray (debugging, one-GPU boxes).
@@ -58,8 +58,8 @@ def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | Non
     except BaseException as exc:
         record_ending(run_dir, exc)  # failed or interrupted, why, and where a resume goes on
         raise
-    location = storage.location_of(run_dir)
-    return location if storage.is_uri(location) else run_dir
+    location = uri_io.location_of(run_dir)
+    return location if uri_io.is_uri(location) else run_dir
 
 
 def resume(run_dir: str | os.PathLike[str], *, inline: bool = False,

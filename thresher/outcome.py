@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thresher import storage
+from thresher import uri_io
 from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.config import Plan
 from thresher.rundir import write_run_json
@@ -119,4 +119,4 @@ def log_to_wandb(run_dir: Path, plan: Plan, results: list[TrainerResult],
         logger.log_final(pq.read_table(summary_path).to_pylist())
     finally:
         logger.finish()
-        storage.publish_tree(run_dir / "wandb")  # offline files, where the run is remote
+        uri_io.publish_tree(run_dir / "wandb")  # offline files, where the run is remote

@@ -188,7 +188,7 @@ def write_run_stats(run_dir: str | Path, results: list[TrainerResult]) -> dict[s
         table_from_columns,
         table_from_rows,
     )
-    from thresher.storage import write_table_atomic
+    from thresher.uri_io import write_table_atomic
 
     stats_dir = Path(run_dir) / "stats"
     rows = [row for r in results for row in r.summary_rows]

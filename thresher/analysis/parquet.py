@@ -1,6 +1,6 @@
 """Parquet files of a run, with their schemas (documented in docs/formats.md).
 
-Files are written atomically (thresher/storage.py, `write_table_atomic`): to a temporary name in
+Files are written atomically (thresher/uri_io.py, `write_table_atomic`): to a temporary name in
 the same folder, then renamed, so a reader never sees half a file and a crash never destroys the
 previous one. The inputs manifests' schemas live with their modalities (thresher/modalities/).
 """

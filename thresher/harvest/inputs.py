@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import SourceConfig
 from thresher.modalities.contract import Decoder, InputBatch, Inputs
 from thresher.modalities.registry import modality_of
@@ -70,4 +70,4 @@ def write_manifest(run_dir: str | Path, stream_id: str,
     """The stream's manifest, in its modality's schema (a store's: the one it holds)."""
     if manifest is None:
         return None
-    return storage.write_table_atomic(manifest, manifest_path(run_dir, stream_id))
+    return uri_io.write_table_atomic(manifest, manifest_path(run_dir, stream_id))

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import Config, ConfigError, run_dir_of, to_plain
 from thresher.harvest.local import LocalHarvest
 from thresher.modalities.stored.lmdb import DEFAULT_MAP_SIZE
@@ -16,8 +16,8 @@ from thresher.modalities.stored.store import hooks_of, open_store, store_writer
 
 def default_store_path(cfg: Config) -> Path | str:
     location = run_dir_of(cfg)
-    if storage.is_uri(location):  # a shard store next to the run's files
-        return storage.join(location, "activations")
+    if uri_io.is_uri(location):  # a shard store next to the run's files
+        return uri_io.join(location, "activations")
     return Path(location) / "activations"
 
 
@@ -31,7 +31,7 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
     if source.backbone.kind == "stored":
         raise ConfigError("source.backbone.kind is 'stored': that source already replays a "
                           "store; harvest a config with a model backbone")
-    path = (out if storage.is_uri(out) else Path(out)) if out is not None \
+    path = (out if uri_io.is_uri(out) else Path(out)) if out is not None \
         else default_store_path(cfg)
     start = time.perf_counter()
     harvest = LocalHarvest(cfg, source)

@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from thresher import storage
+from thresher import uri_io
 from thresher.analysis.report import browser, plots
 from thresher.analysis.report.modality import example_renderer
 from thresher.config import ConfigError
@@ -80,8 +80,8 @@ def write_report(run_dir: str | Path) -> Path:
                                        "MonoScore (undefined left out)")}
     if curves is not None and len(curves):
         images["curves"] = plots.curves_plot(curves, out / "curves.png")
-    index = storage.save(out / "index.html", _index_page(summary, front, images).encode())
-    storage.publish_tree(out)  # the images and browser files, where the run dir is remote
+    index = uri_io.save(out / "index.html", _index_page(summary, front, images).encode())
+    uri_io.publish_tree(out)  # the images and browser files, where the run dir is remote
     return index
 
 
@@ -92,7 +92,7 @@ def _read_optional(path: Path) -> pd.DataFrame | None:
 def _copy_static(folder: Path) -> None:
     package = importlib.resources.files("thresher.analysis.report") / "static"
     for name in STATIC_FILES:
-        storage.save(folder / name, (package / name).read_bytes())
+        uri_io.save(folder / name, (package / name).read_bytes())
 
 
 def _index_page(summary: pd.DataFrame, front: pd.DataFrame, images: dict[str, Path]) -> str:

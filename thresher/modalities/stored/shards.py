@@ -1,6 +1,6 @@
 """An activation store at a URI (s3://, gs://, file://, or a local path): shards plus a manifest.
 
-Layout (format "thresher-shards", format_version 1), written through thresher/storage.py:
+Layout (format "thresher-shards", format_version 1), written through thresher/uri_io.py:
 
   <location>/shards/<8 digits>.bin   one harvested block: the raw little-endian bytes of acts
                                      [rows, d] (float32, or bfloat16 bits), example_id int64,
@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import ConfigError
 from thresher.stream.block import ActivationBlock
 
@@ -45,7 +45,7 @@ class ShardStoreError(ConfigError):
 
 
 def is_shard_store(location: str) -> bool:
-    return storage.is_file(storage.join(location, MANIFEST))
+    return uri_io.is_file(uri_io.join(location, MANIFEST))
 
 
 class BlockLayout:
@@ -73,7 +73,7 @@ class ShardWriter(BlockLayout):
     def __init__(self, location: str, backbone: dict[str, Any], hook: str,
                  source: dict[str, Any]) -> None:
         self.location = str(location)
-        if storage.exists(storage.join(self.location, MANIFEST)):
+        if uri_io.exists(uri_io.join(self.location, MANIFEST)):
             raise ShardStoreError(f"{self.location} already holds an activation store; remove "
                                   "it or choose another --out")
         self.backbone, self.hook, self.source = backbone, hook, source
@@ -97,7 +97,7 @@ class ShardWriter(BlockLayout):
                   for name, dtype in _META if name != "label" or self.labelled]
         data = b"".join(p.tobytes() for p in parts)
         name = f"shards/{len(self.shards):08d}.bin"
-        storage.write_bytes(storage.join(self.location, name), data)
+        uri_io.write_bytes(uri_io.join(self.location, name), data)
         self.shards.append({"name": name, "rows": len(block), "bytes": len(data),
                             "sha256": hashlib.sha256(data).hexdigest()})
         self.n_rows += len(block)
@@ -108,9 +108,9 @@ class ShardWriter(BlockLayout):
     def close(self, manifest: pa.Table | None = None,
               counters: dict[str, Any] | None = None) -> str:
         if manifest is not None:
-            storage.write_parquet(storage.join(self.location, "inputs.parquet"), manifest)
+            uri_io.write_parquet(uri_io.join(self.location, "inputs.parquet"), manifest)
         if counters is not None:
-            storage.write_text(storage.join(self.location, "harvest.json"),
+            uri_io.write_text(uri_io.join(self.location, "harvest.json"),
                                json.dumps(counters, default=str))
         header = {"format": SHARD_FORMAT, "format_version": SHARD_FORMAT_VERSION,
                   "dtype": "bfloat16" if self.bf16 else "float32", "byteorder": "little",
@@ -119,7 +119,7 @@ class ShardWriter(BlockLayout):
                   "labelled": self.labelled, "n_blocks": self.n_blocks, "n_rows": self.n_rows,
                   "has_manifest": manifest is not None, "complete": True,
                   "shards": self.shards}
-        storage.write_text(storage.join(self.location, MANIFEST), json.dumps(header))
+        uri_io.write_text(uri_io.join(self.location, MANIFEST), json.dumps(header))
         return self.location
 
 
@@ -129,9 +129,9 @@ class ShardStore:
     def __init__(self, location: str, read_ahead: int = READ_AHEAD) -> None:
         self.location = str(location)
         self.path = self.location  # what the other stores call it
-        where = storage.join(self.location, MANIFEST)
+        where = uri_io.join(self.location, MANIFEST)
         try:
-            self.header: dict[str, Any] = json.loads(storage.read_text(where))
+            self.header: dict[str, Any] = json.loads(uri_io.read_text(where))
         except FileNotFoundError as exc:
             raise ShardStoreError(f"{self.location} holds no {MANIFEST}: not an activation "
                                   "store, or its harvest did not finish; write it with "
@@ -158,8 +158,8 @@ class ShardStore:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="shard-fetch")
         if i not in self._pending:
-            location = storage.join(self.location, self.shards[i]["name"])
-            self._pending[i] = self._pool.submit(storage.read_bytes, location)
+            location = uri_io.join(self.location, self.shards[i]["name"])
+            self._pending[i] = self._pool.submit(uri_io.read_bytes, location)
         return self._pending[i]
 
     def block(self, i: int) -> ActivationBlock:
@@ -170,7 +170,7 @@ class ShardStore:
         for stale in [k for k in self._pending if k < i]:  # a replay that skipped ahead
             self._pending.pop(stale).cancel()
         shard = self.shards[i]
-        location = storage.join(self.location, shard["name"])
+        location = uri_io.join(self.location, shard["name"])
         try:
             data = self._pending.pop(i).result()
         except FileNotFoundError as exc:
@@ -204,8 +204,8 @@ class ShardStore:
     def manifest(self) -> pa.Table | None:
         if not self.header.get("has_manifest"):
             return None
-        return pq.read_table(pa.BufferReader(storage.read_bytes(
-            storage.join(self.location, "inputs.parquet"))))
+        return pq.read_table(pa.BufferReader(uri_io.read_bytes(
+            uri_io.join(self.location, "inputs.parquet"))))
 
     def close(self) -> None:
         if self._pool is not None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import Config, ConfigError, SourceConfig, StoredStore, config_dir
 from thresher.modalities.contract import BlockIndexBatch, Inputs
 from thresher.modalities.render import Examples, ExamplesRequest
@@ -18,7 +18,7 @@ from thresher.stream.block import ActivationBlock
 
 
 def store_path(source: SourceConfig, base_dir: Path) -> Path | str:
-    if storage.is_uri(source.backbone.model):  # a shard store in an object store
+    if uri_io.is_uri(source.backbone.model):  # a shard store in an object store
         return source.backbone.model
     p = Path(source.backbone.model).expanduser()
     return p if p.is_absolute() else Path(base_dir) / p

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from thresher import storage
+from thresher import uri_io
 from thresher.modalities.stored.errors import StoreError
 from thresher.modalities.stored.lmdb import DEFAULT_MAP_SIZE, LmdbStore, StoreWriter
 from thresher.modalities.stored.npy import NpyShardStore
@@ -20,7 +20,7 @@ Store = LmdbStore | NpyShardStore | ShardStore
 def open_store(path: str | Path) -> Store:
     """The store at a path or URI: a shard store (a URI, or a folder with manifest.json), an
     LMDB store, or a folder of .npy shards."""
-    if storage.is_uri(path):
+    if uri_io.is_uri(path):
         return ShardStore(str(path))
     p = Path(path).expanduser()
     if not p.is_dir():
@@ -56,7 +56,7 @@ def store_writer(path: Path | str, backbone: dict[str, Any], hook: str, source: 
                  map_size: int = DEFAULT_MAP_SIZE) -> StoreWriter | ShardWriter:
     """A shard writer for a URI (objects stream to the trainers that replay them), the LMDB
     writer for a local path."""
-    if storage.is_uri(path):
+    if uri_io.is_uri(path):
         return ShardWriter(str(path), backbone=backbone, hook=hook, source=source)
     return StoreWriter(Path(path), backbone=backbone, hook=hook, source=source,
                        map_size=map_size)
