@@ -120,9 +120,9 @@ def reference_calls(harvester: Harvester) -> tuple[Call, Call]:
     if kind == "hf_text":
         from transformers import AutoModel
 
-        from thresher.modalities.text.loading import local_model_path as _local_model_path
+        from thresher.modalities.text.loading import local_model_path
 
-        full = AutoModel.from_pretrained(_local_model_path(source.backbone.model),
+        full = AutoModel.from_pretrained(local_model_path(source.backbone.model),
                                          local_files_only=True).eval()
         cut = backbone.model  # thresher already truncated it after the hooked layer
 

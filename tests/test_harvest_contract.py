@@ -183,15 +183,15 @@ def test_open_clip_siglip2_uses_its_published_preprocessing() -> None:
     from open_clip.transform import image_transform
     from PIL import Image
 
-    from thresher.modalities.image.decode import model_transform as _transform
+    from thresher.modalities.image.decode import model_transform
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 90, 3), np.uint8))
-    got = _transform(BackboneConfig(kind="open_clip", model="ViT-B-16-SigLIP2"))(image)
+    got = model_transform(BackboneConfig(kind="open_clip", model="ViT-B-16-SigLIP2"))(image)
     expected = image_transform(224, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3,
                                interpolation="bicubic", resize_mode="squash")(image).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
     # ViT-B-32's published weights all use OpenAI's mean/std: unchanged
-    clip = _transform(BackboneConfig(kind="open_clip", model="ViT-B-32", config=TINY_CLIP))
+    clip = model_transform(BackboneConfig(kind="open_clip", model="ViT-B-32", config=TINY_CLIP))
     openai = image_transform(32, is_train=False)(image).numpy()
     np.testing.assert_allclose(clip(image), openai, atol=1e-6)
 

@@ -9,7 +9,7 @@ a missing model fails at once instead of hanging on the network.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -17,6 +17,7 @@ import torch
 from thresher.config import BackboneConfig, ConfigError
 
 SEED = 0  # random-weight backbones are built under this torch seed, so runs repeat exactly
+
 
 class StopForward(Exception):
     """Raised by LayerTaps once every tapped layer has run: deeper layers never run."""
@@ -69,11 +70,6 @@ class LayerTaps:
         return captured
 
 
-def hook_list(hooks: str | Sequence[str]) -> tuple[str, ...]:
-    return (hooks,) if isinstance(hooks, str) else tuple(hooks)
-
-
-
 def torch_dtype(cfg: BackboneConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 
@@ -101,7 +97,6 @@ def seeded() -> Iterator[None]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         yield
-
 
 
 def layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:

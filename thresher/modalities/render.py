@@ -79,4 +79,3 @@ class Examples:
     def add(self, entry: dict[str, Any], example_id: int, position: int) -> None:
         """Fill in what the modality shows of one example (once per example id and
         position)."""
-

@@ -24,8 +24,6 @@ class PatchTSTBackbone:
     from one forward, side by side.
     """
 
-    n_ctx: int | None = None
-
     def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
         from transformers import PatchTSTModel
 

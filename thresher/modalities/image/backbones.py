@@ -58,7 +58,6 @@ class _VisionBackbone(abc.ABC):
     device: str
     dtype: torch.dtype
     d_model: int
-    n_ctx: int | None = None
 
     def _setup(self, blocks: torch.nn.ModuleList, source: SourceConfig) -> None:
         self.tokens = source.tokens

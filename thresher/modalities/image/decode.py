@@ -50,7 +50,6 @@ class ImageSpec:
     def transform(self) -> Callable[[Any], np.ndarray]:
         return model_transform(self.backbone)
 
-
     batch_type: ClassVar[type[InputBatch]] = ImageRefBatch
 
     def decode(self, batch: ImageRefBatch) -> ImageBatch:

@@ -20,7 +20,6 @@ def open_clip_model_cfg(cfg: BackboneConfig) -> dict[str, Any]:
     return {**model_cfg, **(cfg.config or {})}
 
 
-
 def hf_vision_config(cfg: BackboneConfig) -> Any:
     from transformers import AutoConfig
 

@@ -27,8 +27,6 @@ def store_path(source: SourceConfig, base_dir: Path) -> Path | str:
 class StoredBackbone:
     """Replays a store: the 'forward' of input batch [i] is reading block i."""
 
-    n_ctx: int | None = None
-
     def __init__(self, source: SourceConfig, base_dir: Path) -> None:
         self.store = open_store(store_path(source, base_dir))
         self.hooks = check_stored_hook(source, self.store)

@@ -32,7 +32,6 @@ from thresher.config import BackboneConfig, ConfigError, SourceConfig
 from thresher.modalities.model_tools import (
     SEED,
     LayerTaps,
-    hook_list,
     hub_offline,
     layer_list,
     seeded,
@@ -52,6 +51,10 @@ from thresher.stream.block import ActivationBlock
 _NOT_PER_TOKEN = ("hook_pattern", "hook_attn_scores")
 # TransformerLens hooks that fire before block 0: stop_at_layer=0 still runs them.
 _TL_EMBED_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
+
+
+def hook_list(hooks: str | Sequence[str]) -> tuple[str, ...]:
+    return (hooks,) if isinstance(hooks, str) else tuple(hooks)
 
 
 class TextBackbone:

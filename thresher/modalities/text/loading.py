@@ -50,7 +50,6 @@ def check_vocab(model_vocab: int, tokenizer_size: int, what: str) -> None:
         )
 
 
-
 def hf_config(cfg: BackboneConfig) -> Any:
     from transformers import AutoConfig
 

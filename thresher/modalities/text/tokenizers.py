@@ -35,7 +35,6 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-
 class HFTokenizer:
     """A transformers tokenizer, split into content ids and the special ids around them."""
 

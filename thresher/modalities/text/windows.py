@@ -139,7 +139,5 @@ def build_inputs(source: SourceConfig, seed: int, base_dir: Path,
                   n_tokens=int(sum(len(w) for w in windows)))
 
 
-
-
 def prepare_text_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
     return build_inputs(source, seed, base_dir, load_tokenizer(source.backbone))
