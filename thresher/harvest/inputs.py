@@ -20,9 +20,6 @@ from thresher.config import SourceConfig
 from thresher.modalities.contract import Decoder, InputBatch, Inputs
 from thresher.modalities.registry import modality_of
 
-__all__ = ["Inputs", "decode_batch", "decode_stage", "decode_stage_remote_args",
-           "manifest_path", "prepare_inputs", "write_manifest"]
-
 
 def prepare_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
     """The input batches and manifest of any source; the same for the same seed."""
