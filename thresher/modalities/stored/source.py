@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow as pa
+
 from thresher import uri_io
 from thresher.config import Config, ConfigError, SourceConfig, StoredStore, config_dir
 from thresher.modalities.contract import BlockIndexBatch, Inputs
@@ -91,12 +93,22 @@ def prepare_stored_inputs(source: SourceConfig, seed: int, base_dir: Path) -> In
     try:
         check_stored_hook(source, store)
         batches = [BlockIndexBatch.of(i) for i in range(store.n_blocks)]
-        manifest = store.manifest()
+        manifest = _as_harvested(store.manifest())
         n = manifest.num_rows if manifest is not None else 0
         return Inputs(batches=list(batches), manifest=manifest, n_examples=n,
                       n_tokens=rows_of(store))
     finally:
         store.close()
+
+
+def _as_harvested(manifest: pa.Table | None) -> pa.Table | None:
+    """The manifest as its harvest made it: Parquet reads a list column back with its items
+    named `element`, Arrow (and every modality's schema) names them `item`."""
+    if manifest is None:
+        return None
+    fields = [pa.field(f.name, pa.list_(f.type.value_type), f.nullable, f.metadata)
+              if pa.types.is_list(f.type) else f for f in manifest.schema]
+    return manifest.cast(pa.schema(fields, metadata=manifest.schema.metadata))
 
 
 def stored_backbone(source: SourceConfig, device: str, base_dir: Path) -> StoredBackbone:
