@@ -91,9 +91,9 @@ def _layer(source: SourceConfig) -> int:
 
 
 def _text_tensors(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    lengths = torch.from_numpy(batch["lengths"].astype(np.int64))
+    lengths = torch.from_numpy(batch.lengths.astype(np.int64))
     width = int(lengths.max())
-    tokens = torch.from_numpy(batch["tokens"][:, :width].astype(np.int64))
+    tokens = torch.from_numpy(batch.tokens[:, :width].astype(np.int64))
     return tokens, (torch.arange(width)[None] < lengths[:, None]).long()
 
 
@@ -120,9 +120,9 @@ def reference_calls(harvester: Harvester) -> tuple[Call, Call]:
     if kind == "hf_text":
         from transformers import AutoModel
 
-        from thresher.harvest.backbones import _local_model_path
+        from thresher.modalities.text.loading import local_model_path
 
-        full = AutoModel.from_pretrained(_local_model_path(source.backbone.model),
+        full = AutoModel.from_pretrained(local_model_path(source.backbone.model),
                                          local_files_only=True).eval()
         cut = backbone.model  # thresher already truncated it after the hooked layer
 
@@ -153,7 +153,7 @@ def reference_calls(harvester: Harvester) -> tuple[Call, Call]:
 
         def oc(stop_early: bool) -> Call:
             def call(batch: Batch) -> Any:
-                pixels = torch.from_numpy(batch["pixels"])
+                pixels = torch.from_numpy(batch.pixels)
                 with torch.inference_mode():
                     if trunk is not None:
                         return trunk.forward_intermediates(
@@ -173,7 +173,7 @@ def reference_calls(harvester: Harvester) -> tuple[Call, Call]:
         def hv(model: torch.nn.Module) -> Call:
             def call(batch: Batch) -> Any:
                 with torch.inference_mode():
-                    return model(pixel_values=torch.from_numpy(batch["pixels"]),
+                    return model(pixel_values=torch.from_numpy(batch.pixels),
                                  output_hidden_states=True).hidden_states[layer + 1]
             return call
         return hv(full), hv(cut)
@@ -184,7 +184,7 @@ def reference_calls(harvester: Harvester) -> tuple[Call, Call]:
     def pt(model: torch.nn.Module) -> Call:
         def call(batch: Batch) -> Any:
             with torch.inference_mode():
-                out = model(past_values=torch.from_numpy(batch["values"]),
+                out = model(past_values=torch.from_numpy(batch.values),
                             output_hidden_states=True)
             # hidden_states[i] is layer i's input: layer L's output is the truncated model's last
             return out.last_hidden_state if model is cut else out.hidden_states[layer + 1]

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from thresher.config import load_config
-from thresher.harvest.cache import harvest_to_store, iter_store
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
+from thresher.harvest.to_store import harvest_to_store
+from thresher.modalities.stored.store import iter_store
 from thresher.stream.block import ActivationBlock
 
 

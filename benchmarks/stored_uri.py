@@ -30,8 +30,8 @@ os.environ.setdefault("AWS_ACCESS_KEY_ID", "thresher-bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "thresher-bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-from thresher import storage
-from thresher.harvest.shards import ShardStore, ShardWriter
+from thresher import uri_io
+from thresher.modalities.stored.shards import ShardStore, ShardWriter
 from thresher.stream.block import ActivationBlock
 
 
@@ -102,7 +102,7 @@ def main() -> None:
     try:
         host, port = server.get_host_and_port()
         options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-        storage.make_dirs(f"s3://bench?{options}&allow_bucket_creation=true")
+        uri_io.make_dirs(f"s3://bench?{options}&allow_bucket_creation=true")
         remote = f"s3://bench/cache?{options}"
         with tempfile.TemporaryDirectory() as tmp:
             local = str(Path(tmp) / "cache")

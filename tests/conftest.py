@@ -12,7 +12,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Credentials for the S3 server on loopback of tests/test_storage.py (moto accepts any). Set
+# Credentials for the S3 server on loopback of tests/test_uri_io.py (moto accepts any). Set
 # before the session Ray starts, so its workers have them too.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "thresher-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "thresher-test")

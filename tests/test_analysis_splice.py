@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from thresher.config import load_config
-from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
+from thresher.modalities.text.splice import SplicedLM, splice_metrics, splice_supported
 
 from .tiny_models import TINY_GPT2, TINY_TL
 

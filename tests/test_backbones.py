@@ -14,9 +14,11 @@ import pytest
 import torch
 
 from thresher.config import BackboneConfig, ConfigError, SourceConfig, load_config
-from thresher.harvest.backbones import load_backbone, load_tokenizer
 from thresher.harvest.harvester import Harvester
-from thresher.harvest.inputs import Inputs, build_inputs
+from thresher.modalities.contract import Inputs
+from thresher.modalities.text.backbones import load_backbone
+from thresher.modalities.text.tokenizers import load_tokenizer
+from thresher.modalities.text.windows import build_inputs
 from thresher.stream.block import ActivationBlock
 
 from .tiny_models import TINY_BERT, TINY_TL

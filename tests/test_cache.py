@@ -15,9 +15,11 @@ import pytest
 import thresher
 from thresher.cli import main as cli_main
 from thresher.config import ConfigError, load_config
-from thresher.harvest.cache import StoreError, StoreWriter, iter_store, open_store
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.modalities.stored.errors import StoreError
+from thresher.modalities.stored.lmdb import StoreWriter
+from thresher.modalities.stored.store import iter_store, open_store
 from thresher.stream.block import ActivationBlock
 
 from .test_eeg import TINY_PATCHTST
@@ -188,7 +190,7 @@ def test_image_store_keeps_labels(tmp_path: Path) -> None:
                       "hook": "layer.1", "tokens": "cls",
                       "inputs": {"kind": "image_folder", "paths": [str(root)]},
                       "batch_size": 4}}
-    from thresher.harvest.cache import harvest_to_store
+    from thresher.harvest.to_store import harvest_to_store
 
     path = harvest_to_store(load_config(cfg), tmp_path / "store")
     rows = ActivationBlock.concat(list(iter_store(path)))

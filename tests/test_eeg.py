@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from thresher.config import BackboneConfig, ConfigError, InputsConfig, SourceConfig, load_config
-from thresher.harvest.eeg import cut_windows, spkit_eeg_sample
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
+from thresher.modalities.eeg.recordings import cut_windows, spkit_eeg_sample
 
 from .tiny_models import TINY_PATCHTST
 
@@ -36,14 +36,14 @@ def test_patchtst_rows_equal_model_outputs(hook: str, index: int | None) -> None
     harvester = Harvester(source)
     batch = inputs.batches[0]
     block = harvester.harvest(batch)
-    out = harvester.backbone.model(past_values=torch.from_numpy(batch["values"]),
+    out = harvester.backbone.model(past_values=torch.from_numpy(batch.values),
                                    output_hidden_states=True)
     ref = out.last_hidden_state if index is None else out.hidden_states[index]
     _, c, p, d = ref.shape
     assert (c, p) == (14, 8)
     np.testing.assert_allclose(block.acts, ref.reshape(-1, d).detach().numpy(), atol=1e-5)
     # example_id = window, position = channel * num_patches + patch
-    assert block.example_id.tolist() == np.repeat(batch["example_id"], c * p).tolist()
+    assert block.example_id.tolist() == np.repeat(batch.example_id, c * p).tolist()
     assert block.position[: c * p].tolist() == list(range(c * p))
     channel, patch = divmod(int(block.position[37]), p)
     np.testing.assert_allclose(block.acts[37], ref[0, channel, patch].detach().numpy(), atol=1e-5)
@@ -59,7 +59,7 @@ def test_spkit_sample_windows_and_manifest() -> None:
     assert sorted(r["start"] for r in manifest) == list(range(0, 2048 - 127, 256))
     assert all(r["channels"] == rec.channels and r["num_patches"] == 8 for r in manifest)
     first = manifest[0]
-    window = inputs.batches[0]["values"][0]  # example 0, [time, channels]
+    window = inputs.batches[0].values[0]  # example 0, [time, channels]
     raw = rec.signals[:, first["start"]:first["start"] + 128].T
     expected = (raw - raw.mean(0)) / raw.std(0)
     np.testing.assert_allclose(window, expected, rtol=1e-4, atol=1e-4)
@@ -109,7 +109,7 @@ def test_edf_and_npy_inputs_skip_a_corrupt_file(tmp_path: Path) -> None:
     assert manifest[0]["channels"] == ["O1", "O2", "AF3"]
     row = next(i for i, r in enumerate(manifest) if r["recording"] == "a" and r["start"] == 0)
     batch, slot = divmod(row, 4)
-    got = inputs.batches[batch]["values"][slot]
+    got = inputs.batches[batch].values[slot]
     index = [rec.channels.index(c) for c in ("O1", "O2", "AF3")]
     np.testing.assert_allclose(got, signals[index, :128].T, atol=0.05)  # 16-bit EDF resolution
 
@@ -133,7 +133,7 @@ def test_patchtst_local_checkpoint_and_errors(tmp_path: Path) -> None:
     block = Harvester(source).harvest(batch)
     base = pretraining.model  # pre-training masks random patches: harvesting never does
     base.do_mask_input, base.masking = False, torch.nn.Identity()
-    ref = base(past_values=torch.from_numpy(batch["values"])).last_hidden_state
+    ref = base(past_values=torch.from_numpy(batch.values)).last_hidden_state
     np.testing.assert_allclose(block.acts, ref.reshape(-1, 32).detach().numpy(), atol=1e-5)
 
     with pytest.raises(ConfigError, match=r"valid hooks: embeddings, layer\.0"):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from thresher.harvest.cache import StoreWriter
+from thresher.modalities.stored.lmdb import StoreWriter
 from thresher.stream.block import ActivationBlock
 
 from .stored_data import stored_config, write_shards

@@ -1,5 +1,5 @@
 """Ground truth: every architecture recovers the true directions of a flat synthetic source
-(thresher/harvest/synthetic.py: Zipfian firing, no hierarchy), scored by the mean correlation
+(modalities/synthetic/model.py: Zipfian firing, no hierarchy), scored by the mean correlation
 coefficient (MCC) under one-to-one Hungarian matching: at least 0.85, and no lower than
 sae_lens's own trainer reaches on the same batches and budget minus 0.02.
 
@@ -18,7 +18,8 @@ import torch
 
 from thresher.analysis.ground_truth import mcc
 from thresher.config import SAEConfig, TrainConfig, load_config
-from thresher.harvest.synthetic import SyntheticBackbone
+from thresher.modalities.contract import BlockIndexBatch
+from thresher.modalities.synthetic.source import SyntheticBackbone
 from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
 from thresher.train.archs.matryoshka import matryoshka_widths
@@ -57,7 +58,7 @@ def ground_truth() -> tuple[np.ndarray, np.ndarray]:
     """(activations [rows, D_IN] as the synthetic source harvests them, the true directions)."""
     source = load_config({"source": SOURCE}).source
     backbone = SyntheticBackbone(source)
-    blocks = [backbone.harvest({"block": np.array([i])}) for i in range(backbone.model.n_blocks)]
+    blocks = [backbone.harvest(BlockIndexBatch.of(i)) for i in range(backbone.model.n_blocks)]
     return ActivationBlock.concat(blocks).acts, backbone.model.dictionary
 
 

@@ -21,6 +21,10 @@ from thresher.config import (
 )
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.modalities.contract import InputBatch
+from thresher.modalities.eeg.recordings import WindowBatch
+from thresher.modalities.image.decode import ImageBatch
+from thresher.modalities.text.windows import TokenBatch
 
 from .test_eeg import _write_edf
 from .test_vision import image_source, write_images
@@ -37,24 +41,24 @@ from .tiny_models import (
 DROPOUT = 0.5  # configs with dropout on: rows must not change between two harvests
 
 
-def _text_batch(n: int = 3, width: int = 12) -> dict[str, np.ndarray]:
+def _text_batch(n: int = 3, width: int = 12) -> TokenBatch:
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, 290, size=(n, width)).astype(np.int32)
     tokens[:, 0] = 101  # [CLS] / BOS position, never a row
-    return {"tokens": tokens, "lengths": np.array([width, width - 3, width - 5][:n], np.int32),
-            "n_prefix": np.ones(n, np.int32), "n_suffix": np.zeros(n, np.int32),
-            "example_id": np.arange(n, dtype=np.int64)}
+    return TokenBatch(tokens=tokens, lengths=np.array([width, width - 3, width - 5][:n], np.int32),
+                      n_prefix=np.ones(n, np.int32), n_suffix=np.zeros(n, np.int32),
+                      example_id=np.arange(n, dtype=np.int64))
 
 
-def _pixel_batch(n: int = 3) -> dict[str, np.ndarray]:
+def _pixel_batch(n: int = 3) -> ImageBatch:
     pixels = np.random.default_rng(1).normal(size=(n, 3, 32, 32)).astype(np.float32)
-    return {"pixels": pixels, "example_id": np.arange(n), "label": np.zeros(n, np.int64),
-            "unreadable": np.zeros(n, np.int64)}
+    return ImageBatch(pixels=pixels, example_id=np.arange(n), label=np.zeros(n, np.int64),
+                      unreadable=np.zeros(n, np.int64))
 
 
-def _eeg_batch(n: int = 2) -> dict[str, np.ndarray]:
+def _eeg_batch(n: int = 2) -> WindowBatch:
     values = np.random.default_rng(2).normal(size=(n, 128, 14)).astype(np.float32)
-    return {"values": values, "example_id": np.arange(n, dtype=np.int64)}
+    return WindowBatch(values=values, example_id=np.arange(n, dtype=np.int64))
 
 
 def _source(kind: str, dtype: str = "float32", dropout: bool = False) -> SourceConfig:
@@ -87,7 +91,7 @@ def _source(kind: str, dtype: str = "float32", dropout: bool = False) -> SourceC
                         inputs=InputsConfig(kind="spkit_eeg_sample", context=128))
 
 
-def _batch(kind: str) -> dict[str, np.ndarray]:
+def _batch(kind: str) -> InputBatch:
     if kind in ("hf_text", "transformer_lens"):
         return _text_batch()
     return _eeg_batch() if kind == "patchtst" else _pixel_batch()
@@ -167,7 +171,7 @@ def test_hf_vision_takes_the_image_tower_of_a_siglip_folder(tmp_path: Path) -> N
     batch = _pixel_batch()
     block = Harvester(source).harvest(batch)
     with torch.no_grad():
-        hidden = model.vision_model(pixel_values=torch.from_numpy(batch["pixels"]),
+        hidden = model.vision_model(pixel_values=torch.from_numpy(batch.pixels),
                                     output_hidden_states=True).hidden_states[2]
     np.testing.assert_allclose(block.acts, hidden.reshape(-1, 32).numpy(), atol=1e-5)
 
@@ -182,15 +186,15 @@ def test_open_clip_siglip2_uses_its_published_preprocessing() -> None:
     from open_clip.transform import image_transform
     from PIL import Image
 
-    from thresher.harvest.vision import _transform
+    from thresher.modalities.image.decode import model_transform
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 90, 3), np.uint8))
-    got = _transform(BackboneConfig(kind="open_clip", model="ViT-B-16-SigLIP2"))(image)
+    got = model_transform(BackboneConfig(kind="open_clip", model="ViT-B-16-SigLIP2"))(image)
     expected = image_transform(224, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3,
                                interpolation="bicubic", resize_mode="squash")(image).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
     # ViT-B-32's published weights all use OpenAI's mean/std: unchanged
-    clip = _transform(BackboneConfig(kind="open_clip", model="ViT-B-32", config=TINY_CLIP))
+    clip = model_transform(BackboneConfig(kind="open_clip", model="ViT-B-32", config=TINY_CLIP))
     openai = image_transform(32, is_train=False)(image).numpy()
     np.testing.assert_allclose(clip(image), openai, atol=1e-6)
 
@@ -206,14 +210,14 @@ def test_hf_dataset_row_without_an_image_is_skipped_and_counted(tmp_path: Path) 
                           inputs_kind="hf_dataset", batch_size=3)
     inputs = prepare_inputs(source, 0, tmp_path)
     batch = decode_batch(inputs, inputs.batches[0])
-    assert batch["unreadable"].sum() == 1
+    assert batch.unreadable.sum() == 1
     missing = inputs.manifest.column("origin").to_pylist().index(f"{tmp_path / 'ds'}::1")
-    assert batch["example_id"][missing] == -1
+    assert batch.example_id[missing] == -1
     assert len(Harvester(source).harvest(batch)) == 2
 
 
 def test_corrupt_edf_is_skipped_and_counted_in_run_json(tmp_path: Path) -> None:
-    from thresher.harvest.eeg import spkit_eeg_sample
+    from thresher.modalities.eeg.recordings import spkit_eeg_sample
 
     rec = spkit_eeg_sample()
     signals = np.clip(rec.signals[:3, :512] - rec.signals[:3].mean(1, keepdims=True), -900, 900)
@@ -252,7 +256,7 @@ def test_corrupt_edf_is_skipped_and_counted_in_run_json(tmp_path: Path) -> None:
 def test_splice_sees_the_harvested_rows(backbone: dict[str, Any], hook: str) -> None:
     """The x an SAE replaces at the splice is the row it was trained on, position by position
     (same weights in the harvest model and the full language model, BOS and padding left)."""
-    from thresher.harvest.splice import SplicedLM, _pad
+    from thresher.modalities.text.splice import SplicedLM, _pad
 
     source = load_config({"source": {"backbone": backbone, "hook": [hook, "hook_embed"]
                                      if backbone["kind"] == "transformer_lens" else hook,
@@ -268,10 +272,10 @@ def test_splice_sees_the_harvested_rows(backbone: dict[str, Any], hook: str) -> 
         return x
 
     lm.logits(tokens, mask, content, record)
-    batch = {"tokens": tokens.numpy().astype(np.int32),
-             "lengths": mask.sum(1).numpy().astype(np.int32),
-             "n_prefix": np.ones(2, np.int32), "n_suffix": np.zeros(2, np.int32),
-             "example_id": np.arange(2, dtype=np.int64)}
+    batch = TokenBatch(tokens=tokens.numpy().astype(np.int32),
+                       lengths=mask.sum(1).numpy().astype(np.int32),
+                       n_prefix=np.ones(2, np.int32), n_suffix=np.zeros(2, np.int32),
+                       example_id=np.arange(2, dtype=np.int64))
     rows = harvester.harvest(batch).select(hook)
     assert len(rows) == int(content.sum()) == 7 + 3
     np.testing.assert_allclose(seen[0].numpy(), rows.acts, atol=1e-5)

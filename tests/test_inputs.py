@@ -9,16 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.analysis.parquet import INPUTS_SCHEMA
 from thresher.config import BackboneConfig, ConfigError, SourceConfig, load_config
-from thresher.harvest.backbones import Tokenizer, load_tokenizer
-from thresher.harvest.inputs import (
-    RUN_BATCHES,
-    Inputs,
-    build_inputs,
-    gather_python_docstrings,
-    read_text_files,
-)
+from thresher.modalities.contract import Inputs
+from thresher.modalities.text.corpora import gather_python_docstrings, read_text_files
+from thresher.modalities.text.tokenizers import Tokenizer, load_tokenizer
+from thresher.modalities.text.windows import RUN_BATCHES, build_inputs
+from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA as INPUTS_SCHEMA
 
 from .tiny_models import TINY_TL
 
@@ -156,15 +152,15 @@ def test_manifest_maps_ids_to_the_tokens_fed() -> None:
     docs = dict(gather_python_docstrings())
     seen = []
     for batch in inputs.batches:
-        for row, example in enumerate(batch["example_id"]):
+        for row, example in enumerate(batch.example_id):
             if example < 0:
                 continue
             seen.append(int(example))
             ids = fed[example]
-            length = int(batch["lengths"][row])
+            length = int(batch.lengths[row])
             assert length == len(ids)
-            assert batch["tokens"][row, :length].tolist() == ids
-            assert (batch["tokens"][row, length:] == tokenizer.pad_id).all()
+            assert batch.tokens[row, :length].tolist() == ids
+            assert (batch.tokens[row, length:] == tokenizer.pad_id).all()
             assert ids[0] == 1 and ids[-1] == 2  # prefix and suffix around the content
             assert tokenizer.encode(texts[example]) == ids[1:-1]
     assert sorted(seen) == list(range(inputs.n_examples))  # each id in exactly one batch
@@ -184,19 +180,20 @@ def test_batches_have_fixed_shapes_and_filler_rows() -> None:
     inputs = build(source)
     n_real = 0
     for batch in inputs.batches:
-        assert batch["tokens"].shape == (8, 48) and batch["tokens"].dtype == np.int32
+        assert batch.tokens.shape == (8, 48) and batch.tokens.dtype == np.int32
         for name, dtype in (("lengths", np.int32), ("n_prefix", np.int32),
                             ("n_suffix", np.int32), ("example_id", np.int64)):
-            assert batch[name].shape == (8,) and batch[name].dtype == dtype
-        real = batch["example_id"] >= 0
+            column = getattr(batch, name)
+            assert column.shape == (8,) and column.dtype == dtype
+        real = batch.example_id >= 0
         n_real += int(real.sum())
-        assert (batch["n_prefix"][real] == 1).all() and (batch["n_suffix"][real] == 0).all()
-        assert (batch["lengths"][~real] == 0).all() and (batch["tokens"][~real] == 0).all()
-        content = batch["lengths"] - batch["n_prefix"] - batch["n_suffix"]
+        assert (batch.n_prefix[real] == 1).all() and (batch.n_suffix[real] == 0).all()
+        assert (batch.lengths[~real] == 0).all() and (batch.tokens[~real] == 0).all()
+        content = batch.lengths - batch.n_prefix - batch.n_suffix
         assert (content[real] >= 4).all()
     assert n_real == inputs.n_examples
     assert len(inputs.batches) == -(-inputs.n_examples // 8)
-    assert sum(int((b["example_id"] < 0).sum()) for b in inputs.batches) < 8
+    assert sum(int((b.example_id < 0).sum()) for b in inputs.batches) < 8
 
 
 def test_same_seed_same_batches_other_seed_other_order() -> None:
@@ -204,8 +201,8 @@ def test_same_seed_same_batches_other_seed_other_order() -> None:
     a, b, c = build(source, seed=3), build(source, seed=3), build(source, seed=4)
     assert len(a.batches) == len(b.batches)
     for x, y in zip(a.batches, b.batches, strict=True):
-        for name in x:
-            np.testing.assert_array_equal(x[name], y[name])
+        for name, column in x.to_columns().items():
+            np.testing.assert_array_equal(column, getattr(y, name))
     assert a.manifest.equals(b.manifest)
     assert a.manifest.column("origin").to_pylist() != c.manifest.column("origin").to_pylist()
 
@@ -220,21 +217,21 @@ def test_length_bucketing_cuts_padding_and_keeps_runs() -> None:
         padded = sum(int(lengths.max()) * len(lengths) for lengths in batches)
         return 1 - sum(int(lengths.sum()) for lengths in batches) / padded
 
-    real_lengths = [b["lengths"][b["example_id"] >= 0] for b in inputs.batches]
+    real_lengths = [b.lengths[b.example_id >= 0] for b in inputs.batches]
     fed = np.array([len(ids) for ids in inputs.manifest.column("token_ids").to_pylist()])
     unsorted = [fed[i:i + batch_size] for i in range(0, len(fed), batch_size)]
     assert padding(real_lengths) < padding(unsorted) / 3
     # sorting happens within runs of RUN_BATCHES batches of the seeded shuffle
     run = RUN_BATCHES * batch_size
     for b in inputs.batches:
-        ids = b["example_id"][b["example_id"] >= 0]
+        ids = b.example_id[b.example_id >= 0]
         assert len(set((ids // run).tolist())) == 1
 
 
 @pytest.mark.slow
 def test_docstring_corpus_is_cached_per_python_and_survives_a_bad_cache(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from thresher.harvest import inputs
+    from thresher.modalities.text import corpora as inputs
 
     monkeypatch.setenv("HOME", str(tmp_path))
     inputs._stdlib_docstrings.cache_clear()

@@ -19,8 +19,8 @@ from thresher.analysis.parquet import (
     SUMMARY_SCHEMA,
 )
 from thresher.config import expand_sweep, load_config
-from thresher.harvest.backbones import load_tokenizer
-from thresher.harvest.inputs import build_inputs
+from thresher.modalities.text.tokenizers import load_tokenizer
+from thresher.modalities.text.windows import build_inputs
 from thresher.rundir import RunDirError
 
 from .conftest import smoke_config
@@ -107,8 +107,8 @@ def test_one_harvest_feeds_every_trainer_identically(ray_run: Path,
     inputs = build_inputs(cfg.source, cfg.run.seed, tmp_path,
                           load_tokenizer(cfg.source.backbone))
     first = inputs.batches[: harvest["forward_calls"]]
-    assert harvest["examples"] == sum(int((b["example_id"] >= 0).sum()) for b in first)
-    assert harvest["rows"] == sum(int((b["lengths"] - b["n_prefix"] - b["n_suffix"]).clip(0)
+    assert harvest["examples"] == sum(int((b.example_id >= 0).sum()) for b in first)
+    assert harvest["rows"] == sum(int((b.lengths - b.n_prefix - b.n_suffix).clip(0)
                                       .sum()) for b in first)
 
 

@@ -14,7 +14,7 @@ import yaml
 import thresher
 from thresher.cli import main
 from thresher.config import ConfigError
-from thresher.harvest.cache import StoreWriter
+from thresher.modalities.stored.lmdb import StoreWriter
 from thresher.stream.block import ActivationBlock
 
 from .conftest import smoke_config

@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from thresher.analysis.report.browser import HIST_BINS, activation_histogram
-from thresher.analysis.report.modality import THUMB
 from thresher.analysis.report.plots import pareto_front
 from thresher.cli import main
+from thresher.modalities.image.report import THUMB
 
 from .chromium import Browser
 from .tiny_models import TINY_CLIP, TINY_PATCHTST
@@ -137,7 +137,7 @@ def test_text_browser_highlights_the_firing_token(tmp_path: Path, browser: Brows
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     from thresher.config import BackboneConfig
-    from thresher.harvest.backbones import load_tokenizer
+    from thresher.modalities.text.tokenizers import load_tokenizer
 
     project = tmp_path / "project"
     project.mkdir()
@@ -216,7 +216,7 @@ def test_image_browser_outlines_the_firing_patch(tmp_path: Path, browser: Browse
 @pytest.mark.slow
 def test_eeg_browser_marks_channel_and_patch(tmp_path: Path, browser: Browser,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    from thresher.harvest.eeg import spkit_eeg_sample
+    from thresher.modalities.eeg.recordings import spkit_eeg_sample
 
     project = tmp_path / "project"
     project.mkdir()

@@ -13,29 +13,29 @@ import pyarrow.parquet as pq
 import pytest
 
 import thresher
-from thresher import storage
+from thresher import uri_io
 from thresher.cli import main as cli_main
-from thresher.harvest.cache import iter_store, open_store
-from thresher.harvest.shards import ShardStore, ShardStoreError
+from thresher.modalities.stored.shards import ShardStore, ShardStoreError
+from thresher.modalities.stored.store import iter_store, open_store
 from thresher.stream.block import ActivationBlock
 
 from .test_cache import _direct_rows, _eeg_config, _write_yaml
-from .test_storage import s3_uri  # noqa: F401  (the moto server fixture)
+from .test_uri_io import s3_uri  # noqa: F401  (the moto server fixture)
 
 
 def test_harvest_to_s3_and_replay_equals_local(tmp_path: Path, s3_uri: str,  # noqa: F811
                                                capsys: pytest.CaptureFixture[str]) -> None:
     from thresher.config import load_config
 
-    cache = storage.join(s3_uri, tmp_path.name, "cache")
+    cache = uri_io.join(s3_uri, tmp_path.name, "cache")
     config = _write_yaml(tmp_path, _eeg_config(tmp_path))
     assert cli_main(["harvest", config, "--out", cache]) == 0
     assert cache in capsys.readouterr().out
     # The objects: shards, the inputs manifest, then a manifest with each shard's checksum.
-    manifest = json.loads(storage.read_text(storage.join(cache, "manifest.json")))
+    manifest = json.loads(uri_io.read_text(uri_io.join(cache, "manifest.json")))
     assert manifest["complete"] and manifest["n_blocks"] == len(manifest["shards"]) > 1
     for shard in manifest["shards"]:
-        data = storage.read_bytes(storage.join(cache, shard["name"]))
+        data = uri_io.read_bytes(uri_io.join(cache, shard["name"]))
         assert len(data) == shard["bytes"]
         assert hashlib.sha256(data).hexdigest() == shard["sha256"]
     cfg = load_config(_eeg_config(tmp_path))
@@ -50,7 +50,7 @@ def test_harvest_to_s3_and_replay_equals_local(tmp_path: Path, s3_uri: str,  # n
     replay["run"]["name"] = "replay"
     replay["source"] = {"backbone": {"kind": "stored", "model": cache}, "hook": "layer.1"}
     plan = thresher.plan(replay).describe()
-    assert f"shard cache {cache!r}: {len(direct)} rows of width {direct.d}" in plan
+    assert f"shard store {cache!r}: {len(direct)} rows of width {direct.d}" in plan
     original = thresher.run(_eeg_config(tmp_path), inline=True, progress=False)
     replayed = thresher.run(replay, inline=True, progress=False)
     assert pq.read_table(original / "inputs" / "s0.parquet").equals(
@@ -61,9 +61,9 @@ def test_harvest_to_s3_and_replay_equals_local(tmp_path: Path, s3_uri: str,  # n
 
 def test_a_corrupt_shard_is_named_with_the_fix(tmp_path: Path, s3_uri: str,  # noqa: F811
                                                capsys: pytest.CaptureFixture[str]) -> None:
-    from thresher.harvest.shards import ShardWriter
+    from thresher.modalities.stored.shards import ShardWriter
 
-    cache = storage.join(s3_uri, tmp_path.name, "bad")
+    cache = uri_io.join(s3_uri, tmp_path.name, "bad")
     writer = ShardWriter(cache, backbone={"kind": "x"}, hook="h", source={})
     rng = np.random.default_rng(0)
     for i in range(4):
@@ -74,10 +74,10 @@ def test_a_corrupt_shard_is_named_with_the_fix(tmp_path: Path, s3_uri: str,  # n
     store = open_store(cache)
     assert isinstance(store, ShardStore) and store.n_blocks == 4
     store.close()
-    bad = storage.join(cache, "shards/00000002.bin")
-    data = bytearray(storage.read_bytes(bad))
+    bad = uri_io.join(cache, "shards/00000002.bin")
+    data = bytearray(uri_io.read_bytes(bad))
     data[100] ^= 0xFF  # one flipped byte, same size
-    storage.write_bytes(bad, bytes(data))
+    uri_io.write_bytes(bad, bytes(data))
     with pytest.raises(ShardStoreError) as err:
         list(iter_store(cache))
     message = str(err.value)
@@ -93,6 +93,6 @@ def test_a_corrupt_shard_is_named_with_the_fix(tmp_path: Path, s3_uri: str,  # n
     assert len(printed) == 1 and "shards/00000002.bin" in printed[0]
     assert "is corrupt" in printed[0] and "thresher harvest" in printed[0]
     # A cache whose harvest never finished has no manifest: named, with the fix.
-    storage.remove(storage.join(cache, "manifest.json"))
+    uri_io.remove(uri_io.join(cache, "manifest.json"))
     with pytest.raises(ShardStoreError, match=r"holds no manifest\.json.*thresher harvest"):
         open_store(cache)

@@ -12,7 +12,7 @@ import torch
 
 from thresher.analysis.frozen import FrozenSAE
 from thresher.config import SAEConfig, TrainConfig, load_config
-from thresher.harvest.splice import SplicedLM, splice_metrics
+from thresher.modalities.text.splice import SplicedLM, splice_metrics
 from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
 from thresher.train.trainer import Trainer

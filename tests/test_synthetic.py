@@ -15,7 +15,9 @@ import torch
 import thresher
 from thresher.analysis.analyze import analyze_run
 from thresher.config import ConfigError, load_config
-from thresher.harvest.synthetic import SyntheticBackbone, SyntheticModel, model_of, true_fires
+from thresher.modalities.contract import BlockIndexBatch
+from thresher.modalities.synthetic.model import SyntheticModel, model_of, true_fires
+from thresher.modalities.synthetic.source import SyntheticBackbone
 
 HIER = {"n_features": 96, "d_in": 24, "mean_l0": 3.0, "n_parents": 6, "children_per_parent": 3,
         "child_prob": 0.6, "correlation_rank": 2, "correlation_strength": 0.3,
@@ -33,9 +35,9 @@ def _model(**extra: object) -> SyntheticModel:
 def test_blocks_are_a_function_of_seed_and_index() -> None:
     source = load_config({"source": _source()}).source
     a, b = SyntheticBackbone(source), SyntheticBackbone(source)
-    first = a.harvest({"block": np.array([2])})
-    assert np.array_equal(first.acts, b.harvest({"block": np.array([2])}).acts)
-    assert not np.array_equal(first.acts, a.harvest({"block": np.array([1])}).acts)
+    first = a.harvest(BlockIndexBatch.of(2))
+    assert np.array_equal(first.acts, b.harvest(BlockIndexBatch.of(2)).acts)
+    assert not np.array_equal(first.acts, a.harvest(BlockIndexBatch.of(1)).acts)
     assert first.example_id[0] == 2 * 512 and first.hooks == (("synthetic", 24),)
     m = a.model
     row, feat, value, rows = m.feature_acts(2)

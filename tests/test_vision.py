@@ -13,6 +13,7 @@ import torch
 from thresher.config import BackboneConfig, ConfigError, InputsConfig, SourceConfig
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.modalities.image.decode import ImageBatch
 
 from .tiny_models import TINY_CLIP, TINY_SIGLIP, TINY_VIT
 
@@ -60,8 +61,8 @@ def _pixels(n: int = 3, size: int = 32) -> torch.Tensor:
 
 def _harvest_pixels(harvester: Harvester, pixels: torch.Tensor) -> Any:
     n = len(pixels)
-    return harvester.harvest({"pixels": pixels.numpy(), "example_id": np.arange(n),
-                              "label": np.arange(n) + 10, "unreadable": np.zeros(n)})
+    return harvester.harvest(ImageBatch(pixels=pixels.numpy(), example_id=np.arange(n),
+                                        label=np.arange(n) + 10, unreadable=np.zeros(n)))
 
 
 @pytest.mark.parametrize("tokens", ["all", "cls", "patches"])
@@ -145,8 +146,8 @@ def test_decode_uses_open_clips_own_transform(image_root: Path) -> None:
                                                              **TINY_CLIP)
     first = inputs.manifest.column("origin")[0].as_py()
     expected = preprocess(Image.open(first)).numpy()
-    np.testing.assert_allclose(decoded["pixels"][0], expected, atol=1e-6)
-    assert decoded["pixels"].shape == (4, 3, 32, 32)
+    np.testing.assert_allclose(decoded.pixels[0], expected, atol=1e-6)
+    assert decoded.pixels.shape == (4, 3, 32, 32)
 
 
 def test_image_folder_labels_and_corrupt_images_skipped(tmp_path: Path) -> None:
@@ -193,14 +194,14 @@ def test_image_lmdb_and_hf_dataset_inputs_decode_like_the_folder(tmp_path: Path,
                               batch_size=len(files))
         inputs = prepare_inputs(source, 0, tmp_path)
         batch = decode_batch(inputs, inputs.batches[0])
-        by_pixels = {batch["pixels"][i].tobytes(): inputs.manifest.column("label_name")[i]
+        by_pixels = {batch.pixels[i].tobytes(): inputs.manifest.column("label_name")[i]
                      .as_py() for i in range(len(files))}
         return by_pixels, batch
 
     folder, _ = decoded("image_folder", str(image_root))
     from_lmdb, batch = decoded("image_lmdb", str(tmp_path / "images.lmdb"))
     from_ds, _ = decoded("hf_dataset", str(tmp_path / "ds"))
-    assert batch["unreadable"].sum() == 0
+    assert batch.unreadable.sum() == 0
     assert from_lmdb == folder and from_ds == folder  # same pixels, same labels
 
 

@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import Config, Plan, load_config, make_plan
 from thresher.rundir import Terminated, create_run_dir, load_run_config, record_ending
 
@@ -22,7 +22,7 @@ ConfigLike = str | os.PathLike[str] | dict | Config | None
 
 def plan(config: ConfigLike = None) -> Plan:
     """Validate a config and expand it into streams, trainers and SAEs; runs nothing."""
-    from thresher.harvest.cache import read_stores
+    from thresher.modalities.stored.source import read_stores
     from thresher.preflight import preflight
 
     cfg = load_config(config)
@@ -34,7 +34,7 @@ def plan(config: ConfigLike = None) -> Plan:
 def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | None = None,
         resume: bool = False, overwrite: bool = False) -> Path | str:
     """Harvest, train and write statistics; returns the run directory (its URI where run.out
-    is one; the files are then also in this machine's working copy, thresher/storage.py).
+    is one; the files are then also in this machine's working copy, thresher/uri_io.py).
 
     `config` is a YAML path, a dict, a Config, or None for the built-in default run.
     `inline=True` runs every role in this process without Ray (debugging, one-GPU boxes).
@@ -66,8 +66,8 @@ def run(config: ConfigLike = None, *, inline: bool = False, progress: bool | Non
             log.warning("could not save the training curves: %s", close_error)
         record_ending(run_dir, exc)  # failed or interrupted, why, and where a resume goes on
         raise
-    location = storage.location_of(run_dir)
-    return location if storage.is_uri(location) else run_dir
+    location = uri_io.location_of(run_dir)
+    return location if uri_io.is_uri(location) else run_dir
 
 
 def resume(run_dir: str | os.PathLike[str], *, inline: bool = False,

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             _report_after_run(run_dir, args.no_report)
             return 0
         if args.command == "harvest":
-            from thresher.harvest.cache import harvest_and_describe
+            from thresher.harvest.to_store import harvest_and_describe
 
             print(harvest_and_describe(args.config, args.out, args.stream))
             return 0
@@ -169,9 +169,9 @@ def _internal(exc: Exception, run_location: str | None) -> str:
     record = _recorded(run_location)
     if record is None:
         return f"{line} (`--debug` shows the traceback)"
-    from thresher import storage
+    from thresher import uri_io
 
-    logs = storage.working_dir(run_location or ".") / "logs"
+    logs = uri_io.working_dir(run_location or ".") / "logs"
     try:
         logs.mkdir(parents=True, exist_ok=True)
         (logs / "error.txt").write_text("".join(traceback.format_exception(exc)))
@@ -200,9 +200,9 @@ def _report_after_run(run_dir: object, skip: bool) -> None:
 
 
 def _print_summary(run_dir: object) -> None:
-    from thresher import storage
+    from thresher import uri_io
 
-    table = storage.read_parquet(storage.join(str(run_dir), "stats", "summary.parquet"))
+    table = uri_io.read_parquet(uri_io.join(str(run_dir), "stats", "summary.parquet"))
     summary = table.to_pylist()
     print(f"\nrun directory: {run_dir}")
     print(f"{'sae_id':<28} {'fve':>6} {'l0':>7} {'dead':>6} {'rows':>9}")

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thresher import storage
+from thresher import uri_io
 from thresher.analysis.curves import CurveLog
 from thresher.analysis.evaluate import TrainerResult, write_run_stats
 from thresher.config import Plan
@@ -134,4 +134,4 @@ def close_curve_log(run_dir: Path, curves: CurveLog,
             curves.logger.log_final(pq.read_table(summary_path).to_pylist())
     finally:
         curves.logger.finish()
-        storage.publish_tree(run_dir / "wandb")  # offline files, where the run is remote
+        uri_io.publish_tree(run_dir / "wandb")  # offline files, where the run is remote

@@ -24,7 +24,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import Config, Plan, load_config, run_dir_of
 
 FORMAT_VERSION = 1
@@ -33,7 +33,7 @@ SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    return storage.save(path, (json.dumps(obj, indent=2, sort_keys=False, default=str)
+    return uri_io.save(path, (json.dumps(obj, indent=2, sort_keys=False, default=str)
                                + "\n").encode())
 
 
@@ -72,17 +72,17 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
 
     Trainers restore from any checkpoint they find, so starting a new run on top of an old one
     would silently continue it: that needs an explicit choice. Returns the local folder the run
-    is written through (for a URI, its working copy: thresher/storage.py).
+    is written through (for a URI, its working copy: thresher/uri_io.py).
     """
     out = plan.config.run.out
-    if SUBMITTED_JOB_ENV in os.environ and not storage.is_uri(out) and not Path(out).is_absolute():
+    if SUBMITTED_JOB_ENV in os.environ and not uri_io.is_uri(out) and not Path(out).is_absolute():
         raise RunDirError(
             f"run.out is the relative path {out!r}, but this is a `ray job submit` job, whose "
             "working directory is temporary and deleted afterwards. Set run.out to an absolute "
             "path on storage every node shares, or to a URI")
     location = run_dir_of(plan.config)
-    previous = storage.join(location, "run.json")
-    exists = storage.is_file(previous)
+    previous = uri_io.join(location, "run.json")
+    exists = uri_io.is_file(previous)
     if exists and not resume:
         if not overwrite:
             record = run_record(location)
@@ -94,15 +94,15 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
                 "--overwrite to start again with this config, or choose another run.name / "
                 "run.out")
         for name in ("saes", "stats", "run.json", "inputs", "report", "wandb"):
-            storage.remove(storage.join(location, name))
+            uri_io.remove(uri_io.join(location, name))
     if resume and not exists:
         raise RunDirError(f"nothing to resume: {location} holds no run.json")
-    run_dir = storage.working_dir(location)
-    if storage.is_uri(location) and not resume:
+    run_dir = uri_io.working_dir(location)
+    if uri_io.is_uri(location) and not resume:
         # A working copy left by an earlier run of this URI is stale; trainers of a resumed
         # run pull their own checkpoints (Trainer).
         shutil.rmtree(run_dir)
-        run_dir = storage.working_dir(location)
+        run_dir = uri_io.working_dir(location)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_run_json(run_dir, plan, executor, status="running")
     return run_dir
@@ -111,17 +111,17 @@ def create_run_dir(plan: Plan, executor: str, *, resume: bool = False,
 def open_run(run: str | Path) -> Path:
     """The local folder to read a run from: the path itself, or for a URI its working copy,
     brought up to date (checkpoints left out: only a resumed trainer needs its own)."""
-    run_dir = storage.working_dir(run)
-    storage.pull(run_dir, skip=("saes/*/checkpoint",))
+    run_dir = uri_io.working_dir(run)
+    uri_io.pull(run_dir, skip=("saes/*/checkpoint",))
     return run_dir
 
 
 def run_record(run: str | Path) -> dict[str, Any]:
-    location = storage.join(run, "run.json")
-    if not storage.is_file(location):
+    location = uri_io.join(run, "run.json")
+    if not uri_io.is_file(location):
         raise RunDirError(f"{run} is not a thresher run directory: no run.json")
     try:
-        return json.loads(storage.read_text(location))
+        return json.loads(uri_io.read_text(location))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunDirError(f"{location} is not the JSON thresher writes ({exc})") from exc
 

@@ -17,7 +17,8 @@ from typing import Any
 
 from thresher.analysis.evaluate import TrainerResult, trainer_result
 from thresher.config import Config, StreamPlan, TrainerPlan, config_dir
-from thresher.harvest.inputs import Inputs, prepare_inputs, write_manifest
+from thresher.harvest.inputs import prepare_inputs, write_manifest
+from thresher.modalities.contract import Inputs
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.reader import BatchReader, Fetch, Load

@@ -3,7 +3,7 @@
 Reads run.json's resolved config, harvests the stream's held-out rows again (the first
 `stream.holdout_rows` rows, cut as the run cut them; nothing else is harvested), applies each
 exported SAE (saes/<id>/, raw units) with frozen weights, and rewrites stats/*.parquet. For a
-causal language model it also splices each SAE into the model (thresher.harvest.splice) over the
+causal language model it also splices each SAE into the model (modalities/text/splice.py) over the
 held-out windows for CE-loss recovered and KL.
 """
 
@@ -100,9 +100,9 @@ def _lm_metrics(cfg: Config, source: SourceConfig, hook: str, run_dir: Path,
     """CE/KL per SAE spliced in at `hook` over the held-out windows (none, with a log line,
     where undefined), with the source's own metrics (ground truth, probing) alongside."""
     from thresher.analysis.evaluate import source_metrics
-    from thresher.harvest.backbones import load_tokenizer
     from thresher.harvest.inputs import manifest_path
-    from thresher.harvest.splice import SplicedLM, splice_metrics, splice_supported
+    from thresher.modalities.text.splice import SplicedLM, splice_metrics, splice_supported
+    from thresher.modalities.text.tokenizers import load_tokenizer
 
     extra = source_metrics(source, holdout, lambda x: [s.encode_decode(x) for s in saes],
                            {s.sae.sae_id: s.W_dec.numpy() for s in saes})

@@ -129,14 +129,14 @@ class CurveLog:
     """
 
     def __init__(self, path: str | Path, logger: Any = None, save_every: float = 10.0) -> None:
-        from thresher import storage
+        from thresher import uri_io
 
         self.path, self.logger, self.save_every = Path(path), logger, save_every
         self.points: dict[tuple[str, int], dict[str, Any]] = {}
         self.logged_step: dict[str, int] = {}  # the last step sent to wandb, per SAE
         self.newest: dict[str, dict[str, Any]] = {}  # the newest point of each SAE
         self.dirty, self.saved_at = False, -math.inf
-        if storage.is_file(self.path):  # a resumed run: the curves of its first part
+        if uri_io.is_file(self.path):  # a resumed run: the curves of its first part
             import pyarrow.parquet as pq
 
             for point in pq.read_table(self.path).to_pylist():
@@ -162,7 +162,8 @@ class CurveLog:
     def save(self, force: bool = False) -> None:
         if not self.dirty or (not force and time.monotonic() - self.saved_at < self.save_every):
             return
-        from thresher.analysis.parquet import CURVES_SCHEMA, table_from_rows, write_table_atomic
+        from thresher.analysis.parquet import CURVES_SCHEMA, table_from_rows
+        from thresher.uri_io import write_table_atomic
 
         write_table_atomic(table_from_rows(self.rows(), CURVES_SCHEMA), self.path)
         self.dirty, self.saved_at = False, time.monotonic()

@@ -61,7 +61,7 @@ def source_metrics(source: SourceConfig, holdout: ActivationBlock, encode_decode
     sae_ids = list(decoders)
     gt = None
     if source.backbone.kind == "synthetic":
-        from thresher.harvest.synthetic import model_of
+        from thresher.modalities.synthetic.model import model_of
 
         gt = GroundTruthAccumulator(model_of(source), decoders)
     labelled = holdout.label is not None and bool((holdout.label >= 0).any())
@@ -183,8 +183,8 @@ def write_run_stats(run_dir: str | Path, results: list[TrainerResult],
         SUMMARY_SCHEMA,
         table_from_columns,
         table_from_rows,
-        write_table_atomic,
     )
+    from thresher.uri_io import write_table_atomic
 
     stats_dir = Path(run_dir) / "stats"
     rows = [row for r in results for row in r.summary_rows]

@@ -1,4 +1,4 @@
-"""Ground-truth metrics of an SAE on a synthetic source (thresher/harvest/synthetic.py).
+"""Ground-truth metrics of an SAE on a synthetic source (thresher/modalities/synthetic/).
 
 The definitions are those of SAELens's `sae_lens.synthetic.evals` (checked against it in
 tests/test_synthetic.py), with d the SAE's decoder rows and t the true feature directions, and
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from thresher.harvest.synthetic import SyntheticModel, true_fires
+from thresher.modalities.synthetic.model import SyntheticModel, true_fires
 
 GT_METRIC_NAMES = ("gt_mcc", "gt_uniqueness", "gt_precision", "gt_recall", "gt_f1", "gt_l0")
 

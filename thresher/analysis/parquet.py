@@ -1,17 +1,16 @@
 """Parquet files of a run, with their schemas (documented in docs/formats.md).
 
-Files are written atomically: to a temporary name in the same folder, then renamed, so a reader
-never sees half a file and a crash never destroys the previous one.
+Files are written atomically (thresher/uri_io.py, `write_table_atomic`): to a temporary name in
+the same folder, then renamed, so a reader never sees half a file and a crash never destroys the
+previous one. The inputs manifests' schemas live with their modalities (thresher/modalities/).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from thresher.config import HYPERPARAMETER_NAMES, SWEEP_KEY
 
@@ -150,24 +149,6 @@ CURVES_SCHEMA = pa.schema(
         ("dense_fraction_10pct", pa.float64()),
     ]
 )
-
-INPUTS_SCHEMA = pa.schema(
-    [
-        ("example_id", pa.int64()),
-        ("origin", pa.string()),
-        ("text", pa.string()),
-        ("token_ids", pa.list_(pa.int32())),
-    ]
-)
-
-
-def write_table_atomic(table: pa.Table, path: str | Path) -> Path:
-    """Write a Parquet file of the run directory (atomic; published where it is remote)."""
-    from thresher import storage
-
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    return storage.save(path, sink.getvalue().to_pybytes())
 
 
 def table_from_rows(rows: Sequence[dict[str, Any]], schema: pa.Schema) -> pa.Table:

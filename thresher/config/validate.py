@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable
 from typing import Any
 
 from thresher.config.build import Where, build
@@ -17,14 +18,11 @@ from thresher.config.saes import (
     sweep_key_type,
 )
 from thresher.config.schema import (
-    EEG_INPUTS,
-    IMAGE_BACKBONES,
-    IMAGE_INPUTS,
-    TEXT_BACKBONES,
-    TEXT_INPUTS,
+    MODALITY_KINDS,
     Config,
     ConfigError,
     SourceConfig,
+    modality_name,
 )
 from thresher.config.synthetic import HOOK as SYNTHETIC_HOOK
 from thresher.config.synthetic import synthetic_config
@@ -123,16 +121,9 @@ def _check_train(cfg: Config, where: Where) -> None:
             raise ConfigError(f"{where.at(('train', spec.name, name))} {problem}")
 
 
-def _modality(kind: str) -> str:
-    if kind in TEXT_BACKBONES or kind in TEXT_INPUTS:
-        return "text"
-    if kind in IMAGE_BACKBONES or kind in IMAGE_INPUTS:
-        return "image"
-    return "eeg"
-
-
 def _check_source(cfg: Config, source: SourceConfig, path: tuple, where: Where) -> None:
-    """The source's inputs exist and fit its backbone's modality; its hooks are distinct."""
+    """The source's inputs exist and fit its backbone's modality (`MODALITY_KINDS`); its hooks
+    are distinct; then the rules of its backbone kind (`_BACKBONE_RULES`)."""
     inputs, backbone = source.inputs, source.backbone
     _positive(source, ("batch_size",), path, where)
     _positive(inputs, ("context", "max_tokens", "max_examples", "stride"), (*path, "inputs"),
@@ -143,52 +134,77 @@ def _check_source(cfg: Config, source: SourceConfig, path: tuple, where: Where) 
                           "harvest")
     if len(set(hooks)) != len(hooks):
         raise ConfigError(f"{where.at((*path, 'hook'))} lists a hook twice: {list(hooks)}")
-    if backbone.kind == "stored":
-        if not backbone.model:
-            raise ConfigError(f"{where.at((*path, 'backbone', 'model'))} is empty: a stored "
-                              "source needs the path of a cache written by `thresher harvest` "
-                              "(or a folder of .npy shards)")
-        return
-    if backbone.kind == "synthetic":
-        if hooks != (SYNTHETIC_HOOK,):
-            raise ConfigError(f"{where.at((*path, 'hook'))} is {source.hook!r}: a synthetic "
-                              f"source has the one hook {SYNTHETIC_HOOK!r}; set source.hook to it")
-        synthetic_config(backbone, (*path, "backbone", "config"), where)
-        return
-    backbone_modality, inputs_modality = _modality(backbone.kind), _modality(inputs.kind)
-    if backbone_modality != inputs_modality:
-        valid = {"text": TEXT_INPUTS, "image": IMAGE_INPUTS, "eeg": EEG_INPUTS}[backbone_modality]
+    modality = modality_name(backbone.kind)
+    kinds = MODALITY_KINDS[modality]
+    if kinds.inputs:
+        _check_inputs(cfg, source, modality, path, where)
+    rule = _BACKBONE_RULES.get(backbone.kind)
+    if rule is not None:
+        rule(source, path, where)
+
+
+def _check_inputs(cfg: Config, source: SourceConfig, modality: str, path: tuple,
+                  where: Where) -> None:
+    """Inputs of the backbone's modality, with `tokens` only where it applies; their paths."""
+    inputs, kinds = source.inputs, MODALITY_KINDS[modality]
+    if inputs.kind not in kinds.inputs:
         raise ConfigError(
-            f"{where.at((*path, 'inputs', 'kind'))} is {inputs.kind!r} ({inputs_modality}) "
-            f"but the backbone {backbone.kind!r} reads {backbone_modality}; valid inputs for it: "
-            f"{', '.join(valid)}")
-    if source.tokens != "all" and backbone_modality != "image":
+            f"{where.at((*path, 'inputs', 'kind'))} is {inputs.kind!r} "
+            f"({modality_name(inputs.kind)}) but the backbone {source.backbone.kind!r} reads "
+            f"{modality}; valid inputs for it: {', '.join(kinds.inputs)}")
+    if source.tokens != "all" and not kinds.chooses_tokens:
         raise ConfigError(f"{where.at((*path, 'tokens'))} is {source.tokens!r} but only "
                           "image backbones choose tokens; remove it")
-    if backbone_modality == "image" and len(hooks) > 1 and "embedding" in hooks:
+    alone = [hook for hook in source.hooks if hook in kinds.hooks_alone]
+    if alone and len(source.hooks) > 1:
         raise ConfigError(
-            f"{where.at((*path, 'hook'))}: 'embedding' gives one row per image and the layer "
-            "hooks one row per token, so they cannot share a stream's rows; put 'embedding' in a "
-            "source of its own")
-    needs_paths = inputs.kind not in ("python_docstrings", "spkit_eeg_sample")
+            f"{where.at((*path, 'hook'))}: {alone[0]!r} gives one row per image and the layer "
+            "hooks one row per token, so they cannot share a stream's rows; put "
+            f"{alone[0]!r} in a source of its own")
+    needs_paths = inputs.kind not in kinds.pathless_inputs
     if needs_paths and not inputs.paths:
         raise ConfigError(
             f"{where.at((*path, 'inputs', 'paths'))} is empty: inputs of kind "
             f"{inputs.kind!r} need at least one path")
     base = config_dir(cfg)
     for i, pattern in enumerate(inputs.paths if needs_paths else ()):
-        folders = inputs.kind in ("image_folder", "image_lmdb", "hf_dataset")
+        folders = inputs.kind in kinds.folder_inputs
         found = resolve_dirs(pattern, base) if folders else resolve_globs(pattern, base)
         if not found:
             what = "folder" if folders else "file"
             raise ConfigError(
                 f"{where.at((*path, 'inputs', 'paths', i))}: no {what} matches "
                 f"{pattern!r} (relative paths are read from {str(base.resolve())!r})")
-    if backbone.kind == "transformer_lens" and not backbone.model and backbone.config is None:
+
+
+def _check_stored(source: SourceConfig, path: tuple, where: Where) -> None:
+    if not source.backbone.model:
+        raise ConfigError(f"{where.at((*path, 'backbone', 'model'))} is empty: a stored "
+                          "source needs the path of a store written by `thresher harvest` "
+                          "(or a folder of .npy shards)")
+
+
+def _check_synthetic(source: SourceConfig, path: tuple, where: Where) -> None:
+    if source.hooks != (SYNTHETIC_HOOK,):
+        raise ConfigError(f"{where.at((*path, 'hook'))} is {source.hook!r}: a synthetic "
+                          f"source has the one hook {SYNTHETIC_HOOK!r}; set source.hook to it")
+    synthetic_config(source.backbone, (*path, "backbone", "config"), where)
+
+
+def _check_transformer_lens(source: SourceConfig, path: tuple, where: Where) -> None:
+    if not source.backbone.model and source.backbone.config is None:
         raise ConfigError(
             f"{where.at((*path, 'backbone'))}: set `model` to a TransformerLens model name "
             "or `config` to HookedTransformerConfig arguments for a random-weight model"
         )
+
+
+# What one backbone kind asks of its source's fields beyond its modality's inputs.
+_BACKBONE_RULES: dict[str, Callable[[SourceConfig, tuple, Where], None]] = {
+    "stored": _check_stored,
+    "synthetic": _check_synthetic,
+    "transformer_lens": _check_transformer_lens,
+}
 
 
 def _check_sweep_target(cfg: Config, key: str, value: Any, path: tuple, where: Where) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 
 from thresher.config import ConfigError, SourceConfig
 from thresher.harvest.local import report_of
+from thresher.modalities.contract import Decoder, InputBatch
 from thresher.stream.pump import HarvestReport
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def harvest_worker_cls() -> Any:
             return ray.get_runtime_context().get_node_id()
 
         @ray.method(num_returns=2)
-        def harvest(self, batch: dict[str, np.ndarray]
+        def harvest(self, batch: InputBatch
                     ) -> tuple[tuple[HarvestReport, int], dict[str, np.ndarray]]:
             """(the block's report and bytes, the block as columns: one array per hook, so a
             trainer maps only its hook's rows out of the store)."""
@@ -80,14 +81,16 @@ def harvest_worker_cls() -> Any:
     return HarvestWorker
 
 
+def _decode(decoder: Decoder, batch: InputBatch) -> InputBatch:
+    return decoder.decode(batch)
+
+
 @functools.cache
 def decode_task() -> Any:
-    """The CPU task that decodes and preprocesses one input batch of image references."""
+    """The CPU task that decodes and preprocesses one input batch (image references)."""
     import ray
 
-    from thresher.harvest.vision import decode_images
-
-    return ray.remote(num_cpus=1)(decode_images)
+    return ray.remote(num_cpus=1)(_decode)
 
 
 @dataclass
@@ -106,9 +109,9 @@ class HarvestPool:
     goes to the actor with the fewest calls out. `options` are the actors' Ray options
     (resources, placement)."""
 
-    def __init__(self, source: SourceConfig, batches: Sequence[dict[str, np.ndarray]], *,
+    def __init__(self, source: SourceConfig, batches: Sequence[InputBatch], *,
                  actors: int, in_flight: int, gpus: float, threads: int, base_dir: str,
-                 decode: Any = None, options: dict[str, Any] | None = None) -> None:
+                 decode: Decoder | None = None, options: dict[str, Any] | None = None) -> None:
         worker = harvest_worker_cls().options(**(options or {}))
         self.actors = [worker.remote(source, gpus, threads, base_dir) for _ in range(actors)]
         self.batches, self.decode = batches, decode
@@ -130,7 +133,7 @@ class HarvestPool:
     def _submit(self) -> None:
         batch: Any = self.batches[self.submitted]
         if self.decode is not None:
-            batch = decode_task().remote(batch, self.decode)  # the actor waits for its pixels
+            batch = decode_task().remote(self.decode, batch)  # the actor waits for its pixels
         i = min(range(len(self.actors)), key=lambda a: (self.calls[a], a))
         report, block = self.actors[i].harvest.remote(batch)
         self.out.append((i, report, block))

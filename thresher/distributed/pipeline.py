@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thresher import storage
+from thresher import uri_io
 from thresher.analysis.curves import CurveLog
 from thresher.analysis.evaluate import TrainerResult
 from thresher.config import Config, Plan, StreamPlan, harvest_resources
@@ -86,7 +86,7 @@ def node_marker(resource: str, cluster: Mapping[str, float]) -> dict[str, float]
 
 def run_tag(cfg: Config, run_dir: Path) -> str:
     """The prefix of this run's actor names: its name and a digest of its directory."""
-    where = storage.location_of(Path(run_dir).resolve())
+    where = uri_io.location_of(Path(run_dir).resolve())
     digest = hashlib.sha1(where.encode()).hexdigest()[:8]
     return f"{cfg.run.name}-{digest}"
 
@@ -135,7 +135,7 @@ def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
     # arguments in the object store, ray#53727), and tests and operators find both.
     res = cfg.resources
     # Actors get the run's location: on another node, a URI maps to that node's working copy.
-    location = storage.location_of(run_dir)
+    location = uri_io.location_of(run_dir)
     stream_tag = f"{tag}-{stream.stream_id}-{uuid.uuid4().hex[:8]}"
     stream_name = f"thresher-stream-{stream_tag}"
     harvest_marker = node_marker(res.harvest_node_resource, cluster)

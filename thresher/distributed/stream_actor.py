@@ -30,7 +30,7 @@ import threading
 import time
 from typing import Any
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import Config, StreamPlan, harvest_resources, torch_threads
 from thresher.distributed.blocks import estimate_stats
 from thresher.distributed.errors import user_error
@@ -68,7 +68,7 @@ def stream_actor_cls() -> Any:
                      harvest_resources: dict[str, float] | None = None) -> None:
             self.cfg, self.stream, self.name = cfg, stream, name
             # The run's location (a URI reaches this node's working copy of it).
-            self.run_dir = str(storage.working_dir(run_dir))
+            self.run_dir = str(uri_io.working_dir(run_dir))
             self.lock = threading.Condition()
             self.pump: Pump[Any, Any] = Pump(cfg, stream, estimate=estimate_task.remote)
             self.error: str | None = None

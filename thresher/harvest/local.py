@@ -14,7 +14,8 @@ import numpy as np
 
 from thresher.config import Config, SourceConfig, config_dir, torch_threads
 from thresher.harvest.harvester import Harvester
-from thresher.harvest.inputs import Inputs, decode_batch, prepare_inputs
+from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.modalities.contract import Inputs
 from thresher.stream.block import ActivationBlock
 from thresher.stream.chunker import Chunker, load_pieces
 from thresher.stream.pump import HarvestReport

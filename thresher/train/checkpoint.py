@@ -32,7 +32,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file as load_numpy
 from safetensors.torch import save as save_torch_bytes
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import SAEConfig
 from thresher.stream.log import Cursor
 from thresher.train.archs.registry import architecture_class
@@ -70,8 +70,8 @@ TMP_SUFFIX = ".tmp"
 
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write `data` to a temporary name next to `path`, sync it, then rename it over `path`
-    (and publish it where the run directory is remote: thresher/storage.py)."""
-    return storage.save(path, data)
+    (and publish it where the run directory is remote: thresher/uri_io.py)."""
+    return uri_io.save(path, data)
 
 
 def write_json_atomic(path: Path, obj: Any) -> Path:
@@ -155,7 +155,7 @@ def save_sae_checkpoint(run_dir: str | Path, sae: SAEConfig, state: Mapping[str,
         if stale_weights or entry.name.endswith(TMP_SUFFIX):
             entry.unlink(missing_ok=True)
             if stale_weights:
-                storage.unpublish(entry)
+                uri_io.unpublish(entry)
     return path
 
 

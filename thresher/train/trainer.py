@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from thresher import storage
+from thresher import uri_io
 from thresher.analysis.curves import TrainingCurves
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.block import ActivationBlock
@@ -43,7 +43,7 @@ class Trainer:
         self.train = train
         self.stats = stats
         # A URI (a trainer on another node) or a local path: the folder written through.
-        self.run_dir = storage.working_dir(run_dir)
+        self.run_dir = uri_io.working_dir(run_dir)
         self.hook_name = hook_name
         self.total_steps = max(1, math.ceil(train.tokens / train.batch_size))
         self.bank = SAEBank(self.saes, stats, train, self.total_steps, device=device)
@@ -66,7 +66,7 @@ class Trainer:
 
     def _restore(self) -> None:
         for sae in self.saes:  # a remote run's checkpoints, into this node's working copy
-            storage.pull(checkpoint_dir(self.run_dir, sae.sae_id))
+            uri_io.pull(checkpoint_dir(self.run_dir, sae.sae_id))
         point = find_restore_point(self.run_dir, self.saes, self.stats.scale)
         if point is None:
             partial = [sae.sae_id for sae in self.saes

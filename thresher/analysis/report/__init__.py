@@ -5,7 +5,7 @@ of FVE against L0 (the ones to read first: no other SAE explains as much with as
 latents), the training curves (stats/curves.parquet), and density and MonoScore histograms.
 Every page is a static file that works from file:// (thresher/analysis/report/browser.py).
 
-Examples are shown by the stream's modality (thresher/analysis/report/modality.py), their inputs
+Examples are shown by the stream's modality (thresher/modalities/<name>/report.py), their inputs
 resolved as the run resolved them: relative paths against the config file recorded in run.json,
 whatever folder `thresher report` starts in. What cannot be rendered says why on the page.
 """
@@ -20,12 +20,12 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
-from thresher import storage
+from thresher import uri_io
 from thresher.analysis.report import browser, plots
-from thresher.analysis.report.modality import THUMB, example_renderer
+from thresher.analysis.report.modality import example_renderer
 from thresher.config import HYPERPARAMETER_NAMES, ConfigError
 
-__all__ = ["THUMB", "write_report"]
+__all__ = ["write_report"]
 
 SWEEP_COLUMNS = ("sae_id", *HYPERPARAMETER_NAMES, "fve", "nmse", "l0", "l1", "l2_ratio",
                  "dead_fraction", "dense_fraction_10pct", "mono_score_mean", "ce_loss_recovered")
@@ -79,8 +79,8 @@ def write_report(run_dir: str | Path) -> Path:
                                        "MonoScore (undefined left out)")}
     if curves is not None and len(curves):
         images["curves"] = plots.curves_plot(curves, out / "curves.png")
-    index = storage.save(out / "index.html", _index_page(summary, front, images).encode())
-    storage.publish_tree(out)  # the images and browser files, where the run dir is remote
+    index = uri_io.save(out / "index.html", _index_page(summary, front, images).encode())
+    uri_io.publish_tree(out)  # the images and browser files, where the run dir is remote
     return index
 
 
@@ -91,7 +91,7 @@ def _read_optional(path: Path) -> pd.DataFrame | None:
 def _copy_static(folder: Path) -> None:
     package = importlib.resources.files("thresher.analysis.report") / "static"
     for name in STATIC_FILES:
-        storage.save(folder / name, (package / name).read_bytes())
+        uri_io.save(folder / name, (package / name).read_bytes())
 
 
 def _index_page(summary: pd.DataFrame, front: pd.DataFrame, images: dict[str, Path]) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import HYPERPARAMETER_NAMES
 
 HIST_BINS = 16
@@ -104,7 +104,7 @@ def sae_data(sae: pd.Series, features: pd.DataFrame, examples: pd.DataFrame | No
 def write_browser(out: Path, sae: pd.Series, data: dict[str, Any]) -> Path:
     """report/features/<sae_id>.html and its data script report/data/<sae_id>.js."""
     sae_id = str(sae["sae_id"])
-    storage.save(out / "data" / f"sae-{sae_id}.js", script("THRESHER_SAE", data).encode())
+    uri_io.save(out / "data" / f"sae-{sae_id}.js", script("THRESHER_SAE", data).encode())
     title = html.escape(f"{sae_id}: feature browser")
     page = f"""<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>
 <link rel='stylesheet' href='../static/report.css'></head>
@@ -128,9 +128,9 @@ def write_browser(out: Path, sae: pd.Series, data: dict[str, Any]) -> Path:
 <script src='../data/sae-{html.escape(sae_id)}.js'></script>
 <script src='../static/browser.js'></script>
 </body></html>"""
-    return storage.save(out / "features" / f"{sae_id}.html", page.encode())
+    return uri_io.save(out / "features" / f"{sae_id}.html", page.encode())
 
 
 def write_stream_data(out: Path, stream_id: str, data: dict[str, Any]) -> Path:
-    return storage.save(out / "data" / f"stream-{stream_id}.js",
+    return uri_io.save(out / "data" / f"stream-{stream_id}.js",
                         script("THRESHER_STREAM", data).encode())

@@ -1,4 +1,4 @@
-"""EEG: recordings (.npy, EDF, spkit's sample), windows, and the PatchTST backbone.
+"""EEG inputs: recordings (.npy, EDF, spkit's sample), windows, input batches, the manifest.
 
 A recording is channels x time. Windows of `inputs.context` samples are cut every
 `inputs.stride` samples (optionally standardised per channel, `scaling: window`); one window is
@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import importlib.util
 import pickle
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from thresher.config import BackboneConfig, ConfigError, SourceConfig, input_files
-from thresher.stream.block import ActivationBlock
+from thresher.modalities.contract import InputBatch, Inputs
 
 SPKIT_SAMPLE_RATE = 128  # Hz, as spkit's own loader says
-EEG_INPUTS_SCHEMA = pa.schema([
+EEG_MANIFEST_SCHEMA = pa.schema([
     ("example_id", pa.int64()),
     ("origin", pa.string()),  # the recording's file
     ("recording", pa.string()),
@@ -36,6 +34,14 @@ EEG_INPUTS_SCHEMA = pa.schema([
     ("channels", pa.list_(pa.string())),  # channel names; a row's channel indexes this list
     ("num_patches", pa.int32()),  # position = channel * num_patches + patch
 ])
+
+
+@dataclass(frozen=True, eq=False)
+class WindowBatch(InputBatch):
+    """Windows of a recording, channels last; filler rows have example_id -1."""
+
+    values: np.ndarray  # float32 [batch, context, channels]
+    example_id: np.ndarray  # int64 [batch]
 
 
 @dataclass
@@ -163,7 +169,7 @@ def cut_windows(signals: np.ndarray, context: int, stride: int,
 
 
 def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
-                     ) -> tuple[list[dict[str, np.ndarray]], pa.Table, int]:
+                     ) -> tuple[list[WindowBatch], pa.Table, int]:
     """Input batches of windows (seeded order), the manifest, and the unreadable-file count."""
     cfg = source.inputs
     config = patchtst_config(source.backbone)
@@ -198,7 +204,7 @@ def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
         batch_values[: len(rows)] = values[rows]
         example_id = np.full(bs, -1, dtype=np.int64)
         example_id[: len(rows)] = np.arange(start, start + len(rows))
-        batches.append({"values": batch_values, "example_id": example_id})
+        batches.append(WindowBatch(values=batch_values, example_id=example_id))
     chosen = [meta[i] for i in order]
     manifest = pa.table({
         "example_id": pa.array(np.arange(len(chosen), dtype=np.int64)),
@@ -210,98 +216,14 @@ def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
         "channels": pa.array([rec.channels for rec, _, _ in chosen],
                              type=pa.list_(pa.string())),
         "num_patches": pa.array([num_patches(config)] * len(chosen), type=pa.int32()),
-    }, schema=EEG_INPUTS_SCHEMA)
+    }, schema=EEG_MANIFEST_SCHEMA)
     return batches, manifest, len(unreadable)
 
 
-# --------------------------------------------------------------------------------------------
-# Backbone
-# --------------------------------------------------------------------------------------------
-
-
-class PatchTSTBackbone:
-    """transformers PatchTSTModel cut after the deepest hooked encoder layer; rows = (channel,
-    patch).
-
-    Hooks: ``embeddings`` (patch embedding + positions: ``hidden_states[0]``) or ``layer.N``
-    (output of encoder layer N: ``hidden_states[N + 1]``, or ``last_hidden_state`` for the
-    last layer, since PatchTST's ``hidden_states`` hold each layer's input); several hooks come
-    from one forward, side by side.
-    """
-
-    n_ctx: int | None = None
-
-    def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
-        from transformers import PatchTSTModel
-
-        from thresher.harvest.backbones import LayerTaps, _hub_offline, _seeded
-
-        cfg = source.backbone
-        config = patchtst_config(cfg)
-        if cfg.config is not None:
-            with _seeded():
-                model = PatchTSTModel(config)
-        else:
-            try:
-                with _hub_offline():
-                    model = PatchTSTModel.from_pretrained(str(Path(cfg.model).expanduser()),
-                                                          local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"source.backbone.model {cfg.model!r}: cannot load a "
-                                  f"PatchTST checkpoint ({str(exc)[:300]})") from exc
-        if getattr(model, "do_mask_input", False):
-            model.do_mask_input = False  # random patch masking is for pre-training only
-            model.masking = torch.nn.Identity()
-        n_layers = int(config.num_hidden_layers)
-        valid = ["embeddings"] + [f"layer.{i}" for i in range(n_layers)]
-        layers = model.encoder.layers
-        self.hooks = source.hooks
-        self._taps = LayerTaps()
-        for hook in self.hooks:
-            match = re.fullmatch(r"layer\.(\d+)", hook)
-            if hook != "embeddings" and (match is None or int(match.group(1)) >= n_layers):
-                raise ConfigError(f"source.hook {hook!r} is not a hook of this {n_layers}-"
-                                  f"layer PatchTST model; valid hooks: {', '.join(valid)}")
-            if match:
-                self._taps.tap(layers[int(match.group(1))], hook)
-            else:
-                self._taps.tap(layers[0], hook, on="input", input_name="hidden_state")
-        self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-        self.model = model.to(device=device, dtype=self.dtype).eval()
-        self.device = device
-        self.config = config
-        self.num_patches = num_patches(config)
-        self.n_channels = int(config.num_input_channels)
-        self.context = int(config.context_length)
-        self.use_cls = bool(getattr(config, "use_cls_token", False))
-        self.hook_widths = tuple(int(config.d_model) for _ in self.hooks)
-        self.d_model = sum(self.hook_widths)
-
-    def activations(self, values: torch.Tensor) -> torch.Tensor:
-        """[B, channels, patches, d_model] float32 at the hooks (side by side) for windows
-        [B, context, channels]."""
-        if tuple(values.shape[1:]) != (self.context, self.n_channels):
-            raise ValueError(f"windows of shape {tuple(values.shape[1:])} do not fit the model "
-                             f"(context_length {self.context}, {self.n_channels} channels)")
-        with torch.inference_mode():
-            captured = self._taps.run(
-                lambda: self.model(past_values=values.to(self.device, self.dtype)))
-        acts = torch.cat([captured[hook] for hook in self.hooks], dim=-1)
-        if self.use_cls:
-            acts = acts[:, :, 1:]  # the CLS token is not a (channel, patch) token
-        return acts.float()
-
-    def harvest(self, batch: dict[str, np.ndarray]) -> ActivationBlock:
-        real = np.asarray(batch["example_id"]) >= 0
-        example_id = np.asarray(batch["example_id"], dtype=np.int64)[real]
-        if not real.any():
-            return ActivationBlock(acts=np.zeros((0, self.d_model), dtype=np.float32),
-                                   example_id=np.zeros(0, dtype=np.int64),
-                                   position=np.zeros(0, dtype=np.int32))
-        acts = self.activations(torch.from_numpy(np.array(batch["values"][real])))
-        b, c, p, d = acts.shape
-        return ActivationBlock(
-            acts=np.ascontiguousarray(acts.reshape(b * c * p, d).cpu().numpy()),
-            example_id=np.repeat(example_id, c * p),
-            position=np.tile(np.arange(c * p, dtype=np.int32), b),
-        )
+def prepare_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
+    batches, manifest, unreadable = build_eeg_inputs(source, seed, base_dir)
+    n = manifest.num_rows
+    per_window = (len(manifest.column("channels")[0]) *
+                  int(manifest.column("num_patches")[0].as_py())) if n else 0
+    return Inputs(batches=list(batches), manifest=manifest, n_examples=n,
+                  n_tokens=n * per_window, unreadable=unreadable)

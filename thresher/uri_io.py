@@ -72,7 +72,7 @@ def _remote(location: str) -> tuple[pafs.FileSystem, str]:
     return fs, path.rstrip("/")
 
 
-class StorageError(OSError):
+class UriIOError(OSError):
     """A run location that cannot be read or written; the message says which and why."""
 
 
@@ -103,7 +103,7 @@ def write_bytes(location: str | os.PathLike[str], data: bytes) -> Location:
         with fs.open_output_stream(path) as stream:  # one PUT: atomic on object stores
             stream.write(data)
     except OSError as exc:
-        raise StorageError(f"cannot write {location}: {exc}") from exc
+        raise UriIOError(f"cannot write {location}: {exc}") from exc
     return str(location)
 
 
@@ -127,6 +127,13 @@ def save(path: str | os.PathLike[str], data: bytes) -> Path:
     write_bytes(path, data)
     publish(path)
     return Path(path)
+
+
+def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+    """Write a Parquet file of the run directory (atomic; published where it is remote)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    return save(path, sink.getvalue().to_pybytes())
 
 
 def write_text(location: str | os.PathLike[str], text: str) -> Location:
@@ -185,7 +192,7 @@ def read_bytes(location: str | os.PathLike[str]) -> bytes:
     except OSError as exc:
         if fs.get_file_info(path).type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"{location} does not exist") from exc
-        raise StorageError(f"cannot read {location}: {exc}") from exc
+        raise UriIOError(f"cannot read {location}: {exc}") from exc
 
 
 def read_text(location: str | os.PathLike[str]) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from thresher import storage
+from thresher import uri_io
 from thresher.rundir import RunDirError
 
 
@@ -25,7 +25,7 @@ def s3_uri() -> Iterator[str]:
     server.start()
     host, port = server.get_host_and_port()
     options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    storage.make_dirs(f"s3://thresher-test?{options}&allow_bucket_creation=true")
+    uri_io.make_dirs(f"s3://thresher-test?{options}&allow_bucket_creation=true")
     yield f"s3://thresher-test/runs?{options}"
     server.stop()
 
@@ -34,50 +34,50 @@ def s3_uri() -> Iterator[str]:
 def root(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return str(tmp_path / "runs")
-    return storage.join(request.getfixturevalue("s3_uri"), tmp_path.name)
+    return uri_io.join(request.getfixturevalue("s3_uri"), tmp_path.name)
 
 
 def test_join_keeps_uri_options() -> None:
     uri = "s3://bucket/runs?endpoint_override=h:9&scheme=http"
-    assert storage.join(uri, "a", "b.json") == (
+    assert uri_io.join(uri, "a", "b.json") == (
         "s3://bucket/runs/a/b.json?endpoint_override=h:9&scheme=http")
-    assert storage.name_of(storage.join(uri, "a", "b.json")) == "b.json"
-    assert storage.join("/tmp/x", "a") == "/tmp/x/a"
-    assert storage.local_path("file:///tmp/x/a") == Path("/tmp/x/a")
-    assert storage.local_path(uri) is None
+    assert uri_io.name_of(uri_io.join(uri, "a", "b.json")) == "b.json"
+    assert uri_io.join("/tmp/x", "a") == "/tmp/x/a"
+    assert uri_io.local_path("file:///tmp/x/a") == Path("/tmp/x/a")
+    assert uri_io.local_path(uri) is None
 
 
 def test_files_round_trip(root: str) -> None:
-    target = storage.join(root, "run", "stats", "t.json")
-    assert not storage.exists(target) and storage.list_dir(storage.join(root, "run")) == []
-    storage.write_text(target, '{"a": 1}')
-    assert storage.read_text(target) == '{"a": 1}'
-    assert storage.is_file(target) and storage.is_dir(storage.join(root, "run", "stats"))
-    storage.write_bytes(target, b"second")  # replaces whole
-    assert storage.read_bytes(target) == b"second"
+    target = uri_io.join(root, "run", "stats", "t.json")
+    assert not uri_io.exists(target) and uri_io.list_dir(uri_io.join(root, "run")) == []
+    uri_io.write_text(target, '{"a": 1}')
+    assert uri_io.read_text(target) == '{"a": 1}'
+    assert uri_io.is_file(target) and uri_io.is_dir(uri_io.join(root, "run", "stats"))
+    uri_io.write_bytes(target, b"second")  # replaces whole
+    assert uri_io.read_bytes(target) == b"second"
     table = pa.table({"x": [1, 2, 3], "y": ["a", "b", "c"]})
-    storage.write_parquet(storage.join(root, "run", "stats", "t.parquet"), table)
-    assert storage.read_parquet(storage.join(root, "run", "stats", "t.parquet")).equals(table)
-    assert storage.read_parquet(storage.join(root, "run", "stats", "t.parquet"),
+    uri_io.write_parquet(uri_io.join(root, "run", "stats", "t.parquet"), table)
+    assert uri_io.read_parquet(uri_io.join(root, "run", "stats", "t.parquet")).equals(table)
+    assert uri_io.read_parquet(uri_io.join(root, "run", "stats", "t.parquet"),
                                 columns=["y"]).column_names == ["y"]
-    assert storage.list_dir(storage.join(root, "run", "stats")) == ["t.json", "t.parquet"]
+    assert uri_io.list_dir(uri_io.join(root, "run", "stats")) == ["t.json", "t.parquet"]
     with pytest.raises(FileNotFoundError):
-        storage.read_bytes(storage.join(root, "run", "missing.json"))
-    storage.remove(storage.join(root, "run"))
-    assert not storage.exists(target)
+        uri_io.read_bytes(uri_io.join(root, "run", "missing.json"))
+    uri_io.remove(uri_io.join(root, "run"))
+    assert not uri_io.exists(target)
 
 
 def test_a_failed_local_write_leaves_the_previous_file(tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "state.json"
-    storage.write_text(target, "old")
+    uri_io.write_text(target, "old")
 
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full_disk)  # the disk fills up mid-write
     with pytest.raises(OSError, match="No space left"):
-        storage.write_text(target, "new")
+        uri_io.write_text(target, "new")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left behind
 
@@ -87,9 +87,9 @@ def test_a_failed_local_write_leaves_the_previous_file(tmp_path: Path,
 
 def _weights(location: str) -> dict[str, bytes]:
     """Every exported SAE's weights file under a run location, by SAE id."""
-    saes = storage.join(location, "saes")
-    return {sae_id: storage.read_bytes(storage.join(saes, sae_id, "sae_weights.safetensors"))
-            for sae_id in storage.list_dir(saes)}
+    saes = uri_io.join(location, "saes")
+    return {sae_id: uri_io.read_bytes(uri_io.join(saes, sae_id, "sae_weights.safetensors"))
+            for sae_id in uri_io.list_dir(saes)}
 
 
 @pytest.mark.slow
@@ -102,13 +102,13 @@ def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
 
     from .stored_data import stored_config, write_shards
 
-    out = storage.join(s3_uri, tmp_path.name)
+    out = uri_io.join(s3_uri, tmp_path.name)
     cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
                         train={"tokens": 16 * 256})
-    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "machine-a"))
+    monkeypatch.setenv(uri_io.WORKDIR_ENV, str(tmp_path / "machine-a"))
     location = thresher.run(cfg, inline=True, progress=False)
-    assert location == storage.join(out, "stored")
-    files = storage.walk(location)
+    assert location == uri_io.join(out, "stored")
+    files = uri_io.walk(location)
     for name in ("run.json", "stats/summary.parquet",
                  "stats/features.parquet", "saes/00-topk-k8/cfg.json",
                  "saes/00-topk-k8/checkpoint/state.json"):
@@ -116,22 +116,22 @@ def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
     # only the two newest checkpoint generations are kept, remotely too
     assert len([f for f in files if f.startswith("saes/00-topk-k8/checkpoint/state-")]) == 2
     first = _weights(location)
-    summary = storage.read_parquet(storage.join(location, "stats", "summary.parquet"))
+    summary = uri_io.read_parquet(uri_io.join(location, "stats", "summary.parquet"))
 
     with pytest.raises(RunDirError, match="already holds a run"):
         thresher.run(cfg, inline=True, progress=False)  # the remote run.json is seen
 
     # Machine B resumes: its trainers find their checkpoints in the store, at the last step.
-    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "machine-b"))
+    monkeypatch.setenv(uri_io.WORKDIR_ENV, str(tmp_path / "machine-b"))
     assert thresher.resume(location, inline=True, progress=False) == location
-    record = json.loads(storage.read_text(storage.join(location, "run.json")))
+    record = json.loads(uri_io.read_text(uri_io.join(location, "run.json")))
     assert record["status"] == "complete" and record["trainers"]["t0"]["resumed_from_step"] == 16
     assert _weights(location) == first
 
     # Machine C recomputes the statistics from the exported SAEs alone.
-    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "machine-c"))
+    monkeypatch.setenv(uri_io.WORKDIR_ENV, str(tmp_path / "machine-c"))
     analyze_run(location, lm_metrics=False)
-    again = storage.read_parquet(storage.join(location, "stats", "summary.parquet"))
+    again = uri_io.read_parquet(uri_io.join(location, "stats", "summary.parquet"))
     assert again.column("fve").to_pylist() == pytest.approx(summary.column("fve").to_pylist())
     assert not list((tmp_path / "machine-c").rglob("state-*.safetensors"))  # not pulled
 
@@ -145,13 +145,13 @@ def test_ray_trainers_write_an_s3_run_from_their_own_working_copy(
 
     from .stored_data import stored_config, write_shards
 
-    out = storage.join(s3_uri, tmp_path.name)
+    out = uri_io.join(s3_uri, tmp_path.name)
     cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
                         train={"tokens": 16 * 256})
-    monkeypatch.setenv(storage.WORKDIR_ENV, str(tmp_path / "driver"))
+    monkeypatch.setenv(uri_io.WORKDIR_ENV, str(tmp_path / "driver"))
     location = thresher.run(cfg, progress=False)
-    files = storage.walk(location)
+    files = uri_io.walk(location)
     assert {"saes/00-topk-k8/sae_weights.safetensors", "saes/01-topk-k16/sae_weights.safetensors",
             "stats/summary.parquet", "stats/curves.parquet"} <= set(files)
-    driver_copy = storage.working_dir(location)
+    driver_copy = uri_io.working_dir(location)
     assert not (driver_copy / "saes").exists()  # written by the trainers, elsewhere

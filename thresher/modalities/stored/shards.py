@@ -1,6 +1,6 @@
-"""An activation cache at a URI (s3://, gs://, file://, or a local path): shards plus a manifest.
+"""An activation store at a URI (s3://, gs://, file://, or a local path): shards plus a manifest.
 
-Layout (format "thresher-shards", format_version 1), written through thresher/storage.py:
+Layout (format "thresher-shards", format_version 1), written through thresher/uri_io.py:
 
   <location>/shards/<8 digits>.bin   one harvested block: the raw little-endian bytes of acts
                                      [rows, d] (float32, or bfloat16 bits), example_id int64,
@@ -11,7 +11,7 @@ Layout (format "thresher-shards", format_version 1), written through thresher/st
                                      rows) and per shard its name, rows, bytes and SHA-256
 
 Each object is written whole (one PUT), and the manifest only after every shard, so a reader
-either finds a complete cache or none. Shards stream: `ShardStore.block(i)` hands out shard i
+either finds a complete store or none. Shards stream: `ShardStore.block(i)` hands out shard i
 while a thread pool already fetches the next `READ_AHEAD` ones, so a trainer fed from an object
 store waits on the network only when the network is slower than the trainer. Every shard is
 checked against its size and checksum before use; a bad one is named with the fix.
@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from thresher import storage
+from thresher import uri_io
 from thresher.config import ConfigError
 from thresher.stream.block import ActivationBlock
 
@@ -41,11 +41,11 @@ _META = (("example_id", "<i8"), ("position", "<i4"), ("label", "<i8"))
 
 
 class ShardStoreError(ConfigError):
-    """A shard cache that cannot be replayed; the message names the object and the fix."""
+    """A shard store that cannot be replayed; the message names the object and the fix."""
 
 
 def is_shard_store(location: str) -> bool:
-    return storage.is_file(storage.join(location, MANIFEST))
+    return uri_io.is_file(uri_io.join(location, MANIFEST))
 
 
 class BlockLayout:
@@ -73,8 +73,8 @@ class ShardWriter(BlockLayout):
     def __init__(self, location: str, backbone: dict[str, Any], hook: str,
                  source: dict[str, Any]) -> None:
         self.location = str(location)
-        if storage.exists(storage.join(self.location, MANIFEST)):
-            raise ShardStoreError(f"{self.location} already holds an activation cache; remove "
+        if uri_io.exists(uri_io.join(self.location, MANIFEST)):
+            raise ShardStoreError(f"{self.location} already holds an activation store; remove "
                                   "it or choose another --out")
         self.backbone, self.hook, self.source = backbone, hook, source
         self.shards: list[dict[str, Any]] = []
@@ -91,13 +91,13 @@ class ShardWriter(BlockLayout):
     def add(self, block: ActivationBlock) -> None:
         if len(block) == 0:
             return
-        self.admit(block, "cache")
+        self.admit(block, "shard store")
         parts = [np.ascontiguousarray(block.acts, dtype="<i2" if self.bf16 else "<f4")]
         parts += [np.ascontiguousarray(getattr(block, name), dtype=dtype)
                   for name, dtype in _META if name != "label" or self.labelled]
         data = b"".join(p.tobytes() for p in parts)
         name = f"shards/{len(self.shards):08d}.bin"
-        storage.write_bytes(storage.join(self.location, name), data)
+        uri_io.write_bytes(uri_io.join(self.location, name), data)
         self.shards.append({"name": name, "rows": len(block), "bytes": len(data),
                             "sha256": hashlib.sha256(data).hexdigest()})
         self.n_rows += len(block)
@@ -108,9 +108,9 @@ class ShardWriter(BlockLayout):
     def close(self, manifest: pa.Table | None = None,
               counters: dict[str, Any] | None = None) -> str:
         if manifest is not None:
-            storage.write_parquet(storage.join(self.location, "inputs.parquet"), manifest)
+            uri_io.write_parquet(uri_io.join(self.location, "inputs.parquet"), manifest)
         if counters is not None:
-            storage.write_text(storage.join(self.location, "harvest.json"),
+            uri_io.write_text(uri_io.join(self.location, "harvest.json"),
                                json.dumps(counters, default=str))
         header = {"format": SHARD_FORMAT, "format_version": SHARD_FORMAT_VERSION,
                   "dtype": "bfloat16" if self.bf16 else "float32", "byteorder": "little",
@@ -119,30 +119,30 @@ class ShardWriter(BlockLayout):
                   "labelled": self.labelled, "n_blocks": self.n_blocks, "n_rows": self.n_rows,
                   "has_manifest": manifest is not None, "complete": True,
                   "shards": self.shards}
-        storage.write_text(storage.join(self.location, MANIFEST), json.dumps(header))
+        uri_io.write_text(uri_io.join(self.location, MANIFEST), json.dumps(header))
         return self.location
 
 
 class ShardStore:
-    """A complete shard cache, read with read-ahead; the interface of the other stores."""
+    """A complete shard store, read with read-ahead; the interface of the other stores."""
 
     def __init__(self, location: str, read_ahead: int = READ_AHEAD) -> None:
         self.location = str(location)
         self.path = self.location  # what the other stores call it
-        where = storage.join(self.location, MANIFEST)
+        where = uri_io.join(self.location, MANIFEST)
         try:
-            self.header: dict[str, Any] = json.loads(storage.read_text(where))
+            self.header: dict[str, Any] = json.loads(uri_io.read_text(where))
         except FileNotFoundError as exc:
             raise ShardStoreError(f"{self.location} holds no {MANIFEST}: not an activation "
-                                  "cache, or its harvest did not finish; write it with "
+                                  "store, or its harvest did not finish; write it with "
                                   "`thresher harvest CONFIG --out LOCATION`") from exc
         except ValueError as exc:
-            raise ShardStoreError(f"{where} is not valid JSON ({exc}); harvest the cache "
+            raise ShardStoreError(f"{where} is not valid JSON ({exc}); harvest the store "
                                   "again") from exc
         if self.header.get("format") != SHARD_FORMAT or \
                 self.header.get("format_version") != SHARD_FORMAT_VERSION:
             raise ShardStoreError(f"{where} is not a {SHARD_FORMAT} v{SHARD_FORMAT_VERSION} "
-                                  "manifest; harvest the cache again with this thresher")
+                                  "manifest; harvest the store again with this thresher")
         self.shards: list[dict[str, Any]] = list(self.header["shards"])
         self.n_blocks = len(self.shards)
         self.d = int(self.header["d"] or 0)
@@ -158,8 +158,8 @@ class ShardStore:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="shard-fetch")
         if i not in self._pending:
-            location = storage.join(self.location, self.shards[i]["name"])
-            self._pending[i] = self._pool.submit(storage.read_bytes, location)
+            location = uri_io.join(self.location, self.shards[i]["name"])
+            self._pending[i] = self._pool.submit(uri_io.read_bytes, location)
         return self._pending[i]
 
     def block(self, i: int) -> ActivationBlock:
@@ -170,17 +170,17 @@ class ShardStore:
         for stale in [k for k in self._pending if k < i]:  # a replay that skipped ahead
             self._pending.pop(stale).cancel()
         shard = self.shards[i]
-        location = storage.join(self.location, shard["name"])
+        location = uri_io.join(self.location, shard["name"])
         try:
             data = self._pending.pop(i).result()
         except FileNotFoundError as exc:
-            raise ShardStoreError(f"shard {location} is missing from the activation cache; "
+            raise ShardStoreError(f"shard {location} is missing from the activation store; "
                                   "harvest it again (`thresher harvest CONFIG --out "
                                   f"{self.location}` into an empty location)") from exc
         if len(data) != shard["bytes"] or hashlib.sha256(data).hexdigest() != shard["sha256"]:
             what = (f"has {len(data)} bytes, not {shard['bytes']}" if len(data) != shard["bytes"]
                     else "fails its SHA-256 checksum")
-            raise ShardStoreError(f"shard {location} is corrupt: it {what}; harvest the cache "
+            raise ShardStoreError(f"shard {location} is corrupt: it {what}; harvest the store "
                                   "again (`thresher harvest CONFIG --out LOCATION`) or put "
                                   "back that object from a good copy")
         return self._decode(data, int(shard["rows"]))
@@ -204,8 +204,8 @@ class ShardStore:
     def manifest(self) -> pa.Table | None:
         if not self.header.get("has_manifest"):
             return None
-        return pq.read_table(pa.BufferReader(storage.read_bytes(
-            storage.join(self.location, "inputs.parquet"))))
+        return pq.read_table(pa.BufferReader(uri_io.read_bytes(
+            uri_io.join(self.location, "inputs.parquet"))))
 
     def close(self) -> None:
         if self._pool is not None:

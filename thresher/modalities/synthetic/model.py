@@ -14,8 +14,8 @@ Each row is x = Σ_j a_j d_j + noise, with d_j the unit rows of a random diction
   child never fires without its parent;
 - magnitudes: uniform in [magnitude_low, magnitude_high] for each firing entry.
 
-Like the `stored` source, the input batch {"block": [i]} is "harvested" by making block i, a
-pure function of (seed, i): every executor, harvester and re-analysis sees identical rows, and
+Like the `stored` source, the input batch [i] is "harvested" by making block i, a pure
+function of (seed, i): every executor, harvester and re-analysis sees identical rows, and
 the evaluation regenerates the true activations of the held-out rows (example_id = row index
 in the stream, position 0) instead of shipping them with the activations.
 """
@@ -23,13 +23,11 @@ in the stream, position 0) instead of shipping them with the activations.
 from __future__ import annotations
 
 from functools import cached_property
-from typing import Any
 
 import numpy as np
 
 from thresher.config import SourceConfig
-from thresher.config.synthetic import HOOK, SyntheticConfig, synthetic_config
-from thresher.stream.block import ActivationBlock
+from thresher.config.synthetic import SyntheticConfig, synthetic_config
 
 
 class SyntheticModel:
@@ -115,34 +113,6 @@ class SyntheticModel:
             noise_rng = np.random.default_rng([self.cfg.seed, 2, block])
             x += self.cfg.noise_std * noise_rng.standard_normal(x.shape)
         return x.astype(np.float32)
-
-
-class SyntheticBackbone:
-    """Input batch {"block": [i]} -> block i of the synthetic stream (one hook, `synthetic`)."""
-
-    n_ctx: int | None = None
-
-    def __init__(self, source: SourceConfig) -> None:
-        self.cfg = synthetic_config(source.backbone)
-        self.model = SyntheticModel(self.cfg)
-        self.hooks = (HOOK,)
-        self.hook_widths = (self.cfg.d_in,)
-        self.d_model = self.cfg.d_in
-
-    def harvest(self, batch: dict[str, Any]) -> ActivationBlock:
-        block = int(np.asarray(batch["block"]).reshape(-1)[0])
-        x = self.model.block_acts(block)
-        start = block * self.cfg.block_rows
-        return ActivationBlock(acts=x, example_id=np.arange(start, start + len(x), dtype=np.int64),
-                               position=np.zeros(len(x), dtype=np.int32),
-                               hooks=((HOOK, self.cfg.d_in),))
-
-
-def synthetic_batches(source: SourceConfig) -> tuple[list[dict[str, np.ndarray]], int]:
-    """One input batch per block, in block order (the holdout is the first blocks); rows."""
-    cfg = synthetic_config(source.backbone)
-    model = SyntheticModel(cfg)
-    return [{"block": np.array([i], dtype=np.int64)} for i in range(model.n_blocks)], cfg.rows
 
 
 def model_of(source: SourceConfig) -> SyntheticModel:

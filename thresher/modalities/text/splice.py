@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from thresher.config import BackboneConfig, ConfigError, SourceConfig
-from thresher.harvest import backbones
+from thresher.modalities.model_tools import hub_offline, layer_list, seeded
+from thresher.modalities.text.backbones import TransformerLensBackbone
+from thresher.modalities.text.loading import hf_config, local_model_path
 
 Replace = Callable[[torch.Tensor], torch.Tensor]
 
@@ -73,7 +75,7 @@ class SplicedLM:
         self._content: torch.Tensor | None = None  # [B, T] bool: positions to replace
         kind = source.backbone.kind
         if kind == "transformer_lens":
-            tl = backbones.TransformerLensBackbone(source.backbone, hook, device)
+            tl = TransformerLensBackbone(source.backbone, hook, device)
             self.model: Any = tl.model
             self._logits = self._tl_logits
         elif kind == "hf_text":
@@ -130,12 +132,12 @@ def _hf_causal_lm(cfg: BackboneConfig, device: str) -> Any:
 
     try:
         if cfg.config is not None:
-            with backbones._seeded():
-                model = AutoModelForCausalLM.from_config(backbones._hf_config(cfg))
+            with seeded():
+                model = AutoModelForCausalLM.from_config(hf_config(cfg))
         else:
-            with backbones._hub_offline():
+            with hub_offline():
                 model = AutoModelForCausalLM.from_pretrained(
-                    backbones._local_model_path(cfg.model), local_files_only=True)
+                    local_model_path(cfg.model), local_files_only=True)
     except ValueError as exc:  # transformers: "Unrecognized configuration class ..."
         raise ConfigError(f"source.backbone {cfg.model or cfg.config!r} is not a causal "
                           f"language model, so it has no next-token loss to splice into "
@@ -147,7 +149,7 @@ def _hf_layer(model: torch.nn.Module, hook: str) -> torch.nn.Module:
     match = re.fullmatch(r"layer\.(\d+)", hook)
     if match is None:
         raise ConfigError(f"splicing into an hf_text model needs a `layer.N` hook, got {hook!r}")
-    _, _, layers = backbones._layer_list(model)
+    _, _, layers = layer_list(model)
     index = int(match.group(1))
     if index >= len(layers):
         raise ConfigError(f"hook {hook!r}: the model has {len(layers)} layers")
@@ -163,11 +165,11 @@ def splice_supported(source: SourceConfig) -> str | None:
 
         try:
             if source.backbone.config is not None:
-                config = backbones._hf_config(source.backbone)
+                config = hf_config(source.backbone)
             else:
-                with backbones._hub_offline():
+                with hub_offline():
                     config = AutoConfig.from_pretrained(
-                        backbones._local_model_path(source.backbone.model),
+                        local_model_path(source.backbone.model),
                         local_files_only=True)
         except Exception as exc:
             return f"cannot read the model config ({type(exc).__name__})"

@@ -1,0 +1,125 @@
+"""The contract every modality keeps, and the types the harvest hands along.
+
+A modality (one folder under thresher/modalities/) is one `Modality` value, registered in
+thresher/modalities/registry.py. It turns a source into `Inputs` (typed input batches and the
+inputs manifest), may decode a batch in a CPU stage first (`Decoder`), loads a `Backbone`
+whose `harvest(batch)` makes exactly one ActivationBlock per input batch, checks a source
+cheaply before a run (`preflight`) and renders a stream's examples for the report.
+
+An input batch is a frozen dataclass of numpy arrays of fixed shape: across processes it
+travels as plain columns (`to_columns` / `from_columns`), which Ray Data stacks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+import pyarrow as pa
+
+from thresher.config import SourceConfig
+from thresher.stream.block import ActivationBlock
+
+if TYPE_CHECKING:
+    from thresher.modalities.render import Examples, ExamplesRequest
+
+B = TypeVar("B", bound="InputBatch")
+
+
+@dataclass(frozen=True, eq=False)
+class InputBatch:
+    """One backbone forward's inputs; each modality's batch type subclasses it."""
+
+    def to_columns(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_columns(cls: type[B], columns: Mapping[str, Any]) -> B:
+        """The batch from its columns; other columns (the pipeline's batch index) are left."""
+        return cls(**{f.name: columns[f.name] for f in dataclasses.fields(cls)})
+
+    @property
+    def unreadable_count(self) -> int:
+        """Inputs of this batch its CPU stage could not read (only images have such)."""
+        return 0
+
+
+@dataclass(frozen=True, eq=False)
+class BlockIndexBatch(InputBatch):
+    """Input batch of a source whose rows come in whole blocks (a store, a synthetic source):
+    the 'forward' of `block` [i] makes or reads block i."""
+
+    block: np.ndarray  # int64 [1]
+
+    @classmethod
+    def of(cls, i: int) -> BlockIndexBatch:
+        return cls(block=np.array([i], dtype=np.int64))
+
+    @property
+    def index(self) -> int:
+        return int(np.asarray(self.block).reshape(-1)[0])
+
+
+class Decoder(Protocol):
+    """A modality's CPU stage: turns batches of `batch_type` into what its backbones harvest.
+    Small and picklable: Ray Data ships it to its decode tasks."""
+
+    batch_type: ClassVar[type[InputBatch]]
+
+    def decode(self, batch: Any) -> InputBatch: ...
+
+
+@dataclass
+class Inputs:
+    """A stream's input batches, in stream order, and its inputs manifest."""
+
+    batches: list[InputBatch]  # one per backbone forward, fixed shapes
+    manifest: pa.Table | None  # the modality's manifest schema; a store's: the stored one
+    n_examples: int
+    n_tokens: int  # the rows the harvest produces (an estimate for images)
+    unreadable: int = 0  # inputs skipped while listing (a corrupt EDF); decoding counts more
+    decode: Decoder | None = None  # batches to decode in a CPU stage before the backbone
+
+
+class Backbone(Protocol):
+    """What every backbone is to the harvester: hooks, their widths and one harvest per batch."""
+
+    hooks: tuple[str, ...]
+    hook_widths: tuple[int, ...]  # width of each hook's activations
+    d_model: int  # sum of hook_widths
+
+    def harvest(self, batch: Any) -> ActivationBlock:
+        """ONE forward for one input batch: the rows of every hook side by side."""
+        ...
+
+
+def no_preflight(source: SourceConfig, base_dir: Path) -> None:
+    """A modality without checks before a run beyond the config's."""
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality: what the harvest, `thresher plan` and the report ask of it."""
+
+    name: str
+    backbone_kinds: tuple[str, ...]  # the `source.backbone.kind`s it serves: config's
+    # declaration of them (thresher/config/schema.py, MODALITY_KINDS), where YAML is checked
+    batch_type: type[InputBatch]  # what its backbones harvest (after any decoding)
+    prepare_inputs: Callable[[SourceConfig, int, Path], Inputs]  # (source, seed, base_dir)
+    load_backbone: Callable[[SourceConfig, str, Path], Backbone]  # (source, device, base_dir)
+    manifest_schema: pa.Schema | None  # its inputs manifest (None: none of its own)
+    render_examples: Callable[[ExamplesRequest], Examples]
+    preflight: Callable[[SourceConfig, Path], None] = no_preflight
+    decoder: Callable[[SourceConfig, Path], Decoder] | None = None  # the CPU stage, if any
+
+
+def empty_block(d: int, labelled: bool = False) -> ActivationBlock:
+    """No rows (a batch of filler rows only)."""
+    return ActivationBlock(acts=np.zeros((0, d), dtype=np.float32),
+                           example_id=np.zeros(0, dtype=np.int64),
+                           position=np.zeros(0, dtype=np.int32),
+                           label=np.zeros(0, dtype=np.int64) if labelled else None)

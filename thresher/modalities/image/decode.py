@@ -1,0 +1,201 @@
+"""The image CPU stage: a batch of references -> pixels, with the model's own preprocessing.
+
+`ImageSpec.decode` runs as a CPU stage before the backbone actors (Ray Data tasks) or just
+before the forward (inline), so the backbone never waits on JPEG decoding. An image that cannot
+be read becomes a filler row (example_id -1) and is counted (`ImageBatch.unreadable`).
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from thresher.config import BackboneConfig, SourceConfig, resolve_dirs
+from thresher.modalities.contract import InputBatch
+from thresher.modalities.image.listing import ImageRefBatch, lmdb_env, load_dataset
+from thresher.modalities.image.model_config import hf_vision_config, open_clip_model_cfg
+
+
+@dataclass(frozen=True, eq=False)
+class ImageBatch(InputBatch):
+    """Decoded images, what the vision backbones harvest; filler rows have example_id -1."""
+
+    pixels: np.ndarray  # float32 [batch, 3, H, W], the model's preprocessing applied
+    example_id: np.ndarray  # int64 [batch]
+    label: np.ndarray  # int64 [batch]
+    unreadable: np.ndarray  # int64 [batch]: 1 where the image could not be read
+
+    @property
+    def unreadable_count(self) -> int:
+        return int(np.sum(self.unreadable))
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """What the CPU stage needs to turn references into pixels (small, picklable)."""
+
+    inputs_kind: str
+    roots: tuple[str, ...]
+    image_column: str
+    split: str | None
+    backbone: BackboneConfig
+
+    def transform(self) -> Callable[[Any], np.ndarray]:
+        return model_transform(self.backbone)
+
+    batch_type: ClassVar[type[InputBatch]] = ImageRefBatch
+
+    def decode(self, batch: ImageRefBatch) -> ImageBatch:
+        return decode_images(batch, self)
+
+
+def _make_transform(cfg: BackboneConfig) -> Callable[[Any], np.ndarray]:
+    if cfg.kind == "open_clip":
+        from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+
+        model_cfg = open_clip_model_cfg(cfg)
+        pp = merge_preprocess_dict(PreprocessCfg(), model_cfg.get("preprocess_cfg", {}))
+        pp = merge_preprocess_dict(pp, _published_preprocess(cfg.model))
+        pp["size"] = model_cfg["vision_cfg"].get("image_size", pp["size"])
+        pp = merge_preprocess_dict(pp, cfg.preprocess or {})
+        tf = image_transform_v2(PreprocessCfg(**pp), is_train=False)
+        return lambda image: tf(image).numpy()
+    processor = _hf_image_processor(cfg)
+    return lambda image: processor(images=image, return_tensors="np")["pixel_values"][0]
+
+
+def _published_preprocess(name: str) -> dict[str, Any]:
+    """The preprocessing of an open_clip architecture's published weights (mean, std,
+    interpolation, resize mode), where all its pretrained tags agree; {} where they differ.
+
+    open_clip applies it only when it downloads a tag; a random-weight model or one loaded from
+    a checkpoint file gets it here too (SigLIP2: mean/std 0.5 and squash, not OpenAI's).
+    """
+    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
+
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    found = set()
+    for tag in list_pretrained_tags_by_model(name):
+        published = get_pretrained_cfg(name, tag)
+        found.add(json.dumps({k: published[k] for k in keys if k in published}))
+    return json.loads(found.pop()) if len(found) == 1 else {}
+
+
+_TRANSFORMS: dict[str, Callable[[Any], np.ndarray]] = {}
+
+
+def model_transform(cfg: BackboneConfig) -> Callable[[Any], np.ndarray]:
+    """The model's preprocessing, built once per process (keyed by repr: configs hold dicts)."""
+    key = repr(cfg)
+    if key not in _TRANSFORMS:
+        _TRANSFORMS[key] = _make_transform(cfg)
+    return _TRANSFORMS[key]
+
+
+def _hf_image_processor(cfg: BackboneConfig) -> Any:
+    from transformers import AutoImageProcessor, ViTImageProcessor
+
+    overrides = dict(cfg.preprocess or {})
+    folder = Path(cfg.model).expanduser() if cfg.model else None
+    own = folder is not None and (folder / "preprocessor_config.json").is_file()
+    if cfg.config is None and own:
+        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
+    else:
+        config = hf_vision_config(cfg)
+        size = int(config.image_size)
+        # ViT and SigLIP processors both resize to a square and normalise with mean/std 0.5.
+        processor = ViTImageProcessor(size={"height": size, "width": size},
+                                      image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    if "size" in overrides:
+        s = int(overrides["size"])
+        processor.size = {"height": s, "width": s}
+    for key in ("mean", "std"):
+        if key in overrides:
+            setattr(processor, f"image_{key}", list(overrides[key]))
+    return processor
+
+
+def read_image(spec: ImageSpec, ref: str) -> Any:
+    from PIL import Image
+
+    root_index, _, key = ref.partition(":")
+    root = spec.roots[int(root_index)]
+    if spec.inputs_kind == "image_folder":
+        image = Image.open(key)
+    elif spec.inputs_kind == "image_lmdb":
+        env = _lmdb_env_cached(root)
+        with env.begin() as txn:
+            data = txn.get(bytes.fromhex(key))
+        if data is None:
+            raise OSError(f"key {key!r} is gone from {root!r}")
+        image = Image.open(io.BytesIO(bytes(data)))
+    else:
+        image = load_dataset(root, spec.split)[int(key)][spec.image_column]
+        if isinstance(image, dict) and image.get("bytes") is not None:
+            image = Image.open(io.BytesIO(image["bytes"]))
+        elif isinstance(image, dict) and image.get("path"):
+            image = Image.open(image["path"])
+        if not isinstance(image, Image.Image):  # a missing image (None) or undecodable bytes
+            raise OSError(f"row {key} of {root!r} holds no image ({type(image).__name__})")
+    image.load()  # decode now: a truncated file fails here, not inside the transform
+    return image.convert("RGB")
+
+
+@functools.lru_cache(maxsize=8)
+def _lmdb_env_cached(path: str) -> Any:
+    return lmdb_env(path)
+
+
+def decode_images(batch: ImageRefBatch, spec: ImageSpec) -> ImageBatch:
+    """One batch of references -> pixels [B, 3, H, W] float32 with the model's transforms.
+
+    An unreadable image becomes a filler row (example_id -1) flagged in `unreadable`.
+    """
+    from PIL import UnidentifiedImageError
+    from PIL.Image import DecompressionBombError
+
+    transform = spec.transform()
+    example_id = np.array(batch.example_id, dtype=np.int64)
+    unreadable = np.zeros(len(example_id), dtype=np.int64)
+    pixels: list[np.ndarray | None] = []
+    for i, ref in enumerate(batch.ref):
+        if example_id[i] < 0:
+            pixels.append(None)
+            continue
+        try:
+            pixels.append(np.asarray(transform(read_image(spec, str(ref))), dtype=np.float32))
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
+                DecompressionBombError):  # a file PIL refuses to decode counts as unreadable
+            pixels.append(None)
+            example_id[i] = -1
+            unreadable[i] = 1
+    shape = next((p.shape for p in pixels if p is not None), None)
+    if shape is None:
+        shape = _pixel_shape(spec)
+    out = np.zeros((len(pixels), *shape), dtype=np.float32)
+    for i, p in enumerate(pixels):
+        if p is not None:
+            out[i] = p
+    return ImageBatch(pixels=out, example_id=example_id,
+                      label=np.asarray(batch.label, dtype=np.int64), unreadable=unreadable)
+
+
+def _pixel_shape(spec: ImageSpec) -> tuple[int, ...]:
+    from PIL import Image
+
+    return tuple(np.asarray(spec.transform()(Image.new("RGB", (8, 8)))).shape)
+
+
+def image_spec(source: SourceConfig, base_dir: Path) -> ImageSpec:
+    roots = tuple(str(p) for pattern in source.inputs.paths
+                  for p in resolve_dirs(pattern, Path(base_dir)))
+    return ImageSpec(inputs_kind=source.inputs.kind, roots=roots,
+                     image_column=source.inputs.image_column, split=source.inputs.split,
+                     backbone=source.backbone)

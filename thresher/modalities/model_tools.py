@@ -1,0 +1,120 @@
+"""What the backbones of several modalities share: offline hub loading, seeded random
+weights, layer taps that stop a forward after the deepest hooked layer, and a transformers
+encoder's list of layers.
+
+Nothing here downloads: every Hugging Face lookup inside `hub_offline` runs in offline mode, so
+a missing model fails at once instead of hanging on the network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from thresher.config import BackboneConfig, ConfigError
+
+SEED = 0  # random-weight backbones are built under this torch seed, so runs repeat exactly
+
+
+class StopForward(Exception):
+    """Raised by LayerTaps once every tapped layer has run: deeper layers never run."""
+
+
+class LayerTaps:
+    """Captures hidden states at several layers during one forward, then stops it.
+
+    `tap` registers a hook recording a module's output (or its input) under a key; `run(fn)`
+    calls fn() and returns {key: tensor}. Taps record only inside `run`, so other callers of the
+    model (a probe, the CE-loss splice) run it whole.
+    """
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._captured: dict[str, torch.Tensor] = {}
+        self._armed = False
+
+    def tap(self, module: torch.nn.Module, key: str, on: str = "output",
+            input_name: str = "hidden_states") -> None:
+        self.keys.append(key)
+        if on == "output":
+            def record_output(_module: torch.nn.Module, _args: tuple, output: Any) -> None:
+                self._record(key, output[0] if isinstance(output, tuple) else output)
+
+            module.register_forward_hook(record_output)
+        else:
+            def record_input(_module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+                self._record(key, args[0] if args else kwargs[input_name])
+
+            module.register_forward_pre_hook(record_input, with_kwargs=True)
+
+    def _record(self, key: str, value: torch.Tensor) -> None:
+        if self._armed:
+            self._captured[key] = value
+            if len(self._captured) == len(self.keys):
+                raise StopForward
+
+    def run(self, forward: Callable[[], Any]) -> dict[str, torch.Tensor]:
+        self._captured, self._armed = {}, True
+        try:
+            with contextlib.suppress(StopForward):
+                forward()
+        finally:
+            self._armed = False
+        captured, self._captured = self._captured, {}
+        missing = [key for key in self.keys if key not in captured]
+        if missing:
+            raise RuntimeError(f"the hooked layers {missing} did not run")
+        return captured
+
+
+def torch_dtype(cfg: BackboneConfig) -> torch.dtype:
+    return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Offline mode for every Hugging Face Hub call inside (HF_HUB_OFFLINE=1 semantics).
+
+    Libraries that do not pass `local_files_only` through (TransformerLens loading its tokenizer)
+    would otherwise try the network and, on a machine without one, wait for timeouts.
+    """
+    import huggingface_hub.constants as hub_constants
+
+    before = hub_constants.HF_HUB_OFFLINE
+    hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        hub_constants.HF_HUB_OFFLINE = before
+
+
+@contextlib.contextmanager
+def seeded() -> Iterator[None]:
+    """Build random weights under a fixed seed without disturbing the caller's RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        yield
+
+
+def layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
+    """The encoder's list of layers: (its parent module, attribute name, the list)."""
+    n_layers = model.config.num_hidden_layers
+    recorded = getattr(model, "_can_record_outputs", None) or {}
+    layer_cls = recorded.get("hidden_states")
+    candidates = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
+            if isinstance(layer_cls, type) and isinstance(module[0], layer_cls):
+                candidates.insert(0, name)
+            else:
+                candidates.append(name)
+    if not candidates:
+        raise ConfigError(f"cannot find the {n_layers} encoder layers of "
+                          f"{type(model).__name__}; hf_text supports BERT-style encoders")
+    path = candidates[0]
+    parent_name, _, attr = path.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    return parent, attr, getattr(parent, attr)

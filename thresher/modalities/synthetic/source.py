@@ -1,0 +1,51 @@
+"""The `synthetic` source as a stream: one input batch a block, made on demand by its model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from thresher.config import SourceConfig
+from thresher.config.synthetic import HOOK, synthetic_config
+from thresher.modalities.contract import BlockIndexBatch, Inputs
+from thresher.modalities.render import Examples, ExamplesRequest
+from thresher.modalities.synthetic.model import SyntheticModel
+from thresher.stream.block import ActivationBlock
+
+
+class SyntheticBackbone:
+    """Input batch [i] -> block i of the synthetic stream (one hook, `synthetic`)."""
+
+    def __init__(self, source: SourceConfig) -> None:
+        self.cfg = synthetic_config(source.backbone)
+        self.model = SyntheticModel(self.cfg)
+        self.hooks = (HOOK,)
+        self.hook_widths = (self.cfg.d_in,)
+        self.d_model = self.cfg.d_in
+
+    def harvest(self, batch: BlockIndexBatch) -> ActivationBlock:
+        block = batch.index
+        x = self.model.block_acts(block)
+        start = block * self.cfg.block_rows
+        return ActivationBlock(acts=x, example_id=np.arange(start, start + len(x), dtype=np.int64),
+                               position=np.zeros(len(x), dtype=np.int32),
+                               hooks=((HOOK, self.cfg.d_in),))
+
+
+def prepare_synthetic_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
+    """One input batch per block, in block order (the holdout is the first blocks); no
+    manifest: a row's example_id is its index in the stream."""
+    cfg = synthetic_config(source.backbone)
+    model = SyntheticModel(cfg)
+    batches = [BlockIndexBatch.of(i) for i in range(model.n_blocks)]
+    return Inputs(batches=list(batches), manifest=None, n_examples=cfg.rows, n_tokens=cfg.rows)
+
+
+def synthetic_backbone(source: SourceConfig, device: str, base_dir: Path) -> SyntheticBackbone:
+    return SyntheticBackbone(source)
+
+
+def render_synthetic_examples(request: ExamplesRequest) -> Examples:
+    return Examples(request.manifest, "examples show ids only: a synthetic source's rows are "
+                    "made from its dictionary and have no inputs to show")

