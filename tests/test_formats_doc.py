@@ -133,7 +133,8 @@ def test_formats_doc_matches_every_parquet_schema() -> None:
     schemas = writer_schemas()
     # The discovery finds the run's files (a check that it still sees what it should).
     names = {name.rsplit(".", 1)[-1] for name in schemas}
-    assert {"SUMMARY_SCHEMA", "FEATURES_SCHEMA", "CURVES_SCHEMA", "INPUTS_SCHEMA"} <= names, names
+    assert {"SUMMARY_SCHEMA", "FEATURES_SCHEMA", "CURVES_SCHEMA", "TEXT_MANIFEST_SCHEMA",
+            "IMAGE_MANIFEST_SCHEMA", "EEG_MANIFEST_SCHEMA"} <= names, names
     assert len(schemas) >= 8, sorted(schemas)
     problems = mismatches(doc_tables(DOC.read_text()), schemas)
     assert not problems, "\n".join(problems)

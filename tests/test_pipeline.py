@@ -15,12 +15,11 @@ import thresher
 from thresher.analysis.parquet import (
     CURVES_SCHEMA,
     FEATURES_SCHEMA,
-    INPUTS_SCHEMA,
     SUMMARY_SCHEMA,
 )
 from thresher.config import expand_sweep, load_config
 from thresher.modalities.text.tokenizers import load_tokenizer
-from thresher.modalities.text.windows import build_inputs
+from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA, build_inputs
 from thresher.rundir import RunDirError
 
 from .conftest import smoke_config
@@ -81,7 +80,7 @@ def test_smoke_run_writes_every_file(ray_run: Path) -> None:
     assert sorted(set(curves.column("sae_id").to_pylist())) == sorted(s.sae_id for s in saes)
 
     manifest = pq.read_table(ray_run / "inputs" / "s0.parquet")
-    assert manifest.schema.equals(INPUTS_SCHEMA)
+    assert manifest.schema.equals(TEXT_MANIFEST_SCHEMA)
     assert manifest.num_rows >= record["harvest"]["examples"] > 0
     assert manifest.column("example_id").to_pylist() == list(range(manifest.num_rows))
 

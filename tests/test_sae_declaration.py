@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from thresher.analysis.evaluate import identity_columns
-from thresher.analysis.parquet import SUMMARY_SCHEMA, table_from_rows, write_table_atomic
+from thresher.analysis.parquet import SUMMARY_SCHEMA, table_from_rows
 from thresher.config import (
     ARCH_SPECS,
     SWEEP_KEY,
@@ -24,6 +24,7 @@ from thresher.config import (
     make_plan,
 )
 from thresher.config.saes import TARGET_KEYS
+from thresher.uri_io import write_table_atomic
 
 # Text that names every sweep key once, each away from its default.
 EVERY_KEY = ("sweep:\n  - {arch: jumprelu, d_sae: 64, k: 7, l1_coef: 0.25, l0_coef: 0.125, "
