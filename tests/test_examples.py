@@ -135,6 +135,7 @@ def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
     assert (ray_dir / weights).read_bytes() == (inline_dir / weights).read_bytes()
 
 
+@pytest.mark.slow
 def test_the_harvest_pool_decodes_ahead_and_hands_back_the_blocks_in_input_order(
         ray_session: Any, image_folder: Path, tmp_path: Path) -> None:
     """The pool the stream actor runs, on images: each batch is decoded by a CPU task whose

@@ -67,6 +67,7 @@ def test_the_progress_line_shows_each_trainers_fve_and_l0_range() -> None:
     assert curve_summaries(latest) == {"t0": "fve 0.71-0.84 L0 8-32", "t1": "L0 5"}
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_keeps_its_curves_and_wandb_had_them_before_it_ended(
         tmp_path: Path) -> None:
     pytest.importorskip("wandb")

@@ -85,6 +85,7 @@ def test_smoke_run_writes_every_file(ray_run: Path) -> None:
     assert manifest.column("example_id").to_pylist() == list(range(manifest.num_rows))
 
 
+@pytest.mark.slow
 def test_one_harvest_feeds_every_trainer_identically(ray_run: Path,
                                                      ray_session: Any,
                                                      tmp_path: Path) -> None:

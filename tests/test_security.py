@@ -79,7 +79,7 @@ def test_pickles_in_a_run_directory_are_refused_and_never_run(kind: str, tmp_pat
 REVIEWED = {
     # spkit's own sample recording, read from the installed spkit package (never a run file):
     # spkit ships it only as a pickle of plain arrays.
-    ("harvest/eeg.py", "pickle.load"),
+    ("modalities/eeg/recordings.py", "pickle.load"),
     # `git rev-parse HEAD` in thresher's own folder: a fixed argument list, no shell.
     ("rundir.py", "subprocess.run"),
 }
