@@ -1,8 +1,8 @@
 """SAEBank: many SAEs stepped together on one batch, their parameters stacked.
 
 SAEs are grouped into sub-banks by (arch, d_sae) (thresher.train.archs.base.SubBank), each acted
-on by its architecture's strategy (thresher.train.archs: one module per architecture, the
-formulas in ../shared/reference/sae-methods.md). The bank keeps what they share: the stacking,
+on by its architecture's strategy (thresher.train.archs: one module per architecture, each
+with its formulas and their source in its docstring). The bank keeps what they share: the stacking,
 per-SAE hyperparameters as tensors (lr, mono_coef; the architecture holds its own), the
 optimiser, gradient clipping, the learning-rate schedule and the checkpoint state, so one step
 is a handful of batched ops whatever the number of SAEs. The parameters of different SAEs never
