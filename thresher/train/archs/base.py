@@ -142,6 +142,21 @@ class SubBank:
         return x_hat.to(self.dtype)
 
 
+def dense_pass(sub: SubBank, inputs: StepInputs, f: torch.Tensor,
+               penalty: torch.Tensor) -> TrainingPass:
+    """The rest of a pass whose latents `f` are dense (ReLU, JumpReLU): decode, MSE, the
+    latents that fired and L0; no auxiliary loss."""
+    x_hat = sub.dense_decode(f)
+    mse = (x_hat - inputs.target).pow(2).sum(-1).mean(-1)
+    with torch.no_grad():
+        fired = (f > 0).any(dim=1)
+        l0 = (f > 0).sum(-1).to(torch.float64).mean(-1)
+    zero = torch.zeros(sub.n, dtype=sub.dtype, device=sub.device)
+    return TrainingPass(x_hat=x_hat, mse=mse, penalty=penalty, aux=zero, aux_coef=0.0,
+                        fired=fired, l0=l0, dense=f)
+
+
+
 class Architecture(ABC):
     """One SAE architecture, acting on the sub-bank of its SAEs of one width.
 

@@ -21,6 +21,7 @@ from thresher.train.archs.base import (
     SubBank,
     TrainingPass,
     coef_ramp,
+    dense_pass,
     per_sae,
 )
 
@@ -98,14 +99,7 @@ class JumpReLU(Architecture):
         f = jumprelu(pre, theta, self.bandwidth)
         l0_soft = step_function(pre, theta, self.bandwidth).sum(-1).mean(-1)
         penalty = self.l0_coef * coef_ramp(inputs, self.settings.coef_warmup) * l0_soft
-        x_hat = sub.dense_decode(f)
-        mse = (x_hat - inputs.target).pow(2).sum(-1).mean(-1)
-        with torch.no_grad():
-            fired = (f > 0).any(dim=1)
-            l0 = (f > 0).sum(-1).to(torch.float64).mean(-1)
-        zero = torch.zeros(sub.n, dtype=sub.dtype, device=sub.device)
-        return TrainingPass(x_hat=x_hat, mse=mse, penalty=penalty, aux=zero, aux_coef=0.0,
-                            fired=fired, l0=l0, dense=f)
+        return dense_pass(sub, inputs, f, penalty)
 
     def inference_latents(self, sub: SubBank, pre: torch.Tensor) -> torch.Tensor:
         return pre * (pre > self._theta(sub)).to(pre.dtype)

@@ -19,6 +19,7 @@ from thresher.train.archs.base import (
     SubBank,
     TrainingPass,
     coef_ramp,
+    dense_pass,
     per_sae,
 )
 
@@ -55,14 +56,7 @@ class ReLU(Architecture):
         decoder_norms = sub.p["W_dec"].norm(dim=-1)  # [n, d_sae]
         ramp = coef_ramp(inputs, self.settings.coef_warmup)
         penalty = self.l1_coef * ramp * (f * decoder_norms.unsqueeze(1)).sum(-1).mean(-1)
-        x_hat = sub.dense_decode(f)
-        mse = (x_hat - inputs.target).pow(2).sum(-1).mean(-1)
-        with torch.no_grad():
-            fired = (f > 0).any(dim=1)
-            l0 = (f > 0).sum(-1).to(torch.float64).mean(-1)
-        zero = torch.zeros(sub.n, dtype=sub.dtype, device=sub.device)
-        return TrainingPass(x_hat=x_hat, mse=mse, penalty=penalty, aux=zero, aux_coef=0.0,
-                            fired=fired, l0=l0, dense=f)
+        return dense_pass(sub, inputs, f, penalty)
 
     def inference_latents(self, sub: SubBank, pre: torch.Tensor) -> torch.Tensor:
         return pre.relu()
