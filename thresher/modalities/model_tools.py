@@ -70,6 +70,22 @@ class LayerTaps:
         return captured
 
 
+def transformers_config(kwargs: dict[str, Any], needs_model_type: str) -> Any:
+    """A transformers config built from `backbone.config` (its `model_type` and keyword
+    arguments), for a model with random weights; `needs_model_type` ends the message that
+    asks for a missing model_type."""
+    from transformers import AutoConfig
+
+    config = dict(kwargs)
+    model_type = config.pop("model_type", None)
+    if not model_type:
+        raise ConfigError(f"source.backbone.config needs `model_type` {needs_model_type}")
+    try:
+        return AutoConfig.for_model(model_type, **config)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"source.backbone.config: {exc}") from exc
+
+
 def torch_dtype(cfg: BackboneConfig) -> torch.dtype:
     return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 

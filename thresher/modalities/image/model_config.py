@@ -23,16 +23,11 @@ def open_clip_model_cfg(cfg: BackboneConfig) -> dict[str, Any]:
 def hf_vision_config(cfg: BackboneConfig) -> Any:
     from transformers import AutoConfig
 
+    from thresher.modalities.model_tools import transformers_config
+
     if cfg.config is not None:
-        config = dict(cfg.config)
-        model_type = config.pop("model_type", None)
-        if not model_type:
-            raise ConfigError("source.backbone.config needs `model_type` (vit or "
-                              "siglip_vision_model) to build an hf_vision model")
-        try:
-            return AutoConfig.for_model(model_type, **config)
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"source.backbone.config: {exc}") from exc
+        return transformers_config(cfg.config, "(vit or siglip_vision_model) to build an "
+                                               "hf_vision model")
     folder = Path(cfg.model).expanduser()
     if not folder.is_dir():
         raise ConfigError(f"source.backbone.model {cfg.model!r} is not a local folder; "

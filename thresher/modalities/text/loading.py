@@ -51,15 +51,8 @@ def check_vocab(model_vocab: int, tokenizer_size: int, what: str) -> None:
 
 
 def hf_config(cfg: BackboneConfig) -> Any:
-    from transformers import AutoConfig
+    from thresher.modalities.model_tools import transformers_config
 
     assert cfg.config is not None
-    config = dict(cfg.config)
-    model_type = config.pop("model_type", None)
-    if not model_type:
-        raise ConfigError("source.backbone.config needs `model_type` (e.g. bert) to build an "
-                          "hf_text model with random weights")
-    try:
-        return AutoConfig.for_model(model_type, **config)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"source.backbone.config: {exc}") from exc
+    return transformers_config(cfg.config, "(e.g. bert) to build an hf_text model with random "
+                                           "weights")
