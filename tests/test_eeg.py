@@ -102,7 +102,7 @@ def test_edf_and_npy_inputs_skip_a_corrupt_file(tmp_path: Path) -> None:
     source = eeg_source(kind="edf", paths=("*.edf",), config=three,
                         channels=("O1", "O2", "AF3"))
     inputs = prepare_inputs(source, 0, tmp_path)
-    assert inputs.unreadable == 1
+    assert len(inputs.unreadable) == 1 and inputs.unreadable[0].startswith(str(tmp_path / "c.edf"))
     manifest = inputs.manifest.to_pylist()
     assert {r["recording"] for r in manifest} == {"a", "b"}
     assert len(manifest) == 2 * (1024 // 128)
@@ -117,7 +117,8 @@ def test_edf_and_npy_inputs_skip_a_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / "r2.npy").write_bytes(b"\x93NUMPY broken")
     npy = eeg_source(kind="eeg_npy", paths=("*.npy",), config=three)
     inputs = prepare_inputs(npy, 0, tmp_path)
-    assert inputs.unreadable == 1 and inputs.manifest.num_rows == 8
+    assert len(inputs.unreadable) == 1 and "r2.npy" in inputs.unreadable[0]
+    assert inputs.manifest.num_rows == 8
     assert inputs.manifest.column("channels")[0].as_py() == ["ch0", "ch1", "ch2"]
 
 

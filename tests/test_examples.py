@@ -129,8 +129,13 @@ def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
     inline_dir = thresher.run({**cfg, "run": {**cfg["run"], "name": "inline-images"}},
                               inline=True, progress=False)
     ray_record, inline_record = _check_run(ray_dir), _check_run(inline_dir)
-    assert ray_record["harvest"]["unreadable_inputs"] == 1
-    assert inline_record["harvest"]["unreadable_inputs"] == 1
+    for run_dir, record in ((ray_dir, ray_record), (inline_dir, inline_record)):
+        assert record["harvest"]["unreadable_inputs"] == 1
+        manifest = pq.read_table(run_dir / "inputs" / "s0.parquet").to_pylist()
+        [broken] = [row for row in manifest if not row["readable"]]
+        assert broken["origin"].endswith("broken.jpg") and len(manifest) == 49
+        assert record["streams"]["s0"]["harvest"]["unreadable_named"] == [
+            f"{broken['origin']} (example {broken['example_id']})"]
     weights = "saes/00-topk-k4/sae_weights.safetensors"
     assert (ray_dir / weights).read_bytes() == (inline_dir / weights).read_bytes()
 

@@ -53,7 +53,7 @@ def _text_batch(n: int = 3, width: int = 12) -> TokenBatch:
 def _pixel_batch(n: int = 3) -> ImageBatch:
     pixels = np.random.default_rng(1).normal(size=(n, 3, 32, 32)).astype(np.float32)
     return ImageBatch(pixels=pixels, example_id=np.arange(n), label=np.zeros(n, np.int64),
-                      unreadable=np.zeros(n, np.int64))
+                      unreadable_example_id=np.full(n, -1, np.int64))
 
 
 def _eeg_batch(n: int = 2) -> WindowBatch:
@@ -210,8 +210,8 @@ def test_hf_dataset_row_without_an_image_is_skipped_and_counted(tmp_path: Path) 
                           inputs_kind="hf_dataset", batch_size=3)
     inputs = prepare_inputs(source, 0, tmp_path)
     batch = decode_batch(inputs, inputs.batches[0])
-    assert batch.unreadable.sum() == 1
     missing = inputs.manifest.column("origin").to_pylist().index(f"{tmp_path / 'ds'}::1")
+    assert batch.unreadable_examples == (missing,)
     assert batch.example_id[missing] == -1
     assert len(Harvester(source).harvest(batch)) == 2
 
@@ -241,6 +241,8 @@ def test_corrupt_edf_is_skipped_and_counted_in_run_json(tmp_path: Path) -> None:
     record = json.loads((Path(run_dir) / "run.json").read_text())
     assert record["status"] == "complete"
     assert record["harvest"]["unreadable_inputs"] == 1
+    [named] = record["streams"]["s0"]["harvest"]["unreadable_named"]
+    assert named.startswith(f"{tmp_path / 'c.edf'}: ") and named.count("c.edf") == 1
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,7 +62,8 @@ def _pixels(n: int = 3, size: int = 32) -> torch.Tensor:
 def _harvest_pixels(harvester: Harvester, pixels: torch.Tensor) -> Any:
     n = len(pixels)
     return harvester.harvest(ImageBatch(pixels=pixels.numpy(), example_id=np.arange(n),
-                                        label=np.arange(n) + 10, unreadable=np.zeros(n)))
+                                        label=np.arange(n) + 10,
+                                        unreadable_example_id=np.full(n, -1)))
 
 
 @pytest.mark.parametrize("tokens", ["all", "cls", "patches"])
@@ -201,7 +202,7 @@ def test_image_lmdb_and_hf_dataset_inputs_decode_like_the_folder(tmp_path: Path,
     folder, _ = decoded("image_folder", str(image_root))
     from_lmdb, batch = decoded("image_lmdb", str(tmp_path / "images.lmdb"))
     from_ds, _ = decoded("hf_dataset", str(tmp_path / "ds"))
-    assert batch.unreadable.sum() == 0
+    assert batch.unreadable_examples == ()
     assert from_lmdb == folder and from_ds == folder  # same pixels, same labels
 
 

@@ -27,7 +27,7 @@ from thresher.devices import torch_device
 from thresher.harvest.local import LocalHarvest
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
-from thresher.session import TrainerSession, open_inputs
+from thresher.session import TrainerSession, close_inputs, open_inputs
 from thresher.stream.block import ActivationBlock
 from thresher.stream.chunker import load_pieces
 from thresher.stream.pump import Pump
@@ -71,7 +71,6 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, curves: CurveLog
     # Inline, a block's handle is the block itself.
     pump: Pump[ActivationBlock, dict[str, StreamStats]] = Pump(
         cfg, stream, estimate=lambda pieces: estimate_hook_stats(load_pieces(pieces, list)))
-    pump.counters.unreadable_inputs += inputs.unreadable
     harvested = iter(harvest)
     harvest_seconds = time.perf_counter() - start
 
@@ -118,6 +117,7 @@ def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, curves: CurveLog
     holdout = load_pieces(pump.chunker.holdout, list)
     results = [session.finish(holdout.select(session.plan.hook))
                for session in sessions.values()]
+    close_inputs(inputs, stream, run_dir, pump.counters)
     counters = pump.counters.to_dict()
     counters["seconds"] = harvest_seconds
     log = {"appended": pump.log.counters.appended, "released": pump.log.counters.released,

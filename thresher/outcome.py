@@ -90,8 +90,17 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
 
 
 def warn_dropped_rows(outcome: RunOutcome) -> None:
-    """One line per stream that dropped rows holding NaN or Inf, naming where they came from."""
+    """One line per stream that skipped unreadable inputs or dropped rows holding NaN or Inf,
+    naming where they came from."""
     for stream_id, stream in outcome.streams.items():
+        unreadable = int(stream.harvest.get("unreadable_inputs", 0))
+        if unreadable:
+            named = stream.harvest.get("unreadable_named", [])
+            more = f" and {unreadable - len(named)} more" if unreadable > len(named) else ""
+            log.warning("stream %s: skipped %d unreadable input%s (named in run.json): %s%s; "
+                        "to train on them, repair them and rerun with --overwrite",
+                        stream_id, unreadable, "" if unreadable == 1 else "s",
+                        "; ".join(named), more)
         dropped = int(stream.harvest.get("nonfinite_rows", 0))
         if dropped:
             examples = ", ".join(str(e) for e in stream.harvest.get("nonfinite_examples", []))

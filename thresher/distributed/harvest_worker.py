@@ -72,10 +72,9 @@ def harvest_worker_cls() -> Any:
             trainer maps only its hook's rows out of the store)."""
             if self.failure is not None:
                 raise self.failure
-            before, dropped = self.harvester.unreadable, self.harvester.nonfinite_rows
             block = self.harvester.harvest(batch)
             columns = block.to_columns()
-            report = report_of(self.harvester, block, before, dropped)
+            report = report_of(self.harvester, block)
             return (report, sum(column.nbytes for column in columns.values())), columns
 
     return HarvestWorker

@@ -35,6 +35,7 @@ from thresher.config import Config, StreamPlan, harvest_resources, torch_threads
 from thresher.distributed.blocks import estimate_stats
 from thresher.distributed.errors import user_error
 from thresher.distributed.harvest_worker import NODE_ID_LABEL, HarvestPool
+from thresher.modalities.contract import Inputs
 from thresher.stream.budget import MIB, StoreBudget, store_budget
 from thresher.stream.chunker import Piece
 from thresher.stream.log import Cursor, Group
@@ -75,6 +76,7 @@ def stream_actor_cls() -> Any:
             self.failure: BaseException | None = None  # a user error trainers re-raise as is
             self.progress_steps: dict[str, int] = {t.trainer_id: 0 for t in stream.trainers}
             self.planned_rows = 0
+            self.inputs: Inputs | None = None  # once prepared (the harvest starts)
             self.node_id = ray.get_runtime_context().get_node_id()
             self.streams_at_once = streams_at_once
             self.harvest_resources = dict(harvest_resources or {})
@@ -114,7 +116,7 @@ def stream_actor_cls() -> Any:
             source = self.stream.source
             inputs = open_inputs(self.cfg, self.stream, self.run_dir)
             self.planned_rows = inputs.n_tokens
-            self.pump.counters.unreadable_inputs += inputs.unreadable
+            self.inputs = inputs  # closed when the harvest ends (its unreadable inputs named)
             self.budget = store_budget(self.cfg, self._node_object_store(), self.streams_at_once)
             # Near the pump (soft: a pool larger than this node spills to other harvest nodes),
             # and only on harvest nodes where the cluster marks them.
@@ -162,6 +164,10 @@ def stream_actor_cls() -> Any:
                 self.harvest_nodes = pool.node_ids()
             finally:
                 pool.stop()
+            from thresher.session import close_inputs
+
+            assert self.inputs is not None
+            close_inputs(self.inputs, self.stream, self.run_dir, self.pump.counters)
             with self.lock:
                 self.pump.finish_harvest()
                 self.pump.counters.seconds = time.perf_counter() - start

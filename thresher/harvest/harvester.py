@@ -36,7 +36,11 @@ class Harvester:
         self.unreadable = 0  # images the CPU stage could not decode, summed over batches
         self.forward_calls = 0
         self.nonfinite_rows = 0  # rows dropped for NaN or Inf, summed over batches
-        self.last_nonfinite: tuple[int, ...] = ()  # the examples of the last batch's such rows
+        # The last batch's: examples the CPU stage could not read, rows dropped for NaN or Inf
+        # and the examples they came from (what `thresher.harvest.local.report_of` reports).
+        self.last_unreadable: tuple[int, ...] = ()
+        self.last_nonfinite_rows = 0
+        self.last_nonfinite: tuple[int, ...] = ()
 
     @property
     def d_model(self) -> int:
@@ -61,13 +65,15 @@ class Harvester:
         """
         if not isinstance(batch, self.batch_type) and self.modality.decoder is not None:
             batch = self.modality.decoder(self.source, self.base_dir).decode(batch)  # no CPU stage
-        self.unreadable += batch.unreadable_count
+        self.last_unreadable = batch.unreadable_examples
+        self.unreadable += len(self.last_unreadable)
         block = dataclasses.replace(self.backbone.harvest(batch), hooks=self.hook_layout)
         self.forward_calls += 1
         finite = np.isfinite(block.float32()).all(axis=1)
         if finite.all():
-            self.last_nonfinite = ()
+            self.last_nonfinite_rows, self.last_nonfinite = 0, ()
             return block
         self.last_nonfinite = tuple(np.unique(block.example_id[~finite]).tolist())
-        self.nonfinite_rows += int((~finite).sum())
+        self.last_nonfinite_rows = int((~finite).sum())
+        self.nonfinite_rows += self.last_nonfinite_rows
         return block.take(finite)

@@ -4,19 +4,22 @@ it has one, and the inputs manifest written to the run directory.
 `prepare_inputs` is the one entry point of both executors; the modality of the source
 (thresher/modalities/registry.py) lists, reads and batches its inputs. `decode_batch` runs a
 batch's CPU stage in this process (inline); on Ray it runs in CPU tasks of its own
-(thresher/distributed/harvest_worker.py).
+(thresher/distributed/harvest_worker.py). Once the harvest has ended, `mark_unreadable` flags
+the inputs it could not read in the manifest and `name_unreadable` names them for run.json.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from thresher import uri_io
 from thresher.config import SourceConfig
 from thresher.modalities.contract import InputBatch, Inputs
 from thresher.modalities.registry import modality_of
+from thresher.stream.pump import NAMED, HarvestCounters
 
 
 def prepare_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
@@ -43,3 +46,26 @@ def write_manifest(run_dir: str | Path, stream_id: str,
     if manifest is None:
         return None
     return uri_io.write_table_atomic(manifest, manifest_path(run_dir, stream_id))
+
+
+def mark_unreadable(manifest: pa.Table, example_ids: list[int]) -> pa.Table:
+    """The manifest with `readable` false for the examples the CPU stage could not read (a
+    manifest without that column, one whose modality reads every input it lists, as it is)."""
+    if not example_ids or "readable" not in manifest.column_names:
+        return manifest
+    ids = manifest.column("example_id").to_numpy()
+    readable = ~np.isin(ids, np.asarray(example_ids, dtype=np.int64))
+    at = manifest.column_names.index("readable")
+    return manifest.set_column(at, manifest.schema.field(at), pa.array(readable))
+
+
+def name_unreadable(counters: HarvestCounters, manifest: pa.Table | None) -> list[str]:
+    """The first unreadable inputs by name, for run.json: those listing skipped ("path: why"),
+    then the origins of the examples the CPU stage could not read."""
+    named = counters.unreadable_listed[:NAMED]
+    wanted = sorted(counters.unreadable_examples)[:NAMED - len(named)]
+    if wanted and manifest is not None and "origin" in manifest.column_names:
+        origins = dict(zip(manifest.column("example_id").to_pylist(),
+                           manifest.column("origin").to_pylist(), strict=True))
+        return named + [f"{origins.get(e, '?')} (example {e})" for e in wanted]
+    return named + [f"example {e}" for e in wanted]

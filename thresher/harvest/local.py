@@ -42,18 +42,16 @@ class LocalHarvest:
 
     def __iter__(self) -> Iterator[Harvested]:
         for item in self.inputs.batches:
-            before, dropped = self.harvester.unreadable, self.harvester.nonfinite_rows
             block = self.harvester.harvest(decode_batch(self.inputs, item))  # CPU stage, forward
-            yield Harvested(block, report_of(self.harvester, block, before, dropped))
+            yield Harvested(block, report_of(self.harvester, block))
 
 
-def report_of(harvester: Harvester, block: ActivationBlock, unreadable_before: int,
-              nonfinite_before: int) -> HarvestReport:
-    """What the harvester says about the block it just made (counters taken before it)."""
+def report_of(harvester: Harvester, block: ActivationBlock) -> HarvestReport:
+    """What the harvester says about the block it just made."""
     return HarvestReport(
         forward_calls=1, examples=len(np.unique(block.example_id)),
-        unreadable=harvester.unreadable - unreadable_before, rows=len(block),
-        nonfinite_rows=harvester.nonfinite_rows - nonfinite_before,
+        unreadable_examples=harvester.last_unreadable, rows=len(block),
+        nonfinite_rows=harvester.last_nonfinite_rows,
         nonfinite_examples=harvester.last_nonfinite)
 
 

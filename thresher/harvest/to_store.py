@@ -9,9 +9,11 @@ from typing import Any
 
 from thresher import uri_io
 from thresher.config import Config, ConfigError, run_dir_of, to_plain
+from thresher.harvest.inputs import mark_unreadable, name_unreadable
 from thresher.harvest.local import LocalHarvest
 from thresher.modalities.stored.lmdb import DEFAULT_MAP_SIZE
 from thresher.modalities.stored.store import hooks_of, open_store, store_writer
+from thresher.stream.pump import HarvestCounters
 
 
 def default_store_path(cfg: Config) -> Path | str:
@@ -37,18 +39,23 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
     harvest = LocalHarvest(cfg, source)
     writer = store_writer(path, backbone=to_plain(source.backbone), hook=source.hooks[0],
                           source=to_plain(source), map_size=map_size)
-    unreadable = harvest.inputs.unreadable
+    counters = HarvestCounters(unreadable_listed=list(harvest.inputs.unreadable))
     try:
         for harvested in harvest:
-            unreadable += harvested.report.unreadable
+            counters.unreadable_examples.extend(harvested.report.unreadable_examples)
             writer.add(harvested.block)
     except BaseException:
         writer.abort()  # leave it incomplete: replay refuses it
         raise
-    counters = {"forward_calls": harvest.harvester.forward_calls, "rows": writer.n_rows,
-                "blocks": writer.n_blocks, "unreadable_inputs": unreadable,
-                "seconds": time.perf_counter() - start}
-    return writer.close(harvest.inputs.manifest, counters)
+    manifest = harvest.inputs.manifest
+    counters.unreadable_named = name_unreadable(counters, manifest)
+    if manifest is not None:
+        manifest = mark_unreadable(manifest, counters.unreadable_examples)
+    return writer.close(manifest, {
+        "forward_calls": harvest.harvester.forward_calls, "rows": writer.n_rows,
+        "blocks": writer.n_blocks, "unreadable_inputs": counters.unreadable_inputs,
+        "unreadable_named": counters.unreadable_named,
+        "seconds": time.perf_counter() - start})
 
 
 def harvest_and_describe(config: Any, out: str | None = None, stream: str | None = None) -> str:

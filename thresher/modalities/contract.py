@@ -43,9 +43,9 @@ class InputBatch:
         return cls(**{f.name: columns[f.name] for f in dataclasses.fields(cls)})
 
     @property
-    def unreadable_count(self) -> int:
-        """Inputs of this batch its CPU stage could not read (only images have such)."""
-        return 0
+    def unreadable_examples(self) -> tuple[int, ...]:
+        """Examples of this batch its CPU stage could not read (only images have such)."""
+        return ()
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,7 +81,9 @@ class Inputs:
     manifest: pa.Table | None  # the modality's manifest schema; a store's: the stored one
     n_examples: int
     n_tokens: int  # the rows the harvest produces (an estimate for images)
-    unreadable: int = 0  # inputs skipped while listing (a corrupt EDF); decoding counts more
+    # Inputs skipped while listing, each named with why ("a.edf: not an EDF file"); those
+    # the CPU stage cannot decode are named by the harvest (HarvestReport.unreadable_examples).
+    unreadable: tuple[str, ...] = ()
     decode: Decoder | None = None  # batches to decode in a CPU stage before the backbone
 
 

@@ -27,7 +27,7 @@ class HarvestReport:
 
     forward_calls: int = 1
     examples: int = 0
-    unreadable: int = 0
+    unreadable_examples: tuple[int, ...] = ()  # examples whose input could not be read
     rows: int = 0  # rows kept
     nonfinite_rows: int = 0  # rows dropped for NaN or Inf
     nonfinite_examples: tuple[int, ...] = ()  # the examples those rows came from
@@ -35,12 +35,13 @@ class HarvestReport:
     def __add__(self, other: HarvestReport) -> HarvestReport:
         return HarvestReport(self.forward_calls + other.forward_calls,
                              self.examples + other.examples,
-                             self.unreadable + other.unreadable, self.rows + other.rows,
+                             self.unreadable_examples + other.unreadable_examples,
+                             self.rows + other.rows,
                              self.nonfinite_rows + other.nonfinite_rows,
                              (self.nonfinite_examples + other.nonfinite_examples)[:NAMED])
 
 
-NAMED = 20  # examples named in run.json for dropped rows, at most
+NAMED = 20  # inputs named in run.json (unreadable ones, those of dropped rows), at most
 
 
 @dataclass
@@ -50,7 +51,12 @@ class HarvestCounters:
     rows: int = 0
     examples: int = 0  # examples are never split between input batches, so blocks add up
     seconds: float = 0.0
-    unreadable_inputs: int = 0  # images or recordings skipped because they could not be read
+    # Inputs skipped because they could not be read: named where listing found them ("a.edf:
+    # why"), and the examples the CPU stage could not decode (all of them: the manifest flags
+    # each; `name_unreadable` names the first in run.json).
+    unreadable_listed: list[str] = field(default_factory=list)
+    unreadable_examples: list[int] = field(default_factory=list)
+    unreadable_named: list[str] = field(default_factory=list)
     nonfinite_rows: int = 0  # rows dropped before chunking for NaN or Inf
     nonfinite_examples: list[int] = field(default_factory=list)  # their examples, capped
     # Wall-clock times (epoch seconds) the pump started and the harvest ended: show whether
@@ -58,10 +64,15 @@ class HarvestCounters:
     started_at: float = field(default_factory=time.time)
     finished_at: float = 0.0
 
+    @property
+    def unreadable_inputs(self) -> int:
+        return len(self.unreadable_listed) + len(self.unreadable_examples)
+
     def to_dict(self) -> dict[str, Any]:
+        named = self.unreadable_named or self.unreadable_listed[:NAMED]
         return {"forward_calls": self.forward_calls, "blocks": self.blocks, "rows": self.rows,
                 "examples": self.examples, "seconds": self.seconds,
-                "unreadable_inputs": self.unreadable_inputs,
+                "unreadable_inputs": self.unreadable_inputs, "unreadable_named": named,
                 "nonfinite_rows": self.nonfinite_rows,
                 "nonfinite_examples": self.nonfinite_examples, "started_at": self.started_at,
                 "finished_at": self.finished_at}
@@ -95,7 +106,7 @@ class Pump(Generic[Handle, Stats]):
         c.rows += rows
         c.forward_calls += report.forward_calls
         c.examples += report.examples
-        c.unreadable_inputs += report.unreadable
+        c.unreadable_examples.extend(report.unreadable_examples)
         c.nonfinite_rows += report.nonfinite_rows
         c.nonfinite_examples = (c.nonfinite_examples + list(report.nonfinite_examples))[:NAMED]
         self.pending.extend(self.chunker.add(block, rows))

@@ -123,7 +123,8 @@ def read_recordings(source: SourceConfig, base_dir: Path) -> tuple[list[Recordin
         try:
             rec = reader(path)
         except (OSError, ValueError) as exc:  # pyedflib raises OSError for a bad header
-            unreadable.append(f"{path}: {exc}")
+            why = str(exc)  # pyedflib's message names the file already
+            unreadable.append(why if str(path) in why else f"{path}: {why}")
             continue
         recordings.append(_select_channels(rec, cfg.channels))
     return recordings, unreadable
@@ -169,8 +170,9 @@ def cut_windows(signals: np.ndarray, context: int, stride: int,
 
 
 def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
-                     ) -> tuple[list[WindowBatch], pa.Table, int]:
-    """Input batches of windows (seeded order), the manifest, and the unreadable-file count."""
+                     ) -> tuple[list[WindowBatch], pa.Table, tuple[str, ...]]:
+    """Input batches of windows (seeded order), the manifest, and the unreadable files (each
+    "path: why")."""
     cfg = source.inputs
     config = patchtst_config(source.backbone)
     if int(config.context_length) != cfg.context:
@@ -217,7 +219,7 @@ def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
                              type=pa.list_(pa.string())),
         "num_patches": pa.array([num_patches(config)] * len(chosen), type=pa.int32()),
     }, schema=EEG_MANIFEST_SCHEMA)
-    return batches, manifest, len(unreadable)
+    return batches, manifest, tuple(unreadable)
 
 
 def prepare_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:

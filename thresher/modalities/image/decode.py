@@ -2,7 +2,8 @@
 
 `ImageSpec.decode` runs as a CPU stage before the backbone actors (Ray Data tasks) or just
 before the forward (inline), so the backbone never waits on JPEG decoding. An image that cannot
-be read becomes a filler row (example_id -1) and is counted (`ImageBatch.unreadable`).
+be read becomes a filler row (example_id -1); its example id stays in
+`ImageBatch.unreadable_example_id`, so the run can name it and flag it in the manifest.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ class ImageBatch(InputBatch):
     pixels: np.ndarray  # float32 [batch, 3, H, W], the model's preprocessing applied
     example_id: np.ndarray  # int64 [batch]
     label: np.ndarray  # int64 [batch]
-    unreadable: np.ndarray  # int64 [batch]: 1 where the image could not be read
+    unreadable_example_id: np.ndarray  # int64 [batch]: the example that could not be read, else -1
 
     @property
-    def unreadable_count(self) -> int:
-        return int(np.sum(self.unreadable))
+    def unreadable_examples(self) -> tuple[int, ...]:
+        ids = np.asarray(self.unreadable_example_id)
+        return tuple(ids[ids >= 0].tolist())
 
 
 @dataclass(frozen=True)
@@ -156,14 +158,14 @@ def _lmdb_env_cached(path: str) -> Any:
 def decode_images(batch: ImageRefBatch, spec: ImageSpec) -> ImageBatch:
     """One batch of references -> pixels [B, 3, H, W] float32 with the model's transforms.
 
-    An unreadable image becomes a filler row (example_id -1) flagged in `unreadable`.
+    An unreadable image becomes a filler row (example_id -1), its id in `unreadable_example_id`.
     """
     from PIL import UnidentifiedImageError
     from PIL.Image import DecompressionBombError
 
     transform = spec.transform()
     example_id = np.array(batch.example_id, dtype=np.int64)
-    unreadable = np.zeros(len(example_id), dtype=np.int64)
+    unreadable = np.full(len(example_id), -1, dtype=np.int64)
     pixels: list[np.ndarray | None] = []
     for i, ref in enumerate(batch.ref):
         if example_id[i] < 0:
@@ -174,8 +176,8 @@ def decode_images(batch: ImageRefBatch, spec: ImageSpec) -> ImageBatch:
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError,
                 DecompressionBombError):  # a file PIL refuses to decode counts as unreadable
             pixels.append(None)
+            unreadable[i] = example_id[i]
             example_id[i] = -1
-            unreadable[i] = 1
     shape = next((p.shape for p in pixels if p is not None), None)
     if shape is None:
         shape = _pixel_shape(spec)
@@ -184,7 +186,8 @@ def decode_images(batch: ImageRefBatch, spec: ImageSpec) -> ImageBatch:
         if p is not None:
             out[i] = p
     return ImageBatch(pixels=out, example_id=example_id,
-                      label=np.asarray(batch.label, dtype=np.int64), unreadable=unreadable)
+                      label=np.asarray(batch.label, dtype=np.int64),
+                      unreadable_example_id=unreadable)
 
 
 def _pixel_shape(spec: ImageSpec) -> tuple[int, ...]:

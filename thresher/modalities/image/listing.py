@@ -29,6 +29,7 @@ IMAGE_MANIFEST_SCHEMA = pa.schema([
     ("origin", pa.string()),  # file path, "lmdb_path::key" or "dataset_path::row"
     ("label", pa.int64()),  # -1 where the input has no label
     ("label_name", pa.string()),
+    ("readable", pa.bool_()),  # false: the harvest could not decode it (no rows came of it)
 ])
 
 
@@ -189,5 +190,7 @@ def build_image_inputs(source: SourceConfig, seed: int,
         "label": pa.array(labels),
         "label_name": pa.array([names[v] if v >= 0 else None for v in labels.tolist()],
                                type=pa.string()),
+        # Every input is taken as readable until the harvest has tried it (close_inputs).
+        "readable": pa.array(np.ones(len(refs), dtype=bool)),
     }, schema=IMAGE_MANIFEST_SCHEMA)
     return batches, manifest
