@@ -158,7 +158,8 @@ def tl_reference(model: Any, hook: str) -> Any:
 
 
 @pytest.mark.parametrize("hook", ["blocks.1.hook_resid_post", "blocks.0.mlp.hook_post",
-                                  "blocks.0.attn.hook_z", "hook_embed", "ln_final.hook_normalized"])
+                                  "blocks.0.attn.hook_z", "hook_embed", "ln_final.hook_normalized",
+                                  "blocks.1.attn.hook_result"])
 def test_transformer_lens_rows_equal_run_with_cache(tmp_path: Path, tiny_tl: Any,
                                                     hook: str) -> None:
     source = source_of(tmp_path, {"kind": "transformer_lens", "model": "", "config": TINY_TL},
@@ -170,10 +171,13 @@ def test_transformer_lens_rows_equal_run_with_cache(tmp_path: Path, tiny_tl: Any
     harvester = Harvester(source)
     block = harvest_all(harvester, inputs)
     width = {"blocks.0.mlp.hook_post": TINY_TL["d_mlp"],
-             "blocks.0.attn.hook_z": TINY_TL["n_heads"] * TINY_TL["d_head"]
+             "blocks.0.attn.hook_z": TINY_TL["n_heads"] * TINY_TL["d_head"],
+             "blocks.1.attn.hook_result": TINY_TL["n_heads"] * TINY_TL["d_model"],
              }.get(hook, TINY_TL["d_model"])
     assert harvester.d_model == width and block.d == width
     assert harvester.forward_calls == len(inputs.batches)
+    # attn.hook_result fires only with use_attn_result on: the backbone turned it on itself.
+    tiny_tl.set_use_attn_result(hook.endswith("attn.hook_result"))
     check_rows(block, inputs, 1, 0, tl_reference(tiny_tl, hook))
 
 

@@ -80,3 +80,85 @@ def test_a_truncated_lmdb_cache(tmp_path: Path, capsys: pytest.CaptureFixture[st
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("truncated" in line for line in err)
     assert not (tmp_path / "stored").exists()  # no run directory was created
+
+
+def test_a_transformer_lens_hook_name_that_does_not_exist(tmp_path: Path) -> None:
+    cfg = smoke_config(tmp_path)
+    cfg["source"].update(backbone={"kind": "transformer_lens", "model": "", "config": TINY_TL},
+                         hook="blocks.1.hook_resid")
+    message = _one_line_error(cfg)
+    assert "'blocks.1.hook_resid' is not a TransformerLens hook" in message
+    assert "blocks.1.hook_resid_post" in message  # the closest names, as the fix
+    cfg["source"]["hook"] = "blocks.0.attn.hook_pattern"
+    assert "not one vector per token" in _one_line_error(cfg)
+    cfg["source"].update(hook="blocks.0.hook_mlp_out",
+                         backbone={"kind": "transformer_lens", "model": "",
+                                   "config": {**TINY_TL, "attn_only": True}})
+    assert "attn_only" in _one_line_error(cfg)
+
+
+def test_windows_longer_than_the_model_takes(tmp_path: Path) -> None:
+    cfg = smoke_config(tmp_path)
+    cfg["source"]["inputs"]["context"] = 1024  # MiniLM takes 512 positions
+    message = _one_line_error(cfg)
+    assert "context is 1024" in message and "at most 512 tokens" in message
+    cfg["source"].update(backbone={"kind": "transformer_lens", "model": "", "config": TINY_TL},
+                         hook="blocks.0.hook_resid_post")
+    assert "at most 256 tokens" in _one_line_error(cfg)
+
+
+def test_the_hook_tables_match_transformer_lens() -> None:
+    """tl_hooks knows every hook TransformerLens builds, across architectures, and a hook that
+    needs a model option fires once the backbone has turned it on."""
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from thresher.modalities.text import tl_hooks
+
+    variants = [{}, {"attn_only": True}, {"normalization_type": None},
+                {"positional_embedding_type": "rotary", "gated_mlp": True, "act_fn": "silu",
+                 "normalization_type": "RMS"}]
+    block_hooks: set[str] = set()
+    model_hooks: set[str] = set()
+    for variant in variants:
+        model = HookedTransformer(HookedTransformerConfig(**{**TINY_TL, **variant}))
+        for hook in model.hook_dict:
+            block = tl_hooks.block_of(hook)
+            if block is None:
+                model_hooks.add(hook)
+            else:
+                block_hooks.add(hook.split(".", 2)[2])
+        if variant.get("attn_only"):
+            assert not {h.split(".", 2)[2] for h in model.hook_dict
+                        if h.startswith("blocks.")} & (tl_hooks.MLP_HOOKS - {"hook_mlp_in",
+                                                                               "hook_mlp_out"})
+    assert block_hooks == tl_hooks.BLOCK_HOOKS
+    assert model_hooks <= tl_hooks.MODEL_HOOKS
+    model = HookedTransformer(HookedTransformerConfig(**TINY_TL))
+    hooks = tuple(f"blocks.1.{suffix}" for suffix in tl_hooks.OPTION_OF)
+    tl_hooks.enable(model, hooks)
+    _, cache = model.run_with_cache(torch.zeros(1, 3, dtype=torch.long))
+    assert set(hooks) <= set(cache.keys())
+
+
+def test_an_input_file_this_user_cannot_read(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "a.txt").write_text("def f():\n    return 1\n")
+    locked = texts / "b.txt"
+    locked.write_text("def g():\n    return 2\n")
+    locked.chmod(0)
+    if os.geteuid() == 0:  # root reads every file: answer as the operating system would a user
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked
+                            and real_access(p, mode))
+    cfg = smoke_config(tmp_path)
+    cfg["source"]["inputs"] = {"kind": "text_files", "paths": [str(texts / "*.txt")],
+                               "context": 32}
+    message = _one_line_error(cfg)
+    assert "source.inputs.paths.0" in message and f"cannot read {str(locked)!r}" in message
+    assert "chmod a+r" in message
+    locked.chmod(0o644)
+    monkeypatch.undo()
+    thresher.plan(cfg)

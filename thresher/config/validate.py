@@ -4,6 +4,7 @@ backbone, sweep grids that name real streams and hooks. Each error names file:li
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from collections.abc import Callable
 from typing import Any
@@ -175,6 +176,14 @@ def _check_inputs(cfg: Config, source: SourceConfig, modality: str, path: tuple,
             raise ConfigError(
                 f"{where.at((*path, 'inputs', 'paths', i))}: no {what} matches "
                 f"{pattern!r} (relative paths are read from {str(base.resolve())!r})")
+        # Readable by this user (a folder: listable too); their contents are read at the run.
+        mode = os.R_OK | os.X_OK if folders else os.R_OK
+        for found_path in found:
+            if not os.access(found_path, mode):
+                raise ConfigError(
+                    f"{where.at((*path, 'inputs', 'paths', i))}: cannot read {str(found_path)!r}"
+                    f" (permission denied); make it readable (chmod {'a+rx' if folders else 'a+r'}"
+                    ") or leave it out of the pattern")
 
 
 def _check_stored(source: SourceConfig, path: tuple, where: Where) -> None:

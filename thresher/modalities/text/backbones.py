@@ -37,6 +37,7 @@ from thresher.modalities.model_tools import (
     seeded,
     torch_dtype,
 )
+from thresher.modalities.text import tl_hooks
 from thresher.modalities.text.loading import (
     BYTE_VOCAB,
     check_vocab,
@@ -46,11 +47,6 @@ from thresher.modalities.text.loading import (
 )
 from thresher.modalities.text.windows import TokenBatch
 from thresher.stream.block import ActivationBlock
-
-# Hooks whose activations are not one vector per token.
-_NOT_PER_TOKEN = ("hook_pattern", "hook_attn_scores")
-# TransformerLens hooks that fire before block 0: stop_at_layer=0 still runs them.
-_TL_EMBED_HOOKS = ("hook_embed", "hook_pos_embed", "hook_tokens")
 
 
 def hook_list(hooks: str | Sequence[str]) -> tuple[str, ...]:
@@ -188,6 +184,7 @@ class TransformerLensBackbone(TextBackbone):
                 raise unloadable(cfg, exc) from exc
         self.hooks = hook_list(hooks)
         stops = [_tl_stop_at_layer(model, hook) for hook in self.hooks]
+        tl_hooks.enable(model, self.hooks)
         # Run up to the deepest hook's block; None (a hook after the last block) runs it all.
         self.stop_at_layer: int | None = None if None in stops else max(
             stop for stop in stops if stop is not None)
@@ -210,6 +207,10 @@ class TransformerLensBackbone(TextBackbone):
                                                  stop_at_layer=self.stop_at_layer)
         out = []
         for hook in self.hooks:
+            if hook not in cache:
+                raise ConfigError(f"source.hook {hook!r} did not fire in a forward of this "
+                                  "TransformerLens model (attn_only, or an option it needs "
+                                  "off); choose another hook")
             acts = cache[hook]
             if tuple(acts.shape[:2]) != tuple(tokens.shape):
                 raise ValueError(f"hook {hook!r} gave shape {tuple(acts.shape)}, not one vector "
@@ -234,15 +235,12 @@ def _tl_stop_at_layer(model: Any, hook: str) -> int | None:
             f"source.hook {hook!r} is not a hook of this TransformerLens model{hint}. Hooks "
             "look like blocks.1.hook_resid_post, blocks.0.mlp.hook_post, blocks.0.attn.hook_z"
             ", hook_embed")
-    if hook.endswith(_NOT_PER_TOKEN):
-        raise ConfigError(
-            f"source.hook {hook!r} holds attention between token pairs [batch, head, query, "
-            "key], not one vector per token; choose e.g. the block's attn.hook_z or "
-            "hook_attn_out")
-    block = re.match(r"blocks\.(\d+)\.", hook)
-    if block:
-        return int(block.group(1)) + 1
-    if hook in _TL_EMBED_HOOKS:
+    if hook.endswith(tl_hooks.NOT_PER_TOKEN):
+        tl_hooks.check_hook(hook, None)  # its message says why and what to choose instead
+    block = tl_hooks.block_of(hook)
+    if block is not None:
+        return block + 1
+    if hook in tl_hooks.EMBED_HOOKS:
         return 0
     return None  # after the last block (ln_final, unembed)
 
