@@ -287,3 +287,20 @@ def test_chunks_larger_than_the_object_store_are_refused_before_any_training(
     assert "the object store of the pump's node has 768 MiB" in message  # the session's
     assert "Lower stream.chunk_rows or stream.capacity_chunks" in message
     assert not (tmp_path / "runs" / "stored" / "saes").exists()  # nothing was trained
+
+
+@pytest.mark.slow
+def test_an_error_inside_an_actor_is_told_as_raised_and_where(ray_session: Any) -> None:
+    """The one line an internal error gets (the CLI's message, run.json's reason) is the error
+    the actor raised, not Ray's wrapper of it (its pid, actor id and colour codes)."""
+    from thresher.rundir import one_line
+
+    @ray_session.remote(num_cpus=0)
+    class Worker:
+        def run(self) -> None:
+            raise RuntimeError("the bug\nits second line")
+
+    with pytest.raises(RuntimeError) as err:
+        ray_session.get(Worker.remote().run.remote())
+    assert isinstance(err.value, ray_session.exceptions.RayTaskError)
+    assert one_line(err.value) == "RuntimeError: the bug (in Worker.run)"

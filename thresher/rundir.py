@@ -19,6 +19,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -183,9 +184,21 @@ class Terminated(KeyboardInterrupt):
 
 
 def one_line(exc: BaseException) -> str:
-    """An error as one line: its type and the first line of its message."""
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    """An error as one line: its type and the first line of its message. A remote task's error
+    (Ray's RayTaskError carries it as `cause`, and the task as `function_name`) is the error
+    raised in the task, and where: "RuntimeError: ... (in TrainerActor.run)"."""
+    where = ""
+    while isinstance(cause := getattr(exc, "cause", None), BaseException) and cause is not exc:
+        task = _RAY_TASK.search(_ANSI.sub("", str(exc)))
+        where = where or (task.group(1) if task else str(getattr(exc, "function_name", "")))
+        exc = cause
+    text = _ANSI.sub("", str(exc)).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return f"{line} (in {where})" if where else line
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the colours Ray puts in its messages
+_RAY_TASK = re.compile(r"ray::([\w.]+)\(")  # "ray::TrainerActor.run() (pid=..., ...)"
 
 
 def checkpointed_step(run_dir: str | Path) -> int:
