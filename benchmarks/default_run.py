@@ -24,7 +24,6 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(None).to_dict()
     cfg["run"]["out"] = args.out
-    cfg.pop("source_file")
     start = time.perf_counter()
     run_dir = thresher.run(cfg, inline=args.inline, progress=False, overwrite=True)
     wall = time.perf_counter() - start

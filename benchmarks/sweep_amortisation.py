@@ -19,7 +19,6 @@ from thresher.config import load_config
 
 def run(sweep: list[dict], trainers: int, inline: bool, name: str) -> tuple[float, dict]:
     cfg = load_config(None).to_dict()
-    cfg.pop("source_file")
     cfg["run"].update(out="runs/bench", name=name)
     cfg["sweep"] = sweep
     cfg["resources"]["trainers"] = trainers
