@@ -3,13 +3,22 @@
 coefficient (MCC) under one-to-one Hungarian matching: at least 0.85, and no lower than
 sae_lens's own trainer reaches on the same batches and budget minus 0.02.
 
-Sizes: 128 true features in 64 dimensions, 400 steps of 512 rows (about half a minute per
-side on two CPU cores). Two results are open and marked xfail with their numbers: Matryoshka's
-MCC, and BatchTopK's margin to sae_lens.
+Each side is the mean over three seeds: one seed's MCC moves by about 0.02 with the seed on this
+source (sae_lens's BatchTopK: 0.926, 0.904, 0.905), as much as the margin compared.
+
+Sizes: 128 true features in 64 dimensions, 400 steps of 512 rows (about a minute for thresher's
+15 SAEs, five seconds per sae_lens SAE, on two CPU cores). Two results are open and marked
+xfail with their numbers: Matryoshka's MCC, and BatchTopK's margin to sae_lens (0.024 over
+three seeds). Ruled out as its cause: gradient clipping (off: lower), the AuxK coefficient
+(sae_lens's 1.0: the same), b_dec's initial value (zero: the same). Still to try: sae_lens trains
+the TopK family with a free-norm decoder (rescale_acts_by_decoder_norm), thresher with unit-norm
+decoder rows (gradient projected, rows renormalised).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
 from collections.abc import Iterator
 
 import numpy as np
@@ -35,8 +44,9 @@ LR = 5e-3
 SOURCE = {"backbone": {"kind": "synthetic", "config": {
     "n_features": N_FEATURES, "d_in": D_IN, "mean_l0": MEAN_L0, "zipf_exponent": 0.6,
     "block_rows": BATCH * 20, "rows": BATCH * STEPS, "seed": 0}}, "hook": "synthetic"}
+SEEDS = (0, 1, 2)  # each arch trained with each; its MCC is the mean over them
 # Per arch: thresher's sparsity hyperparameter (k for the TopK family; l1 / l0 coefficients).
-SAES = [
+ARCH_SAES = [
     SAEConfig(sae_id="topk", arch="topk", d_sae=N_FEATURES, k=2 * MEAN_L0, l1_coef=0, lr=LR,
               seed=1),
     SAEConfig(sae_id="batchtopk", arch="batchtopk", d_sae=N_FEATURES, k=2 * MEAN_L0, l1_coef=0,
@@ -47,6 +57,8 @@ SAES = [
               lr=LR, seed=3),
     SAEConfig(sae_id="relu", arch="relu", d_sae=N_FEATURES, k=0, l1_coef=1.5, lr=LR, seed=4),
 ]
+SAES = [dataclasses.replace(sae, sae_id=f"{sae.arch}-{i}", seed=sae.seed + 10 * i)
+        for sae in ARCH_SAES for i in SEEDS]
 TRAIN = TrainConfig(batch_size=BATCH, tokens=BATCH * STEPS, warmup_steps=10, decay_start=0.8,
                     dead_window=BATCH * 20).with_arch_settings(coef_warmup=0.05,
                                                                init_threshold=1.0, bandwidth=1.0)
@@ -77,27 +89,34 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def thresher_mcc(data: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+def thresher_mcc(data: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:
+    """Per arch, the MCC of each seed's SAE (one bank trains them all on the same batches)."""
     x, dictionary = data
     stats = estimate_stream_stats(x[:8192])
     bank = SAEBank(SAES, stats, TRAIN, STEPS)
     for i in range(STEPS):
         bank.step(torch.from_numpy(x[i * BATCH:(i + 1) * BATCH]))
-    return {s.sae_id: mcc(dictionary, bank.sae_params(s.sae_id)["W_dec"].numpy()) for s in SAES}
+    out: dict[str, list[float]] = {}
+    for sae in SAES:
+        out.setdefault(sae.arch, []).append(
+            mcc(dictionary, bank.sae_params(sae.sae_id)["W_dec"].numpy()))
+    return out
 
 
-def test_every_arch_recovers_the_true_features(thresher_mcc: dict[str, float]) -> None:
-    assert set(thresher_mcc) == {s.sae_id for s in SAES}
-    low = {arch: round(v, 3) for arch, v in thresher_mcc.items()
-           if v < MIN_MCC and arch != "matryoshka"}
-    assert not low, f"MCC below {MIN_MCC}: {low} (all: {thresher_mcc})"
+def test_every_arch_recovers_the_true_features(thresher_mcc: dict[str, list[float]]) -> None:
+    assert set(thresher_mcc) == {s.arch for s in ARCH_SAES}
+    assert all(len(values) == len(SEEDS) for values in thresher_mcc.values())
+    mean = {arch: round(statistics.mean(v), 3) for arch, v in thresher_mcc.items()}
+    low = {arch: v for arch, v in mean.items() if v < MIN_MCC and arch != "matryoshka"}
+    assert not low, f"mean MCC below {MIN_MCC}: {low} (all: {mean})"
 
 
-@pytest.mark.xfail(strict=True, reason="open: on this flat source thresher's Matryoshka reaches "
-                   "MCC 0.75 and sae_lens's 0.81 (widths 8/32/128 of 128 latents): below 0.85, "
-                   "and 0.05 below the reference")
-def test_matryoshka_recovers_the_true_features(thresher_mcc: dict[str, float]) -> None:
-    assert thresher_mcc["matryoshka"] >= MIN_MCC
+@pytest.mark.xfail(strict=True, reason="open: on this flat source thresher's Matryoshka (widths "
+                   "8/32/128 of 128 latents) reaches a mean MCC of 0.763 (0.752, 0.769, "
+                   "0.768), sae_lens's 0.807 (0.806, 0.807, 0.809): both below 0.85 at this "
+                   "budget, thresher 0.04 below")
+def test_matryoshka_recovers_the_true_features(thresher_mcc: dict[str, list[float]]) -> None:
+    assert statistics.mean(thresher_mcc["matryoshka"]) >= MIN_MCC
 
 
 def test_a_random_dictionary_scores_far_lower(data: tuple[np.ndarray, np.ndarray]) -> None:
@@ -108,7 +127,7 @@ def test_a_random_dictionary_scores_far_lower(data: tuple[np.ndarray, np.ndarray
     assert mcc(dictionary, dictionary[::-1].copy()) == pytest.approx(1.0)
 
 
-def saelens_mcc(arch: str, x: np.ndarray, dictionary: np.ndarray) -> float:
+def saelens_mcc(arch: str, x: np.ndarray, dictionary: np.ndarray, seed: int = 0) -> float:
     """The same data, batches, steps, lr schedule and sparsity settings through sae_lens."""
     from sae_lens import (
         BatchTopKTrainingSAE,
@@ -126,14 +145,14 @@ def saelens_mcc(arch: str, x: np.ndarray, dictionary: np.ndarray) -> float:
     from sae_lens.config import SAETrainerConfig
     from sae_lens.training.sae_trainer import SAETrainer
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     # thresher starts every arch but relu with unit decoder rows; sae_lens's default 0.1 (the
     # April-2024 ReLU recipe) leaves its JumpReLU below the 1.0 threshold and dead (MCC ~0.26), a
     # reference too weak to compare with. So each side gets the same initial decoder norm.
     common = {"d_in": D_IN, "d_sae": N_FEATURES, "device": "cpu",
               "normalize_activations": "expected_average_only_in",
               "decoder_init_norm": architecture_class(arch).decoder_init_norm}
-    sae_cfg = next(s for s in SAES if s.arch == arch)
+    sae_cfg = next(s for s in ARCH_SAES if s.arch == arch)
     if arch == "topk":
         sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=sae_cfg.k, **common))
     elif arch == "batchtopk":
@@ -166,17 +185,20 @@ def saelens_mcc(arch: str, x: np.ndarray, dictionary: np.ndarray) -> float:
     return mcc(dictionary, sae.W_dec.detach().numpy())
 
 
-# Matryoshka's reference costs a minute of sae_lens training here; its numbers are in the xfail
-# above.
+# Matryoshka's reference costs a minute of sae_lens training per seed here; its numbers are in
+# the xfail above.
 @pytest.mark.parametrize("arch", [
     "topk",
     pytest.param("batchtopk", marks=pytest.mark.xfail(
-        strict=True, reason="open: thresher 0.897 against sae_lens 0.926 on this source")),
+        strict=True, reason="open: thresher's mean MCC 0.888 (0.897, 0.882, 0.884) against "
+        "sae_lens's 0.911 (0.926, 0.904, 0.905) on this source: 0.024 below, margin 0.02")),
     "jumprelu", "relu"])
-def test_no_worse_than_saelens_on_the_same_budget(arch: str, data: tuple[np.ndarray, np.ndarray],
-                                                  thresher_mcc: dict[str, float]) -> None:
+def test_no_worse_than_saelens_on_the_same_budget(
+        arch: str, data: tuple[np.ndarray, np.ndarray],
+        thresher_mcc: dict[str, list[float]]) -> None:
     pytest.importorskip("sae_lens")
     x, dictionary = data
-    reference = saelens_mcc(arch, x, dictionary)
-    assert thresher_mcc[arch] >= reference - SAELENS_MARGIN, (arch, thresher_mcc[arch],
-                                                              reference)
+    reference = [saelens_mcc(arch, x, dictionary, seed) for seed in SEEDS]
+    ours = statistics.mean(thresher_mcc[arch])
+    assert ours >= statistics.mean(reference) - SAELENS_MARGIN, (arch, thresher_mcc[arch],
+                                                                  reference)
