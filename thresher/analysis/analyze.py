@@ -23,6 +23,7 @@ from thresher.analysis.evaluate import (
     evaluate_saes,
     identity_columns,
     sae_tables,
+    source_metrics,
     write_run_stats,
 )
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
@@ -68,17 +69,26 @@ def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
             by_hook.setdefault(sae.sae.hook or source.hooks[0], []).append(sae)
         for hook, group in by_hook.items():
             rows = holdout.select(hook)
-            stats = evaluate_saes(lambda x, group=group: [s.encode_decode(x) for s in group],
-                                  [s.sae.sae_id for s in group], [s.sae.d_sae for s in group],
-                                  rows)
-            lm = (_lm_metrics(cfg, source, hook, run_dir, rows, group, lm_windows)
-                  if lm_metrics else {})
+
+            def encode_decode(x: torch.Tensor, group: list[FrozenSAE] = group) -> list[Any]:
+                return [s.encode_decode(x) for s in group]
+
+            stats = evaluate_saes(encode_decode, [s.sae.sae_id for s in group],
+                                  [s.sae.d_sae for s in group], rows)
+            # Ground truth and probing always; CE/KL (the SAEs spliced into the model) unless
+            # --no-lm-metrics.
+            extra = source_metrics(source, rows, encode_decode,
+                                   {s.sae.sae_id: s.W_dec.numpy() for s in group})
+            if lm_metrics:
+                for sid, spliced in _lm_metrics(source, hook, run_dir, rows, group,
+                                                lm_windows).items():
+                    extra[sid] = {**extra.get(sid, {}), **spliced}
             for sae in group:
                 sid = sae.sae.sae_id
                 trainer_id = str(sae.record.get("trainer_id", "t0"))
                 metrics, columns, examples, labels = sae_tables(
                     sid, stats[sid], sae.decoder_norm_training_units().numpy(), sae.W_dec)
-                metrics.update(lm.get(sid, {}))
+                metrics.update(extra.get(sid, {}))
                 result = results.setdefault(trainer_id, TrainerResult(trainer_id, [], []))
                 seconds = (trainers.get(trainer_id) or {}).get("seconds", float("nan"))
                 result.summary_rows.append({
@@ -94,26 +104,22 @@ def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
     return write_run_stats(run_dir, list(results.values()))
 
 
-def _lm_metrics(cfg: Config, source: SourceConfig, hook: str, run_dir: Path,
-                holdout: ActivationBlock, saes: list[FrozenSAE],
-                max_windows: int) -> dict[str, dict[str, float]]:
+def _lm_metrics(source: SourceConfig, hook: str, run_dir: Path, holdout: ActivationBlock,
+                saes: list[FrozenSAE], max_windows: int) -> dict[str, dict[str, float]]:
     """CE/KL per SAE spliced in at `hook` over the held-out windows (none, with a log line,
-    where undefined), with the source's own metrics (ground truth, probing) alongside."""
-    from thresher.analysis.evaluate import source_metrics
+    where undefined)."""
     from thresher.harvest.inputs import manifest_path
     from thresher.modalities.text.splice import SplicedLM, splice_metrics, splice_supported
     from thresher.modalities.text.tokenizers import load_tokenizer
 
-    extra = source_metrics(source, holdout, lambda x: [s.encode_decode(x) for s in saes],
-                           {s.sae.sae_id: s.W_dec.numpy() for s in saes})
     reason = splice_supported(source)
     if reason is not None:
         log.info("no CE-loss recovered for stream %s: %s", source.name, reason)
-        return extra
+        return {}
     manifest = manifest_path(run_dir, source.name)
     if not manifest.is_file():
         log.info("no CE-loss recovered: %s is missing", manifest)
-        return extra
+        return {}
     ids = np.unique(holdout.example_id)[:max_windows]
     table = pq.read_table(manifest, columns=["example_id", "token_ids"]).to_pydict()
     by_id = dict(zip(table["example_id"], table["token_ids"], strict=True))
@@ -124,4 +130,4 @@ def _lm_metrics(cfg: Config, source: SourceConfig, hook: str, run_dir: Path,
     with torch.no_grad():
         metrics = splice_metrics(lm, windows, replacements, tokenizer.pad_id,
                                  len(tokenizer.prefix), len(tokenizer.suffix))
-    return {sid: {**extra.get(sid, {}), **asdict(m)} for sid, m in metrics.items()}
+    return {sid: asdict(m) for sid, m in metrics.items()}

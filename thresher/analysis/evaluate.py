@@ -57,13 +57,11 @@ def source_metrics(source: SourceConfig, holdout: ActivationBlock, encode_decode
     synthetic source, sparse probing where the rows carry labels; {} where neither applies."""
     from thresher.analysis.ground_truth import GroundTruthAccumulator
     from thresher.analysis.probing import PooledExamples
+    from thresher.modalities.registry import modality_of
 
     sae_ids = list(decoders)
-    gt = None
-    if source.backbone.kind == "synthetic":
-        from thresher.modalities.synthetic.model import model_of
-
-        gt = GroundTruthAccumulator(model_of(source), decoders)
+    known = modality_of(source).ground_truth
+    gt = GroundTruthAccumulator(known(source), decoders) if known is not None else None
     labelled = holdout.label is not None and bool((holdout.label >= 0).any())
     probe = PooledExamples() if labelled else None
     if gt is None and probe is None:

@@ -15,6 +15,7 @@ from thresher.config.resources import harvest_resources
 from thresher.config.saes import ARCH_SPEC, MONO_STEP_COST, SAEConfig
 from thresher.config.schema import Config, ConfigError, SourceConfig, TrainConfig
 from thresher.config.sweep import expand_sweep, fmt
+from thresher.config.synthetic import describe_synthetic, synthetic_config
 
 
 def sae_cost(sae: SAEConfig) -> float:
@@ -73,13 +74,16 @@ class Plan:
             harvest = harvest_resources(cfg, src)
             model = src.backbone.model or "<random weights from config>"
             n_saes = len(stream.saes)
+            if stream.store is not None:
+                what = f"stored {stream.store.description}"
+            elif src.backbone.kind == "synthetic":
+                what = describe_synthetic(synthetic_config(src.backbone))
+            else:
+                what = (f"{src.backbone.kind} {model} @ {', '.join(stream.hooks)}, inputs "
+                        f"{src.inputs.kind} (context {src.inputs.context}, max_tokens "
+                        f"{src.inputs.max_tokens}), batch {src.batch_size}")
             lines += [
-                f"stream {stream.stream_id}: stored {stream.store.description}"
-                if stream.store is not None else
-                f"stream {stream.stream_id}: {src.backbone.kind} {model} @ "
-                f"{', '.join(stream.hooks)}, inputs {src.inputs.kind} (context "
-                f"{src.inputs.context}, max_tokens {src.inputs.max_tokens}), batch "
-                f"{src.batch_size}",
+                f"stream {stream.stream_id}: {what}",
                 f"  harvest: 1 pass for {len(stream.hooks)} hook(s), {harvest.harvesters} "
                 f"harvester actor(s) x {harvest.cpus_per_harvester:g} CPU, "
                 f"{harvest.gpus_per_harvester:g} GPU",

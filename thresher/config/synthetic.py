@@ -60,3 +60,13 @@ def check_synthetic(cfg: SyntheticConfig, where: str = "`source.backbone.config`
                           f"[0, 1), got {cfg.child_prob}, {cfg.correlation_strength}")
     if cfg.correlation_rank < 0 or cfg.noise_std < 0:
         raise ConfigError(f"{where}: correlation_rank and noise_std must be >= 0")
+
+
+def describe_synthetic(cfg: SyntheticConfig) -> str:
+    """The plan's line for a synthetic source: what its rows are made of."""
+    hierarchy = (f", hierarchy {cfg.n_parents} parents x {cfg.children_per_parent} children"
+                 if cfg.n_parents else "")
+    correlated = f", correlations of rank {cfg.correlation_rank}" if cfg.correlation_rank else ""
+    return (f"synthetic: {cfg.rows} rows of {cfg.d_in} dims from {cfg.n_features} known "
+            f"features (mean L0 {cfg.mean_l0:g}, Zipf exponent {cfg.zipf_exponent:g}"
+            f"{hierarchy}{correlated}), seed {cfg.seed}, blocks of {cfg.block_rows} rows")

@@ -117,6 +117,10 @@ class Modality:
     render_examples: Callable[[ExamplesRequest], Examples]
     preflight: Callable[[SourceConfig, Path], None] = no_preflight
     decoder: Callable[[SourceConfig, Path], Decoder] | None = None  # the CPU stage, if any
+    # The known features behind a source's rows, where it has them (a synthetic source's
+    # SyntheticModel: its dictionary and which features fire on each row); the ground-truth
+    # metrics score SAEs against it.
+    ground_truth: Callable[[SourceConfig], Any] | None = None
 
 
 def empty_block(d: int, labelled: bool = False) -> ActivationBlock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import BlockIndexBatch, Modality
+from thresher.modalities.synthetic.model import model_of
 from thresher.modalities.synthetic.source import (
     prepare_synthetic_inputs,
     render_synthetic_examples,
@@ -18,4 +19,5 @@ SYNTHETIC = Modality(
     load_backbone=synthetic_backbone,
     manifest_schema=None,  # none: a row's example_id is its index in the stream
     render_examples=render_synthetic_examples,
+    ground_truth=model_of,
 )
