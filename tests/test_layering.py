@@ -104,3 +104,19 @@ def test_a_wrong_import_fails_the_check(module: str, line: str, expected: str) -
     sources = package_sources()
     sources[module] = sources[module] + "\n" + line
     assert any(v.startswith(expected) for v in violations(sources))
+
+
+def test_the_stream_actor_starts_without_torch_or_pandas() -> None:
+    """The Ray stream actor lists inputs and moves refs, never a row: its process imports no
+    torch, model library or pandas (each new actor process pays ~10 s on two cores for them;
+    modalities load backbones and renderers lazily, thresher/modalities/contract.py `lazy`)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, thresher.distributed.stream_actor, thresher.harvest.inputs, "
+            "thresher.modalities.registry\n"
+            "heavy = ('torch', 'pandas', 'transformers', 'transformer_lens', 'open_clip')\n"
+            "print(' '.join(m for m in heavy if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).parents[1])
+    assert out.stdout.strip() == ""

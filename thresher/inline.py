@@ -24,10 +24,11 @@ from thresher.config import (
     torch_threads,
 )
 from thresher.devices import torch_device
+from thresher.harvest.inputs import close_inputs, open_inputs
 from thresher.harvest.local import LocalHarvest
 from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
-from thresher.session import TrainerSession, close_inputs, open_inputs
+from thresher.session import TrainerSession
 from thresher.stream.block import ActivationBlock
 from thresher.stream.chunker import load_pieces
 from thresher.stream.pump import Pump

@@ -1,8 +1,6 @@
 """What both executors do with a stream, written once.
 
-`open_inputs` prepares a stream's input batches and writes its inputs manifest, `close_inputs`
-flags in it and names what the harvest could not read (the inline executor and the Ray stream
-actor call both). `TrainerSession` is one trainer on a stream: its
+`TrainerSession` is one trainer on a stream: its
 `Trainer`, a `BatchReader` over the log and the `TrainLoop` that steps them, then the export and
 the held-out evaluation. The executors differ only in what they hand it: how a group is fetched
 and its blocks loaded (the log and the blocks themselves inline; remote calls and object refs
@@ -17,34 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from thresher.analysis.evaluate import TrainerResult, trainer_result
-from thresher.config import Config, StreamPlan, TrainerPlan, config_dir
-from thresher.harvest.inputs import mark_unreadable, name_unreadable, prepare_inputs, write_manifest
-from thresher.modalities.contract import Inputs
+from thresher.config import Config, TrainerPlan
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
-from thresher.stream.pump import HarvestCounters
 from thresher.stream.reader import BatchReader, Fetch, Load
 from thresher.stream.stats import StreamStats
 from thresher.train.loop import Status, TrainLoop
 from thresher.train.trainer import Trainer
-
-
-def open_inputs(cfg: Config, stream: StreamPlan, run_dir: str | Path) -> Inputs:
-    """The stream's input batches; its inputs manifest written to the run directory."""
-    inputs = prepare_inputs(stream.source, cfg.run.seed, config_dir(cfg))
-    write_manifest(run_dir, stream.stream_id, inputs.manifest)
-    return inputs
-
-
-def close_inputs(inputs: Inputs, stream: StreamPlan, run_dir: str | Path,
-                 counters: HarvestCounters) -> None:
-    """Once the harvest has ended: the unreadable inputs named in the counters (run.json) and
-    flagged `readable: false` in the manifest."""
-    counters.unreadable_listed = list(inputs.unreadable)
-    counters.unreadable_named = name_unreadable(counters, inputs.manifest)
-    if counters.unreadable_examples and inputs.manifest is not None:
-        write_manifest(run_dir, stream.stream_id,
-                       mark_unreadable(inputs.manifest, counters.unreadable_examples))
 
 
 class TrainerSession:

@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from thresher.config import ConfigError, SourceConfig
-from thresher.harvest.local import report_of
 from thresher.modalities.contract import Decoder, InputBatch
 from thresher.stream.pump import HarvestReport
 
@@ -74,7 +73,7 @@ def harvest_worker_cls() -> Any:
                 raise self.failure
             block = self.harvester.harvest(batch)
             columns = block.to_columns()
-            report = report_of(self.harvester, block)
+            report = self.harvester.report(block)
             return (report, sum(column.nbytes for column in columns.values())), columns
 
     return HarvestWorker

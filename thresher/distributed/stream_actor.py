@@ -35,6 +35,7 @@ from thresher.config import Config, StreamPlan, harvest_resources, torch_threads
 from thresher.distributed.blocks import estimate_stats
 from thresher.distributed.errors import user_error
 from thresher.distributed.harvest_worker import NODE_ID_LABEL, HarvestPool
+from thresher.harvest.inputs import close_inputs, open_inputs
 from thresher.modalities.contract import Inputs
 from thresher.stream.budget import MIB, StoreBudget, store_budget
 from thresher.stream.chunker import Piece
@@ -111,7 +112,6 @@ def stream_actor_cls() -> Any:
         def _pool(self) -> HarvestPool:
             """The harvester actors over the stream's inputs (written to the manifest here)."""
             from thresher.config import config_dir
-            from thresher.session import open_inputs
 
             source = self.stream.source
             inputs = open_inputs(self.cfg, self.stream, self.run_dir)
@@ -164,8 +164,6 @@ def stream_actor_cls() -> Any:
                 self.harvest_nodes = pool.node_ids()
             finally:
                 pool.stop()
-            from thresher.session import close_inputs
-
             assert self.inputs is not None
             close_inputs(self.inputs, self.stream, self.run_dir, self.pump.counters)
             with self.lock:

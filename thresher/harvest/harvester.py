@@ -19,6 +19,7 @@ from thresher.config import SourceConfig
 from thresher.modalities.contract import Backbone, InputBatch
 from thresher.modalities.registry import modality_of
 from thresher.stream.block import ActivationBlock
+from thresher.stream.pump import HarvestReport
 
 
 class Harvester:
@@ -37,7 +38,7 @@ class Harvester:
         self.forward_calls = 0
         self.nonfinite_rows = 0  # rows dropped for NaN or Inf, summed over batches
         # The last batch's: examples the CPU stage could not read, rows dropped for NaN or Inf
-        # and the examples they came from (what `thresher.harvest.local.report_of` reports).
+        # and the examples they came from (what `report` tells).
         self.last_unreadable: tuple[int, ...] = ()
         self.last_nonfinite_rows = 0
         self.last_nonfinite: tuple[int, ...] = ()
@@ -77,3 +78,10 @@ class Harvester:
         self.last_nonfinite_rows = int((~finite).sum())
         self.nonfinite_rows += self.last_nonfinite_rows
         return block.take(finite)
+
+    def report(self, block: ActivationBlock) -> HarvestReport:
+        """What the harvester says about the block it just made."""
+        return HarvestReport(
+            forward_calls=1, examples=len(np.unique(block.example_id)),
+            unreadable_examples=self.last_unreadable, rows=len(block),
+            nonfinite_rows=self.last_nonfinite_rows, nonfinite_examples=self.last_nonfinite)

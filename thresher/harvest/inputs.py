@@ -4,8 +4,10 @@ it has one, and the inputs manifest written to the run directory.
 `prepare_inputs` is the one entry point of both executors; the modality of the source
 (thresher/modalities/registry.py) lists, reads and batches its inputs. `decode_batch` runs a
 batch's CPU stage in this process (inline); on Ray it runs in CPU tasks of its own
-(thresher/distributed/harvest_worker.py). Once the harvest has ended, `mark_unreadable` flags
-the inputs it could not read in the manifest and `name_unreadable` names them for run.json.
+(thresher/distributed/harvest_worker.py). Both executors open a stream's inputs with
+`open_inputs` (batches, and the manifest written) and close them with `close_inputs` once the
+harvest has ended (the unreadable inputs flagged in the manifest and named for run.json).
+Nothing here imports torch: the Ray stream actor, which never touches a row, calls both.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from thresher import uri_io
-from thresher.config import SourceConfig
+from thresher.config import Config, SourceConfig, StreamPlan, config_dir
 from thresher.modalities.contract import InputBatch, Inputs
 from thresher.modalities.registry import modality_of
 from thresher.stream.pump import NAMED, HarvestCounters
@@ -69,3 +71,21 @@ def name_unreadable(counters: HarvestCounters, manifest: pa.Table | None) -> lis
                            manifest.column("origin").to_pylist(), strict=True))
         return named + [f"{origins.get(e, '?')} (example {e})" for e in wanted]
     return named + [f"example {e}" for e in wanted]
+
+
+def open_inputs(cfg: Config, stream: StreamPlan, run_dir: str | Path) -> Inputs:
+    """The stream's input batches; its inputs manifest written to the run directory."""
+    inputs = prepare_inputs(stream.source, cfg.run.seed, config_dir(cfg))
+    write_manifest(run_dir, stream.stream_id, inputs.manifest)
+    return inputs
+
+
+def close_inputs(inputs: Inputs, stream: StreamPlan, run_dir: str | Path,
+                 counters: HarvestCounters) -> None:
+    """Once the harvest has ended: the unreadable inputs named in the counters (run.json) and
+    flagged `readable: false` in the manifest."""
+    counters.unreadable_listed = list(inputs.unreadable)
+    counters.unreadable_named = name_unreadable(counters, inputs.manifest)
+    if counters.unreadable_examples and inputs.manifest is not None:
+        write_manifest(run_dir, stream.stream_id,
+                       mark_unreadable(inputs.manifest, counters.unreadable_examples))

@@ -10,8 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from thresher.config import Config, SourceConfig, config_dir, torch_threads
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
@@ -43,16 +41,7 @@ class LocalHarvest:
     def __iter__(self) -> Iterator[Harvested]:
         for item in self.inputs.batches:
             block = self.harvester.harvest(decode_batch(self.inputs, item))  # CPU stage, forward
-            yield Harvested(block, report_of(self.harvester, block))
-
-
-def report_of(harvester: Harvester, block: ActivationBlock) -> HarvestReport:
-    """What the harvester says about the block it just made."""
-    return HarvestReport(
-        forward_calls=1, examples=len(np.unique(block.example_id)),
-        unreadable_examples=harvester.last_unreadable, rows=len(block),
-        nonfinite_rows=harvester.last_nonfinite_rows,
-        nonfinite_examples=harvester.last_nonfinite)
+            yield Harvested(block, self.harvester.report(block))
 
 
 def _themselves(blocks: Sequence[ActivationBlock]) -> list[ActivationBlock]:

@@ -13,6 +13,7 @@ travels as plain columns (`to_columns` / `from_columns`), which Ray Data stacks.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +98,18 @@ class Backbone(Protocol):
     def harvest(self, batch: Any) -> ActivationBlock:
         """ONE forward for one input batch: the rows of every hook side by side."""
         ...
+
+
+def lazy(module: str, name: str) -> Callable[..., Any]:
+    """`module.name`, imported on its first call: a modality's backbones (torch, model libraries)
+    and report renderer (pandas) load only in the processes that use them, so the Ray stream
+    actor, which only lists inputs, starts in seconds."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    call.__qualname__ = call.__name__ = name
+    return call
 
 
 def no_preflight(source: SourceConfig, base_dir: Path) -> None:

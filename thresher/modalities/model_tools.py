@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from thresher.config import BackboneConfig, ConfigError
+
+if TYPE_CHECKING:  # imported where used: the tokenizers and hub helpers need no torch
+    import torch
 
 SEED = 0  # random-weight backbones are built under this torch seed, so runs repeat exactly
 
@@ -87,6 +88,8 @@ def transformers_config(kwargs: dict[str, Any], needs_model_type: str) -> Any:
 
 
 def torch_dtype(cfg: BackboneConfig) -> torch.dtype:
+    import torch
+
     return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
 
 
@@ -110,6 +113,8 @@ def hub_offline() -> Iterator[None]:
 @contextlib.contextmanager
 def seeded() -> Iterator[None]:
     """Build random weights under a fixed seed without disturbing the caller's RNG."""
+    import torch
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
         yield
@@ -117,6 +122,8 @@ def seeded() -> Iterator[None]:
 
 def layer_list(model: torch.nn.Module) -> tuple[torch.nn.Module, str, torch.nn.ModuleList]:
     """The encoder's list of layers: (its parent module, attribute name, the list)."""
+    import torch
+
     n_layers = model.config.num_hidden_layers
     recorded = getattr(model, "_can_record_outputs", None) or {}
     layer_cls = recorded.get("hidden_states")

@@ -12,11 +12,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from thresher.config import Config, SourceConfig
+
+if TYPE_CHECKING:  # the report's processes import pandas; the harvest's need not
+    import pandas as pd
 
 
 @dataclass(frozen=True)

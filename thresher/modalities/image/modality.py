@@ -3,20 +3,18 @@
 from __future__ import annotations
 
 from thresher.config import MODALITY_KINDS
-from thresher.modalities.contract import Modality
-from thresher.modalities.image.backbones import image_backbone
+from thresher.modalities.contract import Modality, lazy
 from thresher.modalities.image.decode import ImageBatch, image_spec
 from thresher.modalities.image.inputs import prepare_image_inputs
 from thresher.modalities.image.listing import IMAGE_MANIFEST_SCHEMA
-from thresher.modalities.image.report import render_image_examples
 
 IMAGE = Modality(
     name="image",
     backbone_kinds=MODALITY_KINDS["image"].backbones,
     batch_type=ImageBatch,
     prepare_inputs=prepare_image_inputs,
-    load_backbone=image_backbone,
+    load_backbone=lazy("thresher.modalities.image.backbones", "image_backbone"),
     manifest_schema=IMAGE_MANIFEST_SCHEMA,
-    render_examples=render_image_examples,
+    render_examples=lazy("thresher.modalities.image.report", "render_image_examples"),
     decoder=image_spec,
 )

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from thresher.config import MODALITY_KINDS
-from thresher.modalities.contract import Modality
-from thresher.modalities.text.backbones import text_backbone
+from thresher.modalities.contract import Modality, lazy
 from thresher.modalities.text.preflight import preflight_text
-from thresher.modalities.text.report import render_text_examples
 from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA, TokenBatch, prepare_text_inputs
 
 TEXT = Modality(
@@ -14,8 +12,8 @@ TEXT = Modality(
     backbone_kinds=MODALITY_KINDS["text"].backbones,
     batch_type=TokenBatch,
     prepare_inputs=prepare_text_inputs,
-    load_backbone=text_backbone,
+    load_backbone=lazy("thresher.modalities.text.backbones", "text_backbone"),
     manifest_schema=TEXT_MANIFEST_SCHEMA,
-    render_examples=render_text_examples,
+    render_examples=lazy("thresher.modalities.text.report", "render_text_examples"),
     preflight=preflight_text,
 )
