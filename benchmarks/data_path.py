@@ -47,7 +47,7 @@ def config(args: argparse.Namespace, shards: Path, out: Path, consumers: int) ->
         "source": {"backbone": {"kind": "stored", "model": str(shards)}, "hook": HOOK},
         "stream": {"chunk_rows": args.chunk_rows, "capacity_chunks": 16, "mix_chunks": 4,
                    "holdout_rows": 8192, "norm_rows": 8192},
-        "train": {"batch_size": args.batch_size, "tokens": args.rows - 8192 - args.chunk_rows,
+        "train": {"batch_size": args.batch_size, "rows": args.rows - 8192 - args.chunk_rows,
                   "checkpoint_every": 50, "d_sae": 64, "k": 4},
         "sweep": [{"arch": "topk", "seed": list(range(consumers))}],
         "resources": {"harvesters": 1, "trainers": consumers, "cpus_per_harvester": 1,

@@ -55,7 +55,7 @@ def config(args: argparse.Namespace, shards: Path, out: Path, trainers: int) -> 
         "source": {"backbone": {"kind": "stored", "model": str(shards)}, "hook": HOOK},
         "stream": {"chunk_rows": args.chunk_rows, "capacity_chunks": args.capacity_chunks,
                    "mix_chunks": args.mix_chunks, "holdout_rows": 8192, "norm_rows": 8192},
-        "train": {"batch_size": args.batch_size, "tokens": args.rows, "checkpoint_every": 1000,
+        "train": {"batch_size": args.batch_size, "rows": args.rows, "checkpoint_every": 1000,
                   "warmup_steps": 4, "d_sae": args.d_sae, "k": 32, "lr": 1e-3},
         "sweep": [{"arch": "topk", "seed": list(range(trainers))}],  # same cost each
         "resources": {"harvesters": 1, "trainers": trainers, "cpus_per_harvester": 1,

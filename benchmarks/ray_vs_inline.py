@@ -38,7 +38,7 @@ def stored_config(args: argparse.Namespace, shards: Path, out: Path) -> dict[str
         "source": {"backbone": {"kind": "stored", "model": str(shards)}, "hook": HOOK},
         "stream": {"chunk_rows": args.chunk_rows, "capacity_chunks": args.capacity_chunks,
                    "mix_chunks": 4, "holdout_rows": holdout, "norm_rows": 8192},
-        "train": {"batch_size": 1024, "tokens": args.rows - holdout - 65536,
+        "train": {"batch_size": 1024, "rows": args.rows - holdout - 65536,
                   "checkpoint_every": 400, "warmup_steps": 10, "d_sae": 1024, "k": 16,
                   "lr": 1e-3},
         "sweep": [{"arch": "topk"}],

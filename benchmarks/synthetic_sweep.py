@@ -2,7 +2,7 @@
 stream with a hierarchy (4,096 true features in 256 dimensions, L0 about 20; d_sae 1,024), one
 harvest, one SAE per trainer.
 
-    .venv/bin/python benchmarks/synthetic_sweep.py [--tokens N] [--jumprelu-l0 C] [--ray]
+    .venv/bin/python benchmarks/synthetic_sweep.py [--rows N] [--jumprelu-l0 C] [--ray]
 
 Prints per SAE: MCC, F1, uniqueness, explained variance (FVE on the held-out rows), L0, and the
 wall time of its trainer; then each wall time as a ratio to TopK's, and the harvest's share.
@@ -25,13 +25,13 @@ SOURCE = {"backbone": {"kind": "synthetic", "config": {
     "block_rows": 4096, "seed": 0}}, "hook": "synthetic"}
 
 
-def config(tokens: int, out: str, jumprelu_l0: float) -> dict:
+def config(rows: int, out: str, jumprelu_l0: float) -> dict:
     return {
         "run": {"name": "synthetic-sweep", "out": out, "seed": 0},
         "source": SOURCE,
         "stream": {"chunk_rows": 8192, "capacity_chunks": 16, "mix_chunks": 4,
                    "holdout_rows": 16384, "norm_rows": 8192},
-        "train": {"batch_size": 1024, "tokens": tokens, "checkpoint_every": 100,
+        "train": {"batch_size": 1024, "rows": rows, "checkpoint_every": 100,
                   "warmup_steps": 20, "d_sae": 1024, "k": 20, "lr": 2e-3,
                   # As in tests/test_ground_truth.py: from the defaults' 0.001 the threshold
                   # barely moves in a few hundred steps and JumpReLU stays dense.
@@ -45,19 +45,19 @@ def config(tokens: int, out: str, jumprelu_l0: float) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--tokens", type=int, default=1024 * 300, help="training rows per SAE")
+    parser.add_argument("--rows", type=int, default=1024 * 300, help="training rows per SAE")
     parser.add_argument("--ray", action="store_true", help="the Ray executor (default inline)")
     parser.add_argument("--out", default="runs/bench")
     parser.add_argument("--jumprelu-l0", type=float, default=5.0)
     args = parser.parse_args()
     start = time.perf_counter()
-    run_dir = thresher.run(config(args.tokens, args.out, args.jumprelu_l0),
+    run_dir = thresher.run(config(args.rows, args.out, args.jumprelu_l0),
                            inline=not args.ray, progress=False, overwrite=True)
     wall = time.perf_counter() - start
     record = json.loads((run_dir / "run.json").read_text())
     summary = pq.read_table(run_dir / "stats" / "summary.parquet").to_pandas()
     print(f"machine: {os.cpu_count()} CPUs, torch threads per role as configured; executor "
-          f"{'ray' if args.ray else 'inline'}; {args.tokens} training rows per SAE; "
+          f"{'ray' if args.ray else 'inline'}; {args.rows} training rows per SAE; "
           f"true L0 {summary['gt_l0'].iloc[0]:.1f}")
     print(f"{'sae':<20}{'MCC':>7}{'F1':>7}{'uniq':>7}{'FVE':>7}{'L0':>7}{'train s':>9}"
           f"{'x topk':>8}")

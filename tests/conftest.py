@@ -42,7 +42,7 @@ def smoke_config(out: Path, **overrides: Any) -> dict[str, Any]:
         },
         "stream": {"chunk_rows": 1024, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 2048, "norm_rows": 1024},
-        "train": {"batch_size": 256, "tokens": 8192, "checkpoint_every": 8, "warmup_steps": 4,
+        "train": {"batch_size": 256, "rows": 8192, "checkpoint_every": 8, "warmup_steps": 4,
                   "d_sae": 256, "k": 16, "lr": 2e-3},
         "sweep": [{"arch": "topk", "k": [8, 16]}, {"arch": "relu", "l1_coef": 1.0}],
         "resources": {"harvesters": 1, "trainers": 2, "cpus_per_harvester": 1,

@@ -39,7 +39,7 @@ def stored_config(out: Path, shards: Path, name: str = "stored", **overrides: An
         "source": {"backbone": {"kind": "stored", "model": str(shards)}, "hook": HOOK},
         "stream": {"chunk_rows": 1024, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 1024, "norm_rows": 1024},
-        "train": {"batch_size": 256, "tokens": 64 * 256, "checkpoint_every": 8,
+        "train": {"batch_size": 256, "rows": 64 * 256, "checkpoint_every": 8,
                   "warmup_steps": 4, "d_sae": 256, "k": 8, "lr": 2e-3},
         "sweep": [{"arch": "topk", "k": [8, 16]}],
         "resources": {"harvesters": 1, "trainers": 1, "cpus_per_harvester": 1,

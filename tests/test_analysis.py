@@ -36,7 +36,7 @@ from .test_stats import assert_equal_to_brute_force, brute_force
 @pytest.fixture(scope="module")
 def analyzed_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("analysis")
-    cfg = smoke_config(out, stream={"holdout_rows": 1024}, train={"tokens": 4096, "d_sae": 128})
+    cfg = smoke_config(out, stream={"holdout_rows": 1024}, train={"rows": 4096, "d_sae": 128})
     run_dir = thresher.run(cfg, inline=True, progress=False)
     analyze_run(run_dir)
     return run_dir

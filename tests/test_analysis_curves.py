@@ -200,7 +200,7 @@ def test_a_run_writes_curves_and_logs_them_to_offline_wandb(tmp_path: Path) -> N
     from .stored_data import stored_config, write_shards
 
     shards = write_shards(tmp_path / "shards", d=32, shards=16)
-    cfg = stored_config(tmp_path / "runs", shards, train={"tokens": 20 * 256, "curve_every": 8,
+    cfg = stored_config(tmp_path / "runs", shards, train={"rows": 20 * 256, "curve_every": 8,
                                                           "curve_batches": 2},
                         run={"name": "curvy", "out": str(tmp_path / "runs"),
                              "wandb": {"mode": "offline", "project": "thresher-test"}})

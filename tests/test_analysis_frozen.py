@@ -23,7 +23,7 @@ def test_every_architecture_exports_what_the_bank_infers(tmp_path: Path) -> None
          * 3.0 + 1.0).astype(np.float32)  # far from unit scale: the folded scale matters
     saes = [SAEConfig(sae_id=f"{i}-{arch}", arch=arch, d_sae=32, k=4, l1_coef=0.1, lr=3e-3, seed=i,
                       l0_coef=0.05) for i, arch in enumerate(ARCHITECTURES)]
-    train = TrainConfig(batch_size=128, tokens=128 * 6, warmup_steps=1
+    train = TrainConfig(batch_size=128, rows=128 * 6, warmup_steps=1
                         ).with_arch_settings(init_threshold=0.05, bandwidth=0.1, fractions=(0.5,))
     trainer = Trainer("t0", saes, train, estimate_stream_stats(x[:256]), tmp_path)
     assert trainer.stats.scale != pytest.approx(1.0, rel=0.1)

@@ -31,7 +31,7 @@ def _small_run(out: Path, name: str, source: dict[str, Any], holdout: int) -> Pa
         "run": {"name": name, "out": str(out), "seed": 0}, "source": source,
         "stream": {"chunk_rows": 128, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": holdout, "norm_rows": 128},
-        "train": {"batch_size": 64, "tokens": 512, "checkpoint_every": 4, "warmup_steps": 1,
+        "train": {"batch_size": 64, "rows": 512, "checkpoint_every": 4, "warmup_steps": 1,
                   "d_sae": 64, "k": 4},
         "sweep": [{"arch": "topk", "k": [4, 8]}], "resources": RESOURCES,
     }, inline=True, progress=False)

@@ -59,7 +59,7 @@ def text_config(out: Path, name: str, **source: Any) -> dict[str, Any]:
                    "batch_size": 16, **source},
         "stream": {"chunk_rows": 256, "capacity_chunks": 4, "mix_chunks": 2,
                    "holdout_rows": 256, "norm_rows": 256},
-        "train": {"batch_size": 64, "tokens": 1024, "d_sae": 64, "k": 4},
+        "train": {"batch_size": 64, "rows": 1024, "d_sae": 64, "k": 4},
         "resources": {"harvester_threads": 1, "trainer_threads": 1},
     }
 
@@ -125,7 +125,7 @@ def unit_norm_shards(folder: Path, d: int) -> Path:
 def test_checkpoint_of_another_width_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "runs"
     wide = unit_norm_shards(tmp_path / "d64", 64)
-    thresher.run(stored_config(out, wide, train={"tokens": 8 * 256}), inline=True,
+    thresher.run(stored_config(out, wide, train={"rows": 8 * 256}), inline=True,
                  progress=False)
     # Continuing the run on a stored source of another width, same input scale.
     narrow = unit_norm_shards(tmp_path / "d32", 32)
@@ -219,7 +219,7 @@ def small_disk(folder: Path, size: str) -> Iterator[Path]:
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     chunks = [rng.normal(size=(128, 64)).astype(np.float32) for _ in range(8)]
-    cfg = load_config({"train": {"batch_size": 64, "tokens": 64 * 16, "warmup_steps": 1,
+    cfg = load_config({"train": {"batch_size": 64, "rows": 64 * 16, "warmup_steps": 1,
                                  "d_sae": 256, "k": 8},
                        "sweep": [{"arch": "topk", "k": [8, 16]}]})
     saes, stats = expand_sweep(cfg), estimate_stream_stats(chunks[0])

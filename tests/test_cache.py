@@ -35,7 +35,7 @@ def _eeg_config(out: Path, **source: Any) -> dict[str, Any]:
                    "batch_size": 8, **source},
         "stream": {"chunk_rows": 512, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 1024, "norm_rows": 512},
-        "train": {"batch_size": 128, "tokens": 2048, "checkpoint_every": 8, "warmup_steps": 2,
+        "train": {"batch_size": 128, "rows": 2048, "checkpoint_every": 8, "warmup_steps": 2,
                   "d_sae": 64, "k": 8},
         "resources": {"harvester_threads": 1, "trainer_threads": 1},
     }

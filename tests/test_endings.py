@@ -32,7 +32,7 @@ def long_config(tmp_path: Path) -> Path:
     """A stored run of 1,500 cheap steps, a checkpoint every 8: long enough to interrupt."""
     shards = write_shards(tmp_path / "shards", shards=60)
     cfg = stored_config(tmp_path / "runs", shards, name="long",
-                        train={"tokens": 1500 * 256, "checkpoint_every": 8, "d_sae": 128})
+                        train={"rows": 1500 * 256, "checkpoint_every": 8, "d_sae": 128})
     path = tmp_path / "long.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
@@ -117,7 +117,7 @@ def test_a_run_that_fails_midway_is_recorded_as_failed(tmp_path: Path) -> None:
     (store / "data.mdb").write_bytes(bytes(raw))
     cfg = stored_config(tmp_path / "runs", store, name="corrupt",
                         stream={"capacity_chunks": 4},
-                        train={"tokens": 40 * 256, "checkpoint_every": 4})
+                        train={"rows": 40 * 256, "checkpoint_every": 4})
     cfg["source"]["hook"] = "h"
     config = tmp_path / "corrupt.yaml"
     config.write_text(yaml.safe_dump(cfg))

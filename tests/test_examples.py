@@ -92,7 +92,7 @@ def test_stored_example_replays_a_harvest(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_synthetic_example_reports_ground_truth(tmp_path: Path) -> None:
     config = _example("synthetic_ground_truth.yaml", tmp_path,  # shrunk to seconds
-                      train={"tokens": 4096, "d_sae": 256, "checkpoint_every": 8},
+                      train={"rows": 4096, "d_sae": 256, "checkpoint_every": 8},
                       stream={"holdout_rows": 4096})
     assert cli_main(["run", str(config), "--inline", "--no-progress"]) == 0
     _check_run(tmp_path / "synthetic")
@@ -119,7 +119,7 @@ def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
         "stream": {"chunk_rows": 128, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 128, "norm_rows": 128},
         # More rows wanted than 48 images give: every image is harvested (and counted).
-        "train": {"batch_size": 64, "tokens": 1024, "checkpoint_every": 4, "warmup_steps": 1,
+        "train": {"batch_size": 64, "rows": 1024, "checkpoint_every": 4, "warmup_steps": 1,
                   "d_sae": 64, "k": 8},
         "sweep": [{"arch": "topk", "k": [4, 8]}],
         "resources": {"harvesters": 1, "trainers": 1, "cpus_per_harvester": 1,

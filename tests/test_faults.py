@@ -39,7 +39,7 @@ HARVEST_WORKER = "ray::HarvestWorker"  # the harvester actors' process title
 def fault_config(out: Path, shards: Path, name: str) -> dict[str, Any]:
     return stored_config(
         out, shards, name=name,
-        train={"tokens": STEPS * 256, "checkpoint_every": CHECKPOINT_EVERY, "d_sae": 2048},
+        train={"rows": STEPS * 256, "checkpoint_every": CHECKPOINT_EVERY, "d_sae": 2048},
         resources={"harvest_object_store_mb": 1})
 
 
@@ -219,7 +219,7 @@ def test_resume_reads_relative_inputs_from_the_config_s_folder(
     project = tmp_path / "project"
     write_shards(project / "shards", d=32, shards=8)
     cfg = stored_config(tmp_path / "runs", Path("shards"), name="relative",
-                        train={"tokens": 8 * 256})
+                        train={"rows": 8 * 256})
     (project / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     monkeypatch.chdir(project)
     run_dir = thresher.run("cfg.yaml", inline=True, progress=False)

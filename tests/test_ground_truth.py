@@ -59,7 +59,7 @@ ARCH_SAES = [
 ]
 SAES = [dataclasses.replace(sae, sae_id=f"{sae.arch}-{i}", seed=sae.seed + 10 * i)
         for sae in ARCH_SAES for i in SEEDS]
-TRAIN = TrainConfig(batch_size=BATCH, tokens=BATCH * STEPS, warmup_steps=10, decay_start=0.8,
+TRAIN = TrainConfig(batch_size=BATCH, rows=BATCH * STEPS, warmup_steps=10, decay_start=0.8,
                     dead_window=BATCH * 20).with_arch_settings(coef_warmup=0.05,
                                                                init_threshold=1.0, bandwidth=1.0)
 MIN_MCC = 0.85

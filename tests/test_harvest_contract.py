@@ -233,7 +233,7 @@ def test_corrupt_edf_is_skipped_and_counted_in_run_json(tmp_path: Path) -> None:
                               "context": 128, "stride": 32}},
         "stream": {"chunk_rows": 128, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 128, "norm_rows": 128},
-        "train": {"batch_size": 64, "tokens": 256, "checkpoint_every": 4, "warmup_steps": 1,
+        "train": {"batch_size": 64, "rows": 256, "checkpoint_every": 4, "warmup_steps": 1,
                   "d_sae": 32, "k": 4},
         "resources": {"harvester_threads": 1, "trainer_threads": 1},
     }

@@ -102,7 +102,7 @@ def test_an_interrupted_run_keeps_its_curves_and_wandb_had_them_before_it_ended(
                               "--no-progress", "--no-report"],
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
-    # The store runs out before train.tokens: the SAEs' steps are what the summary says.
+    # The store runs out before train.rows: the SAEs' steps are what the summary says.
     (steps_total,) = set(pq.read_table(run_dir / "stats" / "summary.parquet")
                          .column("steps").to_pylist())
     by_sae: dict[str, list[int]] = {}

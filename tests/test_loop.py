@@ -37,7 +37,7 @@ def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Pat
     log = make_log(chunks)
     stats = estimate_stream_stats(chunks[0])
     cfg = load_config({
-        "train": {"batch_size": 32, "tokens": 10_000, "checkpoint_every": 2, "warmup_steps": 1,
+        "train": {"batch_size": 32, "rows": 10_000, "checkpoint_every": 2, "warmup_steps": 1,
                   "d_sae": 32, "k": 4, "lr": 1e-2},
         "sweep": [{"arch": "topk"}, {"arch": "relu", "l1_coef": 1.0, "seed": 1}]})
     train = cfg.train

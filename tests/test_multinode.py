@@ -31,7 +31,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     shards = write_shards(tmp / "shards", d=64, shards=24)
     resources = {"harvesters": 1, "trainers": 2, "cpus_per_harvester": 1,
                  "gpus_per_harvester": 0.5, "gpus_per_trainer": 0.5}
-    cluster_cfg = stored_config(tmp / "cluster", shards, train={"tokens": 32 * 256},
+    cluster_cfg = stored_config(tmp / "cluster", shards, train={"rows": 32 * 256},
                                 resources=resources)
     config, record = tmp / "config.json", tmp / "where.json"
     config.write_text(json.dumps(cluster_cfg))
@@ -42,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                                  str(record), temp_dir], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    inline_cfg = stored_config(tmp / "inline", shards, train={"tokens": 32 * 256},
+    inline_cfg = stored_config(tmp / "inline", shards, train={"rows": 32 * 256},
                                resources=resources)
     return {**json.loads(record.read_text()),
             "inline": thresher.run(inline_cfg, inline=True, progress=False)}
@@ -95,7 +95,7 @@ def broadcast(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = stored_config(tmp / "cluster", shards, stream={"chunk_rows": 2048,
                         "capacity_chunks": 8, "mix_chunks": 2, "holdout_rows": 2048,
                         "norm_rows": 1024},
-                        train={"tokens": 32 * 256}, resources=resources,
+                        train={"rows": 32 * 256}, resources=resources,
                         sweep=[{"arch": "topk", "k": [4, 8, 12, 16]}])
     config, record = tmp / "config.json", tmp / "where.json"
     config.write_text(json.dumps(cfg))

@@ -15,21 +15,21 @@ from .conftest import smoke_config
 from .stored_data import HOOK, stored_config, write_shards
 
 
-def test_tokens_below_one_batch_is_an_error_with_the_fix(tmp_path: Path) -> None:
-    cfg = smoke_config(tmp_path, train={"tokens": 100, "batch_size": 512})
+def test_rows_below_one_batch_is_an_error_with_the_fix(tmp_path: Path) -> None:
+    cfg = smoke_config(tmp_path, train={"rows": 100, "batch_size": 512})
     with pytest.raises(ConfigError) as err:
         load_config(cfg)
     message = str(err.value)
-    assert "train.tokens" in message and "below one batch" in message
+    assert "train.rows" in message and "below one batch" in message
     assert "at least 512" in message and "\n" not in message
 
 
-def test_tokens_not_whole_batches_are_shown_rounded_up(tmp_path: Path) -> None:
+def test_rows_not_whole_batches_are_shown_rounded_up(tmp_path: Path) -> None:
     text = make_plan(load_config(smoke_config(
-        tmp_path, train={"tokens": 1000, "batch_size": 256}))).describe()
-    assert "1024 rows each (train.tokens 1000 rounded up to 4 whole batches)" in text
+        tmp_path, train={"rows": 1000, "batch_size": 256}))).describe()
+    assert "1024 rows each (train.rows 1000 rounded up to 4 whole batches)" in text
     exact = make_plan(load_config(smoke_config(
-        tmp_path, train={"tokens": 1024, "batch_size": 256}))).describe()
+        tmp_path, train={"rows": 1024, "batch_size": 256}))).describe()
     assert "1024 rows each, batch 256" in exact and "rounded" not in exact
 
 
@@ -52,3 +52,10 @@ def test_a_synthetic_plan_shows_its_generator_not_a_model(tmp_path: Path) -> Non
     assert line.startswith("stream s0: synthetic: 65536 rows of 64 dims from 512 known features")
     assert "hierarchy 8 parents x 2 children" in line and "seed 3" in line
     assert "minilm" not in line and "inputs" not in line
+
+
+def test_the_old_name_of_train_rows_is_told_the_new_one(tmp_path: Path) -> None:
+    cfg = smoke_config(tmp_path)
+    cfg["train"]["tokens"] = cfg["train"].pop("rows")
+    with pytest.raises(ConfigError, match=r"`train\.tokens`.* is now `?train\.rows"):
+        load_config(cfg)

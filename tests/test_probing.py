@@ -64,7 +64,7 @@ def test_image_folder_probing_per_sae(tmp_path: Path) -> None:
                    "inputs": {"kind": "image_folder", "paths": [str(images)]}},
         "stream": {"chunk_rows": 256, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 1360, "norm_rows": 256},
-        "train": {"batch_size": 128, "tokens": 128 * 8, "checkpoint_every": 8,
+        "train": {"batch_size": 128, "rows": 128 * 8, "checkpoint_every": 8,
                   "warmup_steps": 2, "d_sae": 64, "k": 8, "lr": 3e-3},
         "sweep": [{"arch": "topk", "k": [4, 8]}, {"arch": "relu", "l1_coef": 1.0}],
         "resources": {"harvesters": 1, "trainers": 1, "harvester_threads": 1,

@@ -28,7 +28,7 @@ def quality_config(out: Path) -> dict:
     cfg["run"].update(name="quality", out=str(out))
     cfg["source"]["inputs"]["max_tokens"] = 80_000
     cfg["stream"].update(holdout_rows=8192)
-    cfg["train"].update(tokens=57_344, checkpoint_every=1000)  # 56 steps of 1024 rows
+    cfg["train"].update(rows=57_344, checkpoint_every=1000)  # 56 steps of 1024 rows
     # The default's densest TopK SAE and its ReLU grid, with the default's coefficients.
     relu = next(grid for grid in cfg["sweep"] if grid["arch"] == "relu")
     cfg["sweep"] = [{"arch": "topk", "k": 32, "lr": 2e-3}, relu]

@@ -37,7 +37,7 @@ def _config_file(project: Path, name: str, source: dict[str, Any], holdout: int)
     cfg = {"run": {"name": name, "out": "runs", "seed": 0}, "source": source,
            "stream": {"chunk_rows": 128, "capacity_chunks": 8, "mix_chunks": 2,
                       "holdout_rows": holdout, "norm_rows": 128},
-           "train": {"batch_size": 64, "tokens": 512, "checkpoint_every": 4, "warmup_steps": 1,
+           "train": {"batch_size": 64, "rows": 512, "checkpoint_every": 4, "warmup_steps": 1,
                      "d_sae": 64, "k": 4, "curve_every": 2},
            "sweep": [{"arch": "topk", "k": [4, 8]}, {"arch": "relu", "l1_coef": 3.0}],
            "resources": RESOURCES}

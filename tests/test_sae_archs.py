@@ -344,7 +344,7 @@ def test_resume_is_exact_for_every_arch(tmp_path: Path, data: tuple[np.ndarray, 
     x, stats = data
     saes = [sae(f"{i:02d}-{arch}", arch, seed=i) for i, arch in
             enumerate(("topk", "batchtopk", "matryoshka", "jumprelu", "relu"))]
-    train = dataclasses.replace(TRAIN, batch_size=64, tokens=64 * 10)
+    train = dataclasses.replace(TRAIN, batch_size=64, rows=64 * 10)
 
     def block(i: int) -> ActivationBlock:
         acts = x[i * 64:(i + 1) * 64]

@@ -34,7 +34,7 @@ def test_every_arch_loads_in_saelens_with_the_same_outputs(tmp_path: Path) -> No
     stats = estimate_stream_stats(x[:512])
     saes = [SAEConfig(sae_id=f"{i:02d}-{arch}", arch=arch, d_sae=64, k=5, l1_coef=0.5, l0_coef=0.05,
                       lr=3e-3, seed=i) for i, arch in enumerate(ARCHITECTURES)]
-    train = TrainConfig(batch_size=BATCH, tokens=BATCH * 8, warmup_steps=2
+    train = TrainConfig(batch_size=BATCH, rows=BATCH * 8, warmup_steps=2
                         ).with_arch_settings(init_threshold=0.2, bandwidth=0.2)
     trainer = Trainer("t0", saes, train, stats, tmp_path, hook_name="blocks.0.hook_resid_post")
     for i in range(8):

@@ -85,7 +85,7 @@ def test_a_corrupt_shard_is_named_with_the_fix(tmp_path: Path, s3_uri: str,  # n
     # Through a run: one line naming the shard, exit 2.
     run = _eeg_config(tmp_path)
     run["source"] = {"backbone": {"kind": "stored", "model": cache}, "hook": "h"}
-    run["train"].update(batch_size=32, tokens=64)
+    run["train"].update(batch_size=32, rows=64)
     run["stream"].update(chunk_rows=50, holdout_rows=50, norm_rows=50)
     assert cli_main(["run", "--inline", "--no-progress", "--no-report",
                      _write_yaml(tmp_path, run)]) == 2

@@ -36,7 +36,7 @@ def test_pump_never_holds_a_chunk_s_rows(ray_session: Any, tmp_path: Path) -> No
         tmp_path / "runs", shards, name="pump-rows",
         stream={"chunk_rows": ROWS, "capacity_chunks": 4, "mix_chunks": 1,
                 "holdout_rows": ROWS, "norm_rows": 4096},
-        train={"batch_size": 4096, "tokens": 4 * ROWS, "checkpoint_every": 4,
+        train={"batch_size": 4096, "rows": 4 * ROWS, "checkpoint_every": 4,
                "warmup_steps": 1, "d_sae": 128, "k": 8, "lr": 1e-3},
         sweep=[{"arch": "topk"}])
     run = thresher.run(cfg, progress=False)

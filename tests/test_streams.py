@@ -42,7 +42,7 @@ TL_SOURCE: dict[str, Any] = {
 
 def two_stream_config(out: Path, **overrides: Any) -> dict[str, Any]:
     """MiniLM at two layers (one forward) and a random TransformerLens model: two streams."""
-    cfg = smoke_config(out, **{"train": {"tokens": 4096}, **overrides})
+    cfg = smoke_config(out, **{"train": {"rows": 4096}, **overrides})
     minilm = {**cfg.pop("source"), "name": "minilm", "hook": ["layer.1", "layer.3"]}
     # Enough tokens for the held-out rows and the 4096 training rows, no more.
     short = {"kind": "python_docstrings", "context": 64, "max_tokens": 7000}

@@ -102,7 +102,7 @@ def test_run_ground_truth_equals_saelens_synthetic_evals(tmp_path: Path) -> None
         "source": _source(),
         "stream": {"chunk_rows": 512, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 1024, "norm_rows": 512},
-        "train": {"batch_size": 128, "tokens": 128 * 40, "checkpoint_every": 40,
+        "train": {"batch_size": 128, "rows": 128 * 40, "checkpoint_every": 40,
                   "warmup_steps": 4, "d_sae": 64, "k": 4, "lr": 3e-3},
         "sweep": [{"arch": ["topk", "batchtopk", "matryoshka"]},
                   {"arch": "jumprelu", "l0_coef": 1.0}, {"arch": "relu", "l1_coef": 1.0}],

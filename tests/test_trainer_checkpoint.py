@@ -30,7 +30,7 @@ SAES = (
     SAEConfig(sae_id="01-topk-k8", arch="topk", d_sae=64, k=8, l1_coef=0.0, lr=1e-3, seed=1),
     SAEConfig(sae_id="02-relu", arch="relu", d_sae=48, k=0, l1_coef=0.5, lr=3e-3, seed=2),
 )
-TRAIN = TrainConfig(batch_size=BATCH, tokens=BATCH * 20, warmup_steps=2, decay_start=0.5,
+TRAIN = TrainConfig(batch_size=BATCH, rows=BATCH * 20, warmup_steps=2, decay_start=0.5,
                     grad_clip=1.0).with_arch_settings(coef_warmup=0.2)
 
 
@@ -214,7 +214,7 @@ def test_export_round_trip_on_raw_activations(tmp_path: Path, stats: StreamStats
 
 def test_train_step_refuses_to_run_past_the_end(tmp_path: Path, stats: StreamStats,
                                                 batches: list[ActivationBlock]) -> None:
-    short = TrainConfig(batch_size=BATCH, tokens=BATCH * 2 - 1)
+    short = TrainConfig(batch_size=BATCH, rows=BATCH * 2 - 1)
     trainer = Trainer("t0", SAES[:1], short, stats, tmp_path)
     assert trainer.total_steps == 2
     trainer.train_step(batches[0])

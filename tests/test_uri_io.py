@@ -104,7 +104,7 @@ def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
 
     out = uri_io.join(s3_uri, tmp_path.name)
     cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
-                        train={"tokens": 16 * 256})
+                        train={"rows": 16 * 256})
     monkeypatch.setenv(uri_io.WORKDIR_ENV, str(tmp_path / "machine-a"))
     location = thresher.run(cfg, inline=True, progress=False)
     assert location == uri_io.join(out, "stored")
@@ -147,7 +147,7 @@ def test_ray_trainers_write_an_s3_run_from_their_own_working_copy(
 
     out = uri_io.join(s3_uri, tmp_path.name)
     cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
-                        train={"tokens": 16 * 256})
+                        train={"rows": 16 * 256})
     monkeypatch.setenv(uri_io.WORKDIR_ENV, str(tmp_path / "driver"))
     location = thresher.run(cfg, progress=False)
     files = uri_io.walk(location)

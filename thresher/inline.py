@@ -39,8 +39,8 @@ from thresher.stream.stats import StreamStats, estimate_hook_stats
 def run_inline(plan: Plan, run_dir: Path, curves: CurveLog,
                progress_enabled: bool | None = None) -> RunOutcome:
     cfg = plan.config
-    steps_total = -(-cfg.train.tokens // cfg.train.batch_size)
-    progress = Progress(len(plan.streams) * (cfg.train.tokens + cfg.stream.holdout_rows),
+    steps_total = -(-cfg.train.rows // cfg.train.batch_size)
+    progress = Progress(len(plan.streams) * (cfg.train.rows + cfg.stream.holdout_rows),
                         {t.trainer_id: steps_total for t in plan.trainers},
                         enabled=progress_enabled)
     outcome = RunOutcome(results=[], streams={})

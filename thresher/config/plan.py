@@ -103,11 +103,11 @@ class Plan:
 
 
 def _rows_each(train: TrainConfig) -> str:
-    """Rows per SAE as trained: whole batches, so tokens is rounded up to one (said so)."""
-    steps = -(-train.tokens // train.batch_size)
-    if steps * train.batch_size == train.tokens:
-        return f"{train.tokens} rows each"
-    return (f"{steps * train.batch_size} rows each (train.tokens {train.tokens} rounded up to "
+    """Rows per SAE as trained: whole batches, so train.rows is rounded up to them (said so)."""
+    steps = -(-train.rows // train.batch_size)
+    if steps * train.batch_size == train.rows:
+        return f"{train.rows} rows each"
+    return (f"{steps * train.batch_size} rows each (train.rows {train.rows} rounded up to "
             f"{steps} whole batches)")
 
 

@@ -190,10 +190,12 @@ class TrainConfig(Hyperparameters):
     own settings sit under its name (ARCH_SPECS)."""
 
     # Keys an older config wrote here and where they are now (the loader says so).
-    RENAMED_KEYS: ClassVar[dict[str, tuple[str, ...]]] = RENAMED_TRAIN_KEYS
+    # `tokens` was the name of `rows`: it counted rows, which are not always tokens.
+    RENAMED_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {**RENAMED_TRAIN_KEYS,
+                                                          "tokens": ("rows",)}
 
     batch_size: int = 1024
-    tokens: int = 100_000  # training rows per SAE (the run stops early if the stream ends)
+    rows: int = 100_000  # training rows per SAE (the run stops early if the stream ends)
     checkpoint_every: int = 200  # steps between checkpoints
     # Steps between training-curve points (stats/curves.parquet, wandb); the last
     # `curve_batches` batches of each window are also encoded again for FVE, L0, dense fractions.

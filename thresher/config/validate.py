@@ -49,7 +49,7 @@ def _check_device_amount(amount: float | None, path: tuple, where: Where) -> Non
 def check_config(cfg: Config, where: Where) -> None:
     _positive(cfg.stream, ("chunk_rows", "capacity_chunks", "mix_chunks", "norm_rows"),
               ("stream",), where)
-    _positive(cfg.train, ("batch_size", "tokens", "checkpoint_every", "curve_every"),
+    _positive(cfg.train, ("batch_size", "rows", "checkpoint_every", "curve_every"),
               ("train",), where)
     _positive(cfg.resources, ("harvesters", "trainers", "harvester_threads", "trainer_threads",
                               "object_store_mb", "concurrent_streams",
@@ -61,10 +61,10 @@ def check_config(cfg: Config, where: Where) -> None:
         raise ConfigError(
             f"{where.at(('stream', 'holdout_rows'))} must be positive: the final statistics are "
             "computed on held-out rows")
-    if cfg.train.tokens < cfg.train.batch_size:  # an SAE steps on whole batches only
+    if cfg.train.rows < cfg.train.batch_size:  # an SAE steps on whole batches only
         raise ConfigError(
-            f"{where.at(('train', 'tokens'))} is {cfg.train.tokens}, below one batch "
-            f"(train.batch_size {cfg.train.batch_size}); set train.tokens to at least "
+            f"{where.at(('train', 'rows'))} is {cfg.train.rows}, below one batch "
+            f"(train.batch_size {cfg.train.batch_size}); set train.rows to at least "
             f"{cfg.train.batch_size} or lower train.batch_size")
     if cfg.stream.norm_rows > cfg.stream.capacity_chunks * cfg.stream.chunk_rows // 2:
         raise ConfigError(

@@ -196,8 +196,8 @@ def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool 
     queue = list(plan.streams)
     running: dict[str, _RunningStream] = {}
     outcome = RunOutcome(results=[], streams={})
-    steps_total = -(-cfg.train.tokens // cfg.train.batch_size)
-    progress = Progress(len(plan.streams) * (cfg.train.tokens + cfg.stream.holdout_rows),
+    steps_total = -(-cfg.train.rows // cfg.train.batch_size)
+    progress = Progress(len(plan.streams) * (cfg.train.rows + cfg.stream.holdout_rows),
                         {t.trainer_id: steps_total for t in plan.trainers},
                         enabled=progress_enabled)
     rows_done: dict[str, int] = {}

@@ -54,7 +54,7 @@ def collect_rows(cfg: Config, source: SourceConfig, training_rows: bool = True
     """(held-out rows, training rows in stream order) of a source, every hook side by side,
     cut exactly as a run cuts them; only the held-out rows are harvested without
     `training_rows`."""
-    steps = -(-cfg.train.tokens // cfg.train.batch_size)
+    steps = -(-cfg.train.rows // cfg.train.batch_size)
     s = cfg.stream
     chunker: Chunker[ActivationBlock] = Chunker(
         s.chunk_rows, s.holdout_rows, s.norm_rows,

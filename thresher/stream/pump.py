@@ -88,7 +88,7 @@ class Pump(Generic[Handle, Stats]):
     def __init__(self, cfg: Config, stream: StreamPlan,
                  estimate: Callable[[list[Piece[Handle]]], Stats]) -> None:
         s, t = cfg.stream, cfg.train
-        steps = -(-t.tokens // t.batch_size)
+        steps = -(-t.rows // t.batch_size)
         self.chunker: Chunker[Handle] = Chunker(s.chunk_rows, s.holdout_rows, s.norm_rows,
                                                 wanted_rows=steps * t.batch_size)
         self.log: BroadcastLog[Chunk[Handle]] = BroadcastLog(

@@ -45,7 +45,7 @@ class Trainer:
         # A URI (a trainer on another node) or a local path: the folder written through.
         self.run_dir = uri_io.working_dir(run_dir)
         self.hook_name = hook_name
-        self.total_steps = max(1, math.ceil(train.tokens / train.batch_size))
+        self.total_steps = max(1, math.ceil(train.rows / train.batch_size))
         self.bank = SAEBank(self.saes, stats, train, self.total_steps, device=device)
         self.rows_seen = 0
         self.resumed_cursor = Cursor()
