@@ -1,10 +1,11 @@
-"""What both executors do with a stream, written once.
+"""What both executors do with a trainer on a stream, written once (a stream's inputs open
+and close in thresher/harvest/inputs.py).
 
-`TrainerSession` is one trainer on a stream: its
-`Trainer`, a `BatchReader` over the log and the `TrainLoop` that steps them, then the export and
-the held-out evaluation. The executors differ only in what they hand it: how a group is fetched
-and its blocks loaded (the log and the blocks themselves inline; remote calls and object refs
-on Ray), and what to do while it is blocked.
+`TrainerSession` is one trainer on a stream: its `Trainer`, a `BatchReader` over the log and the
+`TrainLoop` that steps them, then the export and the held-out evaluation. The executors differ
+only in what they hand it: how a group is fetched and its blocks loaded (the log and the
+blocks themselves inline; remote calls and object refs on Ray), and what to do while it is
+blocked.
 """
 
 from __future__ import annotations
