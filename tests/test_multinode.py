@@ -1,6 +1,7 @@
-"""Two nodes (ray.cluster_utils.Cluster, in a subprocess): the pump and the harvesters on the
-harvest node, two trainers packed onto the one GPU of the train node; every trainer receives
-the very batches the inline executor cuts, and ends with its weights."""
+"""Three nodes (ray.cluster_utils.Cluster, in a subprocess): the pump and the harvesters on the
+harvest node, two trainers packed onto the one GPU of each of two train nodes; every trainer
+receives the very batches the inline executor cuts, and ends with its weights; each train node
+pulls each chunk once."""
 
 from __future__ import annotations
 
@@ -27,23 +28,29 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One run on three nodes (one Cluster costs about a minute here), and the same inline."""
     tmp = tmp_path_factory.mktemp("multinode")
-    shards = write_shards(tmp / "shards", d=64, shards=24)
-    resources = {"harvesters": 1, "trainers": 2, "cpus_per_harvester": 1,
+    # 2,048 rows x 64 float32 a shard: 512 KiB blocks, well above what Ray inlines in replies.
+    shards = write_shards(tmp / "shards", d=64, shards=12, rows=2048)
+    # Four trainers of half a GPU each: two on each train node's one GPU; the harvester takes
+    # half the harvest node's.
+    resources = {"harvesters": 1, "trainers": 4, "cpus_per_harvester": 1,
                  "gpus_per_harvester": 0.5, "gpus_per_trainer": 0.5}
-    cluster_cfg = stored_config(tmp / "cluster", shards, train={"rows": 32 * 256},
-                                resources=resources)
+    cfg = stored_config(tmp / "cluster", shards, stream={"chunk_rows": 2048,
+                        "capacity_chunks": 8, "mix_chunks": 2, "holdout_rows": 2048,
+                        "norm_rows": 1024},
+                        train={"rows": 32 * 256}, resources=resources,
+                        sweep=[{"arch": "topk", "k": [4, 8, 12, 16]}])
     config, record = tmp / "config.json", tmp / "where.json"
-    config.write_text(json.dumps(cluster_cfg))
+    config.write_text(json.dumps(cfg))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     # A short temp dir of its own: the session Ray's is left alone, and socket paths stay short.
     with tempfile.TemporaryDirectory(prefix="thr-mn-", dir="/tmp") as temp_dir:
         result = subprocess.run([sys.executable, "-m", "tests.multinode_main", str(config),
-                                 str(record), temp_dir], cwd=ROOT, env=env,
+                                 str(record), temp_dir, "2"], cwd=ROOT, env=env,
                                 capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    inline_cfg = stored_config(tmp / "inline", shards, train={"rows": 32 * 256},
-                               resources=resources)
+    inline_cfg = {**cfg, "run": {**cfg["run"], "out": str(tmp / "inline")}}
     return {**json.loads(record.read_text()),
             "inline": thresher.run(inline_cfg, inline=True, progress=False)}
 
@@ -60,12 +67,14 @@ def test_pump_and_harvesters_run_on_the_harvest_node(runs: dict[str, Any]) -> No
     assert harvest["harvest_object_store_mb"] == 50  # Ray Data's budget: a quarter of it
 
 
-def test_trainers_share_one_gpu_of_the_train_node(runs: dict[str, Any]) -> None:
+def test_trainers_pack_two_to_each_train_node_s_gpu(runs: dict[str, Any]) -> None:
     trainers = run_json(runs["run_dir"])["trainers"]
-    assert sorted(trainers) == ["t0", "t1"]
+    assert sorted(trainers) == ["t0", "t1", "t2", "t3"]
+    nodes = [info["node_id"] for info in trainers.values()]
+    assert sorted(nodes) == sorted(runs["train_nodes"] * 2)  # two trainers a node
+    assert runs["harvest_node"] not in nodes
     for info in trainers.values():
-        assert info["node_id"] == runs["train_node"] != runs["harvest_node"]
-        assert info["gpu_ids"] == ["0"]  # 0.5 GPU each: both on the train node's GPU 0
+        assert info["gpu_ids"] == ["0"]  # 0.5 GPU each: both on their node's GPU 0
 
 
 def test_remote_trainers_receive_the_inline_batches_and_weights(runs: dict[str, Any]) -> None:
@@ -79,55 +88,15 @@ def test_remote_trainers_receive_the_inline_batches_and_weights(runs: dict[str, 
             np.testing.assert_array_equal(a[name], b[name], err_msg=f"{sae_dir.name} {name}")
 
 
-# --------------------------------------------------------------------------------------------
-# Three nodes: the broadcast reaches trainers on two train nodes, one copy per node
-# --------------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def broadcast(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    tmp = tmp_path_factory.mktemp("broadcast")
-    # 2,048 rows x 64 float32 a shard: 512 KiB blocks, well above what Ray inlines in replies.
-    shards = write_shards(tmp / "shards", d=64, shards=12, rows=2048)
-    # Four trainers of half a GPU each: two on each train node's one GPU.
-    resources = {"harvesters": 1, "trainers": 4, "cpus_per_harvester": 1,
-                 "gpus_per_harvester": 0, "gpus_per_trainer": 0.5}
-    cfg = stored_config(tmp / "cluster", shards, stream={"chunk_rows": 2048,
-                        "capacity_chunks": 8, "mix_chunks": 2, "holdout_rows": 2048,
-                        "norm_rows": 1024},
-                        train={"rows": 32 * 256}, resources=resources,
-                        sweep=[{"arch": "topk", "k": [4, 8, 12, 16]}])
-    config, record = tmp / "config.json", tmp / "where.json"
-    config.write_text(json.dumps(cfg))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    with tempfile.TemporaryDirectory(prefix="thr-bc-", dir="/tmp") as temp_dir:
-        result = subprocess.run([sys.executable, "-m", "tests.multinode_main", str(config),
-                                 str(record), temp_dir, "2"], cwd=ROOT, env=env,
-                                capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    inline_cfg = {**cfg, "run": {**cfg["run"], "out": str(tmp / "inline")}}
-    return {**json.loads(record.read_text()),
-            "inline": thresher.run(inline_cfg, inline=True, progress=False)}
-
-
-def test_trainers_on_two_nodes_receive_every_batch(broadcast: dict[str, Any]) -> None:
-    trainers = run_json(broadcast["run_dir"])["trainers"]
-    nodes = [info["node_id"] for info in trainers.values()]
-    assert sorted(nodes) == sorted(broadcast["train_nodes"] * 2)  # two trainers a node
-    inline = run_json(broadcast["inline"])["trainers"]
-    digests = {info["batch_digest"] for info in [*trainers.values(), *inline.values()]}
-    assert len(digests) == 1
-
-
-def test_each_train_node_pulls_each_chunk_once(broadcast: dict[str, Any]) -> None:
+def test_each_train_node_pulls_each_chunk_once(runs: dict[str, Any]) -> None:
     """The bandwidth model of docs/design.md: a train node's object store takes in one copy
     of every harvest output its trainers read, however many of them read it there; the pump
     adds nothing of its own."""
-    harvest = run_json(broadcast["run_dir"])["streams"]["s0"]["harvest"]
+    harvest = run_json(runs["run_dir"])["streams"]["s0"]["harvest"]
     streamed = harvest["object_store_bytes_per_row"] * harvest["rows"]
-    created = broadcast["created_bytes"]
-    for node in broadcast["train_nodes"]:
+    created = runs["created_bytes"]
+    for node in runs["train_nodes"]:
         # Two trainers read every row here: one copy means ~1x, a copy each would be ~2x.
         assert 0.9 * streamed <= created[node] <= 1.25 * streamed, (created[node], streamed)
     # The harvest node holds the outputs themselves, plus the inputs and small replies.
-    assert created[broadcast["harvest_node"]] >= streamed
+    assert created[runs["harvest_node"]] >= streamed
