@@ -37,7 +37,7 @@ from thresher.config import SAEConfig, TrainConfig, load_config
 from thresher.modalities.contract import BlockIndexBatch
 from thresher.modalities.synthetic.source import SyntheticBackbone
 from thresher.stream.block import ActivationBlock
-from thresher.stream.stats import estimate_stream_stats
+from thresher.stream.stats import StreamStats, estimate_stream_stats
 from thresher.train.archs.matryoshka import matryoshka_widths
 from thresher.train.bank import SAEBank, init_sae_params
 
@@ -96,10 +96,15 @@ def data() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def thresher_mcc(data: tuple[np.ndarray, np.ndarray]) -> dict[str, list[float]]:
+def stats(data: tuple[np.ndarray, np.ndarray]) -> StreamStats:
+    return estimate_stream_stats(data[0][:8192])
+
+
+@pytest.fixture(scope="module")
+def thresher_mcc(data: tuple[np.ndarray, np.ndarray], stats: StreamStats
+                 ) -> dict[str, list[float]]:
     """Per arch, the MCC of each seed's SAE (one bank trains them all on the same batches)."""
     x, dictionary = data
-    stats = estimate_stream_stats(x[:8192])
     bank = SAEBank(SAES, stats, TRAIN, STEPS)
     for i in range(STEPS):
         bank.step(torch.from_numpy(x[i * BATCH:(i + 1) * BATCH]))
@@ -126,7 +131,8 @@ def test_a_random_dictionary_scores_far_lower(data: tuple[np.ndarray, np.ndarray
     assert mcc(dictionary, dictionary[::-1].copy()) == pytest.approx(1.0)
 
 
-def saelens_mcc(sae_cfg: SAEConfig, x: np.ndarray, dictionary: np.ndarray) -> float:
+def saelens_mcc(sae_cfg: SAEConfig, x: np.ndarray, dictionary: np.ndarray,
+                stats: StreamStats) -> float:
     """The same data, batches, steps, lr schedule, sparsity settings and initial W_enc, W_dec
     through sae_lens."""
     from sae_lens import (
@@ -168,7 +174,7 @@ def saelens_mcc(sae_cfg: SAEConfig, x: np.ndarray, dictionary: np.ndarray) -> fl
     # thresher's initial decoder and encoder (unit rows but for relu's 0.1, W_enc = W_dec^T);
     # b_enc and b_dec stay sae_lens's zeros (thresher's b_dec starts at the stream's median: the
     # same MCC either way).
-    init = init_sae_params(sae_cfg, estimate_stream_stats(x[:8192]), TRAIN)
+    init = init_sae_params(sae_cfg, stats, TRAIN)
     with torch.no_grad():
         sae.W_dec.copy_(init["W_dec"])
         sae.W_enc.copy_(init["W_enc"])
@@ -196,11 +202,11 @@ def saelens_mcc(sae_cfg: SAEConfig, x: np.ndarray, dictionary: np.ndarray) -> fl
         "margin 0.02, lower on every seed. Ruled out: the decoder's free norm, b_dec's init, "
         "the AuxK coefficient (0 or 1/32: the same; 1: 0.883)"))])
 def test_no_worse_than_saelens_on_the_same_budget(
-        arch: str, data: tuple[np.ndarray, np.ndarray],
+        arch: str, data: tuple[np.ndarray, np.ndarray], stats: StreamStats,
         thresher_mcc: dict[str, list[float]]) -> None:
     pytest.importorskip("sae_lens")
     x, dictionary = data
-    reference = [saelens_mcc(sae, x, dictionary) for sae in SAES if sae.arch == arch]
+    reference = [saelens_mcc(sae, x, dictionary, stats) for sae in SAES if sae.arch == arch]
     ours = statistics.mean(thresher_mcc[arch])
     assert ours >= statistics.mean(reference) - SAELENS_MARGIN, (arch, thresher_mcc[arch],
                                                                   reference)
