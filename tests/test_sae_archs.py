@@ -94,6 +94,11 @@ def mono_pairwise_loss(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return 1 - torch.stack(scores).mean() if scores else f.sum() * 0
 
 
+def unit_norm_decoder(cfg: SAEConfig, train: TrainConfig) -> bool:
+    """Decoder rows held at unit norm: all but relu's, and matryoshka's only when set."""
+    return cfg.arch != "relu" and (cfg.arch != "matryoshka" or train.matryoshka.unit_norm_decoder)
+
+
 def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: float,
                        train: TrainConfig, total_steps: int, batches: list[torch.Tensor]
                        ) -> tuple[dict[str, torch.Tensor], list[float], float]:
@@ -106,6 +111,7 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
     threshold = math.nan
     aux_losses = []
     decay_begin = train.decay_start * total_steps
+    unit_norm = unit_norm_decoder(cfg, train)
     for t, x in enumerate(batches):
         x_s = x.to(F64) * scale
         rows = len(x_s)
@@ -158,7 +164,7 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
             loss = loss + cfg.mono_coef * mono_pairwise_loss(f, x_s)
         adam.zero_grad()
         loss.backward()
-        if cfg.arch != "relu":
+        if unit_norm:
             unit = (w_dec / w_dec.norm(dim=1, keepdim=True)).detach()
             assert w_dec.grad is not None
             w_dec.grad -= (w_dec.grad * unit).sum(1, keepdim=True) * unit
@@ -169,7 +175,7 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
             group["lr"] = cfg.lr * min(warm, decay)
         adam.step()
         with torch.no_grad():
-            if cfg.arch != "relu":
+            if unit_norm:
                 w_dec /= w_dec.norm(dim=1, keepdim=True)
             since += rows
             since[(f > 0).any(0)] = 0
@@ -187,16 +193,20 @@ ARCH_CASES = [
 ]
 
 
-@pytest.mark.parametrize("cfg", ARCH_CASES, ids=[c.sae_id for c in ARCH_CASES])
-def test_each_arch_matches_its_plain_reference(cfg: SAEConfig,
+@pytest.mark.parametrize(("cfg", "train"), [
+    *((c, TRAIN) for c in ARCH_CASES),
+    (sae("matryoshka-unit", "matryoshka", d_sae=128, k=3, seed=9),
+     TRAIN.with_arch_settings(unit_norm_decoder=True)),
+], ids=[*(c.sae_id for c in ARCH_CASES), "matryoshka-unit"])
+def test_each_arch_matches_its_plain_reference(cfg: SAEConfig, train: TrainConfig,
                                                data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
     total = 10
-    bank = SAEBank([cfg], stats, TRAIN, total, dtype=F64)
+    bank = SAEBank([cfg], stats, train, total, dtype=F64)
     init = bank.sae_params(cfg.sae_id)
     batches = batches_of(x, 64, total)
     metrics = [bank.step(b) for b in batches]
-    expected, aux_losses, threshold = reference_training(cfg, init, stats.scale, TRAIN, total,
+    expected, aux_losses, threshold = reference_training(cfg, init, stats.scale, train, total,
                                                          batches)
     for name in param_names(cfg.arch):
         torch.testing.assert_close(bank.sae_params(cfg.sae_id)[name], expected[name], rtol=0,

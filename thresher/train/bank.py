@@ -13,8 +13,9 @@ ends where it would alone.
 Every SAE of a stream trains on x * scale, with the stream's one scale (E||x * scale|| = sqrt(d_in),
 Anthropic April 2024); `encode_decode` takes and returns raw activations.
 
-Architectures with unit-norm decoders (all but relu) have the gradient component parallel to each
-decoder row removed before the step and the rows renormalised after. MonoLoss: mono_coef * (1 -
+Architectures with unit-norm decoders (all but relu, and matryoshka unless
+train.matryoshka.unit_norm_decoder) have the gradient component parallel to each decoder row
+removed before the step and the rows renormalised after. MonoLoss: mono_coef * (1 -
 mean batch MonoScore) on any arch (thresher.train.mono).
 """
 

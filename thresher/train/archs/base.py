@@ -168,8 +168,9 @@ class Architecture(ABC):
     name: ClassVar[str]
     saelens_architecture: ClassVar[str]  # cfg.json's `architecture` of the export
     extra_param_names: ClassVar[tuple[str, ...]] = ()  # trained beside PARAM_NAMES
-    # Decoder rows kept unit norm (gradient projected, rows renormalised after each step).
-    unit_norm_decoder: ClassVar[bool] = True
+    # Decoder rows kept unit norm (gradient projected, rows renormalised after each step); an
+    # architecture may take it from its settings.
+    unit_norm_decoder: bool = True
     decoder_init_norm: ClassVar[float] = 1.0  # initial decoder row norm
 
     def __init__(self, members: Sequence[SAEConfig], d_sae: int, train: TrainConfig,

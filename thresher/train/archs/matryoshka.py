@@ -1,5 +1,6 @@
 """Matryoshka (Bussmann et al. 2025; Nabeshima 2024): BatchTopK, plus the mse of every nested
-prefix of latents (train.matryoshka.fractions of d_sae) reconstructing alone."""
+prefix of latents (train.matryoshka.fractions of d_sae) reconstructing alone. Its decoder rows
+are free by default (train.matryoshka.unit_norm_decoder), as sae_lens trains it."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class Matryoshka(BatchTopK):
                  device: torch.device, dtype: torch.dtype) -> None:
         super().__init__(members, d_sae, train, device, dtype)
         self.widths = matryoshka_widths(d_sae, self.settings.fractions)
+        self.unit_norm_decoder = self.settings.unit_norm_decoder
 
     def prefix_penalty(self, sub: SubBank, values: torch.Tensor, indices: torch.Tensor,
                        target: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:

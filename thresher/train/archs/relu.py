@@ -39,7 +39,7 @@ def resample_uniforms(seed: int, step: int, d_sae: int) -> torch.Tensor:
 class ReLU(Architecture):
     name: ClassVar[str] = "relu"
     saelens_architecture: ClassVar[str] = "standard"
-    unit_norm_decoder: ClassVar[bool] = False
+    unit_norm_decoder = False
     decoder_init_norm: ClassVar[float] = 0.1
     settings: ReLUSettings
 
