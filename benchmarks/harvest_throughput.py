@@ -214,10 +214,10 @@ def _ray_rows_per_second(source: SourceConfig, batches: list[Batch], threads: in
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False,
              object_store_memory=1 << 30)
-    pool = HarvestPool(source, batches, actors=1, in_flight=2, gpus=0.0, threads=threads,
+    pool = HarvestPool(source, actors=1, in_flight=2, gpus=0.0, threads=threads,
                        base_dir=".", options={"num_cpus": 1})
     rows, first = 0, None
-    for out in pool:
+    for out in pool.harvest(batches):
         if first is None:
             first = time.perf_counter()  # the actor is up and has done one forward
             continue

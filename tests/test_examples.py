@@ -161,11 +161,10 @@ def test_the_harvest_pool_decodes_ahead_and_hands_back_the_blocks_in_input_order
         "resources": {"harvester_threads": 1}})
     local = LocalHarvest(cfg, cfg.source)
     assert local.inputs.decode is not None and len(local.inputs.batches) > 3
-    pool = HarvestPool(cfg.source, local.inputs.batches, actors=2, in_flight=3, gpus=0.0,
-                       threads=1, base_dir=str(tmp_path), decode=local.inputs.decode,
-                       options={"num_cpus": 0})
+    pool = HarvestPool(cfg.source, actors=2, in_flight=3, gpus=0.0, threads=1,
+                       base_dir=str(tmp_path), options={"num_cpus": 0})
     outputs = []
-    for out in pool:
+    for out in pool.harvest(local.inputs.batches, decode=local.inputs.decode):
         assert len(pool.out) <= 3 - 1  # the one just handed back was among the three out
         outputs.append(out)
     pool.stop()

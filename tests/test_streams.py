@@ -25,28 +25,30 @@ from .conftest import smoke_config
 from .test_backbones import source_of
 from .test_eeg import eeg_source
 from .test_vision import image_source, write_images
-from .tiny_models import TINY_BERT, TINY_PATCHTST, TINY_TL
+from .tiny_models import TINY_BERT, TINY_GPT2, TINY_PATCHTST, TINY_TL
 
 # --------------------------------------------------------------------------------------------
 # Config and plan
 # --------------------------------------------------------------------------------------------
 
-TL_SOURCE: dict[str, Any] = {
-    "name": "tl",
-    "backbone": {"kind": "transformer_lens", "model": "", "config": TINY_TL},
-    "hook": "blocks.1.hook_resid_post",
+# A causal LM beside the MiniLM encoder: a second backbone and a CE-loss splice. (A transformers
+# GPT-2, not TransformerLens: each Ray run imports it in a fresh actor, in a third of the time.)
+GPT2_SOURCE: dict[str, Any] = {
+    "name": "gpt2",
+    "backbone": {"kind": "hf_text", "model": "", "config": {**TINY_GPT2, "n_positions": 64}},
+    "hook": "layer.1",
     "inputs": {"kind": "python_docstrings", "context": 64, "max_tokens": 14000},
     "batch_size": 32,
 }
 
 
 def two_stream_config(out: Path, **overrides: Any) -> dict[str, Any]:
-    """MiniLM at two layers (one forward) and a random TransformerLens model: two streams."""
+    """MiniLM at two layers (one forward) and a random GPT-2: two streams."""
     cfg = smoke_config(out, **{"train": {"rows": 4096}, **overrides})
     minilm = {**cfg.pop("source"), "name": "minilm", "hook": ["layer.1", "layer.3"]}
     # Enough tokens for the held-out rows and the 4096 training rows, no more.
     short = {"kind": "python_docstrings", "context": 64, "max_tokens": 7000}
-    cfg["sources"] = [{**minilm, "inputs": short}, {**TL_SOURCE, "inputs": short}]
+    cfg["sources"] = [{**minilm, "inputs": short}, {**GPT2_SOURCE, "inputs": short}]
     cfg["sweep"] = [{"arch": "topk", "k": [8, 16]},
                     {"arch": "relu", "l1_coef": 1.0, "stream": "minilm", "hook": "layer.3"}]
     return cfg
@@ -54,7 +56,7 @@ def two_stream_config(out: Path, **overrides: Any) -> dict[str, Any]:
 
 def test_plan_crosses_the_sweep_with_streams_and_hooks(tmp_path: Path) -> None:
     plan = make_plan(load_config(two_stream_config(tmp_path)))
-    assert [s.stream_id for s in plan.streams] == ["minilm", "tl"]
+    assert [s.stream_id for s in plan.streams] == ["minilm", "gpt2"]
     assert plan.streams[0].hooks == ("layer.1", "layer.3")
     ids = [sae.sae_id for stream in plan.streams for sae in stream.saes]
     assert len(ids) == len(set(ids)) == 2 * 2 + 1 + 2  # topk at 3 (stream, hook)s, relu at one
@@ -64,8 +66,8 @@ def test_plan_crosses_the_sweep_with_streams_and_hooks(tmp_path: Path) -> None:
             for sae in trainer.saes:
                 assert (sae.stream_id, sae.hook) == (stream.stream_id, trainer.hook)
                 by_target.setdefault((sae.stream_id, sae.hook), []).append(sae.arch)
-    assert sorted(by_target) == [("minilm", "layer.1"), ("minilm", "layer.3"),
-                                 ("tl", "blocks.1.hook_resid_post")]
+    assert sorted(by_target) == [("gpt2", "layer.1"), ("minilm", "layer.1"),
+                                 ("minilm", "layer.3")]
     assert sorted(by_target[("minilm", "layer.3")]) == ["relu", "topk", "topk"]
     assert by_target[("minilm", "layer.1")] == ["topk", "topk"]
     # Every hook with SAEs gets a trainer of its own; trainer ids are unique over the run.
@@ -84,10 +86,10 @@ def test_a_source_may_size_its_own_harvest(tmp_path: Path) -> None:
                                                  "gpus_per_trainer": 0.25, "trainers": 1})
     cfg["sources"][1].update(harvesters=2, gpus_per_harvester=1)
     loaded = load_config(cfg)
-    minilm, tl = (harvest_resources(loaded, s) for s in loaded.sources)
+    minilm, gpt2 = (harvest_resources(loaded, s) for s in loaded.sources)
     assert (minilm.harvesters, minilm.cpus_per_harvester, minilm.gpus_per_harvester) == (
         1, 1.0, 0.25)
-    assert (tl.harvesters, tl.cpus_per_harvester, tl.gpus_per_harvester) == (2, 1.0, 1)
+    assert (gpt2.harvesters, gpt2.cpus_per_harvester, gpt2.gpus_per_harvester) == (2, 1.0, 1)
     text = make_plan(loaded).describe()
     assert "1 harvester actor(s) x 1 CPU, 0.25 GPU" in text
     assert "2 harvester actor(s) x 1 CPU, 1 GPU" in text
@@ -107,11 +109,11 @@ def test_stream_and_hook_errors_name_the_key(tmp_path: Path) -> None:
     both = dict(cfg, source=cfg["sources"][0])
     with pytest.raises(ConfigError, match=r"give `source`.*or `sources`.*not both"):
         load_config(both)
-    twice = dict(cfg, sources=[cfg["sources"][0], {**TL_SOURCE, "name": "minilm"}])
+    twice = dict(cfg, sources=[cfg["sources"][0], {**GPT2_SOURCE, "name": "minilm"}])
     with pytest.raises(ConfigError, match=r"`sources\.1\.name`.*must be unique"):
         load_config(twice)
     bad_pin = dict(cfg, sweep=[{"arch": "topk", "stream": "gpt"}])
-    with pytest.raises(ConfigError, match=r"`sweep\.0\.stream` is 'gpt'.*streams: minilm, tl"):
+    with pytest.raises(ConfigError, match=r"`sweep\.0\.stream` is 'gpt'.*streams: minilm, gpt2"):
         load_config(bad_pin)
     bad_hook = dict(cfg, sweep=[{"arch": "topk", "hook": "layer.9"}])
     with pytest.raises(ConfigError, match=r"`sweep\.0\.hook` is 'layer\.9'.*hooks: "):
@@ -219,13 +221,13 @@ def test_streams_run_queued_or_together(runs: dict[str, Path]) -> None:
     # Who was running when each stream started, as the driver admitted them: an ordering fact
     # (the harvests' clock times may or may not overlap, as the scheduler has it).
     queued = json.loads((runs["queued"] / "run.json").read_text())["streams"]
-    assert [queued[s]["started_beside"] for s in ("minilm", "tl")] == [[], []]
+    assert [queued[s]["started_beside"] for s in ("minilm", "gpt2")] == [[], []]
     together = json.loads((runs["together"] / "run.json").read_text())["streams"]
-    assert [together[s]["started_beside"] for s in ("minilm", "tl")] == [[], ["minilm"]]
+    assert [together[s]["started_beside"] for s in ("minilm", "gpt2")] == [[], ["minilm"]]
     # One stream at a time: the second harvest began after the first had ended.
-    assert queued["minilm"]["harvest"]["finished_at"] <= queued["tl"]["harvest"]["started_at"]
+    assert queued["minilm"]["harvest"]["finished_at"] <= queued["gpt2"]["harvest"]["started_at"]
     assert queued["minilm"]["harvest"]["cpus_per_harvester"] == 1.0  # from `resources`
-    assert queued["tl"]["harvest"]["cpus_per_harvester"] == 0.5  # the source's own
+    assert queued["gpt2"]["harvest"]["cpus_per_harvester"] == 0.5  # the source's own
 
 
 @pytest.mark.slow
@@ -243,7 +245,7 @@ def test_each_hook_trains_on_its_own_rows_from_one_harvest(runs: dict[str, Path]
     for row in summary:
         if row["stream_id"] != "minilm":
             assert (row["hook"], row["d_in"], row["backbone"]) == (
-                "blocks.1.hook_resid_post", TINY_TL["d_model"], "transformer_lens")
+                "layer.1", TINY_GPT2["n_embd"], "hf_text")
             continue
         # The SAE of a hook used that hook's own input scale, estimated from its rows.
         assert row["d_in"] == 384
@@ -274,7 +276,7 @@ def test_each_stream_writes_its_manifest_and_analyze_recomputes_every_sae(
     from thresher.analysis.analyze import analyze_run
 
     run_dir = runs["inline"]
-    for stream_id, column in (("minilm", "token_ids"), ("tl", "token_ids")):
+    for stream_id, column in (("minilm", "token_ids"), ("gpt2", "token_ids")):
         manifest = pq.read_table(run_dir / "inputs" / f"{stream_id}.parquet")
         assert column in manifest.column_names and manifest.num_rows > 0
     before = {r["sae_id"]: r for r in
@@ -288,5 +290,5 @@ def test_each_stream_writes_its_manifest_and_analyze_recomputes_every_sae(
             assert row[key] == before[sae_id][key], (sae_id, key)
         for key in ("fve", "l0", "dead_fraction"):
             assert row[key] == pytest.approx(before[sae_id][key], rel=1e-5, abs=1e-9), key
-        if row["stream_id"] == "tl":  # spliced back in at its hook: CE-loss recovered
+        if row["stream_id"] == "gpt2":  # spliced back in at its hook: CE-loss recovered
             assert np.isfinite(row["ce_loss_recovered"]), sae_id

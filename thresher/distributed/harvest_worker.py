@@ -103,20 +103,19 @@ class Harvested:
 class HarvestPool:
     """Harvester actors over a sequence of input batches, at most `in_flight` out at once.
 
-    Iterating submits batches as outputs are taken and yields them in input order; each batch
-    goes to the actor with the fewest calls out. `options` are the actors' Ray options
-    (resources, placement)."""
+    The actors start on construction, so their imports and model loading overlap whatever the
+    caller does before `harvest` (the stream actor prepares the inputs: tokenizing a corpus
+    takes as long as starting a backbone). `harvest` submits batches as outputs are taken and
+    yields them in input order; each batch goes to the actor with the fewest calls out.
+    `options` are the actors' Ray options (resources, placement)."""
 
-    def __init__(self, source: SourceConfig, batches: Sequence[InputBatch], *,
-                 actors: int, in_flight: int, gpus: float, threads: int, base_dir: str,
-                 decode: Decoder | None = None, options: dict[str, Any] | None = None) -> None:
+    def __init__(self, source: SourceConfig, *, actors: int, in_flight: int, gpus: float,
+                 threads: int, base_dir: str, options: dict[str, Any] | None = None) -> None:
         worker = harvest_worker_cls().options(**(options or {}))
         self.actors = [worker.remote(source, gpus, threads, base_dir) for _ in range(actors)]
-        self.batches, self.decode = batches, decode
         self.in_flight = max(in_flight, 1)
         self.out: deque[tuple[int, Any, Any]] = deque()  # (actor, report ref, block ref)
         self.calls = [0] * actors  # calls out per actor
-        self.submitted = 0
 
     @property
     def actors_n(self) -> int:
@@ -128,22 +127,24 @@ class HarvestPool:
 
         return set(ray.get([actor.node_id.remote() for actor in self.actors]))
 
-    def _submit(self) -> None:
-        batch: Any = self.batches[self.submitted]
-        if self.decode is not None:
-            batch = decode_task().remote(self.decode, batch)  # the actor waits for its pixels
+    def _submit(self, batch: Any, decode: Decoder | None) -> None:
+        if decode is not None:
+            batch = decode_task().remote(decode, batch)  # the actor waits for its pixels
         i = min(range(len(self.actors)), key=lambda a: (self.calls[a], a))
         report, block = self.actors[i].harvest.remote(batch)
         self.out.append((i, report, block))
         self.calls[i] += 1
-        self.submitted += 1
 
-    def __iter__(self) -> Iterator[Harvested]:
+    def harvest(self, batches: Sequence[InputBatch], decode: Decoder | None = None
+                ) -> Iterator[Harvested]:
+        """The blocks of `batches`, in their order (decoded first by CPU tasks with `decode`)."""
         import ray
 
-        while self.out or self.submitted < len(self.batches):
-            while len(self.out) < self.in_flight and self.submitted < len(self.batches):
-                self._submit()
+        submitted = 0
+        while self.out or submitted < len(batches):
+            while len(self.out) < self.in_flight and submitted < len(batches):
+                self._submit(batches[submitted], decode)
+                submitted += 1
             i, head, block = self.out.popleft()
             self.calls[i] -= 1
             report, block_bytes = ray.get(head)

@@ -1,7 +1,8 @@
 """The stream actor: one stream's pump and broadcast log on Ray, serving its trainers.
 
-It prepares the inputs, writes the manifest and runs the harvest (`HarvestPool`: a fixed pool
-of harvester actors, thresher/distributed/harvest_worker.py), then feeds each harvest output to
+It starts the harvest (`HarvestPool`: a fixed pool of harvester actors,
+thresher/distributed/harvest_worker.py), prepares the inputs and writes the manifest while the
+harvesters load their backbone, then runs the harvest and feeds each harvest output to
 the `Pump` as an object ref and a row count, from the harvester's report. It never fetches a
 block: chunks are pieces of harvest outputs, trainers read the rows from the object store
 themselves, and the stream statistics are a Ray task over the normalisation rows.
@@ -109,14 +110,12 @@ def stream_actor_cls() -> Any:
                     raise cause from None  # the message the user can act on, not Ray's wrapping
                 raise
 
-        def _pool(self) -> HarvestPool:
-            """The harvester actors over the stream's inputs (written to the manifest here)."""
+        def _start_pool(self) -> HarvestPool:
+            """The harvester actors, starting (imports, the backbone) while the inputs are
+            prepared."""
             from thresher.config import config_dir
 
             source = self.stream.source
-            inputs = open_inputs(self.cfg, self.stream, self.run_dir)
-            self.planned_rows = inputs.n_tokens
-            self.inputs = inputs  # closed when the harvest ends (its unreadable inputs named)
             self.budget = store_budget(self.cfg, self._node_object_store(), self.streams_at_once)
             # Near the pump (soft: a pool larger than this node spills to other harvest nodes),
             # and only on harvest nodes where the cluster marks them.
@@ -128,21 +127,24 @@ def stream_actor_cls() -> Any:
                 "fallback_strategy": [{"label_selector": {}}]}
             if self.harvest_resources:
                 options["resources"] = self.harvest_resources
-            return HarvestPool(source, inputs.batches, actors=harvest.harvesters,
+            return HarvestPool(source, actors=harvest.harvesters,
                                in_flight=2 * harvest.harvesters,
                                gpus=harvest.gpus_per_harvester,
                                threads=torch_threads(self.cfg, "harvester", source),
-                               base_dir=str(config_dir(self.cfg)), decode=inputs.decode,
-                               options=options)
+                               base_dir=str(config_dir(self.cfg)), options=options)
 
         def _harvest(self) -> dict[str, Any]:
             start = time.perf_counter()
-            pool = self._pool()
+            pool = self._start_pool()
             stream_cfg = self.cfg.stream
-            self.rss_at_start = self.rss_peak = _rss_bytes()
-            threading.Thread(target=self._sample_rss, daemon=True).start()
             try:
-                for out in pool:
+                # The stream's inputs, written to the manifest; closed when the harvest ends
+                # (its unreadable inputs named).
+                self.inputs = inputs = open_inputs(self.cfg, self.stream, self.run_dir)
+                self.planned_rows = inputs.n_tokens
+                self.rss_at_start = self.rss_peak = _rss_bytes()
+                threading.Thread(target=self._sample_rss, daemon=True).start()
+                for out in pool.harvest(inputs.batches, decode=inputs.decode):
                     rows = out.report.rows
                     if rows and self.pump.counters.rows == 0:
                         # The row width is known now; nothing is in the log yet. Each actor
