@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ def harvest_worker_cls() -> Any:
 
         def __init__(self, source: SourceConfig, gpus: float, threads: int,
                      base_dir: str) -> None:
+            # Loading a backbone draws the hub's per-file progress bars, which a healthy run
+            # should not forward to the driver's terminal from every harvester (set before the
+            # hub is imported; a runtime env would cost the actor a worker started ahead).
+            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
             from thresher.devices import torch_device
             from thresher.harvest.harvester import Harvester
 

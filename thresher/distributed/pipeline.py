@@ -39,12 +39,12 @@ from thresher.outcome import RunOutcome, StreamOutcome
 from thresher.progress import Progress
 from thresher.rundir import RunDirError
 
-# A trainer shares its node's cores with the pump, decode tasks and harvesters. OpenMP's threads
-# spin at every barrier by default, so one descheduled thread stalls the others: on 2 cores the
-# same SAE steps took 103 s spinning against 78 s with waiting threads that yield
-# (benchmarks/ray_vs_inline.py). Merged into the job's runtime env; a user's own setting wins.
-TRAINER_RUNTIME_ENV = {"env_vars": {"OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY",
-                                                                     "PASSIVE")}}
+# No runtime env of our own for the actors: an actor whose env differs from the job's cannot use
+# the workers Ray starts ahead, and waits for a new process. Trainers keep OpenMP's own wait
+# policy (spin a little, then sleep; less spinning when threads outnumber cores): forcing PASSIVE
+# left a lone trainer's two threads a quarter idle (stored source, 2 cores: 57 s of SAE steps
+# against 36 s, inline 33 s; benchmarks/ray_vs_inline.py). A user's OMP_WAIT_POLICY reaches
+# them through the job's environment.
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -146,8 +146,7 @@ def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
         trainer_actor_cls()
         .options(name=f"thresher-trainer-{stream_tag}-{t.trainer_id}",
                  num_cpus=res.cpus_per_trainer, num_gpus=res.gpus_per_trainer,
-                 resources=node_marker(res.train_node_resource, cluster),
-                 runtime_env=TRAINER_RUNTIME_ENV)
+                 resources=node_marker(res.train_node_resource, cluster))
         .remote(cfg, stream.stream_id, t, location, stream_name)
         for t in stream.trainers
     ]

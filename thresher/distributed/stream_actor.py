@@ -47,10 +47,6 @@ from thresher.stream.stats import StreamStats
 
 log = logging.getLogger(__name__)
 
-# Loading a backbone draws the hub's per-file progress bars, which a healthy run should not
-# forward to the driver's terminal from every harvester.
-HARVESTER_RUNTIME_ENV = {"env_vars": {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}}
-
 # What a trainer gets from StreamActor.group: ("ready", Group), ("wait", log_full), ("end", None)
 GroupReply = tuple[str, Any]
 
@@ -122,7 +118,6 @@ def stream_actor_cls() -> Any:
             harvest = harvest_resources(self.cfg, source)
             options: dict[str, Any] = {
                 "num_cpus": harvest.cpus_per_harvester, "num_gpus": harvest.gpus_per_harvester,
-                "runtime_env": HARVESTER_RUNTIME_ENV,
                 "label_selector": {NODE_ID_LABEL: self.node_id},
                 "fallback_strategy": [{"label_selector": {}}]}
             if self.harvest_resources:
