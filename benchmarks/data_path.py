@@ -1,11 +1,13 @@
 """The data path alone: 1, 2 and 4 consumers that only turn each batch into a torch tensor.
 
 A `stored` source (.npy shards) runs through the real Ray stream: the stream actor (pump +
-broadcast log, Ray Data harvest) and consumer actors that read the log exactly as trainers do
+broadcast log, the harvest pool) and consumer actors that read the log exactly as trainers do
 (`BatchReader` with prefetch, zero-copy loads from the object store, the one-copy gather,
 `batch_tensor`) but do no training. Printed per consumer count: rows/s and GB/s per consumer
 (first batch to last), and the total, beside this machine's memcpy GB/s measured in the same
 run. Targets: one consumer >= 50% of memcpy; the total does not fall as consumers are added.
+Measured twice: consumers started once the whole stream is in the log (the data path alone;
+the default sizes fit in it), then consumers beside the harvest, whose rate then bounds them.
 
     .venv/bin/python benchmarks/data_path.py
     .venv/bin/python benchmarks/data_path.py --rows 1000000 --consumers 1 2
@@ -108,8 +110,10 @@ def consumer_cls() -> Any:
     return Consumer
 
 
-def measure(args: argparse.Namespace, shards: Path, out: Path, consumers: int
-            ) -> list[tuple[int, int, float]]:
+def measure(args: argparse.Namespace, shards: Path, out: Path, consumers: int,
+            full_log: bool) -> list[tuple[int, int, float]]:
+    """(rows, bytes, seconds) per consumer; with `full_log` the consumers start once the whole
+    stream is in the log (the data path alone), else beside the harvest."""
     import ray
 
     import thresher
@@ -122,6 +126,8 @@ def measure(args: argparse.Namespace, shards: Path, out: Path, consumers: int
     actor = stream_actor_cls().options(name=name).remote(cfg, stream, str(out), name)
     harvest = actor.harvest.remote()
     workers = [consumer_cls().remote() for _ in stream.trainers]
+    if full_log:
+        ray.get(harvest)  # the stream fits in the log: the harvest ends with every chunk in
     results = ray.get([w.run.remote(name, t.trainer_id, args.batch_size, 8)
                        for w, t in zip(workers, stream.trainers, strict=True)])
     ray.get(harvest)
@@ -150,15 +156,19 @@ def main() -> None:
         ensure_ray(load_config(config(args, shards, root, 1)))
         copy = memcpy_gbps()
         print(f"memcpy on this machine: {copy:.2f} GB/s (best of 5, 256 MiB)")
-        print(f"{'consumers':>9}{'rows/s each':>14}{'GB/s each':>11}{'of memcpy':>11}"
-              f"{'GB/s total':>12}")
-        for n in args.consumers:
-            results = measure(args, shards, root / f"run-{n}", n)
-            each = [(rows / s, nbytes / s / 1e9) for rows, nbytes, s in results]
-            rows_s = float(np.mean([r for r, _ in each]))
-            gbs = float(np.mean([g for _, g in each]))
-            total = sum(nbytes for _, nbytes, _ in results) / max(s for *_, s in results) / 1e9
-            print(f"{n:>9}{rows_s:>14,.0f}{gbs:>11.2f}{gbs / copy:>11.0%}{total:>12.2f}")
+        for full_log, title in ((True, "from a full log: the data path alone"),
+                                (False, "beside the harvest: bounded by the harvest's rate")):
+            print(f"\n{title}")
+            print(f"{'consumers':>9}{'rows/s each':>14}{'GB/s each':>11}{'of memcpy':>11}"
+                  f"{'GB/s total':>12}")
+            for n in args.consumers:
+                results = measure(args, shards, root / f"run-{n}-{full_log}", n, full_log)
+                each = [(rows / s, nbytes / s / 1e9) for rows, nbytes, s in results]
+                rows_s = float(np.mean([r for r, _ in each]))
+                gbs = float(np.mean([g for _, g in each]))
+                total = (sum(nbytes for _, nbytes, _ in results)
+                         / max(s for *_, s in results) / 1e9)
+                print(f"{n:>9}{rows_s:>14,.0f}{gbs:>11.2f}{gbs / copy:>11.0%}{total:>12.2f}")
         ray.shutdown()
 
 
