@@ -43,7 +43,7 @@ from thresher.rundir import RunDirError
 # the workers Ray starts ahead, and waits for a new process. Trainers keep OpenMP's own wait
 # policy (spin a little, then sleep; less spinning when threads outnumber cores): forcing PASSIVE
 # left a lone trainer's two threads a quarter idle (stored source, 2 cores: 57 s of SAE steps
-# against 36 s, inline 33 s; benchmarks/ray_vs_inline.py). A user's OMP_WAIT_POLICY reaches
+# against 36-40 s, inline 30-33 s; benchmarks/ray_vs_inline.py). A user's OMP_WAIT_POLICY reaches
 # them through the job's environment.
 
 
