@@ -12,10 +12,10 @@ in training; from thresher's inits sae_lens gets thresher's mean (0.888). Each s
 over three seeds.
 
 The dictionary is overcomplete (d_sae = 2 x 128 true features), as SAEs are used. At d_sae = 128
-Matryoshka cannot reach 0.85 on a flat source, in either implementation (thresher 0.78, sae_lens
-0.80 over three seeds; nor with prefixes at 1/2 of d_sae, nor with three times the steps): its
-nested prefixes must reconstruct alone, which bends their latents away from single features,
-and with no spare latents every bent one costs a true feature its match.
+Matryoshka cannot reach 0.85 on a flat source, in either implementation (thresher 0.78 with unit
+decoder rows, sae_lens 0.80 over three seeds; nor with prefixes at 1/2 of d_sae, nor with three
+times the steps): its nested prefixes must reconstruct alone, which bends their latents away
+from single features, and with no spare latents every bent one costs a true feature its match.
 
 Matryoshka's decoder rows are free by default, as sae_lens trains them: from the same inits,
 held at unit norm its mean MCC was 0.865 (0.871, 0.867, 0.858) against sae_lens's 0.895 (0.899,
