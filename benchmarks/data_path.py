@@ -5,7 +5,9 @@ broadcast log, the harvest pool) and consumer actors that read the log exactly a
 (`BatchReader` with prefetch, zero-copy loads from the object store, the one-copy gather,
 `batch_tensor`) but do no training. Printed per consumer count: rows/s and GB/s per consumer
 (first batch to last), and the total, beside this machine's memcpy GB/s measured in the same
-run. Targets: one consumer >= 50% of memcpy; the total does not fall as consumers are added.
+run, and the shuffle's gather alone (`gather_group` in-process: the consumers' ceiling, since
+every row is read once at a random place). Targets: one consumer >= 50% of memcpy; the total
+does not fall as consumers are added.
 Measured twice: consumers started once the whole stream is in the log (the data path alone;
 the default sizes fit in it), then consumers beside the harvest, whose rate then bounds them.
 
@@ -41,6 +43,30 @@ def memcpy_gbps(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
         np.copyto(dst, src)
         best = min(best, time.perf_counter() - start)
     return nbytes / best / 1e9
+
+
+def gather_ceiling_gbps(d: int, chunk_rows: int, mix_chunks: int = 4, repeats: int = 3) -> float:
+    """The shuffle's own ceiling: `gather_group` on in-process numpy blocks of one group's
+    shape (no Ray, no fetch). A row-level permutation reads rows at random, which on its own
+    reaches only part of memcpy; the consumers are measured against it too."""
+    from thresher.stream.block import ActivationBlock
+    from thresher.stream.chunker import Chunk, Piece
+    from thresher.stream.log import Group
+    from thresher.stream.reader import gather_group
+
+    rng = np.random.default_rng(0)
+    blocks = [ActivationBlock(acts=rng.random((chunk_rows, d), dtype=np.float32),
+                              example_id=np.arange(chunk_rows), position=np.zeros(chunk_rows,
+                              dtype=np.int32), label=None, bf16=False, hooks=())
+              for _ in range(mix_chunks)]
+    group = Group(index=0, rows=chunk_rows * mix_chunks, perm_seed=(0, 0, 0),
+                  handles=tuple(Chunk((Piece(i, 0, chunk_rows),)) for i in range(mix_chunks)))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        gather_group(group, lambda handles: [blocks[h] for h in handles])
+        best = min(best, time.perf_counter() - start)
+    return group.rows * d * 4 / best / 1e9
 
 
 def config(args: argparse.Namespace, shards: Path, out: Path, consumers: int) -> dict[str, Any]:
@@ -155,12 +181,15 @@ def main() -> None:
         shards = write_shards(root / "shards", args.d, args.rows, shard_rows=65536)
         ensure_ray(load_config(config(args, shards, root, 1)))
         copy = memcpy_gbps()
+        ceiling = gather_ceiling_gbps(args.d, args.chunk_rows)
         print(f"memcpy on this machine: {copy:.2f} GB/s (best of 5, 256 MiB)")
+        print(f"the shuffle's gather alone, in-process: {ceiling:.2f} GB/s ({ceiling / copy:.0%} "
+              "of memcpy; a consumer's ceiling)")
         for full_log, title in ((True, "from a full log: the data path alone"),
                                 (False, "beside the harvest: bounded by the harvest's rate")):
             print(f"\n{title}")
             print(f"{'consumers':>9}{'rows/s each':>14}{'GB/s each':>11}{'of memcpy':>11}"
-                  f"{'GB/s total':>12}")
+                  f"{'of gather':>11}{'GB/s total':>12}")
             for n in args.consumers:
                 results = measure(args, shards, root / f"run-{n}-{full_log}", n, full_log)
                 each = [(rows / s, nbytes / s / 1e9) for rows, nbytes, s in results]
@@ -168,7 +197,8 @@ def main() -> None:
                 gbs = float(np.mean([g for _, g in each]))
                 total = (sum(nbytes for _, nbytes, _ in results)
                          / max(s for *_, s in results) / 1e9)
-                print(f"{n:>9}{rows_s:>14,.0f}{gbs:>11.2f}{gbs / copy:>11.0%}{total:>12.2f}")
+                print(f"{n:>9}{rows_s:>14,.0f}{gbs:>11.2f}{gbs / copy:>11.0%}{gbs / ceiling:>11.0%}"
+                      f"{total:>12.2f}")
         ray.shutdown()
 
 
