@@ -55,9 +55,10 @@ def gather_ceiling_gbps(d: int, chunk_rows: int, mix_chunks: int = 4, repeats: i
     from thresher.stream.reader import gather_group
 
     rng = np.random.default_rng(0)
+    position = np.zeros(chunk_rows, dtype=np.int32)
     blocks = [ActivationBlock(acts=rng.random((chunk_rows, d), dtype=np.float32),
-                              example_id=np.arange(chunk_rows), position=np.zeros(chunk_rows,
-                              dtype=np.int32), label=None, bf16=False, hooks=())
+                              example_id=np.arange(chunk_rows), position=position, label=None,
+                              bf16=False, hooks=())
               for _ in range(mix_chunks)]
     group = Group(index=0, rows=chunk_rows * mix_chunks, perm_seed=(0, 0, 0),
                   handles=tuple(Chunk((Piece(i, 0, chunk_rows),)) for i in range(mix_chunks)))
