@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import struct
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,8 @@ def _wandb_records(path: Path) -> list[Any]:
             continue
         _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
         pos += 7
+        if pos + length > len(data):
+            break  # a record still being written
         chunks += data[pos:pos + length]
         pos += length
         if kind in (1, 4):
@@ -105,15 +108,29 @@ def _wandb_records(path: Path) -> list[Any]:
     return records
 
 
+def _finished_records(path: Path, timeout: float = 30.0) -> list[Any]:
+    """The records of a finished run's file, once its exit record is there: `finish()` can
+    return before wandb's service has written the file out (seen on a loaded machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        records = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
+        time.sleep(0.2)
+
+
 def _history_and_summary(run_dir: Path) -> tuple[str, list[dict[str, float]], dict[str, float]]:
     import json
 
     (path,) = run_dir.glob("run-*.wandb")
     name, history, summary = "", [], {}
-    for record in _wandb_records(path):
+    for record in _finished_records(path):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            name = record.run.display_name
+            # A run may write its run record again later (an update), not always with the
+            # name: the first name given is the run's.
+            name = name or record.run.display_name
         elif kind == "history":
             history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
                             for item in record.history.item})
