@@ -125,7 +125,7 @@ def consumer_cls() -> Any:
                     break
                 if not batches:
                     first = time.perf_counter()
-                x = batch_tensor(batch, cpu)
+                x, _ = batch_tensor(batch, cpu)
                 rows, nbytes, batches = rows + len(x), nbytes + x.numel() * 4, batches + 1
                 if batches % every == 0:
                     ray.get(stream.commit.remote(trainer_id, reader.cursor))

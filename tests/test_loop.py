@@ -59,3 +59,24 @@ def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Pat
     # checkpoints commit increasing cursors; a finished trainer commits past everything
     assert commits == sorted(commits) and commits[-1] == CURSOR_DONE
     assert (tmp_path / "saes" / saes[0].sae_id / "checkpoint" / "state.json").is_file()
+
+
+def test_batch_tensor_shares_float32_rows_and_counts_its_copies() -> None:
+    from thresher.train.trainer import batch_tensor
+
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(8, 4)).astype(np.float32)
+    block = ActivationBlock(acts, np.arange(8), np.zeros(8, dtype=np.int32))
+    cpu = torch.device("cpu")
+    x, copies = batch_tensor(block, cpu)
+    assert copies == 0 and np.shares_memory(x.numpy(), acts)
+    acts.flags.writeable = False  # as mapped from Ray's object store: torch may not share it
+    x, copies = batch_tensor(block, cpu)
+    assert copies == 1 and not np.shares_memory(x.numpy(), acts)
+    np.testing.assert_array_equal(x.numpy(), acts)
+    # bf16 rows (their bits as int16) widen to float32 on the device: one copy
+    bits = torch.from_numpy(acts.copy()).bfloat16().view(torch.int16).numpy()
+    x, copies = batch_tensor(ActivationBlock(bits, np.arange(8), np.zeros(8, dtype=np.int32),
+                                             bf16=True), cpu)
+    assert copies == 1 and x.dtype == torch.float32
+    np.testing.assert_allclose(x.numpy(), acts, rtol=2**-8)

@@ -131,6 +131,19 @@ def test_inline_and_ray_give_the_same_weights(ray_run: Path, inline_run: Path) -
     assert ray_digest == inline_digest
 
 
+def test_run_json_counts_the_copies_of_a_row(ray_run: Path, inline_run: Path) -> None:
+    """Between the backbone's rows and a trainer's tensor, a row is copied by the object
+    store's write (Ray only) and by the gather into its group's order; batches of whole groups
+    need no joining, and float32 CPU batches become tensors in place."""
+    for run, harvest_side in ((ray_run, 1.0), (inline_run, 0.0)):
+        record = run_json(run)
+        assert record["streams"]["s0"]["harvest"]["copies_per_row"] == harvest_side
+        for trainer in record["trainers"].values():
+            assert trainer["copies_per_row"] == {"harvest": harvest_side, "gather": 1.0,
+                                                 "batch": 0.0, "tensor": 0.0,
+                                                 "total": harvest_side + 1.0}
+
+
 def test_an_existing_run_needs_resume_or_overwrite(inline_run: Path) -> None:
     cfg = smoke_config(inline_run.parent)
     before = load_file(next((inline_run / "saes").iterdir()) / "sae_weights.safetensors")

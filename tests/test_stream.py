@@ -273,3 +273,33 @@ def test_prefetch_of_a_group_not_yet_in_the_log_is_asked_again() -> None:
     ids = sorted(np.concatenate([b.example_id for b in first + rest]).tolist())
     assert ids == list(range(16))
     reader.close()
+
+
+def test_reader_counts_the_rows_it_copies() -> None:
+    """Every row is gathered once; the batches that span two groups are copied again to join
+    them, and only those."""
+    log = BroadcastLog(capacity_chunks=64, mix_chunks=3, seed=7, trainer_ids=["a"])
+    fill_log(log, 10, rows=8)  # groups of 24, 24, 24 and 8 rows
+    reader = reader_for(log, 7)
+    batches = drain(reader)
+    ends = np.cumsum([log.group(g).rows for g in range(4)])  # type: ignore[union-attr]
+    starts = np.cumsum([0] + [len(b) for b in batches])[:-1]
+    spanning = [len(b) for b, s in zip(batches, starts, strict=True)
+                if any(s < end < s + len(b) for end in ends)]
+    assert spanning and reader.rows_out == 80 and reader.groups.gathered_rows == 80
+    assert reader.joined_rows == sum(spanning)
+
+
+def test_gather_lands_in_the_array_it_is_given() -> None:
+    """The gather writes into `empty`'s array (a CUDA trainer passes pinned memory)."""
+    made: list[np.ndarray] = []
+
+    def empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        made.append(np.full(shape, -1.0, dtype=dtype))
+        return made[-1]
+
+    a, b = make_block(0, 5), make_block(5, 6)
+    group = Group(index=0, handles=(whole(a), whole(b)), rows=11, perm_seed=(0, 0, 0))
+    gathered = gather_group(group, list, empty=empty)
+    assert len(made) == 1 and gathered.acts is made[0]
+    np.testing.assert_array_equal(gathered.acts, gather_group(group, list).acts)

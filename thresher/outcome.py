@@ -83,10 +83,22 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
         "harvest": harvest,
         "log": outcome.log_totals(),
         "streams": {sid: stream.to_dict() for sid, stream in outcome.streams.items()},
-        "trainers": {r.trainer_id: {**r.loop, "seconds": r.seconds} for r in outcome.results},
+        "trainers": {r.trainer_id: {**r.loop, "seconds": r.seconds,
+                                    "copies_per_row": row_copies(plan, outcome, r)}
+                     for r in outcome.results},
         "timings": outcome.timings,
     })
     return run_dir
+
+
+def row_copies(plan: Plan, outcome: RunOutcome, result: TrainerResult) -> dict[str, float]:
+    """Copies of a row between the backbone's output and this trainer's tensor, by stage (the
+    stream's harvest side, then the trainer's own), and their total."""
+    stream_of = {t.trainer_id: s.stream_id for s in plan.streams for t in s.trainers}
+    stream = outcome.streams.get(stream_of.get(result.trainer_id, ""))
+    harvest = float(stream.harvest.get("copies_per_row", 0.0)) if stream is not None else 0.0
+    stages = {"harvest": harvest, **result.loop.get("copies_per_row", {})}
+    return {**stages, "total": sum(stages.values())}
 
 
 def warn_dropped_rows(outcome: RunOutcome) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from thresher.analysis.evaluate import TrainerResult, trainer_result
 from thresher.config import Config, TrainerPlan
 from thresher.stream.block import ActivationBlock
@@ -22,7 +24,7 @@ from thresher.stream.log import Cursor
 from thresher.stream.reader import BatchReader, Fetch, Load
 from thresher.stream.stats import StreamStats
 from thresher.train.loop import Status, TrainLoop
-from thresher.train.trainer import Trainer
+from thresher.train.trainer import Trainer, pinned_empty
 
 
 class TrainerSession:
@@ -38,9 +40,11 @@ class TrainerSession:
         # Restores from the trainer's own checkpoints, so a restarted trainer resumes here.
         self.trainer = Trainer(plan.trainer_id, plan.saes, cfg.train, stats, run_dir,
                                device=device, hook_name=plan.hook)
+        # A CUDA trainer gathers into pinned memory, whence batches go to the GPU directly.
+        on_cuda = self.trainer.bank.device.type == "cuda"
         self.reader = BatchReader(fetch, load, cfg.train.batch_size,
                                   self.trainer.resumed_cursor, hook=plan.hook,
-                                  prefetch=prefetch)
+                                  prefetch=prefetch, empty=pinned_empty if on_cuda else np.empty)
 
         def stepped(step: int) -> None:
             if on_step is not None:
@@ -63,6 +67,16 @@ class TrainerSession:
             self.loop.checkpoint()
         return status
 
+    def copies_per_row(self) -> dict[str, float]:
+        """Copies of a row this trainer made, by stage, per row it read: the gather into the
+        group's order, joining a batch that spans two groups, making the tensor (a copy out
+        of read-only memory, widening, the pinned staging and the transfer to a GPU). The
+        harvest side's copies are the stream's (`harvest.copies_per_row`)."""
+        rows = max(1, self.reader.rows_out)
+        return {"gather": self.reader.groups.gathered_rows / rows,
+                "batch": self.reader.joined_rows / rows,
+                "tensor": self.trainer.tensor_copied_rows / rows}
+
     def finish(self, holdout: ActivationBlock, counters: dict[str, Any] | None = None
                ) -> TrainerResult:
         """Export every SAE and evaluate the bank with frozen weights on the held-out rows."""
@@ -71,5 +85,6 @@ class TrainerSession:
         return trainer_result(self.cfg, self.stream_id, self.trainer, holdout,
                               {**self.loop.counters.to_dict(),
                                "gather_seconds": self.reader.groups.gather_seconds,
+                               "copies_per_row": self.copies_per_row(),
                                **(counters or {})},
                               time.perf_counter() - self.started)

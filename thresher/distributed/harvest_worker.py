@@ -78,7 +78,10 @@ def harvest_worker_cls() -> Any:
                 raise self.failure
             block = self.harvester.harvest(batch)
             columns = block.to_columns()
-            report = self.harvester.report(block)
+            # Ray writes the columns into the object store (one copy of each row), after
+            # to_columns gave each of several hooks a contiguous array of its own (another).
+            split = 1 if len(block.hooks) > 1 else 0
+            report = self.harvester.report(block, transport_copies=1 + split)
             return (report, sum(column.nbytes for column in columns.values())), columns
 
     return HarvestWorker

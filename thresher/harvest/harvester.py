@@ -79,9 +79,12 @@ class Harvester:
         self.nonfinite_rows += self.last_nonfinite_rows
         return block.take(finite)
 
-    def report(self, block: ActivationBlock) -> HarvestReport:
-        """What the harvester says about the block it just made."""
+    def report(self, block: ActivationBlock, transport_copies: int = 0) -> HarvestReport:
+        """What the harvester says about the block it just made; `transport_copies`: the
+        copies of its rows the caller makes on their way to the trainers."""
+        dropped = 1 if self.last_nonfinite_rows else 0  # `take` copied the finite rows
         return HarvestReport(
             forward_calls=1, examples=len(np.unique(block.example_id)),
             unreadable_examples=self.last_unreadable, rows=len(block),
-            nonfinite_rows=self.last_nonfinite_rows, nonfinite_examples=self.last_nonfinite)
+            nonfinite_rows=self.last_nonfinite_rows, nonfinite_examples=self.last_nonfinite,
+            row_copies=dropped + transport_copies)

@@ -31,14 +31,9 @@ class HarvestReport:
     rows: int = 0  # rows kept
     nonfinite_rows: int = 0  # rows dropped for NaN or Inf
     nonfinite_examples: tuple[int, ...] = ()  # the examples those rows came from
-
-    def __add__(self, other: HarvestReport) -> HarvestReport:
-        return HarvestReport(self.forward_calls + other.forward_calls,
-                             self.examples + other.examples,
-                             self.unreadable_examples + other.unreadable_examples,
-                             self.rows + other.rows,
-                             self.nonfinite_rows + other.nonfinite_rows,
-                             (self.nonfinite_examples + other.nonfinite_examples)[:NAMED])
+    # Copies of each row made between the backbone and where trainers read it: the NaN drop,
+    # a split of several hooks into columns of their own, the object store's write.
+    row_copies: int = 0
 
 
 NAMED = 20  # inputs named in run.json (unreadable ones, those of dropped rows), at most
@@ -59,6 +54,7 @@ class HarvestCounters:
     unreadable_named: list[str] = field(default_factory=list)
     nonfinite_rows: int = 0  # rows dropped before chunking for NaN or Inf
     nonfinite_examples: list[int] = field(default_factory=list)  # their examples, capped
+    copied_rows: int = 0  # rows x HarvestReport.row_copies, summed over blocks
     # Wall-clock times (epoch seconds) the pump started and the harvest ended: show whether
     # the streams of a run ran one after another or together.
     started_at: float = field(default_factory=time.time)
@@ -74,7 +70,9 @@ class HarvestCounters:
                 "examples": self.examples, "seconds": self.seconds,
                 "unreadable_inputs": self.unreadable_inputs, "unreadable_named": named,
                 "nonfinite_rows": self.nonfinite_rows,
-                "nonfinite_examples": self.nonfinite_examples, "started_at": self.started_at,
+                "nonfinite_examples": self.nonfinite_examples,
+                "copies_per_row": self.copied_rows / self.rows if self.rows else 0.0,
+                "started_at": self.started_at,
                 "finished_at": self.finished_at}
 
 
@@ -109,6 +107,7 @@ class Pump(Generic[Handle, Stats]):
         c.unreadable_examples.extend(report.unreadable_examples)
         c.nonfinite_rows += report.nonfinite_rows
         c.nonfinite_examples = (c.nonfinite_examples + list(report.nonfinite_examples))[:NAMED]
+        c.copied_rows += rows * report.row_copies
         self.pending.extend(self.chunker.add(block, rows))
         self._settle_stats()
         self.flush()

@@ -28,15 +28,18 @@ class NotReady(Exception):
     pass
 
 
-# fetch(g): group g of the log (raises NotReady / EndOfStream); load(handles): their blocks.
+# fetch(g): group g of the log (raises NotReady / EndOfStream); load(handles): their blocks;
+# empty(shape, dtype): the array a group's activations are gathered into.
 Fetch = Callable[[int], Group[Chunk[Handle]]]
 Load = Callable[[Sequence[Handle]], Sequence[ActivationBlock]]
+Empty = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 
 
 def gather_group(group: Group[Chunk[Handle]], load: Load[Handle],
-                 hook: str | None = None) -> ActivationBlock:
+                 hook: str | None = None, empty: Empty = np.empty) -> ActivationBlock:
     """Group g's rows (its chunks in mixing order), permuted by the group's permutation, in
-    one scatter per piece: row i of the result is row perm[i] of the concatenation."""
+    one scatter per piece: row i of the result is row perm[i] of the concatenation. Its
+    activations land in `empty`'s array (pinned memory for a CUDA trainer)."""
     pieces = [p for chunk in group.handles for p in chunk.pieces]
     blocks = load([p.block for p in pieces])
     perm = group.permutation()
@@ -45,7 +48,7 @@ def gather_group(group: Group[Chunk[Handle]], load: Load[Handle],
     first = blocks[0]
     cols = _hook_columns(first, hook)
     width = cols.stop - cols.start
-    acts = np.empty((len(perm), width), dtype=first.acts.dtype)
+    acts = empty((len(perm), width), first.acts.dtype)
     example_id = np.empty(len(perm), dtype=np.int64)
     position = np.empty(len(perm), dtype=np.int32)
     labelled = all(b.label is not None for b in blocks)
@@ -79,20 +82,24 @@ class GroupRows(Generic[Handle]):
     """
 
     def __init__(self, fetch: Fetch[Handle], load: Load[Handle], hook: str | None = None,
-                 prefetch: bool = False) -> None:
+                 prefetch: bool = False, empty: Empty = np.empty) -> None:
         self.fetch = fetch
         self.load = load
         self.hook = hook
+        self.empty = empty
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
         self._ahead: tuple[int, Future[ActivationBlock]] | None = None
         self.gather_seconds = 0.0  # spent fetching and gathering, in whichever thread
+        self.gathered_rows = 0  # rows copied by gathers (one copy each)
 
     def _gather(self, g: int) -> ActivationBlock:
         start = time.perf_counter()
         try:
-            return gather_group(self.fetch(g), self.load, self.hook)
+            rows = gather_group(self.fetch(g), self.load, self.hook, self.empty)
         finally:
             self.gather_seconds += time.perf_counter() - start
+        self.gathered_rows += len(rows)
+        return rows
 
     def __call__(self, g: int) -> ActivationBlock:
         ahead, self._ahead = self._ahead, None
@@ -118,17 +125,20 @@ class BatchReader(Generic[Handle]):
     """Cuts the batch sequence from a cursor.
 
     `fetch(g)` returns group g (or raises NotReady / EndOfStream); `load(handles)` returns the
-    blocks of its chunks' pieces (`hook` picks one hook's columns of them). Batches are rows
+    blocks of its chunks' pieces (`hook` picks one hook's columns of them; `empty` allocates
+    the gathered group). Batches are rows
     [offset, offset + batch_size) of the endless concatenation of permuted groups, so they are
     the same for every reader with the same schedule.
     """
 
     def __init__(self, fetch: Fetch[Handle], load: Load[Handle], batch_size: int,
                  cursor: Cursor | None = None, hook: str | None = None,
-                 prefetch: bool = False) -> None:
-        self.groups = GroupRows(fetch, load, hook, prefetch)
+                 prefetch: bool = False, empty: Empty = np.empty) -> None:
+        self.groups = GroupRows(fetch, load, hook, prefetch, empty)
         self.batch_size = batch_size
         self.cursor = cursor or Cursor()
+        self.rows_out = 0  # rows handed out in batches
+        self.joined_rows = 0  # rows copied to join a batch that spans two groups
         self._group_index: int | None = None
         self._group_rows: ActivationBlock | None = None
 
@@ -161,7 +171,11 @@ class BatchReader(Generic[Handle]):
             if offset >= len(rows):
                 g, offset = g + 1, 0
         self.cursor = Cursor(g, offset)
-        return ActivationBlock.concat(parts)
+        batch = ActivationBlock.concat(parts)
+        self.rows_out += len(batch)
+        if len(parts) > 1:
+            self.joined_rows += len(batch)
+        return batch
 
     def close(self) -> None:
         self.groups.close()

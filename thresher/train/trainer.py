@@ -48,6 +48,7 @@ class Trainer:
         self.total_steps = max(1, math.ceil(train.rows / train.batch_size))
         self.bank = SAEBank(self.saes, stats, train, self.total_steps, device=device)
         self.rows_seen = 0
+        self.tensor_copied_rows = 0  # rows x copies batch_tensor made of them
         self.resumed_cursor = Cursor()
         self._restore()
         # Curve points from here on (a restarted trainer keeps those since its restart).
@@ -90,7 +91,8 @@ class Trainer:
         if self.finished:
             raise RuntimeError(f"trainer {self.trainer_id} has already taken all "
                                f"{self.total_steps} steps")
-        x = batch_tensor(batch, self.bank.device)
+        x, copies = batch_tensor(batch, self.bank.device)
+        self.tensor_copied_rows += copies * len(batch)
         metrics = self.bank.step(x)
         self.rows_seen += len(batch)
         if self._observed_for_curves():
@@ -135,18 +137,32 @@ class Trainer:
         return folders
 
 
-def batch_tensor(batch: ActivationBlock, device: torch.device) -> torch.Tensor:
-    """A batch's activations as a float32 tensor on `device`, without a copy where none is
-    needed: a gathered batch is writable float32 memory torch can share; bf16 rows cross to the
-    device as bf16 (half the bytes) and widen there; on CUDA through pinned memory."""
+def batch_tensor(batch: ActivationBlock, device: torch.device) -> tuple[torch.Tensor, int]:
+    """A batch's activations as a float32 tensor on `device`, and the copies of its rows that
+    took. None where none is needed: a gathered batch is writable float32 memory torch can
+    share. bf16 rows cross to the device as bf16 (half the bytes) and widen there; on CUDA
+    they go from pinned memory (the gather's own buffer where it was pinned,
+    `pinned_empty`) without blocking."""
+    copies = 0
     acts = batch.acts
     if not acts.flags.writeable:  # e.g. straight from Ray's object store
-        acts = acts.copy()
+        acts, copies = acts.copy(), copies + 1
     x = torch.from_numpy(acts)
     if batch.bf16:
         x = x.view(torch.bfloat16)
     elif x.dtype != torch.float32:
-        x = x.float()
+        x, copies = x.float(), copies + 1
     if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    return x.float()
+        if not x.is_pinned():
+            x, copies = x.pin_memory(), copies + 1
+        x, copies = x.to(device, non_blocking=True), copies + 1
+    if x.dtype != torch.float32:
+        x, copies = x.float(), copies + 1
+    return x, copies
+
+
+def pinned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised host array in pinned (page-locked) memory, for a CUDA trainer's
+    gathers: its batches then go to the GPU without a staging copy."""
+    like = torch.from_numpy(np.empty(0, dtype=dtype))  # numpy's dtype in torch's words
+    return torch.empty(shape, dtype=like.dtype, pin_memory=True).numpy()
