@@ -33,9 +33,11 @@ from .tiny_models import TINY_BERT, TINY_GPT2, TINY_PATCHTST, TINY_TL
 
 # A causal LM beside the MiniLM encoder: a second backbone and a CE-loss splice. (A transformers
 # GPT-2, not TransformerLens: each Ray run imports it in a fresh actor, in a third of the time.)
+# It runs in bf16, so its rows travel as bf16.
 GPT2_SOURCE: dict[str, Any] = {
     "name": "gpt2",
-    "backbone": {"kind": "hf_text", "model": "", "config": {**TINY_GPT2, "n_positions": 64}},
+    "backbone": {"kind": "hf_text", "model": "", "config": {**TINY_GPT2, "n_positions": 64},
+                 "dtype": "bfloat16"},
     "hook": "layer.1",
     "inputs": {"kind": "python_docstrings", "context": 64, "max_tokens": 14000},
     "batch_size": 32,
@@ -258,6 +260,19 @@ def test_each_hook_trains_on_its_own_rows_from_one_harvest(runs: dict[str, Path]
         assert sae_cfg["hook_name"] == row["hook"]
     scales = record["streams"]["minilm"]["stream_stats"]
     assert scales["layer.1"]["scale"] != pytest.approx(scales["layer.3"]["scale"], rel=1e-3)
+
+
+@pytest.mark.slow
+def test_rows_reach_the_object_store_in_the_backbone_s_dtype(runs: dict[str, Path]) -> None:
+    """Each hook's activations once, beside 8 + 4 bytes of example id and position: float32
+    for MiniLM's two hooks, bf16 (and its 1-byte flag column) for the bf16 GPT-2."""
+    streams = json.loads((runs["queued"] / "run.json").read_text())["streams"]
+    assert streams["minilm"]["harvest"]["object_store_bytes_per_row"] == 2 * 384 * 4 + 12
+    gpt2 = TINY_GPT2["n_embd"] * 2 + 12 + 1
+    assert streams["gpt2"]["harvest"]["object_store_bytes_per_row"] == gpt2
+    # The store's write, and for MiniLM a contiguous column per hook first.
+    assert streams["minilm"]["harvest"]["copies_per_row"] == 2.0
+    assert streams["gpt2"]["harvest"]["copies_per_row"] == 1.0
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """What the backbones of several modalities share: offline hub loading, seeded random
-weights, layer taps that stop a forward after the deepest hooked layer, and a transformers
-encoder's list of layers.
+weights, layer taps that stop a forward after the deepest hooked layer, a transformers
+encoder's list of layers, and the rows of a forward on the host.
 
 Nothing here downloads: every Hugging Face lookup inside `hub_offline` runs in offline mode, so
 a missing model fails at once instead of hanging on the network.
@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from thresher.config import BackboneConfig, ConfigError
 
@@ -85,6 +87,19 @@ def transformers_config(kwargs: dict[str, Any], needs_model_type: str) -> Any:
         return AutoConfig.for_model(model_type, **config)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"source.backbone.config: {exc}") from exc
+
+
+def host_rows(rows: torch.Tensor) -> tuple[np.ndarray, bool]:
+    """Rows [n, d] of a forward as a contiguous numpy array on the host, and whether they are
+    bf16. A bf16 backbone's rows stay bf16 (their bits in an int16 array, since numpy has no
+    bf16): half the bytes of float32 in the object store and on the wire, widened only on the
+    trainer's device. Other dtypes become float32."""
+    import torch
+
+    rows = rows.detach().to("cpu")
+    if rows.dtype == torch.bfloat16:
+        return rows.contiguous().view(torch.int16).numpy(), True
+    return np.ascontiguousarray(rows.float().numpy()), False
 
 
 def torch_dtype(cfg: BackboneConfig) -> torch.dtype:

@@ -10,7 +10,7 @@ import torch
 
 from thresher.config import ConfigError, SourceConfig
 from thresher.modalities.eeg.recordings import WindowBatch, num_patches, patchtst_config
-from thresher.modalities.model_tools import LayerTaps, hub_offline, seeded
+from thresher.modalities.model_tools import LayerTaps, host_rows, hub_offline, seeded
 from thresher.stream.block import ActivationBlock
 
 
@@ -69,8 +69,8 @@ class PatchTSTBackbone:
         self.d_model = sum(self.hook_widths)
 
     def activations(self, values: torch.Tensor) -> torch.Tensor:
-        """[B, channels, patches, d_model] float32 at the hooks (side by side) for windows
-        [B, context, channels]."""
+        """[B, channels, patches, d_model] at the hooks (side by side, in the model's dtype)
+        for windows [B, context, channels]."""
         if tuple(values.shape[1:]) != (self.context, self.n_channels):
             raise ValueError(f"windows of shape {tuple(values.shape[1:])} do not fit the model "
                              f"(context_length {self.context}, {self.n_channels} channels)")
@@ -80,7 +80,7 @@ class PatchTSTBackbone:
         acts = torch.cat([captured[hook] for hook in self.hooks], dim=-1)
         if self.use_cls:
             acts = acts[:, :, 1:]  # the CLS token is not a (channel, patch) token
-        return acts.float()
+        return acts
 
     def harvest(self, batch: WindowBatch) -> ActivationBlock:
         real = np.asarray(batch.example_id) >= 0
@@ -91,8 +91,9 @@ class PatchTSTBackbone:
                                    position=np.zeros(0, dtype=np.int32))
         acts = self.activations(torch.from_numpy(np.array(batch.values[real])))
         b, c, p, d = acts.shape
+        rows, bf16 = host_rows(acts.reshape(b * c * p, d))
         return ActivationBlock(
-            acts=np.ascontiguousarray(acts.reshape(b * c * p, d).cpu().numpy()),
+            acts=rows, bf16=bf16,
             example_id=np.repeat(example_id, c * p),
             position=np.tile(np.arange(c * p, dtype=np.int32), b),
         )

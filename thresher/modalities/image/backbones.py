@@ -21,7 +21,7 @@ from thresher.config import ConfigError, SourceConfig
 from thresher.modalities.contract import empty_block
 from thresher.modalities.image.decode import ImageBatch
 from thresher.modalities.image.model_config import hf_vision_config, open_clip_model_cfg
-from thresher.modalities.model_tools import LayerTaps, hub_offline, layer_list, seeded
+from thresher.modalities.model_tools import LayerTaps, host_rows, hub_offline, layer_list, seeded
 from thresher.stream.block import ActivationBlock
 
 
@@ -82,13 +82,14 @@ class _VisionBackbone(abc.ABC):
         """The final image embedding (each backbone kind has its own)."""
 
     def _per_hook(self, pixels: torch.Tensor) -> list[torch.Tensor]:
-        """[B, T, d] per layer hook, or [[B, 1, d]] for the final embedding (float32)."""
+        """[B, T, d] per layer hook, or [[B, 1, d]] for the final embedding (the model's
+        dtype)."""
         pixels = pixels.to(self.device, self.dtype)
         with torch.inference_mode():
             if self.layers is None:
-                return [self._embedding(pixels).float()[:, None, :]]
+                return [self._embedding(pixels)[:, None, :]]
             captured = self._taps.run(lambda: self._run_to_layer(pixels))
-            return [captured[hook].float() for hook in self.hooks]
+            return [captured[hook] for hook in self.hooks]
 
     def activations(self, pixels: torch.Tensor) -> torch.Tensor:
         """The hooks' activations side by side: [B, T, d_model]."""
@@ -108,9 +109,10 @@ class _VisionBackbone(abc.ABC):
             keep = np.arange(1)
         else:
             keep = np.arange(self.n_prefix, n_tokens)
-        rows = acts[:, torch.from_numpy(keep).to(acts.device)].reshape(-1, acts.shape[-1])
+        rows, bf16 = host_rows(
+            acts[:, torch.from_numpy(keep).to(acts.device)].reshape(-1, acts.shape[-1]))
         return ActivationBlock(
-            acts=np.ascontiguousarray(rows.cpu().numpy()),
+            acts=rows, bf16=bf16,
             example_id=np.repeat(example_id, len(keep)),
             position=np.tile(keep.astype(np.int32), len(example_id)),
             label=np.repeat(label, len(keep)),

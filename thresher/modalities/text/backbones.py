@@ -32,6 +32,7 @@ from thresher.config import BackboneConfig, ConfigError, SourceConfig
 from thresher.modalities.model_tools import (
     SEED,
     LayerTaps,
+    host_rows,
     hub_offline,
     layer_list,
     seeded,
@@ -62,7 +63,8 @@ class TextBackbone:
     n_ctx: int | None  # longest window the model takes (None: no limit known)
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Activations at the hooks side by side, float32 [B, T, d_model], for tokens [B, T]."""
+        """Activations at the hooks side by side, [B, T, d_model] in the model's dtype, for
+        tokens [B, T]."""
         raise NotImplementedError
 
     def harvest(self, batch: TokenBatch) -> ActivationBlock:
@@ -83,11 +85,12 @@ class TextBackbone:
         keep = ((positions[None, :] >= torch.from_numpy(n_prefix)[:, None])
                 & (positions[None, :] < torch.from_numpy(lengths - n_suffix)[:, None]))
         rows, position = torch.nonzero(keep, as_tuple=True)
-        content = acts[keep.to(acts.device)].to("cpu", torch.float32).numpy()
+        content, bf16 = host_rows(acts[keep.to(acts.device)])
         return ActivationBlock(
-            acts=np.ascontiguousarray(content),
+            acts=content,
             example_id=example_id[rows.numpy()],
             position=position.numpy().astype(np.int32),
+            bf16=bf16,
         )
 
 
@@ -151,7 +154,7 @@ class HFTextBackbone(TextBackbone):
         with torch.inference_mode():
             captured = self._taps.run(lambda: self.model(
                 input_ids=tokens.to(self.device), attention_mask=attention_mask.to(self.device)))
-        return torch.cat([captured[hook].float() for hook in self.hooks], dim=-1)
+        return torch.cat([captured[hook] for hook in self.hooks], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -219,7 +222,7 @@ class TransformerLensBackbone(TextBackbone):
                 acts = acts.reshape(*acts.shape[:2], -1)
             elif acts.ndim == 2:
                 acts = acts[..., None]
-            out.append(acts.float())
+            out.append(acts)
         return out
 
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
