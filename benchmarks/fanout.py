@@ -149,7 +149,7 @@ def main() -> None:
     print(header)
     print("\n".join(lines))
     print("store peak: most bytes in Ray's object store at once (harvest, log, holdout); "
-          "log bound: capacity_chunks x chunk bytes; harvest budget: Ray Data's limit")
+          "log bound: capacity_chunks x chunk bytes; harvest budget: the outputs in flight")
 
 
 if __name__ == "__main__":

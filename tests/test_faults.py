@@ -1,7 +1,7 @@
 """Faults on the Ray path: lost harvester and trainer actors, and a killed driver.
 
 Each run replays .npy shards (no backbone), sized so that the harvest is still going when the
-faults strike: the log holds 8 of the 17 chunks the run needs and Ray Data's object-store
+faults strike: the log holds 8 of the 17 chunks the run needs and the harvest's object-store
 budget is 1 MiB. The reference is an uninterrupted inline run of the same config: replay after
 a fault must give the same weights, bit for bit.
 """

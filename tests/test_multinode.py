@@ -64,7 +64,7 @@ def test_pump_and_harvesters_run_on_the_harvest_node(runs: dict[str, Any]) -> No
     assert harvest["pump_node"] == runs["harvest_node"]
     assert harvest["harvester_nodes"] == [runs["harvest_node"]]
     assert harvest["object_store_mb"] == 200  # the harvest node's store, not the cluster's
-    assert harvest["harvest_object_store_mb"] == 50  # Ray Data's budget: a quarter of it
+    assert harvest["harvest_object_store_mb"] == 50  # the harvest's budget: a quarter of it
 
 
 def test_trainers_pack_two_to_each_train_node_s_gpu(runs: dict[str, Any]) -> None:

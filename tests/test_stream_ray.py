@@ -2,8 +2,8 @@
 
 A stored source of 32 MiB chunks (16,384 rows x 512 float32): the old pump fetched every
 harvest output and concatenated it into chunks it `ray.put` again, so its memory grew by at
-least a chunk; now it hands on Ray Data's refs and the trainers read the object store
-themselves.
+least a chunk; now it hands on the harvester actors' refs and the trainers read the
+object store themselves.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The harvester: one backbone forward per input batch, rows out, for any modality.
 
 `Harvester` is a plain class: the in-process harvest (`thresher.harvest.local`) calls `harvest`
-directly, and on Ray the `map_batches` UDF of a fixed actor pool (`HarvestWorker`) wraps one.
+directly, and on Ray each harvester actor of the pool (`HarvestWorker`) holds one.
 The source's modality (thresher/modalities/registry.py) loads the backbone; each input batch
 becomes exactly one `backbone.harvest(batch)` and one ActivationBlock, which carries every hook
 of the stream side by side (`ActivationBlock.hooks` names them).

@@ -7,7 +7,7 @@ whose `harvest(batch)` makes exactly one ActivationBlock per input batch, checks
 cheaply before a run (`preflight`) and renders a stream's examples for the report.
 
 An input batch is a frozen dataclass of numpy arrays of fixed shape: across processes it
-travels as plain columns (`to_columns` / `from_columns`), which Ray Data stacks.
+travels as plain numpy arrays, the argument of one harvester actor call.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class BlockIndexBatch(InputBatch):
 
 class Decoder(Protocol):
     """A modality's CPU stage: turns batches of `batch_type` into what its backbones harvest.
-    Small and picklable: Ray Data ships it to its decode tasks."""
+    Small and picklable: Ray ships it to the decode tasks (`decode_task`)."""
 
     batch_type: ClassVar[type[InputBatch]]
 

@@ -2,8 +2,8 @@
 
 A block is a set of rows, one row per token (text), patch (images) or channel-patch (EEG), with
 the metadata that names where each row came from. It crosses process boundaries as plain numpy
-columns (``to_columns``/``from_columns``), which is what Ray Data and the object store move
-cheaply; torch stays inside the stages.
+columns (``to_columns``/``from_columns``), which the object store holds without pickling
+them; torch stays inside the stages.
 
 Columns:
   acts        float32 [rows, d]   (bf16 travels as an int16 view, flagged by ``bf16``)
@@ -150,6 +150,6 @@ class ActivationBlock:
 
 def _matrix(column: np.ndarray) -> np.ndarray:
     acts = np.asarray(column)
-    if acts.ndim == 1:  # Ray Data hands back an object column when it holds zero rows
+    if acts.ndim == 1:  # a zero-row column may come back flattened
         acts = acts.reshape(0, 0)
     return acts

@@ -1,6 +1,6 @@
 """The image CPU stage: a batch of references -> pixels, with the model's own preprocessing.
 
-`ImageSpec.decode` runs as a CPU stage before the backbone actors (Ray Data tasks) or just
+`ImageSpec.decode` runs as a CPU stage before the backbone actors (Ray tasks) or just
 before the forward (inline), so the backbone never waits on JPEG decoding. An image that cannot
 be read becomes a filler row (example_id -1); its example id stays in
 `ImageBatch.unreadable_example_id`, so the run can name it and flag it in the manifest.

@@ -6,9 +6,9 @@ windows that fill the backbone's context once its special tokens are added. One 
 example; its id is its row in the stream's manifest (`inputs/<stream_id>.parquet`), which
 records the ids fed to the model.
 
-Windows are grouped into input batches, one per backbone forward, of fixed shape (Ray Data
-stacks them): padding is cut by sorting runs of windows by length before batching, and the
-seeded shuffle is kept by shuffling the batches afterwards.
+Windows are grouped into input batches, one per backbone forward, of fixed shape: padding is
+cut by sorting runs of windows by length before batching, and the seeded shuffle is kept by
+shuffling the batches afterwards.
 """
 
 from __future__ import annotations
