@@ -82,7 +82,9 @@ def stream_actor_cls() -> Any:
             self.harvest_nodes: set[str] = set()
             self.store_bytes = 0  # object-store bytes of the harvest outputs taken in
             # Trainer restarts: each start after the first records where the trainer resumed
-            # and the last step it had reported, i.e. the steps it has to redo.
+            # and the last step it had reported, i.e. the steps it has to redo (trainers report
+            # every half second, so the steps of the last half second before a loss are not
+            # counted).
             self.trainer_starts: dict[str, int] = {t.trainer_id: 0 for t in stream.trainers}
             self.restarts: dict[str, list[dict[str, int]]] = {
                 t.trainer_id: [] for t in stream.trainers}
