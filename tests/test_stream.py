@@ -12,6 +12,7 @@ from thresher.stream.reader import (
     BatchReader,
     EndOfStream,
     NotReady,
+    RecycledArrays,
     example_id_entropy_bits,
     fetch_group,
     gather_group,
@@ -303,3 +304,48 @@ def test_gather_lands_in_the_array_it_is_given() -> None:
     gathered = gather_group(group, list, empty=empty)
     assert len(made) == 1 and gathered.acts is made[0]
     np.testing.assert_array_equal(gathered.acts, gather_group(group, list).acts)
+
+
+def test_a_group_s_array_is_reused_only_once_nothing_refers_to_it() -> None:
+    arrays = RecycledArrays()
+    first = arrays((4, 3), np.dtype(np.float32))
+    view = first[1:3]
+    arrays.give_back(first)
+    del first
+    second = arrays((4, 3), np.dtype(np.float32))  # a view of the first is alive: a new one
+    assert not np.shares_memory(second, view) and arrays.reused == 0
+    arrays.give_back(second)
+    del second, view
+    third = arrays((4, 3), np.dtype(np.float32))
+    assert arrays.reused == 1 and third.shape == (4, 3)
+    assert arrays((5, 3), np.dtype(np.float32)).shape == (5, 3)  # no array of that shape
+
+
+def test_a_reader_reuses_group_arrays_and_never_the_rows_of_a_kept_batch() -> None:
+    log = BroadcastLog(capacity_chunks=64, mix_chunks=2, seed=1, trainer_ids=["a"])
+    fill_log(log, 16, rows=8)  # 8 groups of 16 rows
+    keeper = reader_for(log, 16)
+    kept = drain(keeper)  # every batch kept: no array may be reused
+    assert keeper.groups.empty.reused == 0
+    reader = reader_for(log, 16, prefetch=True)
+    for expected in kept:  # each batch dropped before the next: arrays come round again
+        np.testing.assert_array_equal(reader.next_batch().acts, expected.acts)
+    assert reader.groups.empty.reused >= 4
+    reader.close()
+
+
+def test_a_gather_on_threads_equals_one_on_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from thresher.stream import reader
+
+    monkeypatch.setattr(reader, "SCATTER_ROWS", 3)  # pieces of 5 to 9 rows: several tasks each
+    blocks = [make_block(0, 9), make_block(9, 5), make_block(14, 8)]
+    group = Group(index=2, handles=tuple(whole(b) for b in blocks), rows=22, perm_seed=(4, 5, 6))
+    alone = gather_group(group, list)
+    with ThreadPoolExecutor(3) as threads:
+        shared = gather_group(group, list, threads=threads)
+    np.testing.assert_array_equal(shared.acts, alone.acts)
+    np.testing.assert_array_equal(shared.example_id, alone.example_id)
+    np.testing.assert_array_equal(shared.position, alone.position)
+    assert sorted(shared.example_id.tolist()) == list(range(22))

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from thresher.analysis.evaluate import TrainerResult, trainer_result
-from thresher.config import Config, TrainerPlan
+from thresher.config import Config, TrainerPlan, torch_threads
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.reader import BatchReader, Fetch, Load
@@ -42,9 +42,11 @@ class TrainerSession:
                                device=device, hook_name=plan.hook)
         # A CUDA trainer gathers into pinned memory, whence batches go to the GPU directly.
         on_cuda = self.trainer.bank.device.type == "cuda"
+        # Its gathers use the trainer's threads (idle while a GPU steps).
         self.reader = BatchReader(fetch, load, cfg.train.batch_size,
                                   self.trainer.resumed_cursor, hook=plan.hook,
-                                  prefetch=prefetch, empty=pinned_empty if on_cuda else np.empty)
+                                  prefetch=prefetch, empty=pinned_empty if on_cuda else np.empty,
+                                  threads=torch_threads(cfg, "trainer"))
 
         def stepped(step: int) -> None:
             if on_step is not None:
