@@ -3,10 +3,13 @@
 First a `stored` source (.npy shards, one TopK SAE) large enough that the broadcast log fills
 and backpressure runs; then, unless --skip-default, the built-in default config (MiniLM over
 stdlib docstrings, six SAEs). Each config runs inline, then on Ray (Ray's start included in
-its wall), one after the other. Printed per executor: wall, the trainers' stepping and waiting
+its wall), one after the other; the stored source `--repeats` times, with the ratios' min and
+median. Printed per executor: wall, the trainers' stepping and waiting
 seconds, batches, training rows/s from first batch to last, rows/s over the wall, the pump's
 CPU seconds; then the ratios Ray / inline, whose targets are >= 0.9 (training rows/s) and
->= 0.8 (wall). The SAEs' weights must be identical between the two (checked and printed).
+>= 0.8 (wall), the trainers' stall (waiting for data over their wall; < 5% where the SAE step
+is the bottleneck, as on the stored source) and the copies of a row from run.json. The SAEs'
+weights must be identical between the two (checked and printed).
 
     .venv/bin/python benchmarks/ray_vs_inline.py                  # 2M rows x 256, then default
     .venv/bin/python benchmarks/ray_vs_inline.py --rows 600000 --skip-default
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -82,28 +86,41 @@ def measure(cfg: dict[str, Any], inline: bool) -> dict[str, Any]:
     last = max(t["finished_at"] for t in trainers)
     return {"wall": wall, "step": max(t["step_seconds"] for t in trainers),
             "wait": max(t.get("wait_seconds", 0.0) for t in trainers),
+            # Waiting for data over the trainer's own wall (from its start to its result).
+            "stall": max(t.get("wait_seconds", 0.0) / t["seconds"] for t in trainers),
+            "copies": max(t["copies_per_row"]["total"] for t in trainers),
             "batches": sum(t["batches"] for t in trainers),
             "train_rows_per_s": rows / max(last - first, 1e-9), "rows_per_s_wall": rows / wall,
             "pump_cpu": record["harvest"].get("pump_cpu_seconds", float("nan")),
             "digest": weights_digest(run)}
 
 
-def compare(name: str, cfg_of: Any, root: Path) -> None:
-    inline = measure(cfg_of(root / f"{name}-inline"), inline=True)
-    ray_ = measure(cfg_of(root / f"{name}-ray"), inline=False)
+def compare(name: str, cfg_of: Any, root: Path, repeats: int = 1) -> None:
+    """`repeats` pairs of runs (inline, then Ray), each pair's figures and ratios, then the
+    ratios' min and median (timings on a shared machine are noisy)."""
     print(f"\n{name}")
     print(f"{'executor':<9}{'wall s':>9}{'step s':>9}{'wait s':>9}{'batches':>9}"
           f"{'train rows/s':>14}{'rows/s wall':>13}{'pump CPU s':>12}")
-    for label, m in (("inline", inline), ("ray", ray_)):
-        print(f"{label:<9}{m['wall']:>9.1f}{m['step']:>9.1f}{m['wait']:>9.1f}{m['batches']:>9}"
-              f"{m['train_rows_per_s']:>14,.0f}{m['rows_per_s_wall']:>13,.0f}"
-              f"{m['pump_cpu']:>12.1f}")
-    speed = ray_["train_rows_per_s"] / inline["train_rows_per_s"]
-    walls = inline["wall"] / ray_["wall"]
-    print(f"ray / inline: training rows/s {speed:.2f} (target >= 0.9), wall {walls:.2f} "
-          f"(inline wall / ray wall, target >= 0.8); trainer stall on ray "
-          f"{ray_['wait'] / ray_['wall']:.1%} of its wall; "
-          f"same weights: {inline['digest'] == ray_['digest']}")
+    speeds, walls = [], []
+    for i in range(repeats):
+        inline = measure(cfg_of(root / f"{name}-{i}-inline"), inline=True)
+        ray_ = measure(cfg_of(root / f"{name}-{i}-ray"), inline=False)
+        for label, m in (("inline", inline), ("ray", ray_)):
+            print(f"{label:<9}{m['wall']:>9.1f}{m['step']:>9.1f}{m['wait']:>9.1f}"
+                  f"{m['batches']:>9}{m['train_rows_per_s']:>14,.0f}"
+                  f"{m['rows_per_s_wall']:>13,.0f}{m['pump_cpu']:>12.1f}")
+        speeds.append(ray_["train_rows_per_s"] / inline["train_rows_per_s"])
+        walls.append(inline["wall"] / ray_["wall"])
+        print(f"ray / inline: training rows/s {speeds[-1]:.2f} (target >= 0.9), wall "
+              f"{walls[-1]:.2f} (inline wall / ray wall, target >= 0.8); trainer stall (waiting "
+              f"for data over the trainer's wall) inline {inline['stall']:.1%}, ray "
+              f"{ray_['stall']:.1%} (target < 5% where the SAE step is the bottleneck); copies "
+              f"of a row: inline {inline['copies']:.2f}, ray {ray_['copies']:.2f}; same "
+              f"weights: {inline['digest'] == ray_['digest']}", flush=True)
+    if repeats > 1:
+        print(f"over {repeats} pairs: training rows/s min {min(speeds):.2f} median "
+              f"{statistics.median(speeds):.2f}; wall min {min(walls):.2f} median "
+              f"{statistics.median(walls):.2f}")
 
 
 def main() -> None:
@@ -112,13 +129,15 @@ def main() -> None:
     parser.add_argument("--d", type=int, default=256)
     parser.add_argument("--chunk-rows", type=int, default=65536)
     parser.add_argument("--capacity-chunks", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="pairs of runs of the stored source (the default config: one)")
     parser.add_argument("--skip-default", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         shards = write_shards(root / "shards", args.d, args.rows, SHARD_ROWS)
         compare(f"stored source, {args.rows:,} rows x {args.d}",
-                lambda out: stored_config(args, shards, out), root)
+                lambda out: stored_config(args, shards, out), root, args.repeats)
         if not args.skip_default:
             compare("default config", default_config, root)
 
