@@ -11,8 +11,9 @@ does not fall as consumers are added.
 Measured three ways: consumers started once the whole stream is in the log (the default sizes
 fit in it), timed on their first pass and on the next ones (the median: the data path alone,
 warm); then consumers beside the harvest, whose rate bounds them. A process's first touch of
-each object-store page is slow (on this machine a first pass ran at a fifth of the speed of a
-later one); a trainer pays it once per page of the store, whose memory later chunks reuse.
+each object-store page is slow (on this machine a first pass ran at a quarter to a third of
+the speed of later ones); a trainer pays it once per page of the store, whose memory later
+chunks reuse.
 
     .venv/bin/python benchmarks/data_path.py
     .venv/bin/python benchmarks/data_path.py --rows 1000000 --consumers 1 2
