@@ -72,6 +72,11 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
     written = write_run_stats(run_dir, outcome.results, curves.rows())
     close_curve_log(run_dir, curves, written["summary"])
     harvest = outcome.harvest_totals()
+    # Each trainer's stream's harvest-side copies of a row.
+    harvest_copies = {t.trainer_id: float(outcome.streams[s.stream_id].harvest
+                                          .get("copies_per_row", 0.0))
+                      for s in plan.streams if s.stream_id in outcome.streams
+                      for t in s.trainers}
     outcome.timings.update({
         "wall": wall_seconds,
         "harvest": float(harvest.get("seconds", 0.0)),
@@ -84,20 +89,18 @@ def finalize(run_dir: Path, plan: Plan, executor: str, outcome: RunOutcome,
         "log": outcome.log_totals(),
         "streams": {sid: stream.to_dict() for sid, stream in outcome.streams.items()},
         "trainers": {r.trainer_id: {**r.loop, "seconds": r.seconds,
-                                    "copies_per_row": row_copies(plan, outcome, r)}
+                                    "copies_per_row": row_copies(harvest_copies, r)}
                      for r in outcome.results},
         "timings": outcome.timings,
     })
     return run_dir
 
 
-def row_copies(plan: Plan, outcome: RunOutcome, result: TrainerResult) -> dict[str, float]:
-    """Copies of a row between the backbone's output and this trainer's tensor, by stage (the
+def row_copies(harvest_copies: dict[str, float], result: TrainerResult) -> dict[str, float]:
+    """Copies of a row between the backbone's output and this trainer's tensor, by stage (its
     stream's harvest side, then the trainer's own), and their total."""
-    stream_of = {t.trainer_id: s.stream_id for s in plan.streams for t in s.trainers}
-    stream = outcome.streams.get(stream_of.get(result.trainer_id, ""))
-    harvest = float(stream.harvest.get("copies_per_row", 0.0)) if stream is not None else 0.0
-    stages = {"harvest": harvest, **result.loop.get("copies_per_row", {})}
+    stages = {"harvest": harvest_copies.get(result.trainer_id, 0.0),
+              **result.loop.get("copies_per_row", {})}
     return {**stages, "total": sum(stages.values())}
 
 
