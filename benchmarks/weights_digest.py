@@ -12,6 +12,8 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+from safetensors.numpy import load_file
+
 import thresher
 
 CONFIG = {
@@ -40,7 +42,12 @@ def main() -> None:
     run_dir = Path(thresher.run(config, inline=True, progress=False, overwrite=True))
     total = hashlib.sha256()
     for weights in sorted((run_dir / "saes").glob("*/sae_weights.safetensors")):
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+        tensors = load_file(weights)  # the tensors alone: the file's metadata may change
+        sha = hashlib.sha256()
+        for name in sorted(tensors):
+            sha.update(name.encode())
+            sha.update(tensors[name].tobytes())
+        digest = sha.hexdigest()
         total.update(digest.encode())
         print(f"{weights.parent.name:24s} {digest[:16]}")
     print(f"{'all':24s} {total.hexdigest()[:16]}")
