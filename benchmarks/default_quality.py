@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import thresher
-from thresher.analysis.baselines import pca_fve
+from tests.oracles import pca_fve
 from thresher.harvest.collect import collect_stream
 from thresher.rundir import load_run_config
 

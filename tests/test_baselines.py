@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from thresher.analysis.baselines import pca_fve
+from .oracles import pca_fve
 
 
 def test_pca_fve_on_a_low_rank_signal() -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from thresher.analysis.monoscore import MonoScoreAccumulator, mono_pairwise, unit_rows
+from thresher.analysis.monoscore import MonoScoreAccumulator, unit_rows
 from thresher.analysis.stats import SAEStats
 from thresher.train.mono import batch_mono_score
 from thresher.train.mono import unit_rows as train_unit_rows
+
+from .oracles import mono_pairwise
 
 
 def _case(n: int = 40, d: int = 16, k: int = 5, zeros: tuple[int, ...] = (7,),

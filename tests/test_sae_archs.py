@@ -28,6 +28,8 @@ from thresher.train.archs.relu import resample_uniforms
 from thresher.train.bank import SAEBank
 from thresher.train.trainer import Trainer
 
+from .oracles import mono_pairwise_loss
+
 F64 = torch.float64
 D_IN = 16
 
@@ -74,24 +76,6 @@ TRAIN = TrainConfig(warmup_steps=2, decay_start=0.6, grad_clip=1.0, dead_window=
 def ste(value: torch.Tensor, theta: torch.Tensor, d_theta: torch.Tensor) -> torch.Tensor:
     """`value` forward, with gradient d_theta (per element) to theta: a straight-through trick."""
     return value + ((theta - theta.detach()) * d_theta.detach())
-
-
-def mono_pairwise_loss(f: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """1 - mean MonoScore over latents with a score, from the O(N^2) pair definition."""
-    e = x / x.norm(dim=1, keepdim=True)
-    sims = e @ e.T
-    upper = torch.triu(torch.ones_like(sims, dtype=torch.bool), diagonal=1)
-    scores = []
-    for m in range(f.shape[1]):
-        a = f[:, m]
-        span = a.max() - a.min()
-        if span <= 0:
-            continue
-        scaled = (a - a.min()) / span
-        rel = torch.outer(scaled, scaled)[upper]
-        if rel.sum() > 1e-8:
-            scores.append((rel * sims[upper]).sum() / rel.sum())
-    return 1 - torch.stack(scores).mean() if scores else f.sum() * 0
 
 
 def unit_norm_decoder(cfg: SAEConfig, train: TrainConfig) -> bool:

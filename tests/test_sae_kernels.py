@@ -10,6 +10,8 @@ import torch
 from thresher.train.mono import batch_mono_score, mono_loss, unit_rows
 from thresher.train.sparse import dense_decode, sparse_decode, sparse_encode_gather
 
+from .oracles import mono_pairwise
+
 F64 = torch.float64
 
 
@@ -86,28 +88,6 @@ def test_sparse_encode_gather_gradcheck_with_repeated_indices() -> None:
 # --------------------------------------------------------------------------------------------
 # MonoScore
 # --------------------------------------------------------------------------------------------
-
-
-def mono_pairwise(acts: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The O(N^2) definition (Pach et al.): NaN where a latent has no pair weight."""
-    e = x / np.linalg.norm(x, axis=1, keepdims=True)
-    sims = e @ e.T
-    n = len(x)
-    out = np.full(acts.shape[1], np.nan)
-    for m in range(acts.shape[1]):
-        a = acts[:, m]
-        span = a.max() - a.min()
-        if span <= 0:
-            continue
-        s = (a - a.min()) / span
-        num = den = 0.0
-        for i in range(n):
-            for j in range(i + 1, n):
-                num += s[i] * s[j] * sims[i, j]
-                den += s[i] * s[j]
-        if den > 1e-8:
-            out[m] = num / den
-    return out
 
 
 def test_linear_time_monoscore_equals_the_pair_definition() -> None:

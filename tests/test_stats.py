@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.analysis.monoscore import mono_pairwise
 from thresher.analysis.stats import DENSE_THRESHOLDS, SAEStats, StatsOptions, max_decoder_cosine
 from thresher.analysis.topk_examples import row_hash
+
+from .oracles import mono_pairwise
 
 
 def synthetic(rows: int = 600, d_in: int = 12, d_sae: int = 40, seed: int = 0

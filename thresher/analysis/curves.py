@@ -6,7 +6,7 @@ Two sources, both optional per step:
 - `record_step(metrics, rows)`: the bank's own per-step metrics (loss, training-unit MSE, L0,
   gradient norm, AuxK loss, batch MonoScore, dead fraction over train.dead_window), free: the
   step computes them anyway. A point holds their mean over the window's steps.
-- `observe(x, latents)` / `observe_sparse(...)`: a batch's latents and reconstructions, from
+- `observe(x, latents)`: a batch's latents and reconstructions, from
   which a `SAEStats` with CURVE_OPTIONS accumulates the window's FVE, NMSE, MSE, L2 ratio, L0,
   L1, dead fraction (features silent over the window) and dense fractions, in raw units. It
   costs an update per SAE (benchmarks/stats_overhead.py); a caller that has no latents for a
@@ -70,14 +70,6 @@ class TrainingCurves:
         rows = Rows.of(x)
         for stats, (f, x_hat) in zip(self._stats, latents, strict=True):
             stats.update(rows, f, x_hat)
-
-    @torch.no_grad()
-    def observe_sparse(self, x: torch.Tensor, latents: Sequence[tuple[
-            torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
-        """One batch: raw x and, per SAE, (x_hat, entry rows, entry features, entry values)."""
-        rows = Rows.of(x)
-        for stats, (x_hat, r, c, v) in zip(self._stats, latents, strict=True):
-            stats.update_sparse(rows, x_hat, r, c, v)
 
     def record_step(self, metrics: Mapping[str, np.ndarray], rows: int) -> list[dict[str, Any]]:
         """After each optimiser step: its per-SAE metrics and batch rows. Returns the points

@@ -98,23 +98,3 @@ def mono_from_sums(n: int, s1: np.ndarray, s2: np.ndarray, act_embed: np.ndarray
         score = num / den
     return np.where(ok & (den > DENOMINATOR_EPS), score, np.nan)
 
-
-def mono_pairwise(acts: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """The O(N²) definition, for tests: acts [N, K], x [N, d] the embeddings (not yet unit).
-
-    Literally Σ_{n<m} ã_n ã_m cos(x_n, x_m) / Σ_{n<m} ã_n ã_m over the pairs n < m (no
-    identity), as one quadratic form per feature with the strictly upper triangle of the
-    cosine matrix."""
-    acts = np.asarray(acts, dtype=np.float64)
-    norm = np.linalg.norm(x, axis=1, keepdims=True)
-    e = np.where(norm > 0, x / np.where(norm > 0, norm, 1.0), 0.0)
-    upper_sims = np.triu(e @ e.T, k=1)  # s_nm for n < m, 0 elsewhere
-    upper_ones = np.triu(np.ones((len(acts), len(acts))), k=1)
-    lo, span = acts.min(0), acts.max(0) - acts.min(0)
-    ok = span > 0
-    scaled = (acts - lo) / np.where(ok, span, 1.0)  # ã [N, K]
-    num = np.einsum("nk,nm,mk->k", scaled, upper_sims, scaled, optimize=True)
-    den = np.einsum("nk,nm,mk->k", scaled, upper_ones, scaled, optimize=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        score = num / den
-    return np.where(ok & (den > DENOMINATOR_EPS), score, np.nan)
