@@ -10,11 +10,12 @@ variant alike:
   latents   SAEBank.encode_decode(x): a second, no-grad forward for latents and x_hat (needed
             as long as the bank's step does not hand out the latents it already computed)
   entries   torch.nonzero of those dense latents (a TopK step has them as indices/values)
-  curves    SAEStats(CURVE_OPTIONS).update_sparse for all 8 SAEs: firing counts, sums, sums of
-            squares and extremes per feature, reconstruction sums (what training curves need)
-  full      SAEStats() (default options) .update_sparse for all 8 SAEs: the above plus top-16
-            examples per feature, the 64-row quantile sample and the MonoScore sums (what the
-            frozen-weights pass over held-out rows accumulates)
+  curves    SummaryStatistics.update for all 8 SAEs: firing counts, sums, sums of squares and
+            extremes per feature, reconstruction sums (what training curves need)
+  full      FeatureStatistics() (default options) .update_batch for all 8 SAEs: the above plus
+            every registered per-feature statistic (the MonoScore sums among them), top-16
+            examples per feature and the 64-row quantile sample (what the frozen-weights pass
+            over held-out rows accumulates)
 
 The per-feature tables only change while they fill, so `--warm` batches of latents go into the
 `full` accumulators before timing: the figures are the steady state of a long run, not its
@@ -35,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.analysis.stats import CURVE_OPTIONS, Rows, SAEStats, StatsOptions
+from thresher.analysis.feature_statistics import FeatureStatistics
+from thresher.analysis.stats import Batch, Rows, StatsOptions, SummaryStatistics
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import StreamStats
 from thresher.train.bank import SAEBank
@@ -74,9 +76,14 @@ def entries_of(latents: list[tuple[torch.Tensor, torch.Tensor]]
     return out
 
 
-def accumulate(stats: list[SAEStats], rows: Rows, entries: list[Any]) -> None:
+def accumulate(stats: list[SummaryStatistics] | list[FeatureStatistics], rows: Rows,
+               entries: list[Any]) -> None:
     for s, (x_hat, r, c, v) in zip(stats, entries, strict=True):
-        s.update_sparse(rows, x_hat, r, c, v)
+        batch = Batch.of_entries(rows, x_hat, r, c, v)
+        if isinstance(s, SummaryStatistics):
+            s.update(batch)
+        else:
+            s.update_batch(batch)
 
 
 def main() -> None:
@@ -95,8 +102,8 @@ def main() -> None:
     print(f"bank of 8 TopK SAEs, d_in {D_IN}, d_sae {D_SAE}, batch {args.batch}, CPU, torch "
           f"threads {torch.get_num_threads()}; before: {load_note()}")
 
-    curves = [SAEStats(D_IN, D_SAE, CURVE_OPTIONS) for _ in bank.sae_ids]
-    full = [SAEStats(D_IN, D_SAE, StatsOptions()) for _ in bank.sae_ids]
+    curves = [SummaryStatistics(D_IN, D_SAE) for _ in bank.sae_ids]
+    full = [FeatureStatistics(D_IN, D_SAE, StatsOptions()) for _ in bank.sae_ids]
     first: Timings = {}
     for i in range(args.warm):
         x = torch.randn(args.batch, D_IN, generator=g)

@@ -8,6 +8,10 @@ side is every table whose header is `| column | type | meaning |`: its first cel
 more columns in backticks, its second gives one type for all of them or one type each. Each
 schema is paired with the doc table sharing the most column names, so a renamed column shows
 up as one missing and one undocumented.
+
+The features table is checked line by line against the declarations of
+thresher/analysis/feature_columns.py (name, type, meaning, order), so a new statistic whose line
+is missing fails with its name and the line to add.
 """
 
 from __future__ import annotations
@@ -20,10 +24,18 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
+from thresher.analysis.feature_columns import (
+    FEATURE_STATISTICS,
+    KEY_COLUMNS,
+    Column,
+    FeatureStatistic,
+)
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "formats.md"
 HEADER = "| column | type | meaning |"
 # Doc names for the Arrow types whose str() differs (str(pa.float64()) is "double").
+FEATURES_HEADING = "## stats/features.parquet"
 DOC_NAMES = {pa.float64(): "float64", pa.float32(): "float32", pa.float16(): "float16",
              pa.bool_(): "bool", pa.string(): "string", pa.large_string(): "string"}
 
@@ -166,3 +178,75 @@ def test_the_check_names_each_kind_of_mismatch() -> None:
 def test_table_rows_parse(row: str, expected: dict[str, str]) -> None:
     tables = doc_tables(f"## f\n\n{HEADER}\n|---|---|---|\n{row}\n")
     assert [t.columns for t in tables] == [expected]
+
+
+def doc_line(column: Column) -> str:
+    """A declared column's line in docs/formats.md's features table."""
+    return f"| `{column.name}` | {doc_type(column.type)} | {column.meaning} |".replace(
+        "|  |", "| |")
+
+
+def features_table_lines(text: str) -> list[str]:
+    """The rows of the first column table after the features heading."""
+    lines = text[text.index(FEATURES_HEADING):].splitlines()
+    start = lines.index(HEADER) + 2  # past the |---| row
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.rstrip())
+    return rows
+
+
+def features_table_problems(text: str,
+                            statistics: list[type[FeatureStatistic]]) -> list[str]:
+    """What docs/formats.md's features table gets wrong about the declared columns."""
+    declared = [("the key", c) for c in KEY_COLUMNS]
+    declared += [(stat.__name__, c) for stat in statistics for c in stat.COLUMNS]
+    rows = features_table_lines(text)
+    by_name = {m.group(1): row for row in rows if (m := re.match(r"\| `([^`]+)` \|", row))}
+    problems = []
+    for owner, column in declared:
+        want = doc_line(column)
+        if column.name not in by_name:
+            problems.append(f"statistic {owner}: `{column.name}` has no line in "
+                            f"docs/formats.md's features table; add\n  {want}")
+        elif by_name[column.name] != want:
+            problems.append(f"statistic {owner}: the line for `{column.name}` in "
+                            f"docs/formats.md reads\n  {by_name[column.name]}\nbut the "
+                            f"declaration gives\n  {want}")
+    names = [c.name for _, c in declared]
+    problems += [f"docs/formats.md's features table documents a column no statistic declares "
+                 f"(thresher/analysis/feature_columns.py): {row}"
+                 for name, row in by_name.items() if name not in names]
+    if not problems and list(by_name) != names:
+        problems.append("docs/formats.md's features table is not in the declared column order: "
+                        f"{', '.join(names)}")
+    return problems
+
+
+def test_features_table_is_the_declared_columns() -> None:
+    problems = features_table_problems(DOC.read_text(), FEATURE_STATISTICS)
+    assert not problems, "\n".join(problems)
+
+
+class Sparkle(FeatureStatistic):
+    """A statistic the doc does not know (never registered)."""
+
+    COLUMNS = (Column("sparkle", pa.float64(), "how much it sparkles"),)
+
+
+def test_a_statistic_without_its_doc_line_is_named() -> None:
+    text = DOC.read_text()
+    problems = "\n".join(features_table_problems(text, [*FEATURE_STATISTICS, Sparkle]))
+    assert ("statistic Sparkle: `sparkle` has no line in docs/formats.md's features table; "
+            "add\n  | `sparkle` | float64 | how much it sparkles |") in problems, problems
+    reworded = text.replace("| largest activation |", "| the largest activation |")
+    problems = "\n".join(features_table_problems(reworded, FEATURE_STATISTICS))
+    assert "statistic Activation: the line for `max_act` in docs/formats.md reads" in problems
+    lines = text.splitlines(keepends=True)
+    i = lines.index("| `is_dead` | bool | never fired |\n")
+    lines[i], lines[i + 1] = lines[i + 1], lines[i]  # is_dense before is_dead
+    swapped = "".join(lines)
+    problems = "\n".join(features_table_problems(swapped, FEATURE_STATISTICS))
+    assert "is not in the declared column order" in problems, problems

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from thresher.analysis.feature_statistics import FeatureStatistics
 from thresher.analysis.monoscore import MonoScoreAccumulator, unit_rows
-from thresher.analysis.stats import SAEStats
 from thresher.train.mono import batch_mono_score
 from thresher.train.mono import unit_rows as train_unit_rows
 
@@ -51,12 +51,12 @@ def test_one_zero_row_of_forty_matches_the_pairwise_definition() -> None:
 def test_several_zero_rows_and_the_stats_path() -> None:
     x, acts = _case(n=33, zeros=(0, 5, 6, 32), seed=3)
     reference = mono_pairwise(acts, x)
-    stats = SAEStats(d_in=x.shape[1], d_sae=acts.shape[1])
+    stats = FeatureStatistics(d_in=x.shape[1], d_sae=acts.shape[1])
     for start in range(0, len(x), 8):
         sl = slice(start, start + 8)
         stats.update(torch.from_numpy(x[sl]), torch.from_numpy(acts[sl]),
                      torch.from_numpy(x[sl]))
-    np.testing.assert_allclose(stats.mono_scores(), reference, rtol=1e-10)
+    np.testing.assert_allclose(stats.features()["mono_score"], reference, rtol=1e-10)
 
 
 def test_the_fix_changes_what_the_unit_identity_gave() -> None:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.analysis.stats import DENSE_THRESHOLDS, SAEStats, StatsOptions, max_decoder_cosine
+from thresher.analysis.feature_columns import max_decoder_cosine
+from thresher.analysis.feature_statistics import FeatureStatistics
+from thresher.analysis.stats import DENSE_THRESHOLDS, Batch, Rows, StatsOptions
 from thresher.analysis.topk_examples import row_hash
 
 from .oracles import mono_pairwise
@@ -31,8 +33,9 @@ def synthetic(rows: int = 600, d_in: int = 12, d_sae: int = 40, seed: int = 0
             "label": label}
 
 
-def accumulate(data: dict[str, np.ndarray], batch: int, options: StatsOptions) -> SAEStats:
-    stats = SAEStats(data["x"].shape[1], data["f"].shape[1], options)
+def accumulate(data: dict[str, np.ndarray], batch: int, options: StatsOptions
+               ) -> FeatureStatistics:
+    stats = FeatureStatistics(data["x"].shape[1], data["f"].shape[1], options)
     for s in range(0, len(data["x"]), batch):
         sl = slice(s, s + batch)
         stats.update(torch.from_numpy(data["x"][sl]), torch.from_numpy(data["f"][sl]),
@@ -142,12 +145,12 @@ def test_streaming_statistics_equal_brute_force(batch: int) -> None:
 
 
 def test_sparse_entries_in_any_order_equal_dense_latents() -> None:
-    """update_sparse with a TopK-like entry list (rows repeated, features unsorted, zero values
+    """A batch given as a TopK-like entry list (rows repeated, features unsorted, zero values
     among them) gives exactly what update gives on the dense matrix."""
     data = synthetic(rows=300, d_sae=40)
     options = StatsOptions(top_n=4, reservoir=6, quantiles=3)
     dense = accumulate(data, 64, options)
-    sparse = SAEStats(12, 40, options)
+    sparse = FeatureStatistics(12, 40, options)
     rng = np.random.default_rng(3)
     for s in range(0, 300, 64):
         f = torch.from_numpy(data["f"][s:s + 64])
@@ -155,10 +158,10 @@ def test_sparse_entries_in_any_order_equal_dense_latents() -> None:
         keep = torch.from_numpy(rng.random(len(rows)) < 0.5) | (f[rows, feats] > 0)
         order = torch.from_numpy(rng.permutation(int(keep.sum())))
         rows, feats = rows[keep][order], feats[keep][order]
-        sparse.update_sparse(torch.from_numpy(data["x"][s:s + 64]),
-                             torch.from_numpy(data["x_hat"][s:s + 64]), rows, feats,
-                             f[rows, feats], data["example_id"][s:s + 64],
-                             data["position"][s:s + 64], data["label"][s:s + 64])
+        inputs = Rows.of(torch.from_numpy(data["x"][s:s + 64]), data["example_id"][s:s + 64],
+                         data["position"][s:s + 64], data["label"][s:s + 64])
+        sparse.update_batch(Batch.of_entries(inputs, torch.from_numpy(data["x_hat"][s:s + 64]),
+                                             rows, feats, f[rows, feats]))
     for name, column in dense.features().items():  # sums in another order: float rounding
         if column.dtype.kind == "f":
             np.testing.assert_allclose(sparse.features()[name], column, rtol=1e-12,

@@ -26,6 +26,7 @@ from thresher.analysis.evaluate import (
     source_metrics,
     write_run_stats,
 )
+from thresher.analysis.feature_columns import SAEWeights
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
 from thresher.config import Config, SourceConfig
 from thresher.harvest.collect import collect_holdout
@@ -86,8 +87,9 @@ def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
             for sae in group:
                 sid = sae.sae.sae_id
                 trainer_id = str(sae.record.get("trainer_id", "t0"))
-                metrics, columns, examples, labels = sae_tables(
-                    sid, stats[sid], sae.decoder_norm_training_units().numpy(), sae.W_dec)
+                weights = SAEWeights(sae.W_enc, sae.W_dec,
+                                     sae.decoder_norm_training_units().numpy())
+                metrics, columns, examples, labels = sae_tables(sid, stats[sid], weights)
                 metrics.update(extra.get(sid, {}))
                 result = results.setdefault(trainer_id, TrainerResult(trainer_id, [], []))
                 seconds = (trainers.get(trainer_id) or {}).get("seconds", float("nan"))

@@ -6,11 +6,11 @@ Two sources, both optional per step:
 - `record_step(metrics, rows)`: the bank's own per-step metrics (loss, training-unit MSE, L0,
   gradient norm, AuxK loss, batch MonoScore, dead fraction over train.dead_window), free: the
   step computes them anyway. A point holds their mean over the window's steps.
-- `observe(x, latents)`: a batch's latents and reconstructions, from
-  which a `SAEStats` with CURVE_OPTIONS accumulates the window's FVE, NMSE, MSE, L2 ratio, L0,
-  L1, dead fraction (features silent over the window) and dense fractions, in raw units. It
-  costs an update per SAE (benchmarks/stats_overhead.py); a caller that has no latents for a
-  step (no second forward) simply does not call it, and those columns are NaN for the window.
+- `observe(x, latents)`: a batch's latents and reconstructions, from which a
+  `SummaryStatistics` per SAE accumulates the window's FVE, NMSE, MSE, L2 ratio, L0, L1, dead
+  fraction (features silent over the window) and dense fractions, in raw units. It costs an
+  update per SAE (benchmarks/stats_overhead.py); a caller that has no latents for a step (no
+  second forward) simply does not call it, and those columns are NaN for the window.
 
 Rows are plain dicts of CURVES_SCHEMA (thresher/analysis/parquet.py, docs/formats.md).
 """
@@ -26,13 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from thresher.analysis.stats import CURVE_OPTIONS, Rows, SAEStats
+from thresher.analysis.stats import Batch, Rows, SummaryStatistics
 
 # The bank's per-step metrics (thresher.train.bank.METRIC_NAMES) as curve columns.
 STEP_METRICS = {"loss": "train_loss", "mse": "train_sq_err_per_row", "l0": "train_l0",
                 "grad_norm": "train_grad_norm", "aux_loss": "train_aux_loss",
                 "mono_score": "train_mono_score", "dead_fraction": "train_dead_fraction"}
-# SummaryMetrics fields of the window's SAEStats, as curve columns.
+# SummaryMetrics fields of the window's SummaryStatistics, as curve columns.
 WINDOW_METRICS = {"eval_rows": "window_rows", "fve": "fve", "nmse": "nmse",
                   "mse_per_element": "mse_per_element", "sq_err_per_row": "sq_err_per_row",
                   "l2_ratio": "l2_ratio", "l0": "l0", "l1": "l1",
@@ -61,7 +61,7 @@ class TrainingCurves:
     def _reset(self) -> None:
         self._steps = 0
         self._metric_sum = {name: np.zeros(len(self.sae_ids)) for name in STEP_METRICS}
-        self._stats = [SAEStats(self.d_in, n, CURVE_OPTIONS) for n in self.d_sae]
+        self._stats = [SummaryStatistics(self.d_in, n) for n in self.d_sae]
 
     @torch.no_grad()
     def observe(self, x: torch.Tensor,
@@ -69,7 +69,7 @@ class TrainingCurves:
         """One batch: raw x [B, d_in] and, per SAE in bank order, (f [B, d_sae], x_hat)."""
         rows = Rows.of(x)
         for stats, (f, x_hat) in zip(self._stats, latents, strict=True):
-            stats.update(rows, f, x_hat)
+            stats.update(Batch.of_dense(rows, f, x_hat))
 
     def record_step(self, metrics: Mapping[str, np.ndarray], rows: int) -> list[dict[str, Any]]:
         """After each optimiser step: its per-SAE metrics and batch rows. Returns the points
@@ -99,7 +99,7 @@ class TrainingCurves:
             for name, column in STEP_METRICS.items():
                 point[column] = float(self._metric_sum[name][i] / self._steps)
             stats = self._stats[i]
-            summary = stats.summary().__dict__ if stats.rows else {}
+            summary = stats.metrics().__dict__ if stats.rows else {}
             for name, column in WINDOW_METRICS.items():
                 point[column] = float(summary.get(name, math.nan))
             point["window_rows"] = stats.rows  # 0 where no batch of the window was observed

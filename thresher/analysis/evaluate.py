@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from thresher.analysis.feature_columns import SAEWeights
+from thresher.analysis.feature_statistics import FeatureStatistics
 from thresher.analysis.ground_truth import GT_METRIC_NAMES
 from thresher.analysis.probing import PROBE_METRIC_NAMES
-from thresher.analysis.stats import Rows, SAEStats, StatsOptions, max_decoder_cosine
+from thresher.analysis.stats import Rows, StatsOptions
 from thresher.config import Config, SAEConfig, SourceConfig
 from thresher.stream.block import ActivationBlock
 from thresher.train.trainer import Trainer
@@ -34,9 +36,10 @@ EXTRA_METRIC_NAMES = (*LM_METRIC_NAMES, *GT_METRIC_NAMES, *PROBE_METRIC_NAMES)
 @torch.no_grad()
 def evaluate_saes(encode_decode: EncodeDecode, sae_ids: Sequence[str], d_sae: Sequence[int],
                   holdout: ActivationBlock, batch_rows: int = 4096,
-                  options: StatsOptions | None = None) -> dict[str, SAEStats]:
-    """Accumulate SAEStats for each SAE (in `encode_decode`'s order) over the held-out rows."""
-    stats = {sid: SAEStats(d_in=holdout.d, d_sae=n, options=options)
+                  options: StatsOptions | None = None) -> dict[str, FeatureStatistics]:
+    """Accumulate the statistics of each SAE (in `encode_decode`'s order) over the held-out
+    rows."""
+    stats = {sid: FeatureStatistics(d_in=holdout.d, d_sae=n, options=options)
              for sid, n in zip(sae_ids, d_sae, strict=True)}
     x_all = holdout.float32()
     for start in range(0, len(x_all), batch_rows):
@@ -85,8 +88,8 @@ def source_metrics(source: SourceConfig, holdout: ActivationBlock, encode_decode
 
 
 def evaluate_trainer(trainer: Trainer, holdout: ActivationBlock,
-                     batch_rows: int = 4096) -> dict[str, SAEStats]:
-    """Accumulate SAEStats for every SAE of the trainer over the held-out rows."""
+                     batch_rows: int = 4096) -> dict[str, FeatureStatistics]:
+    """Accumulate the statistics of every SAE of the trainer over the held-out rows."""
     bank = trainer.bank
     return evaluate_saes(lambda x: bank.encode_decode(x.to(bank.device)), bank.sae_ids,
                          [sae.d_sae for sae in trainer.saes], holdout, batch_rows)
@@ -106,19 +109,13 @@ class TrainerResult:
     curve_rows: list[dict[str, Any]] = field(default_factory=list)  # TrainingCurves.rows
 
 
-def sae_tables(sae_id: str, stats: SAEStats, decoder_norm: np.ndarray,
-               w_dec: torch.Tensor) -> tuple[dict[str, Any], dict[str, np.ndarray],
-                                             dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """(summary metrics, feature columns, example columns, label columns) of one SAE.
-
-    `decoder_norm` is in training units (inputs x * input_scale); `w_dec` in any units (only
-    directions matter for the cosine).
-    """
-    columns = stats.features()
-    columns["decoder_norm"] = np.asarray(decoder_norm, dtype=np.float64)
-    columns["max_decoder_cos"] = max_decoder_cosine(w_dec)
+def sae_tables(sae_id: str, stats: FeatureStatistics, weights: SAEWeights
+               ) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, np.ndarray],
+                          dict[str, np.ndarray]]:
+    """(summary metrics, feature columns, example columns, label columns) of one SAE."""
+    columns = stats.features(weights)
     columns["sae_id"] = np.array([sae_id] * stats.d_sae, dtype=object)
-    metrics = {**stats.summary().__dict__,
+    metrics = {**stats.summary(columns).__dict__,
                "mean_max_decoder_cos": float(np.mean(columns["max_decoder_cos"])),
                **{name: float("nan") for name in EXTRA_METRIC_NAMES}}
     examples = stats.examples()
@@ -141,9 +138,9 @@ def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: Activ
     extra = source_metrics(cfg.source_named(stream_id), holdout,
                            lambda x: bank.encode_decode(x.to(bank.device)), decoders)
     for sae in trainer.saes:
-        w_dec = trainer.bank.sae_params(sae.sae_id)["W_dec"]
-        metrics, columns, examples, labels = sae_tables(sae.sae_id, stats[sae.sae_id],
-                                                        norms[sae.sae_id], w_dec)
+        params = bank.sae_params(sae.sae_id)
+        weights = SAEWeights(params["W_enc"], params["W_dec"], norms[sae.sae_id])
+        metrics, columns, examples, labels = sae_tables(sae.sae_id, stats[sae.sae_id], weights)
         metrics.update(extra.get(sae.sae_id, {}))
         result.summary_rows.append({
             **identity_columns(cfg, stream_id, trainer.trainer_id, sae, holdout.d),

@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from thresher.analysis.feature_columns import feature_columns
 from thresher.config import HYPERPARAMETER_NAMES, SWEEP_KEY
 
 SUMMARY_SCHEMA = pa.schema(
@@ -76,26 +77,8 @@ SUMMARY_SCHEMA = pa.schema(
     ]
 )
 
-FEATURES_SCHEMA = pa.schema(
-    [
-        ("sae_id", pa.string()),
-        ("feature", pa.int32()),
-        ("fire_count", pa.int64()),
-        ("firing_rate", pa.float64()),
-        ("log10_density", pa.float64()),  # -inf for features that never fired
-        ("mean_act", pa.float64()),
-        ("mean_act_when_active", pa.float64()),
-        ("std_act", pa.float64()),
-        ("max_act", pa.float64()),
-        ("decoder_norm", pa.float64()),  # in the SAE's training space (inputs x * input_scale)
-        ("max_decoder_cos", pa.float64()),  # largest cosine with another decoder row
-        ("mono_score", pa.float64()),  # NaN where undefined (a feature that never varied)
-        ("is_dead", pa.bool_()),
-        ("is_dense", pa.bool_()),
-        ("top_label", pa.int64()),  # -1 where no labelled row fired it
-        ("label_purity", pa.float64()),  # share of its labelled firing rows with top_label
-    ]
-)
+# `sae_id`, `feature`, then each registered statistic's columns (analysis/feature_columns.py).
+FEATURES_SCHEMA = pa.schema([(column.name, column.type) for column in feature_columns()])
 
 EXAMPLES_SCHEMA = pa.schema(
     [

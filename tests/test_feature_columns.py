@@ -1,0 +1,99 @@
+"""The registered per-feature statistics: their declarations are FEATURES_SCHEMA, what they emit
+has the declared names and types, and the ones that need weights read the SAE's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from thresher.analysis.feature_columns import (
+    FEATURE_STATISTICS,
+    Column,
+    FeatureStatistic,
+    SAEWeights,
+    Shared,
+    feature_columns,
+    feature_statistic,
+)
+from thresher.analysis.feature_statistics import FeatureStatistics
+from thresher.analysis.parquet import FEATURES_SCHEMA, table_from_columns
+from thresher.analysis.stats import StatsOptions
+
+from .test_stats import accumulate, synthetic
+
+
+class SecondFireCount(FeatureStatistic):
+    """Declares a column another statistic already has (never registered)."""
+
+    COLUMNS = (Column("fire_count", pa.int64(), "again"),)
+
+
+class Misnamed(FeatureStatistic):
+    """Emits a column under another name than it declares (never registered)."""
+
+    COLUMNS = (Column("alpha", pa.float64(), "declared"),)
+
+    def values(self, shared: Shared) -> dict[str, np.ndarray]:
+        return {"beta": np.zeros(self.d_sae)}
+
+
+def weights_of(d_in: int, d_sae: int, seed: int = 0) -> SAEWeights:
+    rng = np.random.default_rng(seed)
+    w_dec = rng.normal(size=(d_sae, d_in))
+    return SAEWeights(torch.from_numpy(rng.normal(size=(d_in, d_sae))), torch.from_numpy(w_dec),
+                      np.linalg.norm(w_dec, axis=1) * 2.5)
+
+
+def test_features_schema_is_the_registered_columns() -> None:
+    columns = feature_columns()
+    assert FEATURES_SCHEMA.names == [c.name for c in columns]
+    assert [f.type for f in FEATURES_SCHEMA] == [c.type for c in columns]
+    assert FEATURES_SCHEMA.names[:2] == ["sae_id", "feature"]
+    assert len(set(FEATURES_SCHEMA.names)) == len(FEATURES_SCHEMA.names)
+
+
+def test_a_column_name_is_registered_once() -> None:
+    before = list(FEATURE_STATISTICS)
+    with pytest.raises(ValueError, match=r"SecondFireCount declares \['fire_count'\], already"):
+        feature_statistic(SecondFireCount)
+    assert before == FEATURE_STATISTICS
+
+
+def test_emitted_columns_have_the_declared_types_and_make_a_table() -> None:
+    data = synthetic(rows=240)
+    stats = accumulate(data, 64, StatsOptions(top_n=3, reservoir=4, quantiles=2))
+    d_in, d_sae = data["x"].shape[1], data["f"].shape[1]
+    columns = stats.features(weights_of(d_in, d_sae))
+    for column in feature_columns()[1:]:
+        assert columns[column.name].dtype == column.type.to_pandas_dtype(), column.name
+        assert columns[column.name].shape == (d_sae,), column.name
+    columns["sae_id"] = np.array(["s"] * d_sae, dtype=object)
+    assert table_from_columns(columns, FEATURES_SCHEMA).num_rows == d_sae
+
+
+def test_weight_statistics_read_the_weights_and_are_nan_without() -> None:
+    data = synthetic(rows=120)
+    stats = accumulate(data, 50, StatsOptions())
+    d_in, d_sae = data["x"].shape[1], data["f"].shape[1]
+    weights = weights_of(d_in, d_sae, seed=4)
+    with_weights, without = stats.features(weights), stats.features()
+    needs = {c.name for stat in FEATURE_STATISTICS if stat.NEEDS_WEIGHTS for c in stat.COLUMNS}
+    assert needs == {"decoder_norm", "max_decoder_cos"}
+    for name in needs:
+        assert np.isnan(without[name]).all(), name
+    np.testing.assert_allclose(with_weights["decoder_norm"], weights.decoder_norm)
+    unit = weights.w_dec.numpy() / np.linalg.norm(weights.w_dec.numpy(), axis=1, keepdims=True)
+    sims = unit @ unit.T
+    np.fill_diagonal(sims, -np.inf)
+    np.testing.assert_allclose(with_weights["max_decoder_cos"], sims.max(1), rtol=1e-12)
+    for name in set(with_weights) - needs:
+        np.testing.assert_array_equal(with_weights[name], without[name], err_msg=name)
+
+
+def test_a_statistic_that_emits_other_columns_than_it_declares_is_named() -> None:
+    stats = FeatureStatistics(4, 3)
+    stats.statistics.append(Misnamed(4, 3, stats.options))
+    with pytest.raises(ValueError, match=r"Misnamed emitted \['beta'\] but declares \['alpha'\]"):
+        stats.features()
