@@ -97,3 +97,24 @@ def test_a_statistic_that_emits_other_columns_than_it_declares_is_named() -> Non
     stats.statistics.append(Misnamed(4, 3, stats.options))
     with pytest.raises(ValueError, match=r"Misnamed emitted \['beta'\] but declares \['alpha'\]"):
         stats.features()
+
+
+@pytest.mark.parametrize("batch", [240, 61, 7])
+def test_activation_entropy_equals_its_definition(batch: int) -> None:
+    data = synthetic(rows=240)
+    f = data["f"]
+    f[:, 7] = 0.0
+    f[11, 7] = 1.5  # fires on one row only: entropy 0
+    f[:, 9] = np.where(np.arange(240) % 4 == 0, 0.7, 0.0)  # 60 equal activations: ln 60
+    stats = accumulate(data, batch, StatsOptions(top_n=0, reservoir=0, monoscore=False))
+    reference = np.full(f.shape[1], np.nan)
+    for j in range(f.shape[1]):
+        a = f[f[:, j] > 0, j]
+        if len(a):
+            p = a / a.sum()
+            reference[j] = -(p * np.log(p)).sum()
+    entropy = stats.features()["activation_entropy"]
+    np.testing.assert_allclose(entropy, reference, rtol=1e-9, atol=1e-12)
+    assert np.isnan(entropy[3])  # the dead feature
+    assert entropy[7] == pytest.approx(0.0, abs=1e-12)
+    assert entropy[9] == pytest.approx(np.log(60), rel=1e-12)

@@ -217,3 +217,33 @@ class LabelPurity(FeatureStatistic):
             purity = counts.max(1) / labelled
         return {"top_label": np.where(labelled > 0, counts.argmax(1), -1),
                 "label_purity": np.where(labelled > 0, purity, np.nan)}
+
+
+@feature_statistic
+class ActivationEntropy(FeatureStatistic):
+    """How spread a feature's activation mass is over its firing rows: with S = Σ f and
+    T = Σ f ln f over them, H = −Σ (f/S) ln(f/S) = ln S − T/S, two sums per feature."""
+
+    COLUMNS = (Column(
+        "activation_entropy", pa.float64(),
+        "Shannon entropy (nats) of its activation mass over the held-out rows where it fired, "
+        "p = f / Σf: 0 when one row carries it all, ln(fire_count) when every firing row "
+        "carries the same (exp of it: the effective number of rows); NaN if it never fired"),)
+
+    def __init__(self, d_in: int, d_sae: int, options: StatsOptions) -> None:
+        super().__init__(d_in, d_sae, options)
+        self.mass = torch.zeros(d_sae, dtype=torch.float64)  # S
+        self.mass_log = torch.zeros(d_sae, dtype=torch.float64)  # T
+
+    def update(self, batch: Batch) -> None:
+        firing = batch.firing
+        feats, values = batch.feature[firing], batch.value[firing]
+        self.mass.index_add_(0, feats, values)
+        self.mass_log.index_add_(0, feats, values * values.log())
+
+    def values(self, shared: Shared) -> dict[str, np.ndarray]:
+        mass, mass_log = self.mass.numpy(), self.mass_log.numpy()
+        fired = mass > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            entropy = np.log(mass) - mass_log / mass
+        return {"activation_entropy": np.where(fired, np.maximum(entropy, 0.0), np.nan)}
