@@ -13,7 +13,7 @@ line in docs/formats.md.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import pyarrow as pa
@@ -65,6 +65,7 @@ class FeatureStatistic:
         raise NotImplementedError
 
 
+StatisticClass = TypeVar("StatisticClass", bound=type[FeatureStatistic])
 KEY_COLUMNS = (Column("sae_id", pa.string(), ""), Column("feature", pa.int32(), "latent index"))
 FEATURE_STATISTICS: list[type[FeatureStatistic]] = []
 
@@ -74,7 +75,7 @@ def feature_columns() -> tuple[Column, ...]:
     return (*KEY_COLUMNS, *(c for stat in FEATURE_STATISTICS for c in stat.COLUMNS))
 
 
-def feature_statistic(cls: type[FeatureStatistic]) -> type[FeatureStatistic]:
+def feature_statistic(cls: StatisticClass) -> StatisticClass:
     """Register a statistic: its columns follow those registered before it."""
     taken = {c.name for c in feature_columns()}
     clash = [c.name for c in cls.COLUMNS if c.name in taken]

@@ -109,7 +109,7 @@ class FeatureStatistics:
         return columns
 
     def _column(self, stat: FeatureStatistic, column: Column, value: np.ndarray) -> np.ndarray:
-        array = np.asarray(value, dtype=column.type.to_pandas_dtype())
+        array = np.array(value, dtype=column.type.to_pandas_dtype())  # a copy: the sums go on
         if array.shape != (self.d_sae,):
             raise ValueError(f"statistic {type(stat).__name__} emitted `{column.name}` of shape "
                              f"{array.shape}, not one value per feature ({self.d_sae},)")
