@@ -49,7 +49,7 @@ def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Pat
     # 8 batches of 32 rows; rows are mixed, so count the poisoned ones on a second reader
     check, poisoned = reader_for(log, 32), 0
     for _ in range(8):
-        poisoned += not np.isfinite(check.next_batch().acts).all()
+        poisoned += not np.isfinite(check.next_batch().block.acts).all()
     assert poisoned >= 1
     assert loop.counters.skipped_batches == poisoned
     assert trainer.step == 8 - poisoned
