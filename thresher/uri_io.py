@@ -17,8 +17,10 @@ import fnmatch
 import functools
 import hashlib
 import io
+import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -127,6 +129,13 @@ def save(path: str | os.PathLike[str], data: bytes) -> Path:
     write_bytes(path, data)
     publish(path)
     return Path(path)
+
+
+def save_json(path: str | os.PathLike[str], obj: Any,
+              default: Callable[[Any], Any] | None = None) -> Path:
+    """Write a JSON run file (indented, one trailing newline) through `save`; `default` turns
+    values JSON has no type for into ones it has (as in `json.dumps`)."""
+    return save(path, (json.dumps(obj, indent=2, default=default) + "\n").encode())
 
 
 def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
