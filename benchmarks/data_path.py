@@ -65,7 +65,7 @@ def gather_ceiling_gbps(d: int, chunk_rows: int, threads: int, mix_chunks: int =
     position = np.zeros(chunk_rows, dtype=np.int32)
     blocks = [ActivationBlock(acts=rng.random((chunk_rows, d), dtype=np.float32),
                               example_id=np.arange(chunk_rows), position=position, label=None,
-                              bf16=False, hooks=())
+                              bf16_bits=False, hook_layout=())
               for _ in range(mix_chunks)]
     group = Group(index=0, rows=chunk_rows * mix_chunks, perm_seed=(0, 0, 0),
                   handles=tuple(Chunk((Piece(i, 0, chunk_rows),)) for i in range(mix_chunks)))

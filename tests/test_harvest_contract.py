@@ -123,8 +123,8 @@ def test_bf16_option_runs_the_model_in_bf16_and_keeps_its_rows_bf16(kind: str) -
     assert params == {torch.bfloat16}
     batch = _batch(kind)
     want, got = full.harvest(batch), half.harvest(batch)
-    assert not want.bf16 and want.acts.dtype == np.float32
-    assert got.bf16 and got.acts.dtype == np.int16 and got.acts.shape == want.acts.shape
+    assert not want.bf16_bits and want.acts.dtype == np.float32
+    assert got.bf16_bits and got.acts.dtype == np.int16 and got.acts.shape == want.acts.shape
     assert got.acts.nbytes * 2 == want.acts.nbytes
     np.testing.assert_array_equal(got.example_id, want.example_id)
     np.testing.assert_array_equal(got.position, want.position)

@@ -77,6 +77,6 @@ def test_batch_tensor_shares_float32_rows_and_counts_its_copies() -> None:
     # bf16 rows (their bits as int16) widen to float32 on the device: one copy
     bits = torch.from_numpy(acts.copy()).bfloat16().view(torch.int16).numpy()
     x, copies = batch_tensor(ActivationBlock(bits, np.arange(8), np.zeros(8, dtype=np.int32),
-                                             bf16=True), cpu)
+                                             bf16_bits=True), cpu)
     assert copies == 1 and x.dtype == torch.float32
     np.testing.assert_allclose(x.numpy(), acts, rtol=2**-8)

@@ -234,9 +234,9 @@ def test_gather_is_concatenate_then_permute_and_picks_one_hook() -> None:
     """The one-copy gather of a group equals the naive concatenation and permutation."""
     a, b = make_block(0, 7), make_block(7, 9)
     two = ActivationBlock(acts=np.concatenate([b.acts, -b.acts], axis=1), example_id=b.example_id,
-                          position=b.position, hooks=(("x", 4), ("y", 4)))
+                          position=b.position, hook_layout=(("x", 4), ("y", 4)))
     one = ActivationBlock(acts=a.acts, example_id=a.example_id, position=a.position,
-                          hooks=(("x", 4),))
+                          hook_layout=(("x", 4),))
     group = Group(index=3, handles=(Chunk((Piece(two, 5, 9),)),
                                     Chunk((Piece(one, 2, 7), Piece(two, 0, 5)))),
                   rows=14, perm_seed=(1, 2, 3))
@@ -246,7 +246,7 @@ def test_gather_is_concatenate_then_permute_and_picks_one_hook() -> None:
     gathered = gather_group(group, list, hook="x")
     np.testing.assert_array_equal(gathered.acts, naive.acts)
     np.testing.assert_array_equal(gathered.example_id, naive.example_id)
-    assert gathered.hooks == (("x", 4),) and gathered.acts.flags.writeable
+    assert gathered.hook_layout == (("x", 4),) and gathered.acts.flags.writeable
 
 
 def test_prefetching_reader_cuts_the_same_batches() -> None:

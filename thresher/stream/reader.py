@@ -92,13 +92,13 @@ def gather_group(group: Group[Chunk[Handle]], load: Load[Handle],
     else:
         for future in [threads.submit(scatter, *task) for task in tasks]:
             future.result()
-    hooks = ((hook, width),) if hook and first.hooks else first.hooks
+    layout = ((hook, width),) if hook and first.hook_layout else first.hook_layout
     return ActivationBlock(acts=acts, example_id=example_id, position=position, label=label,
-                           bf16=first.bf16, hooks=hooks)
+                           bf16_bits=first.bf16_bits, hook_layout=layout)
 
 
 def _hook_columns(block: ActivationBlock, hook: str | None) -> slice:
-    if hook is None or not block.hooks or len(block.hooks) == 1:
+    if hook is None or not block.hook_layout or len(block.hook_layout) == 1:
         return slice(0, block.d)
     return slice(*block.hook_span(hook))
 
