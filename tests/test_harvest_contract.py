@@ -26,7 +26,7 @@ from thresher.modalities.eeg.recordings import WindowBatch
 from thresher.modalities.image.decode import ImageBatch
 from thresher.modalities.text.windows import TokenBatch
 
-from .test_eeg import _write_edf
+from .eeg_data import write_edf
 from .test_vision import image_source, write_images
 from .tiny_models import (
     TINY_BERT,
@@ -225,8 +225,8 @@ def test_corrupt_edf_is_skipped_and_counted_in_run_json(tmp_path: Path) -> None:
 
     rec = spkit_eeg_sample()
     signals = np.clip(rec.signals[:3, :512] - rec.signals[:3].mean(1, keepdims=True), -900, 900)
-    _write_edf(tmp_path / "a.edf", signals, rec.channels[:3])
-    _write_edf(tmp_path / "b.edf", signals[:, ::-1].copy(), rec.channels[:3])
+    write_edf(tmp_path / "a.edf", signals, rec.channels[:3])
+    write_edf(tmp_path / "b.edf", signals[:, ::-1].copy(), rec.channels[:3])
     (tmp_path / "c.edf").write_bytes(b"0       not an EDF header at all" * 12)
     cfg = {
         "run": {"name": "edf", "out": str(tmp_path / "runs"), "seed": 0},

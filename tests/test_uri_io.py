@@ -6,33 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pytest
 
 from thresher import uri_io
 from thresher.rundir import RunDirError
-
-
-@pytest.fixture(scope="session")
-def s3_uri() -> Iterator[str]:
-    """An S3 endpoint on loopback (moto's server, a real HTTP S3 API); yields a bucket URI."""
-    from moto.server import ThreadedMotoServer
-
-    # AWS_* credentials: tests/conftest.py
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    bucket, _ = pafs.FileSystem.from_uri(f"s3://thresher-test?{options}"
-                                         "&allow_bucket_creation=true")
-    bucket.create_dir("thresher-test")
-    yield f"s3://thresher-test/runs?{options}"
-    server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])
