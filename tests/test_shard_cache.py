@@ -1,6 +1,6 @@
-"""An activation cache in a bucket (issue 12, item 9): `thresher harvest --out s3://...` writes
-shards plus a manifest with checksums to moto's S3 server on loopback, a `stored` source replays
-them with read-ahead, and a corrupt shard is named with the fix."""
+"""An activation cache in a bucket: `thresher harvest --out s3://...` writes shards plus a
+manifest with checksums to moto's S3 server on loopback, a `stored` source replays them with
+read-ahead, and a corrupt shard is named with the fix."""
 
 from __future__ import annotations
 
