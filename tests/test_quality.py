@@ -36,6 +36,8 @@ def quality_config(out: Path) -> dict:
     return cfg
 
 
+# The suite's longest test by far (`pytest --durations`): twice the per-test limit.
+@pytest.mark.timeout(1200)
 def test_saes_beat_pca_on_heldout_rows(tmp_path: Path) -> None:
     cfg = quality_config(tmp_path)
     run_dir = thresher.run(cfg, inline=True, progress=False)
