@@ -53,33 +53,42 @@ def memcpy_gbps(nbytes: int = 256 * 2**20, repeats: int = 5) -> float:
 def gather_ceiling_gbps(d: int, chunk_rows: int, threads: int, mix_chunks: int = 4,
                         repeats: int = 3) -> float:
     """The shuffle's own ceiling: `gather_group` on in-process numpy blocks of one group's
-    shape (no Ray, no fetch), into arrays recycled as a reader recycles them. A row-level
+    shape (no Ray, no fetch), into arrays leased from a pool as a reader leases them. A row-level
     permutation writes rows at random places, which on its own reaches only part of memcpy;
     the consumers are measured against it too."""
     from thresher.stream.block import ActivationBlock
     from thresher.stream.chunker import Chunk, Piece
     from thresher.stream.log import Group
-    from thresher.stream.reader import RecycledArrays, gather_group
+    from thresher.stream.reader import BufferPool, gather_group
 
     rng = np.random.default_rng(0)
     position = np.zeros(chunk_rows, dtype=np.int32)
     blocks = [ActivationBlock(acts=rng.random((chunk_rows, d), dtype=np.float32),
                               example_id=np.arange(chunk_rows), position=position, label=None,
-                              bf16=False, hooks=())
+                              bf16_bits=False, hook_layout=())
               for _ in range(mix_chunks)]
     group = Group(index=0, rows=chunk_rows * mix_chunks, perm_seed=(0, 0, 0),
                   handles=tuple(Chunk((Piece(i, 0, chunk_rows),)) for i in range(mix_chunks)))
-    arrays = RecycledArrays()
+    arrays, leases = BufferPool(), []
+
+    def leased(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        leases.append(arrays.lease(shape, dtype))
+        return leases[-1].array
+
     best = float("inf")
     with ThreadPoolExecutor(threads) as pool:
         for _ in range(repeats + 1):  # the first gather fills a fresh array, as a reader's does
             start = time.perf_counter()
-            rows = gather_group(group, lambda handles: [blocks[h] for h in handles],
-                                empty=arrays, threads=pool if threads > 1 else None)
+            gather_group(group, lambda handles: [blocks[h] for h in handles], empty=leased,
+                         threads=pool if threads > 1 else None)
             best = min(best, time.perf_counter() - start)
-            arrays.give_back(rows.acts)
-            del rows
+            leases.pop().release()
     return group.rows * d * 4 / best / 1e9
+
+
+def free_arrays_of(pool: Any) -> Any:
+    """An `empty` that takes the arrays `pool` has free (kept for good), then new ones."""
+    return lambda shape, dtype: pool.lease(shape, dtype).array
 
 
 def config(args: argparse.Namespace, shards: Path, out: Path, consumers: int) -> dict[str, Any]:
@@ -136,7 +145,7 @@ def consumer_cls() -> Any:
                 first = 0.0
                 while True:
                     try:
-                        batch = reader.next_batch()
+                        leased = reader.next_batch()
                     except NotReady:
                         ray.get(stream.commit.remote(trainer_id, reader.cursor))
                         continue
@@ -144,7 +153,8 @@ def consumer_cls() -> Any:
                         break
                     if not batches:
                         first = time.perf_counter()
-                    x, _ = batch_tensor(batch, cpu)
+                    with leased as batch:
+                        x, _ = batch_tensor(batch, cpu)
                     rows, nbytes, batches = rows + len(x), nbytes + x.numel() * 4, batches + 1
                     if commit and batches % every == 0:
                         ray.get(stream.commit.remote(trainer_id, reader.cursor))
@@ -155,7 +165,7 @@ def consumer_cls() -> Any:
             for i in range(passes):
                 if i:  # from the start again; the new reader's arrays come from the last's
                     reader.close()
-                    reader = reader_of(reader.groups.empty)
+                    reader = reader_of(free_arrays_of(reader.groups.pool))
                 results.append(one_pass(reader, commit=i == passes - 1))
             ray.get(stream.commit.remote(trainer_id, CURSOR_DONE))
             reader.close()

@@ -5,7 +5,7 @@
 Without RUN_DIR it runs the default (`thresher run`) first. It then re-harvests the run's stream
 with the same plain classes (collect_stream) to fit, on the very training rows the SAEs saw, a
 PCA with as many components as each TopK SAE's k, and compares held-out fractions of variance
-explained. Pass criteria (issues 2 and 12): every SAE is above 0.5, beats a PCA with k
+explained. Pass criteria: every SAE is above 0.5, beats a PCA with k
 components (TopK's k, or the SAE's L0), has L0 <= 64 and under 5% of its latents firing on more
 than 10% of held-out rows.
 """

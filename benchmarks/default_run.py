@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/default_run.py [--inline] [--out DIR]
 
-Target (issue 2): under 5 minutes on 2 cores. Harvest and training overlap under Ray, so the
+Target: under 5 minutes on 2 cores. Harvest and training overlap under Ray, so the
 split shows where each role spent its time, not a partition of the wall time.
 """
 

@@ -4,7 +4,7 @@ reference (dense decode, torch.optim.Adam, one SAE at a time), in the same run.
     .venv/bin/python benchmarks/sae_throughput.py [--threads 2] [--steps 6] [--repeats 3]
     .venv/bin/python benchmarks/sae_throughput.py --device cuda --bf16   # d_in 768, d_sae 24576
 
-CPU targets (issue 3): d_in 512, d_sae 4096, k 32, batch 2048 --
+CPU targets: d_in 512, d_sae 4096, k 32, batch 2048 --
   one SAE:      thresher >= 2x the reference's samples/s;
   bank of 8:    (different lr and k) >= 1.5x the throughput of the reference run for the 8 SAEs
                 one after another.

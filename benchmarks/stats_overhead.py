@@ -1,4 +1,4 @@
-"""What streaming statistics accumulation adds to a training step (issue 5: at most 10%).
+"""What streaming statistics accumulation adds to a training step (target: at most 10%).
 
     .venv/bin/python benchmarks/stats_overhead.py [--threads 2] [--steps 6] [--warm 16]
 

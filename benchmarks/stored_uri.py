@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "thresher-bench")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "thresher-bench")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
-from thresher import uri_io
 from thresher.modalities.stored.shards import ShardStore, ShardWriter
 from thresher.stream.block import ActivationBlock
 
@@ -102,7 +102,8 @@ def main() -> None:
     try:
         host, port = server.get_host_and_port()
         options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-        uri_io.make_dirs(f"s3://bench?{options}&allow_bucket_creation=true")
+        bucket, _ = pafs.FileSystem.from_uri(f"s3://bench?{options}&allow_bucket_creation=true")
+        bucket.create_dir("bench")
         remote = f"s3://bench/cache?{options}"
         with tempfile.TemporaryDirectory() as tmp:
             local = str(Path(tmp) / "cache")

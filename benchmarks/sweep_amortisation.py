@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/sweep_amortisation.py [--inline]
 
-Target (issue 2): the 8-SAE run takes at most 2x the wall time of the 1-SAE run (eight separate
+Target: the 8-SAE run takes at most 2x the wall time of the 1-SAE run (eight separate
 runs would take about 8x). SAEs: d_sae 1536, k 32 / 64, four learning rates.
 """
 

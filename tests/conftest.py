@@ -1,4 +1,5 @@
-"""Shared fixtures: one Ray per test session (ray.init costs ~5 s), small run configs."""
+"""Shared fixtures: one Ray per test session (ray.init costs seconds), an S3 server on
+loopback, small run configs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# Credentials for the S3 server on loopback of tests/test_uri_io.py (moto accepts any). Set
+# Credentials for the S3 server on loopback (`s3_uri`; moto accepts any). Set
 # before the session Ray starts, so its workers have them too.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "thresher-test")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "thresher-test")
@@ -28,6 +29,23 @@ def ray_session() -> Iterator[Any]:
              log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_uri() -> Iterator[str]:
+    """An S3 endpoint on loopback (moto's server, a real HTTP S3 API); yields a bucket URI."""
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    bucket, _ = pafs.FileSystem.from_uri(f"s3://thresher-test?{options}"
+                                         "&allow_bucket_creation=true")
+    bucket.create_dir("thresher-test")
+    yield f"s3://thresher-test/runs?{options}"
+    server.stop()
 
 
 def smoke_config(out: Path, **overrides: Any) -> dict[str, Any]:

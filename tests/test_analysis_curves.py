@@ -5,11 +5,8 @@ a missing, logged-out or failing wandb never takes a run down."""
 from __future__ import annotations
 
 import logging
-import struct
 import sys
-import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -23,6 +20,8 @@ from thresher.analysis.wandb_log import WandbLogger
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.stats import estimate_stream_stats
 from thresher.train.bank import SAEBank
+
+from .wandb_files import history_and_summary
 
 D_IN = 10
 
@@ -82,64 +81,6 @@ def test_curve_points_equal_the_bank_metrics_and_brute_force(tmp_path: Path) -> 
 # -- wandb -------------------------------------------------------------------------------------
 
 
-def _wandb_records(path: Path) -> list[Any]:
-    """Records of an offline run's .wandb file: a 7-byte header, then 32 KiB blocks of
-    LevelDB-log records (crc32, length, type; FULL=1 or FIRST/MIDDLE/LAST=2/3/4)."""
-    from wandb.proto import wandb_internal_pb2
-
-    data, block = path.read_bytes(), 32768
-    assert data[:4] == b":W&B"
-    pos, chunks, records = 7, b"", []
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
-        pos += 7
-        if pos + length > len(data):
-            break  # a record still being written
-        chunks += data[pos:pos + length]
-        pos += length
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(chunks)
-            records.append(record)
-            chunks = b""
-    return records
-
-
-def _finished_records(path: Path, timeout: float = 30.0) -> list[Any]:
-    """The records of a finished run's file, once its exit record is there: `finish()` can
-    return before wandb's service has written the file out (seen on a loaded machine)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        records = _wandb_records(path)
-        if any(r.WhichOneof("record_type") == "exit" for r in records):
-            return records
-        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
-        time.sleep(0.2)
-
-
-def _history_and_summary(run_dir: Path) -> tuple[str, list[dict[str, float]], dict[str, float]]:
-    import json
-
-    (path,) = run_dir.glob("run-*.wandb")
-    name, history, summary = "", [], {}
-    for record in _finished_records(path):
-        kind = record.WhichOneof("record_type")
-        if kind == "run":
-            # A run may write its run record again later (an update), not always with the
-            # name: the first name given is the run's.
-            name = name or record.run.display_name
-        elif kind == "history":
-            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.history.item})
-        elif kind == "summary":
-            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                            for item in record.summary.update})
-    return name, history, summary
-
-
 def test_offline_wandb_holds_curves_and_final_metrics(tmp_path: Path) -> None:
     pytest.importorskip("wandb")
     configs = {"a-topk": {"arch": "topk", "k": 3}, "b-relu": {"arch": "relu", "l1_coef": 0.05}}
@@ -153,7 +94,7 @@ def test_offline_wandb_holds_curves_and_final_metrics(tmp_path: Path) -> None:
     runs = sorted((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 2
     by_name = {name: (history, summary)
-               for name, history, summary in map(_history_and_summary, runs)}
+               for name, history, summary in map(history_and_summary, runs)}
     history, summary = by_name["smoke/a-topk"]
     assert [(h["_step"], h["fve"]) for h in history] == [(2, pytest.approx(0.2)),
                                                          (4, pytest.approx(0.4))]
@@ -236,7 +177,7 @@ def test_a_run_writes_curves_and_logs_them_to_offline_wandb(tmp_path: Path) -> N
         assert points[0]["fve"] < points[-1]["fve"] < 1.0  # it learns
     runs = sorted((run_dir / "wandb" / "wandb").glob("offline-run-*"))
     assert len(runs) == len(summary)
-    for name, history, final in map(_history_and_summary, runs):
+    for name, history, final in map(history_and_summary, runs):
         sae_id = name.removeprefix("curvy/")
         assert [h["_step"] for h in history] == [8, 16, 20]
         assert final["final/fve"] == pytest.approx(summary[sae_id]["fve"])

@@ -228,15 +228,16 @@ def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path) ->
         loop = TrainLoop(trainer, reader_for(make_log(chunks), 64), lambda cursor: None,
                          checkpoint_every=4)
         while trainer.step < 4:  # the first checkpoint, at step 4, fits
-            batch = loop.reader.next_batch()
-            trainer.train_step(batch)
+            with loop.reader.next_batch() as batch:
+                trainer.train_step(batch)
         loop.checkpoint()
         saved = {s.sae_id: trainer.bank.get_sae_state(s.sae_id) for s in saes}
         ballast = disk / "ballast"
         free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         ballast.write_bytes(b"\0" * (free - 64 * 1024))  # the disk fills up meanwhile
         for _ in range(4):
-            trainer.train_step(loop.reader.next_batch())
+            with loop.reader.next_batch() as batch:
+                trainer.train_step(batch)
         with pytest.raises(CheckpointWriteError) as err:
             loop.checkpoint()
         assert err.value.errno == errno.ENOSPC

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -16,44 +15,22 @@ import thresher
 from thresher.cli import main as cli_main
 from thresher.config import ConfigError, load_config
 from thresher.harvest.harvester import Harvester
-from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.harvest.inputs import prepare_inputs
 from thresher.modalities.stored.errors import StoreError
 from thresher.modalities.stored.lmdb import StoreWriter
 from thresher.modalities.stored.store import iter_store, open_store
 from thresher.stream.block import ActivationBlock
 
-from .test_eeg import TINY_PATCHTST
+from .eeg_data import eeg_config, harvested_rows, write_yaml
 from .test_vision import TINY_CLIP, write_images
 
 
-def _eeg_config(out: Path, **source: Any) -> dict[str, Any]:
-    return {
-        "run": {"name": "eeg", "out": str(out), "seed": 0},
-        "source": {"backbone": {"kind": "patchtst", "model": "", "config": TINY_PATCHTST},
-                   "hook": "layer.1",
-                   "inputs": {"kind": "spkit_eeg_sample", "context": 128, "stride": 32},
-                   "batch_size": 8, **source},
-        "stream": {"chunk_rows": 512, "capacity_chunks": 8, "mix_chunks": 2,
-                   "holdout_rows": 1024, "norm_rows": 512},
-        "train": {"batch_size": 128, "rows": 2048, "checkpoint_every": 8, "warmup_steps": 2,
-                  "d_sae": 64, "k": 8},
-        "resources": {"harvester_threads": 1, "trainer_threads": 1},
-    }
-
-
-def _direct_rows(cfg: Any, base: Path) -> ActivationBlock:
-    inputs = prepare_inputs(cfg.source, cfg.run.seed, base)
-    harvester = Harvester(cfg.source, base_dir=base)
-    return ActivationBlock.concat([harvester.harvest(decode_batch(inputs, b))
-                                   for b in inputs.batches])
-
-
 def test_lmdb_round_trip_and_stored_replay(tmp_path: Path) -> None:
-    cfg = load_config(_eeg_config(tmp_path))
+    cfg = load_config(eeg_config(tmp_path))
     store = tmp_path / "cache"
-    assert cli_main(["harvest", _write_yaml(tmp_path, _eeg_config(tmp_path)),
+    assert cli_main(["harvest", write_yaml(tmp_path, eeg_config(tmp_path)),
                      "--out", str(store)]) == 0
-    direct = _direct_rows(cfg, tmp_path)
+    direct = harvested_rows(cfg, tmp_path)
     stored = ActivationBlock.concat(list(iter_store(store)))
     assert np.array_equal(stored.acts, direct.acts)
     assert np.array_equal(stored.example_id, direct.example_id)
@@ -67,10 +44,10 @@ def test_lmdb_round_trip_and_stored_replay(tmp_path: Path) -> None:
     opened.close()
 
     # Replayed through a run: the same rows reach the SAEs, the manifest lands in the run.
-    replay = _eeg_config(tmp_path)
+    replay = eeg_config(tmp_path)
     replay["run"]["name"] = "replay"
     replay["source"] = {"backbone": {"kind": "stored", "model": str(store)}, "hook": "layer.1"}
-    original = thresher.run(_eeg_config(tmp_path), inline=True, progress=False)
+    original = thresher.run(eeg_config(tmp_path), inline=True, progress=False)
     replayed = thresher.run(replay, inline=True, progress=False)
     assert pq.read_table(original / "inputs" / "s0.parquet").equals(
         pq.read_table(replayed / "inputs" / "s0.parquet"))
@@ -86,14 +63,6 @@ def test_lmdb_round_trip_and_stored_replay(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"set source\.hook to 'layer\.1'"):
         prepare_inputs(load_config({**replay, "source": {**replay["source"], "hook": "layer.0"}})
                        .source, 0, tmp_path)
-
-
-def _write_yaml(folder: Path, cfg: dict[str, Any]) -> str:
-    import yaml
-
-    path = folder / "cfg.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return str(path)
 
 
 def _small_store(path: Path, labelled: bool = True) -> list[ActivationBlock]:

@@ -14,6 +14,7 @@ from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
 from thresher.modalities.eeg.recordings import cut_windows, spkit_eeg_sample
 
+from .eeg_data import write_edf
 from .tiny_models import TINY_PATCHTST
 
 
@@ -74,25 +75,11 @@ def test_cut_windows_stride_and_scaling_none() -> None:
     np.testing.assert_array_equal(windows[1][:, 1], signals[1, 4:9])
 
 
-def _write_edf(path: Path, signals: np.ndarray, labels: list[str], rate: int = 128) -> None:
-    import pyedflib
-
-    writer = pyedflib.EdfWriter(str(path), len(labels), file_type=pyedflib.FILETYPE_EDFPLUS)
-    headers = []
-    for label in labels:
-        headers.append({"label": label, "dimension": "uV", "sample_frequency": rate,
-                        "physical_max": 1000.0, "physical_min": -1000.0,
-                        "digital_max": 32767, "digital_min": -32768})
-    writer.setSignalHeaders(headers)
-    writer.writeSamples([s.astype(np.float64) for s in signals])
-    writer.close()
-
-
 def test_edf_and_npy_inputs_skip_a_corrupt_file(tmp_path: Path) -> None:
     rec = spkit_eeg_sample()
     signals = np.clip(rec.signals[:, :1024] - rec.signals.mean(1, keepdims=True), -900, 900)
-    _write_edf(tmp_path / "a.edf", signals, rec.channels)
-    _write_edf(tmp_path / "b.edf", signals[:, ::-1].copy(), rec.channels)
+    write_edf(tmp_path / "a.edf", signals, rec.channels)
+    write_edf(tmp_path / "b.edf", signals[:, ::-1].copy(), rec.channels)
     (tmp_path / "c.edf").write_bytes(b"0       garbage that is not an EDF header" * 10)
     source = eeg_source(kind="edf", paths=("*.edf",), config=TINY_PATCHTST,
                         channels=("O1", "O2", "AF3"))

@@ -4,26 +4,12 @@ coefficient (MCC) of each true feature's best one-to-one (Hungarian) match among
 at least 0.85, and no lower than sae_lens's own trainer reaches on the same batches and budget
 minus 0.02.
 
-The comparison is of trainers, so each sae_lens SAE starts from the initial W_enc and W_dec of
-the thresher SAE of the same seed. With inits of their own the two sides differ by the luck of
-the draw: over eight seeds sae_lens's BatchTopK averaged 0.893 (0.881 to 0.909), while the
-three seeds this test first used gave it 0.911, 0.024 above thresher's mean with no difference
-in training; from thresher's inits sae_lens gets thresher's mean (0.888). Each side is the mean
-over three seeds.
-
-The dictionary is overcomplete (d_sae = 2 x 128 true features), as SAEs are used. At d_sae = 128
-Matryoshka cannot reach 0.85 on a flat source, in either implementation (thresher 0.78 with unit
-decoder rows, sae_lens 0.80 over three seeds; nor with prefixes at 1/2 of d_sae, nor with three
-times the steps): its nested prefixes must reconstruct alone, which bends their latents away
-from single features, and with no spare latents every bent one costs a true feature its match.
-
-Matryoshka's decoder rows are free by default, as sae_lens trains them: from the same inits,
-held at unit norm its mean MCC was 0.865 (0.871, 0.867, 0.858) against sae_lens's 0.895 (0.899,
-0.892, 0.895); free, thresher's is 0.895 (0.902, 0.894, 0.889). The first step's loss and
-gradients of the two implementations agree to 2e-7; the norm constraint was the difference.
-
-Sizes: 128 true features in 64 dimensions, 400 steps of 512 rows (about a minute for thresher's
-15 SAEs, a few seconds per sae_lens SAE, on two CPU cores).
+The comparison is of training rules, not of initial draws: each sae_lens SAE starts from the
+initial W_enc and W_dec of the thresher SAE of the same seed, and each side is the mean over
+three seeds. The dictionary is overcomplete (d_sae = 2 x 128 true features), as SAEs are used.
+Sizes: 128 true features in 64 dimensions, 400 steps of 512 rows. The measurements behind these
+choices (seed spread, Matryoshka at d_sae = 128, its free decoder rows) are in docs/design.md,
+Decisions.
 """
 
 from __future__ import annotations

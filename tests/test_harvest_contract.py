@@ -26,7 +26,7 @@ from thresher.modalities.eeg.recordings import WindowBatch
 from thresher.modalities.image.decode import ImageBatch
 from thresher.modalities.text.windows import TokenBatch
 
-from .test_eeg import _write_edf
+from .eeg_data import write_edf
 from .test_vision import image_source, write_images
 from .tiny_models import (
     TINY_BERT,
@@ -123,8 +123,8 @@ def test_bf16_option_runs_the_model_in_bf16_and_keeps_its_rows_bf16(kind: str) -
     assert params == {torch.bfloat16}
     batch = _batch(kind)
     want, got = full.harvest(batch), half.harvest(batch)
-    assert not want.bf16 and want.acts.dtype == np.float32
-    assert got.bf16 and got.acts.dtype == np.int16 and got.acts.shape == want.acts.shape
+    assert not want.bf16_bits and want.acts.dtype == np.float32
+    assert got.bf16_bits and got.acts.dtype == np.int16 and got.acts.shape == want.acts.shape
     assert got.acts.nbytes * 2 == want.acts.nbytes
     np.testing.assert_array_equal(got.example_id, want.example_id)
     np.testing.assert_array_equal(got.position, want.position)
@@ -225,8 +225,8 @@ def test_corrupt_edf_is_skipped_and_counted_in_run_json(tmp_path: Path) -> None:
 
     rec = spkit_eeg_sample()
     signals = np.clip(rec.signals[:3, :512] - rec.signals[:3].mean(1, keepdims=True), -900, 900)
-    _write_edf(tmp_path / "a.edf", signals, rec.channels[:3])
-    _write_edf(tmp_path / "b.edf", signals[:, ::-1].copy(), rec.channels[:3])
+    write_edf(tmp_path / "a.edf", signals, rec.channels[:3])
+    write_edf(tmp_path / "b.edf", signals[:, ::-1].copy(), rec.channels[:3])
     (tmp_path / "c.edf").write_bytes(b"0       not an EDF header at all" * 12)
     cfg = {
         "run": {"name": "edf", "out": str(tmp_path / "runs"), "seed": 0},

@@ -9,22 +9,14 @@ module, else thresher.a), not to the packages above it.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "thresher"
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
+from .package_source import module_name, source_files
 
 
 def package_sources() -> dict[str, tuple[str, bool]]:
     """Module name -> (source, whether it is a package's __init__)."""
     return {module_name(p): (p.read_text(), p.name == "__init__.py")
-            for p in sorted(PACKAGE.rglob("*.py"))}
+            for p in source_files()}
 
 
 def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:

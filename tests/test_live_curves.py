@@ -21,8 +21,8 @@ from thresher.analysis.wandb_log import WandbLogger
 from thresher.progress import curve_summaries
 
 from .conftest import smoke_config
-from .test_analysis_curves import _history_and_summary
 from .test_endings import THRESHER, long_config, record
+from .wandb_files import history_and_summary
 
 
 def point(sae_id: str, step: int, fve: float, trainer_id: str = "t0") -> dict[str, Any]:
@@ -44,7 +44,7 @@ def test_a_redone_step_replaces_its_point_and_wandb_gets_steps_in_order(tmp_path
     assert curves.newest["a"]["step"] == 12
     logger.finish()
     (run,) = (tmp_path / "wandb").glob("offline-run-*")
-    _, history, _ = _history_and_summary(run)
+    _, history, _ = history_and_summary(run)
     assert [(h["_step"], h["fve"]) for h in history] == [(4, 0.1), (8, 0.2), (12, 0.3)]
 
 
@@ -95,7 +95,7 @@ def test_an_interrupted_run_keeps_its_curves_and_wandb_had_them_before_it_ended(
     assert kept and all(p["step"] % 4 == 0 for p in kept)
     # The offline wandb runs got the points while the run went (it never reached its end).
     for run in (run_dir / "wandb" / "wandb").glob("offline-run-*"):
-        _, history, _ = _history_and_summary(run)
+        _, history, _ = history_and_summary(run)
         assert history and all(h["_step"] % 4 == 0 for h in history)
 
     resumed = subprocess.run([THRESHER, "run", "--resume", str(run_dir), "--inline",

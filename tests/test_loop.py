@@ -49,7 +49,7 @@ def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Pat
     # 8 batches of 32 rows; rows are mixed, so count the poisoned ones on a second reader
     check, poisoned = reader_for(log, 32), 0
     for _ in range(8):
-        poisoned += not np.isfinite(check.next_batch().acts).all()
+        poisoned += not np.isfinite(check.next_batch().block.acts).all()
     assert poisoned >= 1
     assert loop.counters.skipped_batches == poisoned
     assert trainer.step == 8 - poisoned
@@ -77,6 +77,6 @@ def test_batch_tensor_shares_float32_rows_and_counts_its_copies() -> None:
     # bf16 rows (their bits as int16) widen to float32 on the device: one copy
     bits = torch.from_numpy(acts.copy()).bfloat16().view(torch.int16).numpy()
     x, copies = batch_tensor(ActivationBlock(bits, np.arange(8), np.zeros(8, dtype=np.int32),
-                                             bf16=True), cpu)
+                                             bf16_bits=True), cpu)
     assert copies == 1 and x.dtype == torch.float32
     np.testing.assert_allclose(x.numpy(), acts, rtol=2**-8)

@@ -132,16 +132,15 @@ def test_inline_and_ray_give_the_same_weights(ray_run: Path, inline_run: Path) -
 
 
 def test_run_json_counts_the_copies_of_a_row(ray_run: Path, inline_run: Path) -> None:
-    """Between the backbone's rows and a trainer's tensor, a row is copied by the object
-    store's write (Ray only) and by the gather into its group's order; batches of whole groups
-    need no joining, and float32 CPU batches become tensors in place."""
-    for run, harvest_side in ((ray_run, 1.0), (inline_run, 0.0)):
-        record = run_json(run)
-        assert record["streams"]["s0"]["harvest"]["copies_per_row"] == harvest_side
-        for trainer in record["trainers"].values():
-            assert trainer["copies_per_row"] == {"harvest": harvest_side, "gather": 1.0,
-                                                 "batch": 0.0, "tensor": 0.0,
-                                                 "total": harvest_side + 1.0}
+    """On the trainer's side a row is copied once, by the gather into its group's order:
+    batches of whole groups need no joining, and float32 CPU batches become tensors in place.
+    These are counted as rows are copied. The harvest side's figure (the object store's write)
+    is a constant the harvest worker declares, not a count, so it is not checked here;
+    tests/test_stream_ray.py measures the object store's bytes per row instead."""
+    for run in (ray_run, inline_run):
+        for trainer in run_json(run)["trainers"].values():
+            copies = trainer["copies_per_row"]
+            assert (copies["gather"], copies["batch"], copies["tensor"]) == (1.0, 0.0, 0.0)
 
 
 def test_an_existing_run_needs_resume_or_overwrite(inline_run: Path) -> None:

@@ -1,6 +1,6 @@
-"""`thresher plan` says what the run will do (issue 12, item 6): a training budget below one
-batch is an error with the fix, a budget that is not whole batches is shown rounded, and a
-`stored` source shows the store it replays instead of text-input settings it never uses."""
+"""`thresher plan` says what the run will do: a training budget below one batch is an error
+with the fix, a budget that is not whole batches is shown rounded, and a `stored` source shows
+the store it replays instead of text-input settings it never uses."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Errors before anything starts (issue 12, item 3): `thresher plan` (and so the start of
-`thresher run`) refuses a hook the model does not have and a bad store, in one line naming the
-file or key and the fix. Before, each was accepted and failed inside a worker later."""
+"""Errors before anything starts: `thresher plan` (and so the start of `thresher run`) refuses a
+hook the model does not have and a bad store, in one line naming the file or key and the fix,
+rather than letting the run fail inside a worker later."""
 
 from __future__ import annotations
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 import thresher
 from thresher.analysis.probing import binary_tasks, fit_logistic, probe_accuracy
@@ -17,12 +18,11 @@ from .tiny_models import TINY_VIT
 
 
 def test_logistic_probe_equals_sklearn() -> None:
-    linear_model = pytest.importorskip("sklearn.linear_model")
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 6))
     y = (x @ rng.normal(size=6) + 0.5 * rng.normal(size=200) > 0.3).astype(np.int64)
     w, b = fit_logistic(x, y)
-    ref = linear_model.LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x, y)
+    ref = LogisticRegression(C=1.0, tol=1e-10, max_iter=10_000).fit(x, y)
     np.testing.assert_allclose(w, ref.coef_[0], atol=1e-4)
     assert b == pytest.approx(float(ref.intercept_[0]), abs=1e-4)
 

@@ -1,5 +1,5 @@
 """A healthy Ray run prints thresher's own lines only: no line at error level from Ray or its
-actors, no library progress bars, nothing about killed actors (issue 12, quiet on success)."""
+actors, no library progress bars, nothing about killed actors."""
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from thresher.stream.chunker import Chunk, Chunker, Piece, load_pieces
 from thresher.stream.log import BroadcastLog, Cursor, Group, LogFull
 from thresher.stream.reader import (
     BatchReader,
+    BufferPool,
     EndOfStream,
     NotReady,
-    RecycledArrays,
     example_id_entropy_bits,
     fetch_group,
     gather_group,
@@ -139,10 +139,11 @@ def reader_for(log: BroadcastLog, batch_size: int, cursor: Cursor | None = None,
 
 
 def drain(reader: BatchReader) -> list[ActivationBlock]:
+    """Every batch left, each kept (never released, so no array of theirs is reused)."""
     batches = []
     while True:
         try:
-            batches.append(reader.next_batch())
+            batches.append(reader.next_batch().block)
         except EndOfStream:
             return batches
 
@@ -163,7 +164,7 @@ def test_replay_from_a_cursor_gives_the_same_batches() -> None:
     log = BroadcastLog(capacity_chunks=64, mix_chunks=2, seed=3, trainer_ids=["a"])
     fill_log(log, 9, rows=10)
     reader = reader_for(log, 6)
-    first = [reader.next_batch() for _ in range(5)]
+    first = [reader.next_batch().block for _ in range(5)]
     cursor = reader.cursor
     rest = drain(reader)
     replay = drain(reader_for(log, 6, cursor))
@@ -233,9 +234,9 @@ def test_gather_is_concatenate_then_permute_and_picks_one_hook() -> None:
     """The one-copy gather of a group equals the naive concatenation and permutation."""
     a, b = make_block(0, 7), make_block(7, 9)
     two = ActivationBlock(acts=np.concatenate([b.acts, -b.acts], axis=1), example_id=b.example_id,
-                          position=b.position, hooks=(("x", 4), ("y", 4)))
+                          position=b.position, hook_layout=(("x", 4), ("y", 4)))
     one = ActivationBlock(acts=a.acts, example_id=a.example_id, position=a.position,
-                          hooks=(("x", 4),))
+                          hook_layout=(("x", 4),))
     group = Group(index=3, handles=(Chunk((Piece(two, 5, 9),)),
                                     Chunk((Piece(one, 2, 7), Piece(two, 0, 5)))),
                   rows=14, perm_seed=(1, 2, 3))
@@ -245,7 +246,7 @@ def test_gather_is_concatenate_then_permute_and_picks_one_hook() -> None:
     gathered = gather_group(group, list, hook="x")
     np.testing.assert_array_equal(gathered.acts, naive.acts)
     np.testing.assert_array_equal(gathered.example_id, naive.example_id)
-    assert gathered.hooks == (("x", 4),) and gathered.acts.flags.writeable
+    assert gathered.hook_layout == (("x", 4),) and gathered.acts.flags.writeable
 
 
 def test_prefetching_reader_cuts_the_same_batches() -> None:
@@ -264,7 +265,7 @@ def test_prefetch_of_a_group_not_yet_in_the_log_is_asked_again() -> None:
     for i in range(2):
         log.append(whole(make_block(i * 4, 4)), 4)
     reader = reader_for(log, 4, prefetch=True)
-    first = [reader.next_batch(), reader.next_batch()]  # superblock 0; superblock 1 not in yet
+    first = [reader.next_batch().block, reader.next_batch().block]  # group 1 is not in yet
     with pytest.raises(NotReady):
         reader.next_batch()
     for i in range(2, 4):
@@ -306,32 +307,67 @@ def test_gather_lands_in_the_array_it_is_given() -> None:
     np.testing.assert_array_equal(gathered.acts, gather_group(group, list).acts)
 
 
-def test_a_group_s_array_is_reused_only_once_nothing_refers_to_it() -> None:
-    arrays = RecycledArrays()
-    first = arrays((4, 3), np.dtype(np.float32))
-    view = first[1:3]
-    arrays.give_back(first)
-    del first
-    second = arrays((4, 3), np.dtype(np.float32))  # a view of the first is alive: a new one
-    assert not np.shares_memory(second, view) and arrays.reused == 0
-    arrays.give_back(second)
-    del second, view
-    third = arrays((4, 3), np.dtype(np.float32))
-    assert arrays.reused == 1 and third.shape == (4, 3)
-    assert arrays((5, 3), np.dtype(np.float32)).shape == (5, 3)  # no array of that shape
+def test_a_pool_hands_an_array_out_again_only_once_every_lease_is_released() -> None:
+    pool = BufferPool()
+    first = pool.lease((4, 3), np.dtype(np.float32))
+    shared = first.share()  # a batch viewing the group's array
+    first.release()
+    second = pool.lease((4, 3), np.dtype(np.float32))  # `shared` still holds the first
+    assert not np.shares_memory(second.array, shared.array) and pool.reused == 0
+    shared.release()
+    third = pool.lease((4, 3), np.dtype(np.float32))
+    assert pool.reused == 1 and third.array is first.array
+    assert pool.lease((5, 3), np.dtype(np.float32)).array.shape == (5, 3)  # none of that shape
+    with pytest.raises(RuntimeError, match="already released"):
+        shared.release()
+    with pytest.raises(RuntimeError, match="already released"):
+        first.share()
 
 
-def test_a_reader_reuses_group_arrays_and_never_the_rows_of_a_kept_batch() -> None:
+def test_a_leased_batch_keeps_its_rows_while_later_groups_are_gathered() -> None:
+    """A batch still held is never gathered into: writing into it and gathering every later
+    group leaves its rows as written, and the next reader's batches are unchanged by it."""
+    log = BroadcastLog(capacity_chunks=64, mix_chunks=2, seed=1, trainer_ids=["a"])
+    fill_log(log, 16, rows=8)  # 8 groups of 16 rows
+    expected = drain(reader_for(log, 16))
+    reader = reader_for(log, 16, prefetch=True)
+    held = reader.next_batch()
+    held.block.acts[:] = -7.0  # the trainer is still using the batch
+    for want in expected[1:]:
+        with reader.next_batch() as batch:
+            np.testing.assert_array_equal(batch.acts, want.acts)
+    assert (held.block.acts == -7.0).all()
+    held.release()
+    with pytest.raises(RuntimeError, match="already released"):
+        held.release()
+    reader.close()
+
+
+def test_a_reader_reuses_the_arrays_of_released_batches_and_not_of_kept_ones() -> None:
     log = BroadcastLog(capacity_chunks=64, mix_chunks=2, seed=1, trainer_ids=["a"])
     fill_log(log, 16, rows=8)  # 8 groups of 16 rows
     keeper = reader_for(log, 16)
     kept = drain(keeper)  # every batch kept: no array may be reused
-    assert keeper.groups.empty.reused == 0
+    assert keeper.groups.pool.reused == 0
     reader = reader_for(log, 16, prefetch=True)
-    for expected in kept:  # each batch dropped before the next: arrays come round again
-        np.testing.assert_array_equal(reader.next_batch().acts, expected.acts)
-    assert reader.groups.empty.reused >= 4
+    for expected in kept:  # each batch released before the next: arrays come round again
+        with reader.next_batch() as batch:
+            np.testing.assert_array_equal(batch.acts, expected.acts)
+    assert reader.groups.pool.reused >= 4
     reader.close()
+
+
+def test_a_batch_joined_from_two_groups_is_a_copy_and_holds_no_lease() -> None:
+    """Batches of 6 over groups of 8: group 1 gives rows only to joined batches (copies), so
+    its array is reused while every batch is still held, and no held batch changes."""
+    log = BroadcastLog(capacity_chunks=64, mix_chunks=1, seed=0, trainer_ids=["a"])
+    fill_log(log, 4, rows=8)
+    expected = [b.acts.copy() for b in drain(reader_for(log, 6))]
+    reader = reader_for(log, 6)
+    held = drain(reader)
+    assert reader.joined_rows > 0 and reader.groups.pool.reused == 1
+    for got, want in zip(held, expected, strict=True):
+        np.testing.assert_array_equal(got.acts, want)
 
 
 def test_a_gather_on_threads_equals_one_on_one(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -143,7 +143,7 @@ def _harvest(source: SourceConfig, base: Path) -> tuple[ActivationBlock, int]:
 def _check_hooks_match(source: SourceConfig, hooks: list[str], base: Path) -> None:
     multi, calls = _harvest(dataclasses.replace(source, hook=tuple(hooks)), base)
     assert calls == 2  # one forward per input batch for every hook together
-    assert [name for name, _ in multi.hooks] == hooks
+    assert [name for name, _ in multi.hook_layout] == hooks
     for hook in hooks:
         single, _ = _harvest(dataclasses.replace(source, hook=hook), base)
         part = multi.select(hook)
@@ -184,20 +184,20 @@ def test_block_columns_carry_each_hook_on_its_own() -> None:
     rng = np.random.default_rng(0)
     block = ActivationBlock(acts=rng.normal(size=(5, 7)).astype(np.float32),
                             example_id=np.arange(5), position=np.zeros(5, np.int32),
-                            hooks=(("a", 3), ("b", 4)))
+                            hook_layout=(("a", 3), ("b", 4)))
     cols = block.to_columns()
     assert sorted(cols) == ["acts:a", "acts:b", "example_id", "position"]
     only_b = ActivationBlock.from_columns(cols, hooks=["b"])
     np.testing.assert_array_equal(only_b.acts, block.acts[:, 3:])
-    assert only_b.hooks == (("b", 4),)
+    assert only_b.hook_layout == (("b", 4),)
     both = ActivationBlock.from_columns(cols)
     np.testing.assert_array_equal(both.acts, block.acts)
-    assert both.hooks == block.hooks
+    assert both.hook_layout == block.hook_layout
     with pytest.raises(KeyError, match=r"hooks \[.c.\] are not in these columns"):
         ActivationBlock.from_columns(cols, hooks=["c"])
     with pytest.raises(ValueError, match="do not add up"):
         ActivationBlock(acts=block.acts, example_id=block.example_id,
-                        position=block.position, hooks=(("a", 3),))
+                        position=block.position, hook_layout=(("a", 3),))
 
 
 # --------------------------------------------------------------------------------------------

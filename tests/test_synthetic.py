@@ -38,7 +38,7 @@ def test_blocks_are_a_function_of_seed_and_index() -> None:
     first = a.harvest(BlockIndexBatch.of(2))
     assert np.array_equal(first.acts, b.harvest(BlockIndexBatch.of(2)).acts)
     assert not np.array_equal(first.acts, a.harvest(BlockIndexBatch.of(1)).acts)
-    assert first.example_id[0] == 2 * 512 and first.hooks == (("synthetic", 24),)
+    assert first.example_id[0] == 2 * 512 and first.hook_layout == (("synthetic", 24),)
     m = a.model
     row, feat, value, rows = m.feature_acts(2)
     x = np.zeros((rows, 24))

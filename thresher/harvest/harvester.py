@@ -4,7 +4,7 @@
 directly, and on Ray each harvester actor of the pool (`HarvestWorker`) holds one.
 The source's modality (thresher/modalities/registry.py) loads the backbone; each input batch
 becomes exactly one `backbone.harvest(batch)` and one ActivationBlock, which carries every hook
-of the stream side by side (`ActivationBlock.hooks` names them).
+of the stream side by side (`ActivationBlock.hook_layout` names them).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class Harvester:
             batch = self.modality.decoder(self.source, self.base_dir).decode(batch)  # no CPU stage
         self.last_unreadable = batch.unreadable_examples
         self.unreadable += len(self.last_unreadable)
-        block = dataclasses.replace(self.backbone.harvest(batch), hooks=self.hook_layout)
+        block = dataclasses.replace(self.backbone.harvest(batch), hook_layout=self.hook_layout)
         self.forward_calls += 1
         finite = np.isfinite(block.float32()).all(axis=1)
         if finite.all():

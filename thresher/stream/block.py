@@ -6,15 +6,15 @@ columns (``to_columns``/``from_columns``), which the object store holds without 
 them; torch stays inside the stages.
 
 Columns:
-  acts        float32 [rows, d]   (bf16 travels as an int16 view, flagged by ``bf16``)
+  acts        float32 [rows, d]   (bf16 travels as an int16 view, flagged by ``bf16_bits``)
   example_id  int64   [rows]      index into the stream's inputs manifest (inputs/<stream>.parquet)
   position    int32   [rows]      token / patch index inside the example
   label       int64   [rows]      optional class label (-1 when unknown)
 
 Several hooks, one forward: a stream may carry several hook points of one backbone. Their rows
 are the same tokens, so a block holds them side by side in ``acts`` ([rows, d_1 + d_2 + ...])
-and ``hooks`` names each column range ((name, width), in order). ``select(hook)`` is the block of
-one hook, which is what an SAE trains on. Across processes each hook is its own column
+and ``hook_layout`` names each column range ((name, width), in order). ``select(hook)`` is the
+block of one hook, which is what an SAE trains on. Across processes each hook is its own column
 (``acts:<hook>``), so a trainer reads only its hook's bytes from the object store.
 """
 
@@ -35,15 +35,16 @@ class ActivationBlock:
     example_id: np.ndarray
     position: np.ndarray
     label: np.ndarray | None = None
-    bf16: bool = False  # acts holds bfloat16 bits in an int16 array
-    hooks: HookLayout = ()  # () when the block carries one unnamed hook
+    bf16_bits: bool = False  # acts holds bfloat16 bit patterns in an int16 array
+    hook_layout: HookLayout = ()  # () when the block carries one unnamed hook
 
     def __post_init__(self) -> None:
         n = len(self.acts)
         if self.acts.ndim != 2:
             raise ValueError(f"acts must be [rows, d], got shape {self.acts.shape}")
-        if self.hooks and sum(width for _, width in self.hooks) != self.acts.shape[1]:
-            raise ValueError(f"hook widths {self.hooks} do not add up to the {self.acts.shape[1]} "
+        layout = self.hook_layout
+        if layout and sum(width for _, width in layout) != self.acts.shape[1]:
+            raise ValueError(f"hook widths {layout} do not add up to the {self.acts.shape[1]} "
                              "columns of acts")
         for name in ("example_id", "position", "label"):
             col = getattr(self, name)
@@ -59,7 +60,7 @@ class ActivationBlock:
 
     def float32(self) -> np.ndarray:
         """The activations as float32 (decoding the bf16 view if needed)."""
-        if not self.bf16:
+        if not self.bf16_bits:
             return np.asarray(self.acts, dtype=np.float32)
         bits = np.asarray(self.acts).view(np.uint16).astype(np.uint32) << 16
         return bits.view(np.float32)
@@ -67,33 +68,34 @@ class ActivationBlock:
     def hook_span(self, hook: str) -> tuple[int, int]:
         """The column range [start, end) of `hook` in acts."""
         start = 0
-        for name, width in self.hooks:
+        for name, width in self.hook_layout:
             if name == hook:
                 return start, start + width
             start += width
         raise KeyError(f"hook {hook!r} is not in this block; it holds "
-                       f"{[name for name, _ in self.hooks]}")
+                       f"{[name for name, _ in self.hook_layout]}")
 
     def select(self, hook: str | None) -> ActivationBlock:
         """The rows of one hook (the block itself when it carries only that hook)."""
-        if hook is None or not self.hooks or (len(self.hooks) == 1 and self.hooks[0][0] == hook):
+        layout = self.hook_layout
+        if hook is None or not layout or (len(layout) == 1 and layout[0][0] == hook):
             return self
         start, end = self.hook_span(hook)
         return ActivationBlock(acts=np.ascontiguousarray(self.acts[:, start:end]),
                                example_id=self.example_id, position=self.position,
-                               label=self.label, bf16=self.bf16,
-                               hooks=((hook, end - start),))
+                               label=self.label, bf16_bits=self.bf16_bits,
+                               hook_layout=((hook, end - start),))
 
     def to_columns(self) -> dict[str, np.ndarray]:
-        if self.hooks:
-            cols = {f"{_HOOK_COLUMN}{name}": self.select(name).acts for name, _ in self.hooks}
+        if self.hook_layout:
+            cols = {f"{_HOOK_COLUMN}{name}": self.select(name).acts for name, _ in self.hook_layout}
         else:
             cols = {"acts": self.acts}
         cols.update({"example_id": self.example_id, "position": self.position})
         if self.label is not None:
             cols["label"] = self.label
-        if self.bf16:
-            cols["bf16"] = np.ones(len(self), dtype=np.bool_)
+        if self.bf16_bits:
+            cols["bf16_bits"] = np.ones(len(self), dtype=np.bool_)
         return cols
 
     @classmethod
@@ -111,14 +113,14 @@ class ActivationBlock:
             layout: HookLayout = tuple((h, p.shape[1]) for h, p in zip(wanted, parts, strict=True))
         else:
             acts, layout = _matrix(cols["acts"]), ()
-        bf16 = "bf16" in cols and len(cols["bf16"]) > 0
+        bf16_bits = "bf16_bits" in cols and len(cols["bf16_bits"]) > 0
         return cls(
             acts=acts,
             example_id=np.asarray(cols["example_id"], dtype=np.int64),
             position=np.asarray(cols["position"], dtype=np.int32),
             label=np.asarray(cols["label"], dtype=np.int64) if "label" in cols else None,
-            bf16=bf16,
-            hooks=layout,
+            bf16_bits=bf16_bits,
+            hook_layout=layout,
         )
 
     def take(self, index: np.ndarray | slice) -> ActivationBlock:
@@ -127,8 +129,8 @@ class ActivationBlock:
             example_id=self.example_id[index],
             position=self.position[index],
             label=None if self.label is None else self.label[index],
-            bf16=self.bf16,
-            hooks=self.hooks,
+            bf16_bits=self.bf16_bits,
+            hook_layout=self.hook_layout,
         )
 
     @staticmethod
@@ -143,8 +145,8 @@ class ActivationBlock:
             example_id=np.concatenate([b.example_id for b in blocks]),
             position=np.concatenate([b.position for b in blocks]),
             label=None if any(lab is None for lab in labels) else np.concatenate(labels),
-            bf16=blocks[0].bf16,
-            hooks=blocks[0].hooks,
+            bf16_bits=blocks[0].bf16_bits,
+            hook_layout=blocks[0].hook_layout,
         )
 
 

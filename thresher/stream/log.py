@@ -54,7 +54,8 @@ class LogFull(RuntimeError):
 
 
 @dataclass
-class _Chunk(Generic[Handle]):
+class _LogEntry(Generic[Handle]):
+    """One appended chunk's place in the log: its handle (None once released) and rows."""
     handle: Handle | None
     rows: int
 
@@ -82,7 +83,7 @@ class BroadcastLog(Generic[Handle]):
         self.committed: dict[str, Cursor] = {t: Cursor() for t in trainer_ids}
         self.finished = False
         self.counters = LogCounters()
-        self._chunks: list[_Chunk[Handle]] = []
+        self._chunks: list[_LogEntry[Handle]] = []
         self._deal: dict[int, list[list[int]]] = {}  # superblock -> chunk seqs per group
         self._released_groups = 0  # groups below this index are released
 
@@ -102,7 +103,7 @@ class BroadcastLog(Generic[Handle]):
             raise RuntimeError("append after finish")
         if self.full:
             raise LogFull(f"log holds {self.held} chunks, its capacity")
-        self._chunks.append(_Chunk(handle, rows))
+        self._chunks.append(_LogEntry(handle, rows))
         self.counters.appended += 1
         self.counters.peak_held = max(self.counters.peak_held, self.held)
         self.counters.held_history.append(self.held)

@@ -1,19 +1,21 @@
 """BatchReader: one trainer's walk along the log's schedule, cutting identical batches.
 
 A group's rows are gathered once, straight into their permuted order (`gather_group`, on the
-trainer's threads, into a recycled array): one copy per row between the harvested blocks and
-the trainer's batch. With `prefetch`, the next group is fetched and gathered in a background
-thread while the trainer steps on this one, so a trainer never waits for data that is already
-in the log.
+trainer's threads, into an array leased from a `BufferPool`): one copy per row between the
+harvested blocks and the trainer's batch. A batch views that array, so its holder releases it
+when done, and the array is gathered into again only after the reader and every batch have
+released it. With `prefetch`, the next group is fetched and gathered in a background thread
+while the trainer steps on this one, so a trainer never waits for data that is already in the
+log.
 """
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Generic
 
 import numpy as np
@@ -90,59 +92,129 @@ def gather_group(group: Group[Chunk[Handle]], load: Load[Handle],
     else:
         for future in [threads.submit(scatter, *task) for task in tasks]:
             future.result()
-    hooks = ((hook, width),) if hook and first.hooks else first.hooks
+    layout = ((hook, width),) if hook and first.hook_layout else first.hook_layout
     return ActivationBlock(acts=acts, example_id=example_id, position=position, label=label,
-                           bf16=first.bf16, hooks=hooks)
+                           bf16_bits=first.bf16_bits, hook_layout=layout)
 
 
 def _hook_columns(block: ActivationBlock, hook: str | None) -> slice:
-    if hook is None or not block.hooks or len(block.hooks) == 1:
+    if hook is None or not block.hook_layout or len(block.hook_layout) == 1:
         return slice(0, block.d)
     return slice(*block.hook_span(hook))
 
 
-class RecycledArrays:
-    """An `Empty` that hands out again the arrays given back to it, once nothing else uses them.
+@dataclass(eq=False)
+class _Lent:
+    """An array of a pool out on lease, and how many leases on it are not yet released."""
+    array: np.ndarray
+    holders: int
+
+
+class Lease:
+    """One holder's claim on an array of a `BufferPool`.
+
+    The array goes back to the pool, to be handed out again, once every lease on it is
+    released. `share()` adds a holder (a batch that views the array). Releasing a lease twice
+    is an error; a lease never released only keeps its array from being reused (the pool
+    allocates a new one), so a forgotten release costs memory, never rows.
+    """
+
+    def __init__(self, pool: BufferPool, lent: _Lent) -> None:
+        self._pool = pool
+        self._lent = lent
+        self._released = False
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._lent.array
+
+    def share(self) -> Lease:
+        """Another lease on the same array, released on its own."""
+        with self._pool.lock:
+            if self._released:
+                raise RuntimeError("cannot share a lease that was already released")
+            self._lent.holders += 1
+            return Lease(self._pool, self._lent)
+
+    def release(self) -> None:
+        with self._pool.lock:
+            if self._released:
+                raise RuntimeError("this lease was already released")
+            self._released = True
+            self._lent.holders -= 1
+            if self._lent.holders == 0:
+                self._pool.put_back(self._lent.array)
+
+
+class BufferPool:
+    """Arrays for gathered groups, each handed out under a `Lease` and handed out again only
+    after every lease on it was released.
 
     A group's activations are hundreds of MB, and memory fresh from the OS costs a page fault
-    and the zeroing of each 4 KiB page: a gather into a new array ran at 1.9 GB/s, into a used
-    one at 2.5 (256 MiB groups, this project's 2-core machine). The reader gives a group's array
-    back when it moves past the group; it is handed out again only when its reference count
-    shows that no batch, view or tensor still refers to it, so a caller that keeps a batch
-    keeps its rows.
+    and the zeroing of each 4 KiB page on first touch; an array used before has paid that. The
+    pool keeps at most `keep` free arrays; a leased array belongs to its holders alone.
     """
 
     def __init__(self, empty: Empty = np.empty, keep: int = 2) -> None:
         self.empty = empty
         self.keep = keep
+        self.lock = threading.Lock()  # the prefetch thread leases, the trainer's thread releases
         self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()  # the prefetch thread takes, the reader gives back
-        self.reused = 0
+        self.reused = 0  # leases on an array handed out before
 
-    def __call__(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        with self._lock:
-            for i in range(len(self._free)):
-                array = self._free[i]
-                # Referred to by the list, `array` and getrefcount's argument only: unused.
-                if (array.shape == shape and array.dtype == dtype
-                        and sys.getrefcount(array) == 3):
+    def lease(self, shape: tuple[int, ...], dtype: np.dtype) -> Lease:
+        """A lease on a free array of that shape and dtype, or on a new one."""
+        with self.lock:
+            for i, array in enumerate(self._free):
+                if array.shape == shape and array.dtype == dtype:
                     del self._free[i]
                     self.reused += 1
-                    return array
-        return self.empty(shape, dtype)
+                    return Lease(self, _Lent(array, holders=1))
+        return Lease(self, _Lent(self.empty(shape, dtype), holders=1))
 
-    def give_back(self, array: np.ndarray) -> None:
-        with self._lock:
-            self._free = [*self._free, array][-self.keep:]
+    def put_back(self, array: np.ndarray) -> None:
+        """Called, under the lock, as the last lease on `array` is released."""
+        self._free = [*self._free, array][-self.keep:]
 
 
-class GroupRows(Generic[Handle]):
-    """`rows(g)`: group g's permuted rows (raises NotReady / EndOfStream).
+@dataclass(frozen=True)
+class GatheredGroup:
+    """A group's permuted rows and the lease on the array that holds their activations."""
+    block: ActivationBlock
+    lease: Lease
+
+
+class Batch:
+    """A batch and the leases on the group arrays it views: `release()` them once the batch is
+    done with (its step taken), so a later gather may reuse the arrays. Used as a context
+    manager, it releases on exit. A batch copied out of two groups holds no lease."""
+
+    def __init__(self, block: ActivationBlock, leases: Sequence[Lease] = ()) -> None:
+        self.block = block
+        self._leases = tuple(leases)
+        self._released = False
+
+    def release(self) -> None:
+        if self._released:
+            raise RuntimeError("this batch was already released")
+        self._released = True
+        for lease in self._leases:
+            lease.release()
+
+    def __enter__(self) -> ActivationBlock:
+        return self.block
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class GroupGatherer(Generic[Handle]):
+    """`gatherer(g)`: group g gathered into a leased array (raises NotReady / EndOfStream).
 
     With `prefetch`, asking for group g starts gathering g + 1 in a background thread; a
     prefetch that found g + 1 not ready yet is simply tried again when it is asked for.
-    `threads` > 1 gathers with that many threads. `release(rows)` hands a group's array back
-    for a later gather (`RecycledArrays`).
+    `threads` > 1 gathers with that many threads. The caller holds the group's lease and
+    releases it when it moves past the group.
     """
 
     def __init__(self, fetch: Fetch[Handle], load: Load[Handle], hook: str | None = None,
@@ -150,43 +222,48 @@ class GroupRows(Generic[Handle]):
         self.fetch = fetch
         self.load = load
         self.hook = hook
-        self.empty = RecycledArrays(empty)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch else None
+        self.pool = BufferPool(empty)
+        self._prefetcher = (ThreadPoolExecutor(1, thread_name_prefix="prefetch") if prefetch
+                            else None)
         self._threads = (ThreadPoolExecutor(threads, thread_name_prefix="gather")
                          if threads > 1 else None)
-        self._ahead: tuple[int, Future[ActivationBlock]] | None = None
+        self._ahead: tuple[int, Future[GatheredGroup]] | None = None
         self.gather_seconds = 0.0  # spent fetching and gathering, in whichever thread
         self.gathered_rows = 0  # rows copied by gathers (one copy each)
 
-    def _gather(self, g: int) -> ActivationBlock:
+    def _gather(self, g: int) -> GatheredGroup:
         start = time.perf_counter()
+        leases: list[Lease] = []
+
+        def leased_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+            leases.append(self.pool.lease(shape, dtype))
+            return leases[-1].array
+
         try:
-            rows = gather_group(self.fetch(g), self.load, self.hook, self.empty, self._threads)
+            block = gather_group(self.fetch(g), self.load, self.hook, leased_empty,
+                                 self._threads)
         finally:
             self.gather_seconds += time.perf_counter() - start
-        self.gathered_rows += len(rows)
-        return rows
+        self.gathered_rows += len(block)
+        return GatheredGroup(block, leases[0])
 
-    def __call__(self, g: int) -> ActivationBlock:
+    def __call__(self, g: int) -> GatheredGroup:
         ahead, self._ahead = self._ahead, None
-        rows: ActivationBlock | None = None
+        group: GatheredGroup | None = None
         if ahead is not None and ahead[0] == g:
             try:
-                rows = ahead[1].result()
+                group = ahead[1].result()
             except NotReady:
-                rows = None  # it was not in the log yet when prefetched: ask again below
-        if rows is None:
-            rows = self._gather(g)
-        if self._pool is not None:
-            self._ahead = (g + 1, self._pool.submit(self._gather, g + 1))
-        return rows
-
-    def release(self, rows: ActivationBlock) -> None:
-        self.empty.give_back(rows.acts)
+                group = None  # it was not in the log yet when prefetched: ask again below
+        if group is None:
+            group = self._gather(g)
+        if self._prefetcher is not None:
+            self._ahead = (g + 1, self._prefetcher.submit(self._gather, g + 1))
+        return group
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._prefetcher is not None:
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
             self._ahead = None
         if self._threads is not None:
             self._threads.shutdown(wait=True)
@@ -199,55 +276,67 @@ class BatchReader(Generic[Handle]):
     blocks of its chunks' pieces (`hook` picks one hook's columns of them; `empty` allocates
     the gathered group; `threads` gather it). Batches are rows
     [offset, offset + batch_size) of the endless concatenation of permuted groups, so they are
-    the same for every reader with the same schedule.
+    the same for every reader with the same schedule. A batch views its group's array: its
+    holder releases it when done (`Batch.release`), and only then may a later group be gathered
+    into that array.
     """
 
     def __init__(self, fetch: Fetch[Handle], load: Load[Handle], batch_size: int,
                  cursor: Cursor | None = None, hook: str | None = None,
                  prefetch: bool = False, empty: Empty = np.empty, threads: int = 1) -> None:
-        self.groups = GroupRows(fetch, load, hook, prefetch, empty, threads)
+        self.groups = GroupGatherer(fetch, load, hook, prefetch, empty, threads)
         self.batch_size = batch_size
         self.cursor = cursor or Cursor()
         self.rows_out = 0  # rows handed out in batches
         self.joined_rows = 0  # rows copied to join a batch that spans two groups
         self._group_index: int | None = None
-        self._group_rows: ActivationBlock | None = None
+        self._group: GatheredGroup | None = None  # its lease is the reader's until it moves on
 
-    def _rows_of(self, g: int) -> ActivationBlock:
+    def _group_of(self, g: int) -> GatheredGroup:
         if self._group_index != g:
-            done, self._group_rows = self._group_rows, self.groups(g)
+            done, self._group = self._group, self.groups(g)
             self._group_index = g
             if done is not None:
-                self.groups.release(done)
-        assert self._group_rows is not None
-        return self._group_rows
+                done.lease.release()
+        assert self._group is not None
+        return self._group
 
-    def next_batch(self) -> ActivationBlock:
+    def next_batch(self) -> Batch:
         """The next batch; the last one of the stream may be shorter.
 
         Raises NotReady (the cursor is unchanged) or EndOfStream.
         """
         parts: list[ActivationBlock] = []
+        leases: list[Lease] = []
         need = self.batch_size
         g, offset = self.cursor.group, self.cursor.offset
-        while need:
-            try:
-                rows = self._rows_of(g)
-            except EndOfStream:
-                if parts:
-                    break
-                raise
-            take = rows.take(slice(offset, offset + need))
-            parts.append(take)
-            need -= len(take)
-            offset += len(take)
-            if offset >= len(rows):
-                g, offset = g + 1, 0
+        try:
+            while need:
+                try:
+                    group = self._group_of(g)
+                except EndOfStream:
+                    if parts:
+                        break
+                    raise
+                part = group.block.take(slice(offset, offset + need))
+                parts.append(part)
+                leases.append(group.lease.share())
+                need -= len(part)
+                offset += len(part)
+                if offset >= len(group.block):
+                    g, offset = g + 1, 0
+        except BaseException:
+            for lease in leases:
+                lease.release()
+            raise
         self.cursor = Cursor(g, offset)
-        batch = ActivationBlock.concat(parts)
-        self.rows_out += len(batch)
-        if len(parts) > 1:
-            self.joined_rows += len(batch)
+        self.rows_out += sum(len(part) for part in parts)
+        if len(parts) == 1:
+            return Batch(parts[0], leases)
+        self.joined_rows += sum(len(part) for part in parts)
+        batch = Batch(ActivationBlock.concat(parts))  # a copy: the groups' arrays are free
+        for lease in leases:
+            lease.release()
         return batch
 
     def close(self) -> None:

@@ -46,9 +46,10 @@ def geometric_median(x: np.ndarray, iters: int = 50, tol: float = 1e-6) -> np.nd
 
 def estimate_hook_stats(block: ActivationBlock) -> dict[str, StreamStats]:
     """One StreamStats per hook of the block ("" for a block of one unnamed hook)."""
-    if not block.hooks:
+    if not block.hook_layout:
         return {"": estimate_stream_stats(block.float32())}
-    return {hook: estimate_stream_stats(block.select(hook).float32()) for hook, _ in block.hooks}
+    return {hook: estimate_stream_stats(block.select(hook).float32())
+            for hook, _ in block.hook_layout}
 
 
 def estimate_stream_stats(acts: np.ndarray) -> StreamStats:

@@ -37,7 +37,8 @@ from thresher.config import SAEConfig
 from thresher.stream.log import Cursor
 from thresher.train.archs.registry import architecture_class
 
-FORMAT_VERSION = 1
+# The layout of a checkpoint's state.json and of thresher's record in an export's cfg.json.
+CHECKPOINT_FORMAT_VERSION = 1
 STATE_JSON = "state.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
 SAE_CFG_FILENAME = "cfg.json"
@@ -61,21 +62,7 @@ def checkpoint_dir(run_dir: str | Path, sae_id: str) -> Path:
     return sae_dir(run_dir, sae_id) / "checkpoint"
 
 
-# --------------------------------------------------------------------------------------------
-# Atomic writes
-# --------------------------------------------------------------------------------------------
-
-TMP_SUFFIX = ".tmp"
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> Path:
-    """Write `data` to a temporary name next to `path`, sync it, then rename it over `path`
-    (and publish it where the run directory is remote: thresher/uri_io.py)."""
-    return uri_io.save(path, data)
-
-
-def write_json_atomic(path: Path, obj: Any) -> Path:
-    return write_bytes_atomic(path, (json.dumps(obj, indent=2) + "\n").encode())
+TMP_SUFFIX = ".tmp"  # the ending of a temporary file an atomic write left behind
 
 
 # --------------------------------------------------------------------------------------------
@@ -128,7 +115,7 @@ def save_sae_checkpoint(run_dir: str | Path, sae: SAEConfig, state: Mapping[str,
     name = weights_filename(step)
     tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
     data = save_torch_bytes(tensors, metadata={"sae_id": sae.sae_id, "step": str(step)})
-    write_bytes_atomic(folder / name, data)
+    uri_io.save(folder / name, data)
 
     old = read_checkpoint_info(run_dir, sae.sae_id)
     current = Generation(step, rows_seen, cursor, name)
@@ -137,14 +124,14 @@ def save_sae_checkpoint(run_dir: str | Path, sae: SAEConfig, state: Mapping[str,
     older = [g for g in (old.generations() if old else []) if g.step < step]
     previous = max(older, key=lambda g: g.step) if older else None
     record = {
-        "format_version": FORMAT_VERSION,
+        "format_version": CHECKPOINT_FORMAT_VERSION,
         "sae_id": sae.sae_id,
         **current.to_dict(),  # step, rows_seen, cursor, weights
         "sae": sae.to_dict(),
         "input_scale": float(input_scale),
         "previous": previous.to_dict() if previous is not None else None,
     }
-    path = write_json_atomic(folder / STATE_JSON, record)
+    path = uri_io.save_json(folder / STATE_JSON, record)
 
     # Only the two generations state.json names are kept; temporary files left by a write that
     # was cut off are removed too (one trainer writes an SAE's folder at a time).
@@ -170,9 +157,9 @@ def read_checkpoint_info(run_dir: str | Path, sae_id: str) -> CheckpointInfo | N
         raise CheckpointError(f"{path} is not valid JSON ({err}); delete the checkpoint "
                               "folder to start this SAE over") from err
     version = record.get("format_version")
-    if version != FORMAT_VERSION:
+    if version != CHECKPOINT_FORMAT_VERSION:
         raise CheckpointError(f"{path} has format_version {version!r}; this thresher reads "
-                              f"version {FORMAT_VERSION}")
+                              f"version {CHECKPOINT_FORMAT_VERSION}")
     previous = record.get("previous")
     return CheckpointInfo(
         sae_id=str(record["sae_id"]),
@@ -301,11 +288,11 @@ def export_sae(run_dir: str | Path, sae: SAEConfig, params: Mapping[str, torch.T
     weights = fold_input_scale(params, input_scale)
     d_in = int(weights["W_enc"].shape[0])
     tensors = {name: torch.from_numpy(value) for name, value in weights.items()}
-    write_bytes_atomic(folder / SAE_WEIGHTS_FILENAME,
+    uri_io.save(folder / SAE_WEIGHTS_FILENAME,
                        save_torch_bytes(tensors, metadata={"format": "pt"}))
-    record = {"format_version": FORMAT_VERSION, "input_scale": float(input_scale),
+    record = {"format_version": CHECKPOINT_FORMAT_VERSION, "input_scale": float(input_scale),
               "input_scale_folded": True, **thresher_record}
-    write_json_atomic(folder / SAE_CFG_FILENAME, saelens_cfg(sae, d_in, hook_name, record))
+    uri_io.save_json(folder / SAE_CFG_FILENAME, saelens_cfg(sae, d_in, hook_name, record))
     return folder
 
 

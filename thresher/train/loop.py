@@ -95,7 +95,7 @@ class TrainLoop:
                 break
             asked = time.perf_counter()
             try:
-                batch = self.reader.next_batch()
+                leased = self.reader.next_batch()
             except NotReady:
                 return "blocked"
             except EndOfStream:
@@ -103,14 +103,17 @@ class TrainLoop:
                 break
             finally:
                 self.counters.wait_seconds += time.perf_counter() - asked
-            if not np.isfinite(batch.float32()).all():
-                # A NaN or Inf row would poison every SAE of the bank: skip the batch, count it.
-                self.counters.skipped_batches += 1
-                continue
-            start = time.perf_counter()
-            metrics = self.trainer.train_step(batch)
-            self.counters.seconds += time.perf_counter() - start
-            self._count(batch, metrics)
+            # Released once the step is done: the step reads its metrics back to the host,
+            # which waits for the batch's copy to a GPU too, so the rows may then be reused.
+            with leased as batch:
+                if not np.isfinite(batch.float32()).all():
+                    # A NaN or Inf row would poison every SAE of the bank: skip it, count it.
+                    self.counters.skipped_batches += 1
+                    continue
+                start = time.perf_counter()
+                metrics = self.trainer.train_step(batch)
+                self.counters.seconds += time.perf_counter() - start
+                self._count(batch, metrics)
             if self.on_step is not None:
                 self.on_step(self.trainer.step)
             if self.trainer.step % self.checkpoint_every == 0:

@@ -148,7 +148,7 @@ def batch_tensor(batch: ActivationBlock, device: torch.device) -> tuple[torch.Te
     if not acts.flags.writeable:  # e.g. straight from Ray's object store
         acts, copies = acts.copy(), copies + 1
     x = torch.from_numpy(acts)
-    if batch.bf16:
+    if batch.bf16_bits:
         x = x.view(torch.bfloat16)
     elif x.dtype != torch.float32:
         x, copies = x.float(), copies + 1

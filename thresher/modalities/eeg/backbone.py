@@ -91,9 +91,9 @@ class PatchTSTBackbone:
                                    position=np.zeros(0, dtype=np.int32))
         acts = self.activations(torch.from_numpy(np.array(batch.values[real])))
         b, c, p, d = acts.shape
-        rows, bf16 = host_rows(acts.reshape(b * c * p, d))
+        rows, bf16_bits = host_rows(acts.reshape(b * c * p, d))
         return ActivationBlock(
-            acts=rows, bf16=bf16,
+            acts=rows, bf16_bits=bf16_bits,
             example_id=np.repeat(example_id, c * p),
             position=np.tile(np.arange(c * p, dtype=np.int32), b),
         )

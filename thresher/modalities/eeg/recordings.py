@@ -67,7 +67,8 @@ def spkit_eeg_sample() -> Recording:
     spec = importlib.util.find_spec("spkit")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError("source.inputs.kind 'spkit_eeg_sample' needs the spkit package: "
-                          "pip install spkit (or `pip install --no-deps spkit` for the data only)")
+                          "pip install 'thresher[eeg-sample]' (or `pip install --no-deps spkit` "
+                          "for its data file alone)")
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "files" / "EEG16SecData.pkl"
     with path.open("rb") as f:
         signals, names = pickle.load(f)  # spkit's own data file (plain arrays and a list)

@@ -109,10 +109,10 @@ class _VisionBackbone(abc.ABC):
             keep = np.arange(1)
         else:
             keep = np.arange(self.n_prefix, n_tokens)
-        rows, bf16 = host_rows(
+        rows, bf16_bits = host_rows(
             acts[:, torch.from_numpy(keep).to(acts.device)].reshape(-1, acts.shape[-1]))
         return ActivationBlock(
-            acts=rows, bf16=bf16,
+            acts=rows, bf16_bits=bf16_bits,
             example_id=np.repeat(example_id, len(keep)),
             position=np.tile(keep.astype(np.int32), len(example_id)),
             label=np.repeat(label, len(keep)),

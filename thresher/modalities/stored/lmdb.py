@@ -258,7 +258,7 @@ class LmdbStore:
             columns[name] = array.reshape(rows, self.d) if name == "acts" else array
         return ActivationBlock(acts=columns["acts"], example_id=columns["example_id"],
                                position=columns["position"], label=columns.get("label"),
-                               bf16=self.bf16, hooks=self.hooks)
+                               bf16_bits=self.bf16, hook_layout=self.hooks)
 
     def manifest(self) -> pa.Table | None:
         raw = self._get(b"manifest")

@@ -60,10 +60,10 @@ class BlockLayout:
 
     def admit(self, block: ActivationBlock, store: str) -> None:
         if self.d is None:
-            self.d, self.labelled, self.bf16 = block.d, block.label is not None, block.bf16
-            self.hooks = block.hooks
+            self.d, self.labelled, self.bf16 = block.d, block.label is not None, block.bf16_bits
+            self.hooks = block.hook_layout
         if (block.d != self.d or (block.label is not None) != self.labelled
-                or block.hooks != self.hooks):
+                or block.hook_layout != self.hooks):
             raise ValueError(f"every block of a {store} must have the same width and columns")
 
 
@@ -199,7 +199,7 @@ class ShardStore:
                 if name != "label" or self.header["labelled"]}
         return ActivationBlock(acts=acts, example_id=meta["example_id"],
                                position=meta["position"], label=meta.get("label"),
-                               bf16=self.bf16, hooks=self.hooks)
+                               bf16_bits=self.bf16, hook_layout=self.hooks)
 
     def manifest(self) -> pa.Table | None:
         if not self.header.get("has_manifest"):

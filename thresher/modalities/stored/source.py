@@ -38,11 +38,12 @@ class StoredBackbone:
 
     def harvest(self, batch: BlockIndexBatch) -> ActivationBlock:
         block = self.store.block(batch.index)
-        if not block.hooks:  # a single-hook store (or .npy shards): name its columns
+        if not block.hook_layout:  # a single-hook store (or .npy shards): name its columns
             return ActivationBlock(acts=block.acts, example_id=block.example_id,
-                                   position=block.position, label=block.label, bf16=block.bf16,
-                                   hooks=((self.hooks[0], block.d),))
-        if [h for h, _ in block.hooks] == list(self.hooks):
+                                   position=block.position, label=block.label,
+                                   bf16_bits=block.bf16_bits,
+                                   hook_layout=((self.hooks[0], block.d),))
+        if [h for h, _ in block.hook_layout] == list(self.hooks):
             return block
         return ActivationBlock.from_columns(block.to_columns(), hooks=self.hooks)
 

@@ -30,7 +30,7 @@ class SyntheticBackbone:
         start = block * self.cfg.block_rows
         return ActivationBlock(acts=x, example_id=np.arange(start, start + len(x), dtype=np.int64),
                                position=np.zeros(len(x), dtype=np.int32),
-                               hooks=((HOOK, self.cfg.d_in),))
+                               hook_layout=((HOOK, self.cfg.d_in),))
 
 
 def prepare_synthetic_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:

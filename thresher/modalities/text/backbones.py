@@ -85,12 +85,12 @@ class TextBackbone:
         keep = ((positions[None, :] >= torch.from_numpy(n_prefix)[:, None])
                 & (positions[None, :] < torch.from_numpy(lengths - n_suffix)[:, None]))
         rows, position = torch.nonzero(keep, as_tuple=True)
-        content, bf16 = host_rows(acts[keep.to(acts.device)])
+        content, bf16_bits = host_rows(acts[keep.to(acts.device)])
         return ActivationBlock(
             acts=content,
             example_id=example_id[rows.numpy()],
             position=position.numpy().astype(np.int32),
-            bf16=bf16,
+            bf16_bits=bf16_bits,
         )
 
 
