@@ -76,7 +76,7 @@ def test_sweep_grid_expands_and_validates(tmp_path: Path) -> None:
     bad = write(tmp_path, "sweep:\n  - {arch: topk, kk: [8]}\n")
     with pytest.raises(ConfigError, match=r"unknown key `sweep.0.kk`.*did you mean `k`"):
         load_config(bad)
-    bad = write(tmp_path, "sweep:\n  - {arch: [topk, gated]}\n")
+    bad = write(tmp_path, "sweep:\n  - {arch: [topk, sparse]}\n")
     with pytest.raises(ConfigError, match=r"`sweep.0.arch.1`.*Valid choices"):
         load_config(bad)
 
