@@ -25,7 +25,6 @@ class SweepKey:
     minimum: Literal["positive", "non-negative"] | None = None
     in_plan: Literal["always", "when_set"] = "always"  # when_set: only where not 0
     column_type: str = "float64"  # its summary.parquet column (a pyarrow type's name)
-    help: str = ""  # what it is, for a reader of the declaration
 
 
 class ArchSettings(Protocol):

@@ -22,13 +22,12 @@ from thresher.config.arch_spec import SweepKey
 from thresher.config.archs import ARCH_KEYS, ARCH_SPEC, ARCHITECTURES
 
 # The keys of every SAE, whatever its architecture; an SAEConfig field each.
-ARCH = SweepKey("arch", str, "topk", column_type="string", help="the architecture")
-D_SAE = SweepKey("d_sae", int, 1536, minimum="positive", column_type="int32",
-                 help="latents")
-MONO_COEF = SweepKey("mono_coef", float, 0.0, minimum="non-negative", in_plan="when_set",
-                     help="MonoLoss weight: mono_coef * (1 - mean batch MonoScore)")
-LR = SweepKey("lr", float, 1e-3, minimum="positive", help="Adam's learning rate")
-SEED = SweepKey("seed", int, 0, column_type="int64", help="the SAE's init seed")
+ARCH = SweepKey("arch", str, "topk", column_type="string")  # a module of config/archs/
+D_SAE = SweepKey("d_sae", int, 1536, minimum="positive", column_type="int32")  # latents
+# MonoLoss weight: mono_coef * (1 - mean batch MonoScore), any architecture.
+MONO_COEF = SweepKey("mono_coef", float, 0.0, minimum="non-negative", in_plan="when_set")
+LR = SweepKey("lr", float, 1e-3, minimum="positive")  # Adam's learning rate
+SEED = SweepKey("seed", int, 0, column_type="int64")  # the SAE's init seed
 SHARED_KEYS = (ARCH, D_SAE, MONO_COEF, LR, SEED)
 
 # Every sweep key by name: an SAE's own keys come after its width, as in its id and the plan.

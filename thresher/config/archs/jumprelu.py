@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 from thresher.config.arch_spec import ArchSpec, Problems, SweepKey
 
-L0_COEF = SweepKey("l0_coef", float, 0.5, minimum="non-negative",
-                   help="the L0 penalty's coefficient")
+L0_COEF = SweepKey("l0_coef", float, 0.5, minimum="non-negative")  # the L0 penalty's weight
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,7 @@ from dataclasses import dataclass
 
 from thresher.config.arch_spec import ArchSpec, Problems, SweepKey
 
-L1_COEF = SweepKey("l1_coef", float, 5.0, minimum="non-negative",
-                   help="the L1 penalty's coefficient")
+L1_COEF = SweepKey("l1_coef", float, 5.0, minimum="non-negative")  # the L1 penalty's weight
 
 
 @dataclass(frozen=True)

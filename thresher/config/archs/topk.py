@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from thresher.config.arch_spec import ArchSpec, Problems, SweepKey
 
-K = SweepKey("k", int, 32, minimum="positive", column_type="int32",
-             help="active latents per row (the TopK family)")
+# Active latents per row, read by the whole TopK family.
+K = SweepKey("k", int, 32, minimum="positive", column_type="int32")
 
 
 @dataclass(frozen=True)
