@@ -93,11 +93,8 @@ class SAEBank:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         _check_train(train)
-        for sae in saes:
-            try:
-                arch = architecture_class(sae.arch)
-            except ValueError as err:
-                raise ValueError(f"SAE {sae.sae_id!r}: {err}") from None
+        for sae in saes:  # an SAEConfig names a known arch and exactly the keys it reads
+            arch = architecture_class(sae.arch)
             if sae.d_sae <= 0:
                 raise ValueError(f"SAE {sae.sae_id!r}: d_sae must be positive, got {sae.d_sae}")
             problems = arch.problems(sae)
