@@ -113,7 +113,8 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
           f"rounds); before: {load_note()}")
 
     steps_run = len(batches) * args.repeats
-    single = bank_of([SAEConfig("one", "topk", d_sae, k, 0.0, 1e-3, 0)], d_in, steps_run, device)
+    one = SAEConfig(sae_id="one", arch="topk", d_sae=d_sae, arch_keys={"k": k}, lr=1e-3)
+    single = bank_of([one], d_in, steps_run, device)
     reference = reference_step_fn(d_in, d_sae, k, 1e-3, device, 0)
     ours, theirs = [], []
     for _ in range(args.repeats):
@@ -132,7 +133,8 @@ def cpu_benchmark(args: argparse.Namespace) -> None:
 
     lrs = [3e-4, 1e-3, 2e-3, 4e-3] * 2
     ks = [32] * 4 + [64] * 4
-    saes = [SAEConfig(f"s{i}", "topk", d_sae, kk, 0.0, lr, i)
+    saes = [SAEConfig(sae_id=f"s{i}", arch="topk", d_sae=d_sae, arch_keys={"k": kk}, lr=lr,
+                      seed=i)
             for i, (lr, kk) in enumerate(zip(lrs, ks, strict=True))]
     bank = bank_of(saes, d_in, steps_run, device)
     references = [reference_step_fn(d_in, d_sae, kk, lr, device, i)
@@ -175,8 +177,8 @@ def gpu_benchmark(args: argparse.Namespace) -> None:
     d_in, d_sae, k, batch = 768, 24576, 32, args.batch or 8192
     device = "cuda"
     batches = [torch.randn(batch, d_in, device=device) for _ in range(args.steps + 2)]
-    bank = bank_of([SAEConfig("one", "topk", d_sae, k, 0.0, 1e-3, 0)], d_in, args.steps, device,
-                   bf16=args.bf16)
+    one = SAEConfig(sae_id="one", arch="topk", d_sae=d_sae, arch_keys={"k": k}, lr=1e-3)
+    bank = bank_of([one], d_in, args.steps, device, bf16=args.bf16)
     t_step = timed(bank.step, batches, device)
     tokens = batch / t_step
     # Useful work of a sparse-decode TopK step: the encoder matmul forward (2 B d_in d_sae);

@@ -54,7 +54,8 @@ def load_note() -> str:
 def bank_of_8(steps: int) -> SAEBank:
     lrs = [3e-4, 1e-3, 2e-3, 4e-3] * 2
     ks = [32] * 4 + [64] * 4
-    saes = [SAEConfig(sae_id=f"s{i}", arch="topk", d_sae=D_SAE, k=k, l1_coef=0.0, lr=lr, seed=i)
+    saes = [SAEConfig(sae_id=f"s{i}", arch="topk", d_sae=D_SAE, arch_keys={"k": k}, lr=lr,
+                      seed=i)
             for i, (lr, k) in enumerate(zip(lrs, ks, strict=True))]
     stats = StreamStats(d_in=D_IN, scale=1.0, center=np.zeros(D_IN, dtype=np.float32), rows=0)
     return SAEBank(saes, stats, TrainConfig(warmup_steps=1, dead_window=10**9), steps + 10)

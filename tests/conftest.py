@@ -3,6 +3,7 @@ loopback, small run configs."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,20 @@ def with_overrides(cfg: dict[str, Any], overrides: dict[str, Any]) -> dict[str, 
         else:
             cfg[section] = values
     return cfg
+
+
+def with_arch_settings(train: Any, **changes: Any) -> Any:
+    """A copy of a TrainConfig with each change made in every architecture's settings that
+    have the field (coef_warmup=0.3 sets relu's and jumprelu's)."""
+    from thresher.config import ARCH_SPECS
+
+    unused = set(changes)
+    replaced = {}
+    for spec in ARCH_SPECS:
+        names = {f.name for f in dataclasses.fields(spec.settings)}
+        mine = {k: v for k, v in changes.items() if k in names}
+        unused -= set(mine)
+        replaced[spec.name] = dataclasses.replace(train.arch_settings(spec.name), **mine)
+    if unused:
+        raise TypeError(f"no architecture has the settings {sorted(unused)}")
+    return dataclasses.replace(train, **replaced)

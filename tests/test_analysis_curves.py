@@ -31,8 +31,10 @@ def _bank() -> tuple[SAEBank, list[torch.Tensor]]:
     basis = rng.normal(size=(20, D_IN))
     x = ((rng.exponential(size=(640, 20)) * (rng.random((640, 20)) < 0.15)) @ basis
          ).astype(np.float32)
-    saes = [SAEConfig(sae_id="a-topk", arch="topk", d_sae=24, k=3, l1_coef=0.0, lr=3e-3, seed=0),
-            SAEConfig(sae_id="b-relu", arch="relu", d_sae=32, k=3, l1_coef=0.05, lr=3e-3, seed=1)]
+    saes = [SAEConfig(sae_id="a-topk", arch="topk", d_sae=24, arch_keys={"k": 3}, lr=3e-3,
+                      seed=0),
+            SAEConfig(sae_id="b-relu", arch="relu", d_sae=32, arch_keys={"l1_coef": 0.05},
+                      lr=3e-3, seed=1)]
     bank = SAEBank(saes, estimate_stream_stats(x[:256]), TrainConfig(warmup_steps=1), 20)
     return bank, [torch.from_numpy(x[i * 128:(i + 1) * 128]) for i in range(5)]
 

@@ -11,9 +11,12 @@ import torch
 
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
 from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
+from thresher.config.saes import own_arch_keys
 from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
 from thresher.train.trainer import Trainer
+
+from .conftest import with_arch_settings
 
 
 def test_every_architecture_exports_what_the_bank_infers(tmp_path: Path) -> None:
@@ -21,10 +24,11 @@ def test_every_architecture_exports_what_the_bank_infers(tmp_path: Path) -> None
     basis = rng.normal(size=(24, 12))
     x = ((rng.exponential(size=(768, 24)) * (rng.random((768, 24)) < 0.1)) @ basis
          * 3.0 + 1.0).astype(np.float32)  # far from unit scale: the folded scale matters
-    saes = [SAEConfig(sae_id=f"{i}-{arch}", arch=arch, d_sae=32, k=4, l1_coef=0.1, lr=3e-3, seed=i,
-                      l0_coef=0.05) for i, arch in enumerate(ARCHITECTURES)]
-    train = TrainConfig(batch_size=128, rows=128 * 6, warmup_steps=1
-                        ).with_arch_settings(init_threshold=0.05, bandwidth=0.1, fractions=(0.5,))
+    keys = {"k": 4, "l1_coef": 0.1, "l0_coef": 0.05}
+    saes = [SAEConfig(sae_id=f"{i}-{arch}", arch=arch, d_sae=32, lr=3e-3, seed=i,
+                      arch_keys=own_arch_keys(arch, keys)) for i, arch in enumerate(ARCHITECTURES)]
+    train = with_arch_settings(TrainConfig(batch_size=128, rows=128 * 6, warmup_steps=1),
+                               init_threshold=0.05, bandwidth=0.1, fractions=(0.5,))
     trainer = Trainer("t0", saes, train, estimate_stream_stats(x[:256]), tmp_path)
     assert trainer.stats.scale != pytest.approx(1.0, rel=0.1)
     for step in range(6):
@@ -46,7 +50,7 @@ def test_every_architecture_exports_what_the_bank_infers(tmp_path: Path) -> None
                                    err_msg=sae.arch)
         np.testing.assert_allclose(x_hat.numpy(), x_hat_bank.numpy(), rtol=1e-4, atol=1e-3,
                                    err_msg=sae.arch)
-    with_threshold = {s.sae.arch for s in frozen.values() if s.threshold is not None}
+    with_threshold = {s.sae.arch for s in frozen.values() if "threshold" in s.weights}
     assert with_threshold == {"jumprelu", "batchtopk", "matryoshka"}
 
 

@@ -72,11 +72,11 @@ def test_sweep_grid_expands_and_validates(tmp_path: Path) -> None:
     saes = expand_sweep(load_config(path))
     assert len(saes) == 7
     assert {s.lr for s in saes[:6]} == {1e-3, 3e-4, 1e-4}  # 1e-3 is a float, not a string
-    assert saes[6].arch == "relu" and saes[6].l1_coef == 2.0
+    assert saes[6].arch == "relu" and saes[6].arch_keys == {"l1_coef": 2.0}
     bad = write(tmp_path, "sweep:\n  - {arch: topk, kk: [8]}\n")
     with pytest.raises(ConfigError, match=r"unknown key `sweep.0.kk`.*did you mean `k`"):
         load_config(bad)
-    bad = write(tmp_path, "sweep:\n  - {arch: [topk, gated]}\n")
+    bad = write(tmp_path, "sweep:\n  - {arch: [topk, sparse]}\n")
     with pytest.raises(ConfigError, match=r"`sweep.0.arch.1`.*Valid choices"):
         load_config(bad)
 

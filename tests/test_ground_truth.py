@@ -31,6 +31,8 @@ from thresher.stream.stats import StreamStats, estimate_stream_stats
 from thresher.train.archs.matryoshka import matryoshka_widths
 from thresher.train.bank import SAEBank, init_sae_params
 
+from .conftest import with_arch_settings
+
 pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
 
 N_FEATURES, D_IN = 128, 64
@@ -44,21 +46,22 @@ SOURCE = {"backbone": {"kind": "synthetic", "config": {
 SEEDS = (0, 1, 2)  # each arch trained with each; its MCC is the mean over them
 # Per arch: thresher's sparsity hyperparameter (k for the TopK family; l1 / l0 coefficients).
 ARCH_SAES = [
-    SAEConfig(sae_id="topk", arch="topk", d_sae=D_SAE, k=2 * MEAN_L0, l1_coef=0, lr=LR,
+    SAEConfig(sae_id="topk", arch="topk", d_sae=D_SAE, arch_keys={"k": 2 * MEAN_L0}, lr=LR,
               seed=1),
-    SAEConfig(sae_id="batchtopk", arch="batchtopk", d_sae=D_SAE, k=2 * MEAN_L0, l1_coef=0,
+    SAEConfig(sae_id="batchtopk", arch="batchtopk", d_sae=D_SAE, arch_keys={"k": 2 * MEAN_L0},
               lr=LR, seed=2),
-    SAEConfig(sae_id="matryoshka", arch="matryoshka", d_sae=D_SAE, k=2 * MEAN_L0, l1_coef=0,
-              lr=LR, seed=5),
-    SAEConfig(sae_id="jumprelu", arch="jumprelu", d_sae=D_SAE, k=0, l1_coef=0, l0_coef=1.0,
+    SAEConfig(sae_id="matryoshka", arch="matryoshka", d_sae=D_SAE,
+              arch_keys={"k": 2 * MEAN_L0}, lr=LR, seed=5),
+    SAEConfig(sae_id="jumprelu", arch="jumprelu", d_sae=D_SAE, arch_keys={"l0_coef": 1.0},
               lr=LR, seed=3),
-    SAEConfig(sae_id="relu", arch="relu", d_sae=D_SAE, k=0, l1_coef=1.5, lr=LR, seed=4),
+    SAEConfig(sae_id="relu", arch="relu", d_sae=D_SAE, arch_keys={"l1_coef": 1.5}, lr=LR,
+              seed=4),
 ]
 SAES = [dataclasses.replace(sae, sae_id=f"{sae.arch}-{i}", seed=sae.seed + 10 * i)
         for sae in ARCH_SAES for i in SEEDS]
-TRAIN = TrainConfig(batch_size=BATCH, rows=BATCH * STEPS, warmup_steps=10, decay_start=0.8,
-                    dead_window=BATCH * 20).with_arch_settings(coef_warmup=0.05,
-                                                               init_threshold=1.0, bandwidth=1.0)
+TRAIN = with_arch_settings(TrainConfig(batch_size=BATCH, rows=BATCH * STEPS, warmup_steps=10,
+                                       decay_start=0.8, dead_window=BATCH * 20),
+                           coef_warmup=0.05, init_threshold=1.0, bandwidth=1.0)
 MIN_MCC = 0.85
 SAELENS_MARGIN = 0.02
 
@@ -146,21 +149,22 @@ def saelens_mcc(sae_cfg: SAEConfig, x: np.ndarray, dictionary: np.ndarray,
     common = {"d_in": D_IN, "d_sae": D_SAE, "device": "cpu",
               "normalize_activations": "expected_average_only_in"}
     if arch == "topk":
-        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=sae_cfg.k, **common))
+        sae = TopKTrainingSAE(TopKTrainingSAEConfig(k=sae_cfg.value("k"), **common))
     elif arch == "batchtopk":
-        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=sae_cfg.k, **common))
+        sae = BatchTopKTrainingSAE(BatchTopKTrainingSAEConfig(k=sae_cfg.value("k"), **common))
     elif arch == "matryoshka":
         widths = list(matryoshka_widths(D_SAE, TRAIN.matryoshka.fractions))
         sae = MatryoshkaBatchTopKTrainingSAE(MatryoshkaBatchTopKTrainingSAEConfig(
-            k=sae_cfg.k, matryoshka_widths=widths, **common))
+            k=sae_cfg.value("k"), matryoshka_widths=widths, **common))
     elif arch == "jumprelu":
         sae = JumpReLUTrainingSAE(JumpReLUTrainingSAEConfig(
-            l0_coefficient=sae_cfg.l0_coef, jumprelu_init_threshold=TRAIN.jumprelu.init_threshold,
+            l0_coefficient=sae_cfg.value("l0_coef"),
+            jumprelu_init_threshold=TRAIN.jumprelu.init_threshold,
             jumprelu_bandwidth=TRAIN.jumprelu.bandwidth, **common))
     else:
         sae = StandardTrainingSAE(StandardTrainingSAEConfig(
-            l1_coefficient=sae_cfg.l1_coef, l1_warm_up_steps=int(TRAIN.relu.coef_warmup * STEPS),
-            **common))
+            l1_coefficient=sae_cfg.value("l1_coef"),
+            l1_warm_up_steps=int(TRAIN.relu.coef_warmup * STEPS), **common))
     # thresher's initial decoder and encoder (unit rows but for relu's 0.1, W_enc = W_dec^T);
     # b_enc and b_dec stay sae_lens's zeros (thresher's b_dec starts at the stream's median: the
     # same MCC either way).

@@ -7,10 +7,13 @@ import pytest
 import torch
 
 from thresher.config import SAEConfig, TrainConfig
+from thresher.config.saes import own_arch_keys
 from thresher.stream.stats import StreamStats, estimate_stream_stats
 from thresher.train.archs.base import PARAM_NAMES
 from thresher.train.bank import SAEBank
 from thresher.train.optim import BankAdam, lr_multiplier
+
+from .conftest import with_arch_settings
 
 F64 = torch.float64
 
@@ -31,8 +34,8 @@ def sparse_dictionary_data(rows: int, d_in: int = 32, n_features: int = 64, acti
 
 def sae(sae_id: str, arch: str = "topk", d_sae: int = 48, k: int = 4, l1_coef: float = 1.0,
         lr: float = 1e-3, seed: int = 0) -> SAEConfig:
-    return SAEConfig(sae_id=sae_id, arch=arch, d_sae=d_sae, k=k, l1_coef=l1_coef, lr=lr,
-                     seed=seed)
+    keys = own_arch_keys(arch, {"k": k, "l1_coef": l1_coef})
+    return SAEConfig(sae_id=sae_id, arch=arch, d_sae=d_sae, arch_keys=keys, lr=lr, seed=seed)
 
 
 def batches_of(x: np.ndarray, batch: int, steps: int) -> list[torch.Tensor]:
@@ -146,14 +149,14 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
         x_s = x.to(F64) * scale
         pre = (x_s - b_dec) @ w_enc + b_enc
         if cfg.arch == "topk":
-            values, indices = pre.topk(cfg.k, dim=-1)
+            values, indices = pre.topk(cfg.value("k"), dim=-1)
             f = torch.zeros_like(pre).scatter(-1, indices, values.relu())
         else:
             f = pre.relu()
         x_hat = f @ w_dec + b_dec
         loss = ((x_s - x_hat) ** 2).sum(-1).mean()
         if cfg.arch == "relu":
-            lam = cfg.l1_coef * min(1.0, (t + 1) / (train.relu.coef_warmup * total_steps))
+            lam = cfg.value("l1_coef") * min(1.0, (t + 1) / (train.relu.coef_warmup * total_steps))
             loss = loss + lam * (f * w_dec.norm(dim=1)).sum(-1).mean()
         adam.zero_grad()
         loss.backward()
@@ -177,8 +180,8 @@ def reference_training(cfg: SAEConfig, init: dict[str, torch.Tensor], scale: flo
 def test_bank_matches_a_plain_torch_reference(arch: str,
                                               data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
-    train = TrainConfig(warmup_steps=3, decay_start=0.6, grad_clip=1.0
-                        ).with_arch_settings(coef_warmup=0.5)
+    train = with_arch_settings(TrainConfig(warmup_steps=3, decay_start=0.6, grad_clip=1.0),
+                               coef_warmup=0.5)
     total = 10
     cfg = sae("s", arch, k=5, l1_coef=0.3, lr=3e-3, seed=7)
     bank = SAEBank([cfg], stats, train, total, dtype=F64)
@@ -196,8 +199,8 @@ def test_bank_matches_a_plain_torch_reference(arch: str,
 
 def test_saes_in_a_bank_train_exactly_as_alone(data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
-    train = TrainConfig(warmup_steps=2, decay_start=0.5, grad_clip=1.0
-                        ).with_arch_settings(coef_warmup=0.3)
+    train = with_arch_settings(TrainConfig(warmup_steps=2, decay_start=0.5, grad_clip=1.0),
+                               coef_warmup=0.3)
     total = 10
     saes = [
         sae("topk-k4", "topk", k=4, lr=1e-3, seed=1),
@@ -227,8 +230,8 @@ def test_saes_in_a_bank_train_exactly_as_alone(data: tuple[np.ndarray, StreamSta
 def test_per_sae_gradient_clipping(data: tuple[np.ndarray, StreamStats]) -> None:
     """A huge gradient in one SAE leaves another SAE's update exactly as if it were alone."""
     x, stats = data
-    train = TrainConfig(warmup_steps=0, decay_start=1.0, grad_clip=1.0
-                        ).with_arch_settings(coef_warmup=0.0)
+    train = with_arch_settings(TrainConfig(warmup_steps=0, decay_start=1.0, grad_clip=1.0),
+                               coef_warmup=0.0)
     huge = sae("huge", "relu", l1_coef=1e9, lr=1e-3, seed=1)
     calm = sae("calm", "relu", l1_coef=0.01, lr=1e-3, seed=2)
     batches = batches_of(x, 64, 5)
@@ -260,8 +263,9 @@ def test_topk_rows_have_at_most_k_latents_and_unit_decoder_rows(
     outputs = bank.encode_decode(torch.from_numpy(x[:256]))
     for s, (f, _) in zip(saes, outputs, strict=True):
         active = (f > 0).sum(dim=1)
-        assert int(active.max()) <= s.k
-        assert float(active.float().mean()) > s.k - 1  # TopK keeps k, ReLU rarely drops one
+        assert int(active.max()) <= s.value("k")
+        # TopK keeps k, ReLU rarely drops one
+        assert float(active.float().mean()) > s.value("k") - 1
         assert torch.all(f >= 0)
         norms = bank.decoder_norms()[s.sae_id]
         np.testing.assert_allclose(norms, 1.0, atol=1e-5)
@@ -281,8 +285,8 @@ def test_training_learns_a_sparse_dictionary() -> None:
     train_x, held_out = x[:-2048], x[-2048:]
     stats = estimate_stream_stats(train_x[:2048])
     steps = 200
-    train = TrainConfig(warmup_steps=10, decay_start=0.8, grad_clip=1.0
-                        ).with_arch_settings(coef_warmup=0.05)
+    train = with_arch_settings(TrainConfig(warmup_steps=10, decay_start=0.8, grad_clip=1.0),
+                               coef_warmup=0.05)
     saes = [sae("topk", "topk", d_sae=128, k=4, lr=1e-2, seed=0),
             sae("relu", "relu", d_sae=128, l1_coef=1.0, lr=1e-2, seed=1)]
     bank = SAEBank(saes, stats, train, steps)
@@ -309,7 +313,7 @@ def test_encode_decode_returns_raw_units(data: tuple[np.ndarray, StreamStats]) -
     p = bank.sae_params("a")
     x_s = torch.from_numpy(x[:64]).to(F64) * stats.scale
     pre = (x_s - p["b_dec"]) @ p["W_enc"] + p["b_enc"]
-    values, idx = pre.topk(cfg.k, dim=-1)
+    values, idx = pre.topk(cfg.value("k"), dim=-1)
     expected_f = torch.zeros_like(pre).scatter(-1, idx, values.relu())
     torch.testing.assert_close(f, expected_f)
     torch.testing.assert_close(x_hat, (expected_f @ p["W_dec"] + p["b_dec"]) / stats.scale)
@@ -320,10 +324,10 @@ def test_bf16_autocast_path_runs_and_tracks_float32(data: tuple[np.ndarray, Stre
     reaches the results, yet training follows the float32 run and the parameters stay float32."""
     x, stats = data
     saes = [sae("topk", "topk", k=4, seed=1), sae("relu", "relu", l1_coef=0.3, seed=2),
-            SAEConfig(sae_id="jr", arch="jumprelu", d_sae=48, k=0, l1_coef=0.0, l0_coef=0.05,
+            SAEConfig(sae_id="jr", arch="jumprelu", d_sae=48, arch_keys={"l0_coef": 0.05},
                       lr=1e-3, seed=3)]
-    train = TrainConfig(warmup_steps=1, bf16=True).with_arch_settings(init_threshold=0.3,
-                                                                      bandwidth=0.5)
+    train = with_arch_settings(TrainConfig(warmup_steps=1, bf16=True), init_threshold=0.3,
+                               bandwidth=0.5)
     plain = SAEBank(saes, stats, train, 20)
     mixed = SAEBank(saes, stats, train, 20, autocast=True)
     assert not plain.autocast  # train.bf16 alone changes nothing on a CPU

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from thresher.config import SAEConfig, pack_trainers, sae_cost
+from thresher.config.saes import own_arch_keys
 
 
 def sae(i: int, arch: str, d_sae: int, mono: float = 0.0) -> SAEConfig:
-    return SAEConfig(sae_id=f"{i:02d}", arch=arch, d_sae=d_sae, k=8, l1_coef=1.0, lr=1e-3, seed=i,
+    keys = own_arch_keys(arch, {"k": 8, "l1_coef": 1.0, "l0_coef": 1.0})
+    return SAEConfig(sae_id=f"{i:02d}", arch=arch, d_sae=d_sae, arch_keys=keys, lr=1e-3, seed=i,
                      mono_coef=mono)
 
 

@@ -10,15 +10,18 @@ import pytest
 import torch
 
 from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
+from thresher.config.saes import own_arch_keys
 from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
+from thresher.train.archs.registry import architecture_class
 from thresher.train.trainer import Trainer
 
+from .conftest import with_arch_settings
+
 sae_lens = pytest.importorskip("sae_lens")
+from sae_lens.registry import get_sae_class  # noqa: E402 (after the importorskip)
 
 D_IN, BATCH = 24, 128
-EXPECTED_CLASS = {"topk": "TopKSAE", "relu": "StandardSAE", "jumprelu": "JumpReLUSAE",
-                  "batchtopk": "JumpReLUSAE", "matryoshka": "JumpReLUSAE"}
 
 
 def acts(rows: int, seed: int) -> np.ndarray:
@@ -32,10 +35,11 @@ def acts(rows: int, seed: int) -> np.ndarray:
 def test_every_arch_loads_in_saelens_with_the_same_outputs(tmp_path: Path) -> None:
     x = acts(BATCH * 8, seed=0)
     stats = estimate_stream_stats(x[:512])
-    saes = [SAEConfig(sae_id=f"{i:02d}-{arch}", arch=arch, d_sae=64, k=5, l1_coef=0.5, l0_coef=0.05,
-                      lr=3e-3, seed=i) for i, arch in enumerate(ARCHITECTURES)]
-    train = TrainConfig(batch_size=BATCH, rows=BATCH * 8, warmup_steps=2
-                        ).with_arch_settings(init_threshold=0.2, bandwidth=0.2)
+    keys = {"k": 5, "l1_coef": 0.5, "l0_coef": 0.05}
+    saes = [SAEConfig(sae_id=f"{i:02d}-{arch}", arch=arch, d_sae=64, lr=3e-3, seed=i,
+                      arch_keys=own_arch_keys(arch, keys)) for i, arch in enumerate(ARCHITECTURES)]
+    train = with_arch_settings(TrainConfig(batch_size=BATCH, rows=BATCH * 8, warmup_steps=2),
+                               init_threshold=0.2, bandwidth=0.2)
     trainer = Trainer("t0", saes, train, stats, tmp_path, hook_name="blocks.0.hook_resid_post")
     for i in range(8):
         trainer.train_step(ActivationBlock(acts=x[i * BATCH:(i + 1) * BATCH],
@@ -46,7 +50,11 @@ def test_every_arch_loads_in_saelens_with_the_same_outputs(tmp_path: Path) -> No
     ours = trainer.bank.encode_decode(held_out)
     for sae, folder, (f, x_hat) in zip(saes, folders, ours, strict=True):
         loaded = sae_lens.SAE.load_from_disk(str(folder), device="cpu")
-        assert type(loaded).__name__ == EXPECTED_CLASS[sae.arch]
+        # SAELens's own class for the architecture the export names (relu: StandardSAE, the
+        # BatchTopK family: JumpReLUSAE)
+        expected = architecture_class(sae.arch).saelens_architecture
+        assert type(loaded) is get_sae_class(expected)[0]
+        assert type(loaded).__name__ != "SAE"
         assert loaded.cfg.metadata.hook_name == "blocks.0.hook_resid_post"
         with torch.no_grad():
             f_lens = loaded.encode(held_out)

@@ -49,7 +49,7 @@ def pickles(marker: Path) -> dict[str, bytes]:
 def test_pickles_in_a_run_directory_are_refused_and_never_run(kind: str, tmp_path: Path) -> None:
     marker = tmp_path / "code-ran"
     payload = pickles(marker)[kind]
-    sae = SAEConfig(sae_id="00-topk", arch="topk", d_sae=16, k=2, l1_coef=0.0, lr=1e-3, seed=0)
+    sae = SAEConfig(sae_id="00-topk", arch="topk", d_sae=16, arch_keys={"k": 2}, lr=1e-3, seed=0)
     train = TrainConfig(batch_size=8, rows=64, d_sae=16, k=2)
     stats = estimate_stream_stats(np.random.default_rng(0).normal(size=(64, 8)))
     trainer = Trainer("t0", [sae], train, stats, tmp_path)

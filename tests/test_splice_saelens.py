@@ -44,7 +44,7 @@ def _export_sae(lm: SplicedLM, tmp_path: Path) -> Path:
     with torch.no_grad():
         _, cache = lm.model.run_with_cache(tokens, names_filter=HOOK)
     x = cache[HOOK].reshape(-1, TINY_TL["d_model"]).numpy().astype(np.float32)
-    sae = SAEConfig(sae_id="00-topk", arch="topk", d_sae=64, k=8, l1_coef=0.0, lr=3e-3, seed=0)
+    sae = SAEConfig(sae_id="00-topk", arch="topk", d_sae=64, arch_keys={"k": 8}, lr=3e-3, seed=0)
     train = TrainConfig(batch_size=BATCH, rows=BATCH * 12, warmup_steps=2)
     trainer = Trainer("t0", [sae], train, estimate_stream_stats(x[:512]), tmp_path,
                       hook_name=HOOK)

@@ -22,16 +22,19 @@ from thresher.train.checkpoint import (
 )
 from thresher.train.trainer import Trainer
 
+from .conftest import with_arch_settings
+
 D_IN = 24
 BATCH = 64
 
 SAES = (
-    SAEConfig(sae_id="00-topk-k4", arch="topk", d_sae=64, k=4, l1_coef=0.0, lr=3e-3, seed=0),
-    SAEConfig(sae_id="01-topk-k8", arch="topk", d_sae=64, k=8, l1_coef=0.0, lr=1e-3, seed=1),
-    SAEConfig(sae_id="02-relu", arch="relu", d_sae=48, k=0, l1_coef=0.5, lr=3e-3, seed=2),
+    SAEConfig(sae_id="00-topk-k4", arch="topk", d_sae=64, arch_keys={"k": 4}, lr=3e-3, seed=0),
+    SAEConfig(sae_id="01-topk-k8", arch="topk", d_sae=64, arch_keys={"k": 8}, lr=1e-3, seed=1),
+    SAEConfig(sae_id="02-relu", arch="relu", d_sae=48, arch_keys={"l1_coef": 0.5}, lr=3e-3,
+              seed=2),
 )
-TRAIN = TrainConfig(batch_size=BATCH, rows=BATCH * 20, warmup_steps=2, decay_start=0.5,
-                    grad_clip=1.0).with_arch_settings(coef_warmup=0.2)
+TRAIN = with_arch_settings(TrainConfig(batch_size=BATCH, rows=BATCH * 20, warmup_steps=2,
+                                       decay_start=0.5, grad_clip=1.0), coef_warmup=0.2)
 
 
 def block(rows: int, seed: int) -> ActivationBlock:
@@ -156,7 +159,7 @@ def test_a_checkpoint_of_another_config_is_refused(tmp_path: Path, stats: Stream
     trainer = Trainer("t0", SAES, TRAIN, stats, tmp_path)
     trainer.train_step(batches[0])
     trainer.save_checkpoint(Cursor(0, BATCH))
-    changed = (SAES[0], SAES[1], SAEConfig(**{**SAES[2].to_dict(), "lr": 1e-2}))
+    changed = (SAES[0], SAES[1], SAEConfig.from_dict({**SAES[2].to_dict(), "lr": 1e-2}))
     with pytest.raises(CheckpointError, match=r"02-relu.*differs in lr"):
         Trainer("t0", changed, TRAIN, stats, tmp_path)
     other_stream = StreamStats(d_in=stats.d_in, scale=stats.scale * 2, center=stats.center,
@@ -195,7 +198,7 @@ def test_export_round_trip_on_raw_activations(tmp_path: Path, stats: StreamStats
         assert (cfg["dtype"], cfg["device"]) == ("float32", "cpu")
         assert cfg["apply_b_dec_to_input"] is True and cfg["normalize_activations"] == "none"
         assert cfg["hook_name"] == cfg["metadata"]["hook_name"] == "blocks.1.hook_resid_post"
-        assert cfg.get("k") == (sae.k if sae.arch == "topk" else None)
+        assert cfg.get("k") == sae.arch_keys.get("k")
         assert cfg["thresher"]["sae"] == sae.to_dict()
         assert cfg["thresher"]["input_scale"] == pytest.approx(stats.scale)
         assert cfg["thresher"]["step"] == 5
@@ -203,8 +206,9 @@ def test_export_round_trip_on_raw_activations(tmp_path: Path, stats: StreamStats
             "W_enc": (D_IN, sae.d_sae), "W_dec": (sae.d_sae, D_IN),
             "b_enc": (sae.d_sae,), "b_dec": (D_IN,)}
         assert all(v.dtype == np.float32 for v in weights.values())
-        f_np, x_hat_np = numpy_sae(weights, x, sae.k if sae.arch == "topk" else None)
-        assert np.all((f_np > 0).sum(axis=1) <= (sae.k if sae.arch == "topk" else sae.d_sae))
+        k = sae.arch_keys.get("k")
+        f_np, x_hat_np = numpy_sae(weights, x, k)
+        assert np.all((f_np > 0).sum(axis=1) <= (k or sae.d_sae))
         np.testing.assert_allclose(f_np, f.numpy(), rtol=1e-4, atol=1e-4)
         scale = float(np.abs(x).max())
         np.testing.assert_allclose(x_hat_np, x_hat.numpy(), rtol=1e-4, atol=1e-5 * scale)

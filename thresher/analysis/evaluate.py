@@ -20,7 +20,7 @@ from thresher.analysis.feature_statistics import FeatureStatistics
 from thresher.analysis.ground_truth import GT_METRIC_NAMES
 from thresher.analysis.probing import PROBE_METRIC_NAMES
 from thresher.analysis.stats import Rows, StatsOptions
-from thresher.config import Config, SAEConfig, SourceConfig
+from thresher.config import SWEEP_KEY, Config, SAEConfig, SourceConfig
 from thresher.stream.block import ActivationBlock
 from thresher.train.trainer import Trainer
 
@@ -154,6 +154,13 @@ def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: Activ
     return result
 
 
+def summary_sweep_values(sae: SAEConfig) -> dict[str, Any]:
+    """Every sweep key's column: the SAE's value, None where its architecture does not read
+    the key."""
+    own = sae.sweep_values()
+    return {name: own.get(name) for name in SWEEP_KEY}
+
+
 def identity_columns(cfg: Config, stream_id: str, trainer_id: str, sae: SAEConfig,
                      d_in: int) -> dict[str, Any]:
     backbone = cfg.source_named(stream_id).backbone
@@ -162,7 +169,7 @@ def identity_columns(cfg: Config, stream_id: str, trainer_id: str, sae: SAEConfi
         config = backbone.config or {}
         model = ("synthetic " + ", ".join(f"{k}={config[k]}" for k in sorted(config))).strip()
     return {"run_name": cfg.run.name, "stream_id": stream_id, "trainer_id": trainer_id,
-            "sae_id": sae.sae_id, **sae.hyperparameters(), "d_in": d_in,
+            "sae_id": sae.sae_id, **summary_sweep_values(sae), "d_in": d_in,
             "backbone": backbone.kind, "model": model, "hook": sae.hook}
 
 

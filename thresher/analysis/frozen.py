@@ -1,9 +1,8 @@
 """Exported SAEs (saes/<id>/, raw units, input scale folded in) applied without the bank.
 
-`FrozenSAE` is the SAE of docs/formats.md: f = act((x − b_dec) W_enc + b_enc), x̂ = f W_dec + b_dec,
-act = pre · 1[pre > threshold] for the exports that carry a `threshold` (jumprelu; batchtopk and
-matryoshka at inference), else ReLU(TopK_k(·)) where cfg.json has `k` (topk), else ReLU (relu).
-`thresher analyze` and the splice use it.
+`FrozenSAE` is the SAE of docs/formats.md: its latents come from its architecture's inference
+rule (`Architecture.encode`, thresher/train/archs/<arch>.py) applied to the exported tensors,
+the rule the bank evaluates with; x̂ = f W_dec + b_dec. `thresher analyze` and the splice use it.
 """
 
 from __future__ import annotations
@@ -15,20 +14,18 @@ from typing import Any
 import torch
 
 from thresher.config import SAEConfig
+from thresher.train.archs.registry import architecture_class
 from thresher.train.checkpoint import read_export
 
 
 @dataclass
 class FrozenSAE:
     sae: SAEConfig
-    W_enc: torch.Tensor  # [d_in, d_sae], raw units
-    b_enc: torch.Tensor
-    W_dec: torch.Tensor  # [d_sae, d_in]
-    b_dec: torch.Tensor
+    # The export's tensors by name (raw units): W_enc [d_in, d_sae], W_dec [d_sae, d_in], b_dec
+    # and what its architecture's inference rule reads beside them (b_enc, threshold, ...).
+    weights: dict[str, torch.Tensor]
     input_scale: float
     record: dict[str, Any]  # cfg.json's thresher record (trainer_id, step, rows_seen, ...)
-    threshold: torch.Tensor | None = None  # [d_sae]: f = pre * 1[pre > threshold]
-    k: int | None = None  # cfg.json's `k`: f = ReLU(TopK_k(pre))
 
     @classmethod
     def load(cls, folder: str | Path) -> FrozenSAE:
@@ -37,10 +34,21 @@ class FrozenSAE:
         if "sae" not in record:
             raise ValueError(f"{folder}/cfg.json has no thresher.sae record; was it written "
                              "by thresher's export?")
-        sae = SAEConfig(**record["sae"])
-        tensors = {name: torch.from_numpy(weights[name]).float() for name in weights}
-        return cls(sae=sae, **tensors, input_scale=float(record.get("input_scale", 1.0)),
-                   record=record, k=cfg.get("k"))
+        return cls(sae=SAEConfig.from_dict(record["sae"]),
+                   weights={name: torch.from_numpy(weights[name]).float() for name in weights},
+                   input_scale=float(record.get("input_scale", 1.0)), record=record)
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        return self.weights["W_enc"]
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self.weights["W_dec"]
+
+    @property
+    def b_dec(self) -> torch.Tensor:
+        return self.weights["b_dec"]
 
     @property
     def d_in(self) -> int:
@@ -48,13 +56,10 @@ class FrozenSAE:
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        pre = (x.to(self.W_enc.dtype) - self.b_dec) @ self.W_enc + self.b_enc
-        if self.threshold is not None:
-            return pre * (pre > self.threshold).to(pre.dtype)
-        if self.k is not None:
-            values, indices = pre.topk(self.k, dim=-1)
-            return torch.zeros_like(pre).scatter(-1, indices, values.relu())
-        return pre.relu()
+        stacked = {name: value.unsqueeze(0) for name, value in self.weights.items()}
+        rows = x.reshape(-1, self.d_in)
+        f = architecture_class(self.sae.arch).encode(rows, stacked, [self.sae])[0]
+        return f.reshape(*x.shape[:-1], f.shape[-1])
 
     @torch.no_grad()
     def decode(self, f: torch.Tensor) -> torch.Tensor:

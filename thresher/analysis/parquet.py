@@ -13,7 +13,7 @@ from typing import Any
 import pyarrow as pa
 
 from thresher.analysis.feature_columns import feature_columns
-from thresher.config import HYPERPARAMETER_NAMES, SWEEP_KEY
+from thresher.config import SWEEP_KEY
 
 SUMMARY_SCHEMA = pa.schema(
     [
@@ -21,9 +21,9 @@ SUMMARY_SCHEMA = pa.schema(
         ("stream_id", pa.string()),
         ("trainer_id", pa.string()),
         ("sae_id", pa.string()),
-        # Every sweep key (thresher.config.saes), stored for every architecture even where
-        # it does not read it (k of a relu SAE).
-        *((name, getattr(pa, SWEEP_KEY[name].column_type)()) for name in HYPERPARAMETER_NAMES),
+        # Every sweep key (thresher.config.saes), null where the SAE's architecture does not
+        # read it (k of a relu SAE).
+        *((name, getattr(pa, key.column_type)()) for name, key in SWEEP_KEY.items()),
         ("d_in", pa.int32()),
         ("backbone", pa.string()),
         ("model", pa.string()),

@@ -5,14 +5,17 @@ the file and line, and the valid choices. ``expand_sweep`` turns the ``sweep`` g
 :class:`SAEConfig` per SAE and hook of every stream; ``make_plan`` packs them onto trainers.
 
 The modules, in the order a config passes through them:
-schema (the dataclasses; beside it saes, the one declaration of the sweep keys and of each
-architecture's settings that the plan, the summary columns and the training code read) ->
+schema (the dataclasses; `train` is built from the architectures' specs, one module each in
+archs/, and saes, the sweep keys and one SAE's config, which the plan, the summary columns
+and the training code read) ->
 build (YAML values to typed fields) -> validate (checks across fields, with file:line) ->
 loader (``load_config``) -> sweep (``expand_sweep``) -> plan (``make_plan``); beside them
 files (input paths and the run directory) and resources (what each actor asks for). Config
 imports no stage: the stages import it.
 """
 
+from thresher.config.arch_spec import ArchSettings, ArchSpec, SweepKey
+from thresher.config.archs import ARCH_SPEC, ARCH_SPECS, ARCHITECTURES
 from thresher.config.build import Where, build
 from thresher.config.files import config_dir, input_files, resolve_dirs, resolve_globs, run_dir_of
 from thresher.config.loader import load_config
@@ -26,23 +29,7 @@ from thresher.config.plan import (
     sae_cost,
 )
 from thresher.config.resources import HarvestResources, harvest_resources, torch_threads
-from thresher.config.saes import (
-    ARCH_SPECS,
-    ARCHITECTURES,
-    HYPERPARAMETER_NAMES,
-    SWEEP_KEY,
-    SWEEP_KEYS,
-    TOPK_FAMILY,
-    ArchName,
-    ArchSettings,
-    BatchTopKSettings,
-    Hyperparameters,
-    JumpReLUSettings,
-    MatryoshkaSettings,
-    ReLUSettings,
-    SAEConfig,
-    TopKSettings,
-)
+from thresher.config.saes import SHARED_KEYS, SWEEP_KEY, SWEEP_KEYS, SAEConfig
 from thresher.config.schema import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_CONFIG_PATH,
@@ -63,27 +50,22 @@ from thresher.config.sweep import expand_sweep
 
 __all__ = [
     "ARCHITECTURES",
+    "ARCH_SPEC",
     "ARCH_SPECS",
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_CONFIG_PATH",
-    "HYPERPARAMETER_NAMES",
     "MODALITY_KINDS",
+    "SHARED_KEYS",
     "SWEEP_KEY",
     "SWEEP_KEYS",
-    "TOPK_FAMILY",
-    "ArchName",
     "ArchSettings",
+    "ArchSpec",
     "BackboneConfig",
-    "BatchTopKSettings",
     "Config",
     "ConfigError",
     "HarvestResources",
-    "Hyperparameters",
     "InputsConfig",
-    "JumpReLUSettings",
-    "MatryoshkaSettings",
     "Plan",
-    "ReLUSettings",
     "ResourcesConfig",
     "RunConfig",
     "SAEConfig",
@@ -91,7 +73,7 @@ __all__ = [
     "StoredStore",
     "StreamConfig",
     "StreamPlan",
-    "TopKSettings",
+    "SweepKey",
     "TrainConfig",
     "TrainerPlan",
     "WandbConfig",

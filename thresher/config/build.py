@@ -57,12 +57,7 @@ def build(tp: Any, value: Any, path: tuple, where: Where) -> Any:
             raise ConfigError(f"{where.at(path)} must be a mapping, got {value!r}")
         hints = typing.get_type_hints(tp)
         fields = {f.name: f for f in dataclasses.fields(tp) if f.init and f.name != "source_file"}
-        renamed: dict[str, tuple[str, ...]] = getattr(tp, "RENAMED_KEYS", {})
         for key in value:
-            if key not in fields and key in renamed:
-                now = " and ".join(f"`{'.'.join(map(str, (*path, new)))}`"
-                                   for new in renamed[key])
-                raise ConfigError(f"{where.at((*path, key))} is now {now}")
             if key not in fields:
                 close = difflib.get_close_matches(str(key), fields, n=1)
                 hint = f"; did you mean `{close[0]}`?" if close else ""

@@ -10,9 +10,10 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from thresher.config.archs import ARCH_SPEC
 from thresher.config.files import run_dir_of
 from thresher.config.resources import harvest_resources
-from thresher.config.saes import ARCH_SPEC, MONO_STEP_COST, SAEConfig
+from thresher.config.saes import MONO_STEP_COST, SAEConfig
 from thresher.config.schema import Config, ConfigError, SourceConfig, TrainConfig
 from thresher.config.sweep import expand_sweep, fmt
 from thresher.config.synthetic import describe_synthetic, synthetic_config

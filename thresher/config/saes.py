@@ -1,13 +1,12 @@
-"""The one declaration of SAE settings: what a sweep varies per SAE, and what each architecture
-sets for all of its SAEs.
+"""The sweep keys and one SAE's configuration.
 
-`Hyperparameters` lists the sweep keys, one field each, with its type, default and check and
-how the plan and summary.parquet show it (the field's `SweepKey`); `SAEConfig` (one SAE) and
-`TrainConfig` (whose `train.<key>` are the defaults) both derive from it, and the sweep check,
-`expand_sweep`, `Plan.describe`, the summary columns and the report read it, so a new sweep key
-is one field here. Each architecture's own settings are a frozen dataclass written under
-`train.<arch>` in YAML (`ARCH_SPECS` maps the name to it); its training code is
-thresher/train/archs/<arch>.py, registered under the same name.
+A sweep key is a hyperparameter each SAE of a sweep has its own value of (a grid's, else
+`train.<key>`). Every SAE has the `SHARED_KEYS` (arch, d_sae, mono_coef, lr, seed); each
+architecture adds the keys it reads (k for the TopK family, l1_coef for relu, ...), declared in
+its spec (thresher/config/archs/<arch>.py). An `SAEConfig` carries its shared keys as fields
+and its architecture's own keys in `arch_keys`, no other: summary.parquet's column for a key
+its architecture does not read is null. The sweep check, `expand_sweep`, `Plan.describe`, the
+summary columns and the report read `SWEEP_KEY`.
 
 Torch-free on purpose: loading a config imports this, and config imports no stage.
 """
@@ -15,232 +14,91 @@ Torch-free on purpose: loading a config imports this, and config imports no stag
 from __future__ import annotations
 
 import dataclasses
-import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-# --------------------------------------------------------------------------------------------
-# Each architecture's own settings (train.<arch>)
-# --------------------------------------------------------------------------------------------
+from thresher.config.arch_spec import SweepKey
+from thresher.config.archs import ARCH_KEYS, ARCH_SPEC, ARCHITECTURES
 
+# The keys of every SAE, whatever its architecture; an SAEConfig field each.
+ARCH = SweepKey("arch", str, "topk", column_type="string")  # a module of config/archs/
+D_SAE = SweepKey("d_sae", int, 1536, minimum="positive", column_type="int32")  # latents
+# MonoLoss weight: mono_coef * (1 - mean batch MonoScore), any architecture.
+MONO_COEF = SweepKey("mono_coef", float, 0.0, minimum="non-negative", in_plan="when_set")
+LR = SweepKey("lr", float, 1e-3, minimum="positive")  # Adam's learning rate
+SEED = SweepKey("seed", int, 0, column_type="int64")  # the SAE's init seed
+SHARED_KEYS = (ARCH, D_SAE, MONO_COEF, LR, SEED)
 
-def was(old: str) -> dict[str, str]:
-    """Field metadata: the setting was the flat `train.<old>` before it moved here."""
-    return {"was": old}
-
-
-Problems = list[tuple[str, str]]  # (field, what is wrong with it)
-
-
-@dataclass(frozen=True)
-class TopKSettings:
-    """topk (Gao et al. 2024): f = ReLU(TopK_k(pre)), plus AuxK on dead latents."""
-
-    # AuxK: the dead latents that reconstruct the residual (0: d_in // 2), and its loss weight
-    # (1/32, Gao et al.).
-    aux_k: int = field(default=0, metadata=was("aux_k"))
-    aux_k_coef: float = field(default=0.03125, metadata=was("aux_k_coef"))
-    # Decode from the k active latents only (thresher.train.sparse).
-    sparse_decode: bool = field(default=True, metadata=was("sparse_decode"))
-
-    def problems(self) -> Problems:
-        return [(name, "must be >= 0") for name in ("aux_k", "aux_k_coef")
-                if getattr(self, name) < 0]
-
-
-@dataclass(frozen=True)
-class BatchTopKSettings(TopKSettings):
-    """batchtopk: the k * B largest entries of the batch in training, a threshold at inference."""
-
-    threshold_ema: float = field(default=0.01, metadata=was("threshold_ema"))  # its EMA rate
-
-    def problems(self) -> Problems:
-        wrong = super().problems()
-        if not 0 < self.threshold_ema <= 1:
-            wrong.append(("threshold_ema", f"must be in (0, 1], got {self.threshold_ema}"))
-        return wrong
-
-
-@dataclass(frozen=True)
-class MatryoshkaSettings(BatchTopKSettings):
-    """matryoshka: batchtopk whose nested prefixes of latents also reconstruct alone."""
-
-    # The prefixes, as fractions of d_sae (the full width is always the last level).
-    fractions: tuple[float, ...] = field(default=(0.0625, 0.25),
-                                         metadata=was("matryoshka_fractions"))
-    # Keep decoder rows at unit norm, as the other TopK-family archs do. Off by default, as
-    # sae_lens trains it: with free rows Matryoshka recovers the ground truth of
-    # tests/test_ground_truth.py as well as sae_lens does (mean MCC 0.895), held at unit norm it
-    # loses 0.03 (0.865). On is Bussmann et al.'s reference training.
-    unit_norm_decoder: bool = False
-
-    def problems(self) -> Problems:
-        wrong = super().problems()
-        if any(not 0 < f < 1 for f in self.fractions):
-            wrong.append(("fractions", f"must each lie in (0, 1), got {list(self.fractions)}"))
-        return wrong
-
-
-@dataclass(frozen=True)
-class JumpReLUSettings:
-    """jumprelu: f = pre * H(pre - theta), theta learned through a straight-through estimator."""
-
-    # The straight-through estimator's rectangle-kernel width (training units).
-    bandwidth: float = field(default=0.05, metadata=was("jumprelu_bandwidth"))
-    init_threshold: float = field(default=0.01, metadata=was("jumprelu_init_threshold"))
-    # Fraction of training over which l0_coef ramps up from 0.
-    coef_warmup: float = field(default=0.05, metadata=was("l1_warmup"))
-
-    def problems(self) -> Problems:
-        wrong = [(name, "must be positive") for name in ("bandwidth", "init_threshold")
-                 if getattr(self, name) <= 0]
-        if self.coef_warmup < 0:
-            wrong.append(("coef_warmup", f"must be >= 0, got {self.coef_warmup}"))
-        return wrong
-
-
-@dataclass(frozen=True)
-class ReLUSettings:
-    """relu (Anthropic, April 2024): f = ReLU(pre), L1 penalty weighted by decoder norms."""
-
-    # Fraction of training over which l1_coef ramps up from 0.
-    coef_warmup: float = field(default=0.05, metadata=was("l1_warmup"))
-    # Anthropic resampling of dead latents every this many steps (0: off).
-    resample_every: int = field(default=0, metadata=was("resample_every"))
-
-    def problems(self) -> Problems:
-        wrong = []
-        if self.coef_warmup < 0:
-            wrong.append(("coef_warmup", f"must be >= 0, got {self.coef_warmup}"))
-        if self.resample_every < 0:
-            wrong.append(("resample_every", f"must be >= 0, got {self.resample_every}"))
-        return wrong
-
-
-ArchSettings = TopKSettings | JumpReLUSettings | ReLUSettings
-
-
-@dataclass(frozen=True)
-class ArchSpec:
-    name: str
-    settings: type[ArchSettings]  # written under train.<name>
-    # Matmul-equivalents (rows x d_in x d_sae multiply-adds) of one training step per unit of
-    # width, for packing SAEs onto trainers by cost.
-    step_cost: float
-
-
-# The TopK family decodes and back-propagates sparsely (one dense encoder matmul plus selection);
-# relu and jumprelu run six dense matmuls (encoder and decoder, forward and two backward each).
-ARCH_SPECS = (
-    ArchSpec("topk", TopKSettings, step_cost=2.0),
-    ArchSpec("relu", ReLUSettings, step_cost=6.0),
-    ArchSpec("batchtopk", BatchTopKSettings, step_cost=2.5),
-    ArchSpec("jumprelu", JumpReLUSettings, step_cost=6.0),
-    ArchSpec("matryoshka", MatryoshkaSettings, step_cost=3.0),
-)
-ARCHITECTURES = tuple(spec.name for spec in ARCH_SPECS)
-ARCH_SPEC = {spec.name: spec for spec in ARCH_SPECS}
-ArchName = Literal[ARCHITECTURES]  # type: ignore[valid-type]
-# The TopK family: latents chosen by rank (per row, or over the batch), trained with AuxK.
-TOPK_FAMILY = tuple(s.name for s in ARCH_SPECS if issubclass(s.settings, TopKSettings))
+# Every sweep key by name: an SAE's own keys come after its width, as in its id and the plan.
+SWEEP_KEY: dict[str, SweepKey] = {key.name: key for key in (ARCH, D_SAE, *ARCH_KEYS.values(),
+                                                            MONO_COEF, LR, SEED)}
+# Grid keys that pick where a grid applies, and the SAEConfig field each one sets.
+TARGET_KEYS = {"stream": "stream_id", "hook": "hook"}
+SWEEP_KEYS = (*SWEEP_KEY, *TARGET_KEYS)  # every key a sweep grid may name
 MONO_STEP_COST = 3.0  # MonoLoss: E^T A and its backward, plus the dense latents
 
 
-# --------------------------------------------------------------------------------------------
-# What a sweep varies per SAE
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SweepKey:
-    """How one sweep key is checked, shown in the plan and stored in summary.parquet."""
-
-    minimum: Literal["positive", "non-negative"] | None = None
-    archs: tuple[str, ...] | None = None  # the architectures that read it (None: every one)
-    in_plan: Literal["always", "when_set"] = "always"  # when_set: only where not 0
-    column_type: str = "float64"  # its summary.parquet column (a pyarrow type's name)
-    was: str | None = None  # its name before it was renamed (an old YAML gets told)
-
-
-def sweep_key(**declared: Any) -> dict[str, SweepKey]:
-    """Field metadata: the field is a sweep key, declared so."""
-    return {"sweep": SweepKey(**declared)}
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """The sweep keys: each SAE of a sweep has its own value of these (the grid's, else
-    train.<key>). `stream` and `hook` (SAEConfig.stream_id, .hook) restrict a grid instead."""
-
-    arch: ArchName = field(default="topk", metadata=sweep_key(column_type="string"))
-    d_sae: int = field(default=1536, metadata=sweep_key(minimum="positive", column_type="int32"))
-    k: int = field(default=32, metadata=sweep_key(minimum="positive", archs=TOPK_FAMILY,
-                                                  column_type="int32"))
-    # The L1 penalty coefficient of relu, the L0 one of jumprelu.
-    l1_coef: float = field(default=5.0, metadata=sweep_key(minimum="non-negative",
-                                                           archs=("relu",), was="l1"))
-    l0_coef: float = field(default=0.5, metadata=sweep_key(minimum="non-negative",
-                                                           archs=("jumprelu",), was="l0"))
-    # MonoLoss weight: mono_coef * (1 - mean batch MonoScore), any architecture.
-    mono_coef: float = field(default=0.0, metadata=sweep_key(minimum="non-negative",
-                                                             in_plan="when_set"))
-    lr: float = field(default=1e-3, metadata=sweep_key(minimum="positive"))
-    # The SAE's init seed.
-    seed: int = field(default=0, metadata=sweep_key(column_type="int64", was="sae_seed"))
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The sweep keys' values, in declaration order."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(Hyperparameters)}
-
-
-HYPERPARAMETERS: tuple[dataclasses.Field[Any], ...] = dataclasses.fields(Hyperparameters)
-HYPERPARAMETER_NAMES = tuple(f.name for f in HYPERPARAMETERS)
-SWEEP_KEY: dict[str, SweepKey] = {f.name: f.metadata["sweep"] for f in HYPERPARAMETERS}
-# Grid keys that pick where a grid applies, and the SAEConfig field each one sets.
-TARGET_KEYS = {"stream": "stream_id", "hook": "hook"}
-SWEEP_KEYS = (*SWEEP_KEY, *TARGET_KEYS)
-
-
-def sweep_key_type(key: str) -> Any:
+def sweep_key_type(key: str) -> type:
     """The type a sweep key's values are converted to."""
-    return typing.get_type_hints(Hyperparameters)[key] if key in SWEEP_KEY else str
+    return SWEEP_KEY[key].type if key in SWEEP_KEY else str
+
+
+def arch_key_names(arch: str) -> tuple[str, ...]:
+    """The sweep keys an architecture reads beyond the shared ones."""
+    return tuple(key.name for key in ARCH_SPEC[arch].sweep_keys)
+
+
+def own_arch_keys(arch: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """From every sweep key's value, those of the keys `arch` reads (the rest do not apply)."""
+    return {name: values[name] for name in arch_key_names(arch)}
 
 
 @dataclass(frozen=True, kw_only=True)
-class SAEConfig(Hyperparameters):
-    """One SAE of a sweep: its id, its hyperparameters and the stream and hook it trains on."""
+class SAEConfig:
+    """One SAE of a sweep: its id, its sweep keys and the stream and hook it trains on."""
 
     sae_id: str
+    arch: str = ARCH.default
+    d_sae: int = D_SAE.default
+    # Its architecture's own sweep keys, exactly (ArchSpec.sweep_keys): {"k": 32} for topk.
+    arch_keys: dict[str, Any] = field(default_factory=dict)
+    mono_coef: float = MONO_COEF.default
+    lr: float = LR.default
+    seed: int = SEED.default
     stream_id: str = "s0"  # the stream whose rows it trains on
     hook: str = ""  # the hook of that stream ("" for a stored source's only hook)
 
+    def __post_init__(self) -> None:
+        if self.arch not in ARCH_SPEC:
+            raise ValueError(f"SAE {self.sae_id!r}: unknown arch {self.arch!r}; known: "
+                             f"{', '.join(ARCHITECTURES)}")
+        wanted = arch_key_names(self.arch)
+        if set(self.arch_keys) != set(wanted):
+            raise ValueError(f"SAE {self.sae_id!r}: arch {self.arch!r} reads the sweep keys "
+                             f"{list(wanted)}, got {sorted(self.arch_keys)}")
+
+    def value(self, key: str) -> Any:
+        """One of its sweep keys' value."""
+        return self.arch_keys[key] if key in self.arch_keys else getattr(self, key)
+
+    def sweep_values(self) -> dict[str, Any]:
+        """Its sweep keys' values (the shared ones and its architecture's), in SWEEP_KEY order."""
+        return {name: self.value(name) for name in SWEEP_KEY
+                if name in self.arch_keys or name not in ARCH_KEYS}
+
     def to_dict(self) -> dict[str, Any]:
-        plain = dataclasses.asdict(self)
-        return {"sae_id": plain.pop("sae_id"), **plain}  # the id first, for a reader of json
+        """Flat plain data: the id, its sweep keys, its stream and hook (`from_dict` reads it)."""
+        return {"sae_id": self.sae_id, **self.sweep_values(), "stream_id": self.stream_id,
+                "hook": self.hook}
+
+    @classmethod
+    def from_dict(cls, plain: Mapping[str, Any]) -> SAEConfig:
+        names = {f.name for f in dataclasses.fields(cls)} - {"arch_keys"}
+        return cls(**{k: v for k, v in plain.items() if k in names},
+                   arch_keys={k: v for k, v in plain.items() if k not in names})
 
     def plan_values(self) -> dict[str, Any]:
-        """The hyperparameters the plan shows for this SAE: those its architecture reads."""
-        return {name: value for name, value in self.hyperparameters().items()
-                if name != "arch" and (SWEEP_KEY[name].archs is None
-                                       or self.arch in SWEEP_KEY[name].archs)
-                and (SWEEP_KEY[name].in_plan == "always" or value)}
-
-
-def _renamed_train_keys() -> dict[str, tuple[str, ...]]:
-    """Old `train.<key>` -> where it is now (relative to train), from the `was` of each field."""
-    moved: dict[str, tuple[str, ...]] = {}
-    for f in HYPERPARAMETERS:
-        old = SWEEP_KEY[f.name].was
-        if old:
-            moved[old] = (f.name,)
-    for spec in ARCH_SPECS:
-        for f in dataclasses.fields(spec.settings):
-            if "was" in f.metadata:
-                moved[f.metadata["was"]] = (*moved.get(f.metadata["was"], ()),
-                                            f"{spec.name}.{f.name}")
-    return moved
-
-
-# A YAML that still writes an old key is told the new one (ConfigError with file:line).
-RENAMED_TRAIN_KEYS = _renamed_train_keys()
-RENAMED_SWEEP_KEYS = {key.was: name for name, key in SWEEP_KEY.items() if key.was}
+        """The sweep keys the plan shows for this SAE (those set, for the when_set ones)."""
+        return {name: value for name, value in self.sweep_values().items()
+                if name != "arch" and (SWEEP_KEY[name].in_plan == "always" or value)}

@@ -11,20 +11,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
-from thresher.config.saes import (
-    ARCH_SPEC,
-    ARCH_SPECS,
-    RENAMED_TRAIN_KEYS,
-    ArchSettings,
-    BatchTopKSettings,
-    Hyperparameters,
-    JumpReLUSettings,
-    MatryoshkaSettings,
-    ReLUSettings,
-    TopKSettings,
-)
+from thresher.config.arch_spec import ArchSettings
+from thresher.config.archs import ARCH_SPEC, ARCH_SPECS
+from thresher.config.saes import SWEEP_KEY
 
 DEFAULT_CONFIG_NAME = "default"
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "default.yaml"
@@ -184,15 +175,9 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig(Hyperparameters):
-    """Shared by every SAE of the run; the Hyperparameters fields (arch, d_sae, k, l1_coef,
-    l0_coef, mono_coef, lr, seed) are the defaults of the sweep keys, and each architecture's
-    own settings sit under its name (ARCH_SPECS)."""
-
-    # Keys an older config wrote here and where they are now (the loader says so).
-    # `tokens` was the name of `rows`: it counted rows, which are not always tokens.
-    RENAMED_KEYS: ClassVar[dict[str, tuple[str, ...]]] = {**RENAMED_TRAIN_KEYS,
-                                                          "tokens": ("rows",)}
+class TrainRun:
+    """The training settings every SAE of the run shares; `TrainConfig` adds the sweep keys'
+    defaults and the architectures' sections."""
 
     batch_size: int = 1024
     rows: int = 100_000  # training rows per SAE (the run stops early if the stream ends)
@@ -207,12 +192,6 @@ class TrainConfig(Hyperparameters):
     # A latent is dead once it has not fired on this many training rows (AuxK, resampling).
     dead_window: int = 1_000_000
     bf16: bool = False  # CUDA only: bf16 autocast of the encoder / dense decoder matmuls
-    # Each architecture's own settings (thresher/config/saes.py), one section per ARCH_SPECS.
-    topk: TopKSettings = field(default_factory=TopKSettings)
-    relu: ReLUSettings = field(default_factory=ReLUSettings)
-    batchtopk: BatchTopKSettings = field(default_factory=BatchTopKSettings)
-    jumprelu: JumpReLUSettings = field(default_factory=JumpReLUSettings)
-    matryoshka: MatryoshkaSettings = field(default_factory=MatryoshkaSettings)
 
     def arch_settings(self, arch: str) -> ArchSettings:
         """train.<arch>: the settings of one architecture."""
@@ -220,19 +199,28 @@ class TrainConfig(Hyperparameters):
         assert isinstance(settings, ARCH_SPEC[arch].settings)
         return settings
 
-    def with_arch_settings(self, **changes: Any) -> TrainConfig:
-        """A copy with each change made in every architecture's settings that have the field
-        (coef_warmup=0.3 sets relu's and jumprelu's)."""
-        unused = set(changes)
-        replaced = {}
-        for spec in ARCH_SPECS:
-            names = {f.name for f in dataclasses.fields(spec.settings)}
-            mine = {k: v for k, v in changes.items() if k in names}
-            unused -= set(mine)
-            replaced[spec.name] = dataclasses.replace(self.arch_settings(spec.name), **mine)
-        if unused:
-            raise TypeError(f"no architecture has the settings {sorted(unused)}")
-        return dataclasses.replace(self, **replaced)
+    def sweep_defaults(self) -> dict[str, Any]:
+        """train.<key> of every sweep key: its value where a grid does not set it."""
+        return {name: getattr(self, name) for name in SWEEP_KEY}
+
+
+def _train_config_fields() -> list[tuple[str, Any, Any]]:
+    """TrainConfig's fields beyond TrainRun's: each sweep key's default (train.k, train.lr,
+    ...), then each architecture's settings (train.topk, train.relu, ...), from the registry."""
+    keys = [(key.name, key.type, field(default=key.default)) for key in SWEEP_KEY.values()]
+    sections = [(spec.name, spec.settings, field(default_factory=spec.settings))
+                for spec in ARCH_SPECS]
+    return keys + sections
+
+
+# train: in YAML. Built, not written out, so that an architecture's section and sweep keys are
+# declared once, in its spec (thresher/config/archs/<arch>.py).
+TrainConfig = dataclasses.make_dataclass(
+    "TrainConfig", _train_config_fields(), bases=(TrainRun,), frozen=True,
+    namespace={"__doc__": "Shared by every SAE of the run: TrainRun's settings, the sweep "
+                          "keys' defaults (train.<key>) and each architecture's own settings "
+                          "(train.<arch>)."})
+TrainConfig.__module__ = __name__  # pickled by reference (Ray ships it to the trainers)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from thresher.config.saes import TARGET_KEYS, SAEConfig, sweep_key_type
+from thresher.config.saes import SHARED_KEYS, TARGET_KEYS, SAEConfig, own_arch_keys, sweep_key_type
 from thresher.config.schema import Config
 
 
@@ -19,9 +19,11 @@ def expand_sweep(cfg: Config, hooks: dict[str, tuple[str, ...]] | None = None
 
     Order: streams, then hooks, then grids. `hooks` gives each stream's hooks where they are
     not in the config (a stored source taking its cache's); ids are unique and filesystem-safe,
-    and name the stream / the hook where the run has more than one.
+    and name the stream / the hook where the run has more than one. A grid key the SAE's
+    architecture does not read (k of a relu SAE in a grid over arch) names it in the id but is
+    not part of it.
     """
-    base = cfg.train.hyperparameters()  # train.<key>: each sweep key's default
+    base = cfg.train.sweep_defaults()  # train.<key>: each sweep key's default
     grids = cfg.sweep or ({},)
     saes: list[SAEConfig] = []
     for source in cfg.sources:
@@ -45,8 +47,10 @@ def expand_sweep(cfg: Config, hooks: dict[str, tuple[str, ...]] | None = None
                     if len(stream_hooks) > 1:
                         parts.append(hook)
                     parts += [params["arch"]] + ([label] if label else [])
+                    shared = {key.name: params[key.name] for key in SHARED_KEYS}
                     saes.append(SAEConfig(sae_id="-".join(parts), stream_id=source.name,
-                                          hook=hook, **params))
+                                          hook=hook, **shared,
+                                          arch_keys=own_arch_keys(params["arch"], params)))
     return saes
 
 
@@ -58,5 +62,3 @@ def _grid_applies(grid: dict[str, Any], stream: str, hook: str) -> bool:
                 return False
     return True
 
-
-# Matmul-equivalents (rows x d_in x d_sae multiply-adds) of one training step, per arch: the

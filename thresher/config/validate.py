@@ -9,15 +9,10 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from thresher.config.archs import ARCH_SPECS, ARCHITECTURES
 from thresher.config.build import Where, build
 from thresher.config.files import config_dir, resolve_dirs, resolve_globs
-from thresher.config.saes import (
-    ARCH_SPECS,
-    RENAMED_SWEEP_KEYS,
-    SWEEP_KEY,
-    SWEEP_KEYS,
-    sweep_key_type,
-)
+from thresher.config.saes import SWEEP_KEY, SWEEP_KEYS, sweep_key_type
 from thresher.config.schema import (
     MODALITY_KINDS,
     Config,
@@ -95,9 +90,6 @@ def check_config(cfg: Config, where: Where) -> None:
         _check_source(cfg, source, path, where)
     for i, grid in enumerate(cfg.sweep):
         for key, value in grid.items():
-            if key in RENAMED_SWEEP_KEYS:
-                raise ConfigError(f"{where.at(('sweep', i, key))}: sweep key `{key}` is now "
-                                  f"`{RENAMED_SWEEP_KEYS[key]}`")
             if key not in SWEEP_KEYS:
                 close = difflib.get_close_matches(str(key), SWEEP_KEYS, n=1)
                 hint = f"; did you mean `{close[0]}`?" if close else ""
@@ -230,6 +222,11 @@ def _check_sweep_target(cfg: Config, key: str, value: Any, path: tuple, where: W
 
 def _check_sweep_value(key: str, value: Any, path: tuple, where: Where) -> None:
     built = build(sweep_key_type(key), value, path, where)
+    if key == "arch" and built not in ARCHITECTURES:
+        close = difflib.get_close_matches(built, ARCHITECTURES, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where.at(path)} is {built!r}{hint} Valid choices: "
+                          f"{' | '.join(map(repr, ARCHITECTURES))}")
     minimum = SWEEP_KEY[key].minimum if key in SWEEP_KEY else None
     if minimum == "positive" and built <= 0:
         raise ConfigError(f"{where.at(path)} must be positive, got {value!r}")

@@ -72,8 +72,9 @@ class SAEBank:
     `step(x)` takes one optimisation step of every SAE on the raw batch x [B, d_in] and returns
     per-SAE metrics in bank order (the order of `saes`): loss, mse (mean over rows of
     ||x*scale - x_hat||^2, in training units), l0 (mean active latents per row), grad_norm (each
-    SAE's gradient norm before clipping), aux_loss (AuxK with its min(dead / aux_k, 1) weight,
-    before train.<arch>.aux_k_coef; 0 outside the TopK family or without dead latents),
+    SAE's gradient norm before clipping), aux_loss (the architecture's auxiliary loss before its
+    weight, `TrainingPass.aux`: for the TopK family AuxK with its min(dead / aux_k, 1) weight,
+    before train.<arch>.aux_k_coef, 0 without dead latents; 0 where an arch has none),
     mono_score (mean batch MonoScore; nan where mono_coef = 0) and dead_fraction (latents silent for
     train.dead_window rows).
 
@@ -92,11 +93,8 @@ class SAEBank:
         if total_steps <= 0:
             raise ValueError(f"total_steps must be positive, got {total_steps}")
         _check_train(train)
-        for sae in saes:
-            try:
-                arch = architecture_class(sae.arch)
-            except ValueError as err:
-                raise ValueError(f"SAE {sae.sae_id!r}: {err}") from None
+        for sae in saes:  # an SAEConfig names a known arch and exactly the keys it reads
+            arch = architecture_class(sae.arch)
             if sae.d_sae <= 0:
                 raise ValueError(f"SAE {sae.sae_id!r}: d_sae must be positive, got {sae.d_sae}")
             problems = arch.problems(sae)
@@ -136,7 +134,7 @@ class SAEBank:
         return SubBank(
             arch=arch, d_sae=d_sae, positions=positions, members=members, p=stacked, lr=lr,
             mono_coef=per_sae(members, "mono_coef", self.dtype, self.device),
-            tokens_since_fired=torch.zeros(len(members), d_sae, dtype=torch.int64,
+            rows_since_fired=torch.zeros(len(members), d_sae, dtype=torch.int64,
                                            device=self.device),
             optim=BankAdam([stacked[name] for name in names], lr),
             device=self.device, dtype=self.dtype, autocast=self.autocast)
@@ -172,7 +170,8 @@ class SAEBank:
         x_s = self._scaled(x_raw)
         out: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * len(self.saes)
         for sub in self._subs:
-            f = sub.arch.inference_latents(sub, sub.pre(x_s))
+            # The architecture's inference rule, the one the export is read back with.
+            f = sub.arch.encode(x_s, sub.arch.export_weights(sub), sub.members)
             x_hat = sub.dense_decode(f) / self.scale
             for j, pos in enumerate(sub.positions):
                 out[pos] = (f[j], x_hat[j])
@@ -199,7 +198,7 @@ class SAEBank:
                        t: int) -> torch.Tensor:
         mono_on = bool((sub.mono_coef > 0).any())
         inputs = StepInputs(x_s=x_s, target=x_s.unsqueeze(0),
-                            dead=sub.tokens_since_fired >= self.train.dead_window,
+                            dead=sub.rows_since_fired >= self.train.dead_window,
                             need_dense=mono_on, step=t, total_steps=self.total_steps)
         out = sub.arch.train_pass(sub, inputs)
         loss = out.loss
@@ -228,9 +227,9 @@ class SAEBank:
             sub.optim.step(grads, lr_scale)
             if sub.arch.unit_norm_decoder:
                 sub.p["W_dec"].div_(sub.p["W_dec"].norm(dim=-1, keepdim=True))
-            sub.tokens_since_fired.add_(len(x_s)).masked_fill_(out.fired, 0)
+            sub.rows_since_fired.add_(len(x_s)).masked_fill_(out.fired, 0)
             sub.arch.after_step(sub, inputs, out)
-            dead_fraction = (sub.tokens_since_fired >= self.train.dead_window).double().mean(-1)
+            dead_fraction = (sub.rows_since_fired >= self.train.dead_window).double().mean(-1)
             return torch.stack([loss.detach().double(), out.mse.detach().double(), out.l0,
                                 grad_norm.double(), out.aux.detach().double(), mono_score,
                                 dead_fraction])
@@ -249,12 +248,11 @@ class SAEBank:
         return {name: sub.p[name][j].detach().cpu().clone() for name in sub.param_names}
 
     def inference_params(self, sae_id: str) -> dict[str, torch.Tensor]:
-        """The four SAE matrices plus, for threshold archs, `threshold` [d_sae] (training units):
-        f = pre * 1[pre > threshold] (jumprelu, and batchtopk / matryoshka at inference)."""
+        """What the export writes of one SAE, in training units: its architecture's
+        `export_weights` (the four matrices, and e.g. a `threshold` [d_sae])."""
         sub, j = self._locate(sae_id)
-        params = {name: sub.p[name][j].detach().cpu().clone() for name in PARAM_NAMES}
-        params.update(sub.arch.export(sub, j))
-        return params
+        return {name: value[j].detach().cpu().clone()
+                for name, value in sub.arch.export_weights(sub).items()}
 
     def get_sae_state(self, sae_id: str) -> dict[str, torch.Tensor]:
         """One SAE's parameters, Adam moments and buffers (CPU copies), keyed for a checkpoint."""

@@ -270,14 +270,12 @@ def fold_input_scale(params: Mapping[str, torch.Tensor],
 
     With x_s = c·x: (x_s - b_dec) W_enc = (x - b_dec/c) (c·W_enc), and x_hat / c =
     f (W_dec/c) + b_dec/c, so the SAE on raw x has the same latents and x_hat in raw units.
-    The pre-activations are unchanged, so a JumpReLU `threshold` is kept as it is.
+    The pre-activations are unchanged, so every other tensor (b_enc, a `threshold`, ...: they
+    act on pre-activations, `Architecture.export_weights`) is kept as it is.
     """
     c = float(input_scale)
     p = {name: params[name].detach().cpu().to(torch.float64).numpy() for name in params}
-    folded = {"W_enc": p["W_enc"] * c, "W_dec": p["W_dec"] / c, "b_enc": p["b_enc"],
-              "b_dec": p["b_dec"] / c}
-    if "threshold" in p:
-        folded["threshold"] = p["threshold"]
+    folded = {**p, "W_enc": p["W_enc"] * c, "W_dec": p["W_dec"] / c, "b_dec": p["b_dec"] / c}
     return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in folded.items()}
 
 

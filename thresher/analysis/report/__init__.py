@@ -23,11 +23,11 @@ import pyarrow.parquet as pq
 from thresher import uri_io
 from thresher.analysis.report import browser, plots
 from thresher.analysis.report.modality import example_renderer
-from thresher.config import HYPERPARAMETER_NAMES, ConfigError
+from thresher.config import SWEEP_KEY, ConfigError
 
 __all__ = ["write_report"]
 
-SWEEP_COLUMNS = ("sae_id", *HYPERPARAMETER_NAMES, "fve", "nmse", "l0", "l1", "l2_ratio",
+SWEEP_COLUMNS = ("sae_id", *SWEEP_KEY, "fve", "nmse", "l0", "l1", "l2_ratio",
                  "dead_fraction", "dense_fraction_10pct", "mono_score_mean", "ce_loss_recovered")
 STATIC_FILES = ("browser.js", "report.css")
 
@@ -172,6 +172,8 @@ def _sweep_table(summary: pd.DataFrame, front: set[str]) -> str:
             if c == "sae_id":
                 cells.append(f"<td><a href='features/{html.escape(str(v))}.html'>"
                              f"{html.escape(str(v))}</a></td>")
+            elif pd.isna(v):  # a sweep key this SAE's architecture does not read
+                cells.append("<td></td>")
             else:
                 cells.append(f"<td>{v:.4g}</td>" if isinstance(v, float) else
                              f"<td>{html.escape(str(v))}</td>")

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from thresher import uri_io
-from thresher.config import HYPERPARAMETER_NAMES
+from thresher.config import SWEEP_KEY
 
 HIST_BINS = 16
 FEATURE_COLUMNS = ("feature", "firing_rate", "max_act", "mean_act_when_active", "mono_score",
@@ -92,7 +92,7 @@ def sae_data(sae: pd.Series, features: pd.DataFrame, examples: pd.DataFrame | No
                 "hist": activation_histogram(activation[quant][is_quant],
                                              level[quant][is_quant], max_act.get(j, 0.0)),
             }
-    keys = ("sae_id", "stream_id", *HYPERPARAMETER_NAMES, "fve", "l0", "dead_fraction",
+    keys = ("sae_id", "stream_id", *SWEEP_KEY, "fve", "l0", "dead_fraction",
             "dense_fraction_10pct", "eval_rows", "hook")
     info = {k: (_number(sae[k]) if isinstance(sae[k], float | np.floating) else
                 int(sae[k]) if isinstance(sae[k], int | np.integer) else str(sae[k]))

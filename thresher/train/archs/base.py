@@ -1,4 +1,12 @@
-"""The strategy protocol every SAE architecture implements, and the sub-bank it acts on.
+"""The torch half of an SAE architecture (`Architecture`), and the sub-bank it acts on.
+
+An architecture `<name>` is thresher/config/archs/<name>.py (its `ArchSpec`: settings, sweep
+keys, step cost; torch-free, what config reads) and thresher/train/archs/<name>.py, which holds
+the `Architecture` subclass whose `name` is `<name>` (thresher.train.archs.registry finds it
+by that module name). The subclass is its training rule (`train_pass`, `after_step`), its
+export (`export_weights`, `saelens_architecture`, `saelens_fields`) and its inference rule
+(`encode`), which the bank's evaluation and the exported SAE (thresher.analysis.frozen) both
+call, on the bank's parameters and on the export's raw-unit weights.
 
 A sub-bank holds the SAEs of one (arch, d_sae) with their parameters stacked along a first
 dimension n (W_enc [n, d_in, d_sae], b_enc [n, d_sae], W_dec [n, d_sae, d_in], b_dec [n, d_in],
@@ -6,7 +14,7 @@ then the architecture's own parameters). The bank (thresher.train.bank) owns wha
 architecture shares: stacking, the optimiser, decoder-row projection, clipping, the schedule,
 dead-latent counters and checkpoint state. An `Architecture` owns the rest: its extra
 parameters and buffers and their init, its training latents with their penalty and auxiliary
-loss, its inference latents, its export and its SAELens name. One instance serves one sub-bank
+loss, its inference rule, its export and its SAELens name. One instance serves one sub-bank
 and holds that sub-bank's per-SAE hyperparameters as tensors.
 
 pre = (x - b_dec) W_enc + b_enc throughout; mse = mean over rows of ||x - x_hat||^2.
@@ -16,7 +24,7 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,10 +36,18 @@ from thresher.train.optim import BankAdam
 PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 
 
-def per_sae(members: Sequence[SAEConfig], field: str, dtype: torch.dtype,
-            device: torch.device) -> torch.Tensor:
-    """One SAEConfig field of every member as a tensor [n]."""
-    return torch.tensor([getattr(sae, field) for sae in members], dtype=dtype, device=device)
+def per_sae(members: Sequence[SAEConfig], key: str, dtype: torch.dtype,
+            device: torch.device | None = None) -> torch.Tensor:
+    """One sweep key's value of every member as a tensor [n]."""
+    return torch.tensor([sae.value(key) for sae in members], dtype=dtype, device=device)
+
+
+def affine_pre(x: torch.Tensor, w_enc: torch.Tensor, b_enc: torch.Tensor,
+               b_dec: torch.Tensor) -> torch.Tensor:
+    """(x - b_dec) W_enc + b_enc for n SAEs at once: x [B, d_in], W_enc [n, d_in, d_sae], b_enc
+    [n, d_sae], b_dec [n, d_in] -> [n, B, d_sae]."""
+    centred = x.unsqueeze(0).to(w_enc.dtype) - b_dec.unsqueeze(1)
+    return torch.baddbmm(b_enc.unsqueeze(1), centred, w_enc)
 
 
 @dataclass
@@ -82,7 +98,7 @@ class SubBank:
     p: dict[str, torch.Tensor]  # parameters by name (`param_names`), [n, ...]
     lr: torch.Tensor  # [n] float64
     mono_coef: torch.Tensor  # [n]
-    tokens_since_fired: torch.Tensor  # [n, d_sae] int64
+    rows_since_fired: torch.Tensor  # [n, d_sae] int64: training rows since it fired
     optim: BankAdam
     device: torch.device
     dtype: torch.dtype
@@ -114,7 +130,7 @@ class SubBank:
     @property
     def buffers(self) -> dict[str, torch.Tensor]:
         """Per-SAE training state beside parameters and moments, saved in checkpoints."""
-        return {"tokens_since_fired": self.tokens_since_fired, **self.arch.buffers}
+        return {"rows_since_fired": self.rows_since_fired, **self.arch.buffers}
 
     def matmul_context(self) -> contextlib.AbstractContextManager[Any]:
         if self.autocast:
@@ -160,9 +176,9 @@ def dense_pass(sub: SubBank, inputs: StepInputs, f: torch.Tensor,
 class Architecture(ABC):
     """One SAE architecture, acting on the sub-bank of its SAEs of one width.
 
-    Subclasses set `name` (the config's `arch`) and `saelens_architecture`, and are listed in
-    thresher.train.archs.registry; their settings are `train.<name>`, the dataclass
-    thresher.config declares for them.
+    Subclasses set `name` (the config's `arch`, also their module's name) and
+    `saelens_architecture`; their settings are `train.<name>`, the dataclass their spec
+    (thresher/config/archs/<name>.py) declares.
     """
 
     name: ClassVar[str]
@@ -198,19 +214,33 @@ class Architecture(ABC):
     def train_pass(self, sub: SubBank, inputs: StepInputs) -> TrainingPass:
         """The training forward pass of every SAE of `sub` on one batch."""
 
-    @abstractmethod
-    def inference_latents(self, sub: SubBank, pre: torch.Tensor) -> torch.Tensor:
-        """Latents [n, B, d_sae] at inference from pre-activations [n, B, d_sae]."""
-
-    def export(self, sub: SubBank, j: int) -> dict[str, torch.Tensor]:
-        """Inference parameters of SAE j beside the four matrices (training units)."""
-        return {}
-
     def after_step(  # noqa: B027 (a hook most architectures leave empty)
             self, sub: SubBank, inputs: StepInputs, out: TrainingPass) -> None:
         """Run without autograd after the optimiser step and the dead-latent counters."""
+
+    def export_weights(self, sub: SubBank) -> dict[str, torch.Tensor]:
+        """The tensors the export writes, by their SAELens names, of every SAE of `sub` [n, ...]
+        in training units: the four matrices and what `encode` needs beside them. Folding the
+        input scale into the export changes W_enc, W_dec and b_dec only; every other tensor
+        acts on the pre-activations, which it leaves as they are."""
+        return {name: sub.p[name] for name in PARAM_NAMES}
+
+    @classmethod
+    @abstractmethod
+    def encode(cls, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
+               saes: Sequence[SAEConfig]) -> torch.Tensor:
+        """The inference rule: latents [n, B, d_sae] of the rows x [B, d_in] under n SAEs'
+        `export_weights` [n, ...] (the bank's, in training units, or an export's, in raw
+        units) and their configs (for keys such as k)."""
 
     @classmethod
     def saelens_fields(cls, sae: SAEConfig) -> dict[str, Any]:
         """cfg.json fields of the export that only this architecture has."""
         return {}
+
+
+def threshold_encode(x: torch.Tensor, weights: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """f = pre * 1[pre > threshold], threshold [n, d_sae]: SAELens's JumpReLU at inference."""
+    pre = affine_pre(x, weights["W_enc"], weights["b_enc"], weights["b_dec"])
+    threshold = weights["threshold"].to(pre.dtype).unsqueeze(1)
+    return pre * (pre > threshold).to(pre.dtype)

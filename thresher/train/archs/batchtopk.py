@@ -9,13 +9,14 @@ SAELens saves its own (BatchTopKTrainingSAE.process_state_dict_for_saving_infere
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
 
-from thresher.config import BatchTopKSettings, SAEConfig, TrainConfig
-from thresher.train.archs.base import SubBank
+from thresher.config import SAEConfig, TrainConfig
+from thresher.config.archs.batchtopk import BatchTopKSettings
+from thresher.train.archs.base import SubBank, threshold_encode
 from thresher.train.archs.topk_family import TopKFamily
 
 
@@ -64,14 +65,14 @@ class BatchTopK(TopKFamily):
                               self.threshold + rate * (smallest - self.threshold))
         self.threshold.copy_(torch.where(seen, updated, self.threshold))
 
-    def _theta(self) -> torch.Tensor:
-        """The threshold in use: 0 before any step, never negative."""
-        return torch.nan_to_num(self.threshold, nan=0.0).clamp(min=0.0)
+    def export_weights(self, sub: SubBank) -> dict[str, torch.Tensor]:
+        # The threshold in use: 0 before any step, never negative; one value per SAE, written
+        # as a vector [d_sae] as SAELens saves its own.
+        theta = torch.nan_to_num(self.threshold, nan=0.0).clamp(min=0.0)
+        return {**super().export_weights(sub),
+                "threshold": theta.unsqueeze(1).expand(sub.n, sub.d_sae)}
 
-    def inference_latents(self, sub: SubBank, pre: torch.Tensor) -> torch.Tensor:
-        theta = self._theta().to(pre.dtype)
-        return pre * (pre > theta.view(-1, 1, 1)).to(pre.dtype)
-
-    def export(self, sub: SubBank, j: int) -> dict[str, torch.Tensor]:
-        theta = float(torch.nan_to_num(self.threshold[j], nan=0.0).clamp(min=0.0))
-        return {"threshold": torch.full((sub.d_sae,), theta, dtype=torch.float64)}
+    @classmethod
+    def encode(cls, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
+               saes: Sequence[SAEConfig]) -> torch.Tensor:
+        return threshold_encode(x, weights)

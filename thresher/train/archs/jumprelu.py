@@ -9,12 +9,13 @@ train.jumprelu.init_threshold.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from thresher.config import JumpReLUSettings, SAEConfig, TrainConfig
+from thresher.config import SAEConfig, TrainConfig
+from thresher.config.archs.jumprelu import JumpReLUSettings
 from thresher.train.archs.base import (
     Architecture,
     StepInputs,
@@ -23,6 +24,7 @@ from thresher.train.archs.base import (
     coef_ramp,
     dense_pass,
     per_sae,
+    threshold_encode,
 )
 
 
@@ -86,7 +88,9 @@ class JumpReLU(Architecture):
 
     @classmethod
     def init_extra_params(cls, sae: SAEConfig, train: TrainConfig) -> dict[str, torch.Tensor]:
-        return {"log_threshold": torch.full((sae.d_sae,), math.log(train.jumprelu.init_threshold),
+        settings = train.arch_settings(cls.name)
+        assert isinstance(settings, JumpReLUSettings)
+        return {"log_threshold": torch.full((sae.d_sae,), math.log(settings.init_threshold),
                                             dtype=torch.float64)}
 
     @staticmethod
@@ -101,8 +105,10 @@ class JumpReLU(Architecture):
         penalty = self.l0_coef * coef_ramp(inputs, self.settings.coef_warmup) * l0_soft
         return dense_pass(sub, inputs, f, penalty)
 
-    def inference_latents(self, sub: SubBank, pre: torch.Tensor) -> torch.Tensor:
-        return pre * (pre > self._theta(sub)).to(pre.dtype)
+    def export_weights(self, sub: SubBank) -> dict[str, torch.Tensor]:
+        return {**super().export_weights(sub), "threshold": sub.p["log_threshold"].exp()}
 
-    def export(self, sub: SubBank, j: int) -> dict[str, torch.Tensor]:
-        return {"threshold": sub.p["log_threshold"][j].detach().exp().cpu()}
+    @classmethod
+    def encode(cls, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
+               saes: Sequence[SAEConfig]) -> torch.Tensor:
+        return threshold_encode(x, weights)

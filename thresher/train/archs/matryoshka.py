@@ -9,7 +9,8 @@ from typing import ClassVar
 
 import torch
 
-from thresher.config import MatryoshkaSettings, SAEConfig, TrainConfig
+from thresher.config import SAEConfig, TrainConfig
+from thresher.config.archs.matryoshka import MatryoshkaSettings
 from thresher.train.archs.base import SubBank
 from thresher.train.archs.batchtopk import BatchTopK
 

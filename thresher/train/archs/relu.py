@@ -7,17 +7,19 @@ latents every train.relu.resample_every steps (Bricken et al. 2023).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
 import torch
 
-from thresher.config import ReLUSettings, SAEConfig, TrainConfig
+from thresher.config import SAEConfig, TrainConfig
+from thresher.config.archs.relu import ReLUSettings
 from thresher.train.archs.base import (
     Architecture,
     StepInputs,
     SubBank,
     TrainingPass,
+    affine_pre,
     coef_ramp,
     dense_pass,
     per_sae,
@@ -58,8 +60,10 @@ class ReLU(Architecture):
         penalty = self.l1_coef * ramp * (f * decoder_norms.unsqueeze(1)).sum(-1).mean(-1)
         return dense_pass(sub, inputs, f, penalty)
 
-    def inference_latents(self, sub: SubBank, pre: torch.Tensor) -> torch.Tensor:
-        return pre.relu()
+    @classmethod
+    def encode(cls, x: torch.Tensor, weights: Mapping[str, torch.Tensor],
+               saes: Sequence[SAEConfig]) -> torch.Tensor:
+        return affine_pre(x, weights["W_enc"], weights["b_enc"], weights["b_dec"]).relu()
 
     def after_step(self, sub: SubBank, inputs: StepInputs, out: TrainingPass) -> None:
         if self.resample_every > 0 and (inputs.step + 1) % self.resample_every == 0:
@@ -71,7 +75,7 @@ class ReLU(Architecture):
                   t: int) -> None:
         """Each dead latent restarts on a batch row drawn with probability proportional to that
         row's squared loss."""
-        dead = sub.tokens_since_fired >= self.dead_window  # [n, d_sae]
+        dead = sub.rows_since_fired >= self.dead_window  # [n, d_sae]
         if not bool(dead.any()):
             return
         # One uniform per latent from each SAE's own seed and the step, so the draw depends
@@ -99,4 +103,4 @@ class ReLU(Architecture):
             moments[names.index("W_dec")].masked_fill_(mask, 0.0)
             moments[names.index("W_enc")].masked_fill_(mask.transpose(1, 2), 0.0)
             moments[names.index("b_enc")].masked_fill_(dead, 0.0)
-        sub.tokens_since_fired.masked_fill_(dead, 0)
+        sub.rows_since_fired.masked_fill_(dead, 0)

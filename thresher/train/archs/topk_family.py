@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-from thresher.config import SAEConfig, TopKSettings, TrainConfig
+from thresher.config import SAEConfig, TrainConfig
+from thresher.config.archs.topk import TopKSettings
 from thresher.train.archs.base import Architecture, StepInputs, SubBank, TrainingPass, per_sae
 from thresher.train.sparse import dense_decode, sparse_decode, sparse_encode_gather
 
@@ -40,8 +41,9 @@ class TopKFamily(Architecture):
 
     @classmethod
     def problems(cls, sae: SAEConfig) -> list[str]:
-        if not 0 < sae.k <= sae.d_sae:
-            return [f"k must be in [1, d_sae={sae.d_sae}], got {sae.k}"]
+        k = sae.value("k")
+        if not 0 < k <= sae.d_sae:
+            return [f"k must be in [1, d_sae={sae.d_sae}], got {k}"]
         return []
 
     @abstractmethod
