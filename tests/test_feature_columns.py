@@ -1,7 +1,10 @@
 """The registered per-feature statistics: their declarations are FEATURES_SCHEMA, what they emit
-has the declared names and types, and the ones that need weights read the SAE's."""
+has the declared names and types, the ones that need weights read the SAE's, and a column the
+report's browser cannot show as declared is named."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -118,3 +121,15 @@ def test_activation_entropy_equals_its_definition(batch: int) -> None:
     assert np.isnan(entropy[3])  # the dead feature
     assert entropy[7] == pytest.approx(0.0, abs=1e-12)
     assert entropy[9] == pytest.approx(np.log(60), rel=1e-12)
+
+
+@pytest.mark.parametrize(("settings", "problem"), [
+    ({"filter": "min"}, "column sparkle: filter='min' needs a number, not string"),
+    ({"filter": "hide"}, "column sparkle: filter='hide' needs a bool, not string"),
+    ({"display": "label_name"}, "display='label_name' needs an integer, not string"),
+    ({"browse": "sidebar"}, "browse='sidebar' is not one of ('table', 'feature', 'none')"),
+])
+def test_a_column_the_browser_cannot_show_as_declared_is_named(settings: dict[str, str],
+                                                               problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Column("sparkle", pa.string(), "how it sparkles", **settings)  # type: ignore[arg-type]

@@ -1,19 +1,20 @@
 """The columns of stats/features.parquet: one class per statistic, registered in column order.
 
-A statistic declares its columns (name, Arrow type, and the meaning docs/formats.md shows), may
-accumulate over an SAE's held-out batches (`update`, given each `Batch` of analysis/stats.py),
-and emits one array per column (`values`). When it emits it can read what every statistic
-shares (`Shared`: the firing moments, the label counts) and, if it declares NEEDS_WEIGHTS, the
-SAE's frozen weights. FEATURES_SCHEMA (analysis/parquet.py) is `sae_id`, `feature` and the
-registered columns in this order, and tests/test_formats_doc.py checks docs/formats.md's table
-against the declarations. Adding a statistic is a class here under `@feature_statistic` and its
-line in docs/formats.md.
+A statistic declares its columns (name, Arrow type, the meaning docs/formats.md shows, and how
+the report's feature browser shows them: `Column`), may accumulate over an SAE's held-out batches
+(`update`, given each `Batch` of analysis/stats.py), and emits one array per column (`values`).
+When it emits it can read what every statistic shares (`Shared`: the firing moments, the label
+counts) and, if it declares NEEDS_WEIGHTS, the SAE's frozen weights. FEATURES_SCHEMA
+(analysis/parquet.py) is `sae_id`, `feature` and the registered columns in this order,
+tests/test_formats_doc.py checks docs/formats.md's table against the declarations, and the
+feature browser (analysis/report/browser.py) lists them as they ask. Adding a statistic is a
+class here under `@feature_statistic` and its line in docs/formats.md.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar, Literal, TypeVar, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -22,12 +23,52 @@ import torch
 from thresher.analysis.monoscore import MonoScoreAccumulator
 from thresher.analysis.stats import DENSE_THRESHOLDS, Batch, FeatureMoments, StatsOptions
 
+Browse = Literal["table", "feature", "none"]
+Filter = Literal["none", "min", "range", "hide"]
+Display = Literal["value", "label_name"]
+
 
 @dataclass(frozen=True)
 class Column:
+    """One column of stats/features.parquet and how the report's feature browser shows it.
+
+    browse: "table" (a column of the feature table, and in the feature view), "feature" (the
+    feature view only) or "none". filter: "min" (a lower bound), "range" (lower and upper
+    bounds), "hide" (a ticked box that hides the rows where this flag is true) or "none".
+    display: "value" (numbers to 3 significant digits, flags as "yes") or "label_name" (a label
+    index shown by the stream's name for it, blank where −1). The browser's header is `label`,
+    the name with spaces where empty; its tooltip is the meaning.
+    """
+
     name: str
     type: pa.DataType
     meaning: str  # docs/formats.md's cell, verbatim
+    label: str = ""
+    browse: Browse = "table"
+    filter: Filter = "none"
+    display: Display = "value"
+
+    def __post_init__(self) -> None:
+        numeric = pa.types.is_integer(self.type) or pa.types.is_floating(self.type)
+        problems = [f"{field}={value!r} is not one of {get_args(choices)}"
+                    for field, value, choices in (("browse", self.browse, Browse),
+                                                  ("filter", self.filter, Filter),
+                                                  ("display", self.display, Display))
+                    if value not in get_args(choices)]
+        if self.filter in ("min", "range") and not numeric:
+            problems.append(f"filter={self.filter!r} needs a number, not {self.type}")
+        if self.filter == "hide" and not pa.types.is_boolean(self.type):
+            problems.append(f"filter='hide' needs a bool, not {self.type}")
+        if self.display == "label_name" and not pa.types.is_integer(self.type):
+            problems.append(f"display='label_name' needs an integer, not {self.type}")
+        if problems:
+            raise ValueError(f"column {self.name}: {'; '.join(problems)} (Column's docstring "
+                             "in thresher/analysis/feature_columns.py lists the choices)")
+
+    @property
+    def header(self) -> str:
+        """The feature browser's name for it."""
+        return self.label or self.name.replace("_", " ")
 
 
 @dataclass(frozen=True)
@@ -66,7 +107,8 @@ class FeatureStatistic:
 
 
 StatisticClass = TypeVar("StatisticClass", bound=type[FeatureStatistic])
-KEY_COLUMNS = (Column("sae_id", pa.string(), ""), Column("feature", pa.int32(), "latent index"))
+KEY_COLUMNS = (Column("sae_id", pa.string(), "", browse="none"),
+               Column("feature", pa.int32(), "latent index"))
 FEATURE_STATISTICS: list[type[FeatureStatistic]] = []
 
 
@@ -89,10 +131,12 @@ def feature_statistic(cls: StatisticClass) -> StatisticClass:
 @feature_statistic
 class Firing(FeatureStatistic):
     COLUMNS = (
-        Column("fire_count", pa.int64(), "held-out rows where the feature is > 0"),
-        Column("firing_rate", pa.float64(), "fire_count / eval_rows"),
+        Column("fire_count", pa.int64(), "held-out rows where the feature is > 0",
+               label="fires", browse="feature"),
+        Column("firing_rate", pa.float64(), "fire_count / eval_rows", label="density",
+               filter="range"),
         Column("log10_density", pa.float64(),
-               "log10(firing_rate); −inf for a feature that never fired"),
+               "log10(firing_rate); −inf for a feature that never fired", browse="feature"),
     )
 
     def values(self, shared: Shared) -> dict[str, np.ndarray]:
@@ -106,11 +150,13 @@ class Firing(FeatureStatistic):
 @feature_statistic
 class Activation(FeatureStatistic):
     COLUMNS = (
-        Column("mean_act", pa.float64(), "mean activation over all rows"),
+        Column("mean_act", pa.float64(), "mean activation over all rows", label="mean act",
+               browse="feature"),
         Column("mean_act_when_active", pa.float64(),
-               "mean over the rows where it fired (0 if never)"),
-        Column("std_act", pa.float64(), "standard deviation of the activation over all rows"),
-        Column("max_act", pa.float64(), "largest activation"),
+               "mean over the rows where it fired (0 if never)", label="mean act (firing)"),
+        Column("std_act", pa.float64(), "standard deviation of the activation over all rows",
+               label="std act", browse="feature"),
+        Column("max_act", pa.float64(), "largest activation", label="max act"),
     )
 
     def values(self, shared: Shared) -> dict[str, np.ndarray]:
@@ -128,7 +174,8 @@ class Activation(FeatureStatistic):
 @feature_statistic
 class DecoderNorm(FeatureStatistic):
     COLUMNS = (Column("decoder_norm", pa.float64(),
-                      "norm of the decoder row in the training space (inputs c·x)"),)
+                      "norm of the decoder row in the training space (inputs c·x)",
+                      browse="feature"),)
     NEEDS_WEIGHTS = True
 
     def values(self, shared: Shared) -> dict[str, np.ndarray]:
@@ -139,7 +186,8 @@ class DecoderNorm(FeatureStatistic):
 @feature_statistic
 class MaxDecoderCosine(FeatureStatistic):
     COLUMNS = (Column("max_decoder_cos", pa.float64(),
-                      "largest cosine between this decoder row and another of the same SAE"),)
+                      "largest cosine between this decoder row and another of the same SAE",
+                      label="max dec cos"),)
     NEEDS_WEIGHTS = True
 
     def values(self, shared: Shared) -> dict[str, np.ndarray]:
@@ -168,7 +216,8 @@ class MonoScore(FeatureStatistic):
         "mono_score", pa.float64(),
         "MonoScore (Pach et al.) with the SAE input x/‖x‖ as embedding, exact, one pass "
         "(thresher/analysis/monoscore.py; an all-zero input row is similar to no row, as in the "
-        "pairwise definition); NaN where undefined (a feature that never varied)"),)
+        "pairwise definition); NaN where undefined (a feature that never varied)",
+        label="MonoScore", filter="min"),)
 
     def __init__(self, d_in: int, d_sae: int, options: StatsOptions) -> None:
         super().__init__(d_in, d_sae, options)
@@ -188,8 +237,9 @@ class MonoScore(FeatureStatistic):
 
 @feature_statistic
 class DeadOrDense(FeatureStatistic):
-    COLUMNS = (Column("is_dead", pa.bool_(), "never fired"),
-               Column("is_dense", pa.bool_(), "fired on more than 10% of rows"))
+    COLUMNS = (Column("is_dead", pa.bool_(), "never fired", label="dead", filter="hide"),
+               Column("is_dense", pa.bool_(), "fired on more than 10% of rows", label="dense",
+                      browse="feature"))
 
     def values(self, shared: Shared) -> dict[str, np.ndarray]:
         return {"is_dead": shared.moments.fire_count.numpy() == 0,
@@ -200,12 +250,12 @@ class DeadOrDense(FeatureStatistic):
 class LabelPurity(FeatureStatistic):
     COLUMNS = (
         Column("top_label", pa.int64(), "most frequent label among its labelled firing rows; "
-               "−1 if none"),
+               "−1 if none", display="label_name"),
         Column("label_purity", pa.float64(),
                "share of its labelled firing rows with `top_label`; NaN if none. Counted over "
                "rows: with one row per image (hook `embedding`, tokens `cls`) this is "
                "MonoLoss's purity (share of a latent's activating images in its dominant "
-               "class); with patch rows an image counts once per firing patch"),
+               "class); with patch rows an image counts once per firing patch", filter="min"),
     )
 
     def values(self, shared: Shared) -> dict[str, np.ndarray]:
