@@ -4,27 +4,50 @@ EEG run, each written by `thresher report` started from another folder than the 
 Each run comes from a config file whose input paths are relative to it; the report must read the
 inputs as the run did (run.json records the config file). A click on the index's Pareto front
 opens an SAE's browser, a header click sorts the feature table, a row opens a feature, and its
-examples are checked against stats/examples.parquet and the stream's inputs manifest.
+examples are checked against stats/examples.parquet and the stream's inputs manifest. The table's
+columns, cells and filters are the registered statistics' declarations and features.parquet's
+values, and a statistic registered only here reaches the page with no edit to the browser.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
+import math
+from collections.abc import Iterator
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from thresher.analysis.report.browser import HIST_BINS, activation_histogram
+from thresher.analysis.feature_columns import (
+    FEATURE_STATISTICS,
+    Column,
+    FeatureStatistic,
+    Shared,
+    feature_columns,
+    feature_statistic,
+)
+from thresher.analysis.report.browser import (
+    HIST_BINS,
+    activation_histogram,
+    sae_data,
+    write_browser,
+    write_stream_data,
+)
 from thresher.analysis.report.plots import pareto_front
+from thresher.analysis.stats import StatsOptions
 from thresher.cli import main
 from thresher.modalities.image.report import THUMB
 
 from .chromium import Browser
+from .test_stats import accumulate, synthetic
 from .tiny_models import TINY_CLIP, TINY_PATCHTST
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -67,6 +90,60 @@ def _run_and_report(tmp_path: Path, config: Path, monkeypatch: pytest.MonkeyPatc
     return run_dir
 
 
+def shown_number(value: float) -> float | None:
+    """A float as the table shows it: the page's data holds 5 significant digits and the cell
+    3 (JavaScript's toPrecision, ties away from zero; integers in full); None for '–'."""
+    if not math.isfinite(value):
+        return None
+    held = float(f"{value:.5g}")
+    if held == 0 or held.is_integer():
+        return held
+    exact = Decimal(held)
+    return float(exact.quantize(Decimal(1).scaleb(exact.adjusted() - 2), ROUND_HALF_UP))
+
+
+def shown_cell(column: Column, value: Any) -> Any:
+    """What the table's cell for `value` reads, as a number where it is one."""
+    if pa.types.is_boolean(column.type):
+        return "yes" if value else ""
+    if pa.types.is_floating(column.type):
+        return shown_number(float(value))
+    return str(value)
+
+
+def read_cell(column: Column, text: str) -> Any:
+    if pa.types.is_floating(column.type):
+        return None if text == "–" else float(text)
+    return text
+
+
+def _assert_table_is_the_declared_columns(browser: Browser, mine: pd.DataFrame) -> None:
+    """Headers (with the declared meaning as tooltip), filters and every cell of the listed
+    rows come from the declarations and features.parquet."""
+    table = [c for c in feature_columns() if c.browse == "table"]
+    headers = browser.evaluate("Array.from(document.querySelectorAll('#features thead th'))"
+                               ".map(th => [th.dataset.key, th.title])")
+    assert headers == [[c.name, c.meaning] for c in table]
+    assert "activation_entropy" in [key for key, _ in headers]
+    filters = browser.evaluate("Array.from(document.querySelectorAll('#filters input'))"
+                               ".map(i => i.id)")
+    expected = [f"{bound}-{c.name}" for c in feature_columns()
+                for bound in {"hide": ["hide"], "min": ["min"], "range": ["min", "max"]}.get(
+                    c.filter, [])]
+    assert filters == [*expected, "find"]
+    listed = browser.evaluate("Array.from(document.querySelectorAll('#features tbody tr'))"
+                              ".map(r => [Number(r.dataset.feature), "
+                              "Array.from(r.children).map(td => td.textContent)])")
+    by_feature = mine.set_index("feature")
+    for feature, cells in listed:
+        assert int(cells[0]) == feature
+        for column, text in zip(table[1:], cells[1:], strict=True):
+            if column.display == "label_name":
+                continue  # a label's name: the stream's, checked by the renderer tests
+            value = by_feature.loc[feature, column.name]
+            assert read_cell(column, text) == shown_cell(column, value), (feature, column.name)
+
+
 def _open_a_feature(browser: Browser, run_dir: Path) -> tuple[str, int]:
     """Index → first SAE on the Pareto front → sort by max activation → first feature.
     Returns (sae_id, feature) shown."""
@@ -84,6 +161,7 @@ def _open_a_feature(browser: Browser, run_dir: Path) -> tuple[str, int]:
     features = pq.read_table(run_dir / "stats/features.parquet").to_pandas()
     mine = features[(features.sae_id == front[0]) & ~features.is_dead]
     assert browser.evaluate("document.querySelectorAll('#features tbody tr').length") == len(mine)
+    _assert_table_is_the_declared_columns(browser, mine)
     browser.click("th[data-key='max_act']")  # sorted by max activation, largest first
     listed = browser.evaluate("Array.from(document.querySelectorAll('#features tbody tr'))"
                               ".map(r => Number(r.dataset.feature))")
@@ -93,7 +171,7 @@ def _open_a_feature(browser: Browser, run_dir: Path) -> tuple[str, int]:
     # holds them, to 5 significant digits).
     shown_rates = mine.firing_rate.map(lambda v: float(f"{v:.5g}"))
     median = float(np.median(shown_rates))
-    browser.evaluate(f"(() => {{ const e = document.getElementById('min-density'); "
+    browser.evaluate(f"(() => {{ const e = document.getElementById('min-firing_rate'); "
                      f"e.value = '{median!r}'; e.dispatchEvent(new Event('input')); }})()")
     kept = browser.evaluate("document.querySelectorAll('#features tbody tr').length")
     assert kept == int((shown_rates >= median).sum()) < len(mine)
@@ -268,6 +346,88 @@ def test_a_renderer_that_cannot_render_says_why_on_the_page(
     problem = browser.evaluate("(() => { const p = document.getElementById('problem'); "
                                "return p.hidden ? null : p.textContent; })()")
     assert problem is not None and "data/images" in problem and "examples show ids" in problem
+
+
+class Sparkle(FeatureStatistic):
+    """A statistic registered only by the `sparkle` fixture, every browser setting left at its
+    default: the page must list it with no edit to browser.py or browser.js."""
+
+    COLUMNS = (Column("sparkle_index", pa.float64(),
+                      "square root of firing_rate; NaN if it never fired"),)
+
+    def values(self, shared: Shared) -> dict[str, np.ndarray]:
+        rate = shared.moments.firing_rate
+        return {"sparkle_index": np.where(rate > 0, np.sqrt(rate), np.nan)}
+
+
+@pytest.fixture
+def sparkle() -> Iterator[None]:
+    feature_statistic(Sparkle)
+    yield
+    FEATURE_STATISTICS.remove(Sparkle)
+
+
+def _features_with_sparkle() -> tuple[pd.DataFrame, list[float | None]]:
+    """One SAE's features.parquet rows as the registered statistics compute them, and the
+    sparkle values the page's data must hold (5 significant digits, null if it never fired)."""
+    data = synthetic(rows=240)
+    stats = accumulate(data, 60, StatsOptions(top_n=0, reservoir=0, monoscore=False))
+    features = pd.DataFrame(stats.features())
+    features.insert(0, "sae_id", "s0")
+    fired = (data["f"] > 0).sum(0)
+    expected = [float(f"{math.sqrt(n / len(data['f'])):.5g}") if n else None for n in fired]
+    return features, expected
+
+
+SPARKLE_SAE = pd.Series({"sae_id": "s0", "stream_id": "t", "arch": "topk", "hook": "layer.1",
+                         "d_sae": 40, "eval_rows": 240})
+
+
+def test_a_registered_statistic_reaches_the_browser_data(sparkle: None) -> None:
+    features, expected = _features_with_sparkle()
+    data = sae_data(SPARKLE_SAE, features, None, str)
+    names = [c["name"] for c in data["columns"]]
+    assert names == [c.name for c in feature_columns() if c.browse != "none"]
+    assert names[0] == "feature" and "sae_id" not in names
+    assert data["columns"][-1] == {"name": "sparkle_index", "header": "sparkle index",
+                                   "meaning": Sparkle.COLUMNS[0].meaning, "table": True,
+                                   "filter": "none"}
+    assert [row[-1] for row in data["features"]] == expected
+    assert [row[0] for row in data["features"]] == list(range(40))
+
+
+def test_a_registered_statistic_shows_in_the_page(tmp_path: Path, browser: Browser,
+                                                  sparkle: None) -> None:
+    """Its header (the declared meaning as tooltip) and cells in the table, a header click sorts
+    by it, and the feature view names it."""
+    from thresher.analysis.report import STATIC_FILES
+
+    features, expected = _features_with_sparkle()
+    out = tmp_path / "report"
+    (out / "static").mkdir(parents=True)
+    static = importlib.resources.files("thresher.analysis.report") / "static"
+    for name in STATIC_FILES:
+        (out / "static" / name).write_bytes((static / name).read_bytes())
+    write_stream_data(out, "t", {"kind": "text", "examples": {}})
+    page = write_browser(out, SPARKLE_SAE, sae_data(SPARKLE_SAE, features, None, str))
+    browser.open(page.as_uri())
+    browser.wait_for("document.body.dataset.ready === '1'")
+    header = browser.evaluate("(() => { const th = document.querySelector("
+                              "\"#features th[data-key='sparkle_index']\"); "
+                              "return [th.textContent, th.title]; })()")
+    assert header == ["sparkle index", Sparkle.COLUMNS[0].meaning]
+    browser.click("th[data-key='sparkle_index']")
+    rows = browser.evaluate("Array.from(document.querySelectorAll('#features tbody tr'))"
+                            ".map(r => [Number(r.dataset.feature), r.lastChild.textContent])")
+    live = [(j, v) for j, v in enumerate(expected) if v is not None]  # dead ones hidden
+    column = Sparkle.COLUMNS[0]
+    assert [(j, shown_number(v)) for j, v in sorted(live, key=lambda jv: (-jv[1], jv[0]))] == \
+        [(j, read_cell(column, text)) for j, text in rows]
+    browser.click("#features tbody tr a")
+    feature = int(browser.wait_for("document.body.dataset.shownFeature"))
+    shown = browser.evaluate("document.querySelector(\"#feature span[data-key='sparkle_index']\")"
+                             ".textContent")
+    assert shown == f"sparkle index {rows[0][1]}" and feature == rows[0][0]
 
 
 def test_pareto_front_keeps_only_undominated_saes() -> None:

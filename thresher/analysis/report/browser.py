@@ -3,9 +3,12 @@
 The page loads three plain scripts, so it works from file:// (no fetch, no server):
 `../static/browser.js` (the table and the feature view), `../data/<stream_id>.js` (what the
 stream's examples look like, thresher/analysis/report/modality.py) and `../data/<sae_id>.js`
-(the SAE's features and their examples). The table sorts on a header click and filters by
-density, MonoScore, label purity and dead/alive; a row opens the feature (`#f<index>`): its
-numbers, an activation histogram of its firing rows and its top and quantile examples.
+(the SAE's features and their examples). The columns come from the registered statistics'
+declarations (thresher/analysis/feature_columns.py's `Column`: header, tooltip, table or
+feature view, filter), so a new statistic shows without an edit here or in browser.js. The
+table sorts on a header click and filters by the declared filters and the feature index; a row
+opens the feature (`#f<index>`): its numbers, an activation histogram of its firing rows and
+its top and quantile examples.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from thresher import uri_io
+from thresher.analysis.feature_columns import Column, feature_columns
 from thresher.config import SWEEP_KEY
 
 HIST_BINS = 16
-FEATURE_COLUMNS = ("feature", "firing_rate", "max_act", "mean_act_when_active", "mono_score",
-                   "label_purity", "top_label", "max_decoder_cos", "is_dead")
+SORT = "firing_rate"  # the table opens sorted by it, largest first
 
 
 def script(variable: str, obj: Any) -> str:
@@ -55,18 +59,37 @@ def activation_histogram(quantiles: np.ndarray, levels: np.ndarray, max_act: flo
     return [round(float(v), 4) for v in np.diff(cdf)]
 
 
+def browsed_columns(features: pd.DataFrame) -> list[Column]:
+    """The registered columns the browser shows, in their order: `feature` first, then those
+    not declared browse="none" that the features table holds (one written before a statistic
+    was registered lacks its column)."""
+    return [c for c in feature_columns() if c.browse != "none" and c.name in features]
+
+
+def column_values(column: Column, values: pd.Series, label_name: Any) -> list[Any]:
+    """One column as the page's JSON holds it: floats to 5 significant digits (null where not
+    finite), label indices as names (blank where −1)."""
+    if column.display == "label_name":
+        return [label_name(int(v)) if int(v) >= 0 else "" for v in values]
+    if pa.types.is_floating(column.type):
+        return [_number(v) for v in values]
+    if pa.types.is_integer(column.type):
+        return [int(v) for v in values]
+    if pa.types.is_boolean(column.type):
+        return [bool(v) for v in values]
+    return [str(v) for v in values]
+
+
 def sae_data(sae: pd.Series, features: pd.DataFrame, examples: pd.DataFrame | None,
              label_name: Any) -> dict[str, Any]:
-    """The browser's data for one SAE: its summary numbers, one row per feature, and per live
-    feature its examples [kind, rank, example id, position, activation] and histogram."""
+    """The browser's data for one SAE: its summary numbers, the browsed columns (name, header,
+    meaning, whether the table lists it, its filter), one row per feature in that order, and
+    per live feature its examples [kind, rank, example id, position, activation] and the
+    histogram of its activations over [0, hist_max]."""
     mine = features[features.sae_id == sae["sae_id"]].sort_values("feature")
-    rows = []
-    for feat in mine.itertuples(index=False):
-        rows.append([int(feat.feature), _number(feat.firing_rate), _number(feat.max_act),
-                     _number(feat.mean_act_when_active), _number(feat.mono_score),
-                     _number(feat.label_purity),
-                     label_name(int(feat.top_label)) if int(feat.top_label) >= 0 else "",
-                     _number(feat.max_decoder_cos), bool(feat.is_dead)])
+    columns = browsed_columns(features)
+    rows = [list(row) for row in zip(*(column_values(c, mine[c.name], label_name)
+                                       for c in columns), strict=True)]
     per_feature: dict[str, Any] = {}
     if examples is not None:
         max_act = dict(zip(mine.feature.astype(int), mine.max_act.astype(float), strict=True))
@@ -91,14 +114,18 @@ def sae_data(sae: pd.Series, features: pd.DataFrame, examples: pd.DataFrame | No
                               int(position[r]), _number(activation[r])] for r in range(lo, hi)],
                 "hist": activation_histogram(activation[quant][is_quant],
                                              level[quant][is_quant], max_act.get(j, 0.0)),
+                "hist_max": _number(max_act.get(j, 0.0)),
             }
     keys = ("sae_id", "stream_id", *SWEEP_KEY, "fve", "l0", "dead_fraction",
             "dense_fraction_10pct", "eval_rows", "hook")
     info = {k: (_number(sae[k]) if isinstance(sae[k], float | np.floating) else
                 int(sae[k]) if isinstance(sae[k], int | np.integer) else str(sae[k]))
             for k in keys if k in sae}
-    return {"sae": info, "columns": list(FEATURE_COLUMNS), "features": rows,
-            "per_feature": per_feature}
+    return {"sae": info, "features": rows, "per_feature": per_feature,
+            "columns": [{"name": c.name, "header": c.header, "meaning": c.meaning,
+                         "table": c.browse == "table", "filter": c.filter} for c in columns],
+            "sort": SORT if SORT in {c.name for c in columns} else "feature",
+            "examples": examples is not None}
 
 
 def write_browser(out: Path, sae: pd.Series, data: dict[str, Any]) -> Path:
@@ -114,11 +141,6 @@ def write_browser(out: Path, sae: pd.Series, data: dict[str, Any]) -> Path:
 <p id='sae-info' class='meta'></p>
 <p id='problem' class='problem' hidden></p>
 <div id='filters'>
- <label><input type='checkbox' id='hide-dead' checked> hide dead</label>
- <label>density ≥ <input type='number' id='min-density' step='any' size='8'></label>
- <label>density ≤ <input type='number' id='max-density' step='any' size='8'></label>
- <label>MonoScore ≥ <input type='number' id='min-mono' step='any' size='6'></label>
- <label>label purity ≥ <input type='number' id='min-purity' step='any' size='6'></label>
  <label>feature <input type='text' id='find' size='6'></label>
  <span id='shown' class='meta'></span>
 </div>

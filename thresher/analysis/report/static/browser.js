@@ -1,17 +1,16 @@
 // thresher feature browser: a sortable, filterable feature table and a feature view.
 // Data comes from two plain scripts loaded before this one (file:// allows no fetch):
 // window.THRESHER_STREAM (how the stream's examples look) and window.THRESHER_SAE.
+// The columns, their headers, tooltips and filters are SAE.columns, as the statistics declare
+// them (thresher/analysis/feature_columns.py); a row holds a value per column, `feature` first.
 (function () {
   "use strict";
   var STREAM = window.THRESHER_STREAM, SAE = window.THRESHER_SAE;
   var CONTEXT = 12;  // tokens each side of the firing one
-  var HEADERS = {feature: "feature", firing_rate: "density", max_act: "max act",
-    mean_act_when_active: "mean act (firing)", mono_score: "MonoScore",
-    label_purity: "label purity", top_label: "top label", max_decoder_cos: "max dec cos",
-    is_dead: "dead"};
-  var col = {};
-  SAE.columns.forEach(function (c, i) { col[c] = i; });
-  var sortKey = "firing_rate", sortDesc = true;
+  var index = {};
+  SAE.columns.forEach(function (c, i) { index[c.name] = i; });
+  var sortKey = SAE.sort, sortDesc = true;
+  var filters = [];  // {column, input, test(value, input)}: a row passes every one
 
   function el(tag, attrs, text) {
     var e = document.createElement(tag);
@@ -30,19 +29,19 @@
     if (typeof v === "number") return Number.isInteger(v) ? String(v) : v.toPrecision(3);
     return String(v);
   }
-  function num(id) {
-    var v = document.getElementById(id).value;
-    return v === "" ? null : Number(v);
+
+  function tableColumns() {
+    return SAE.columns.filter(function (c) { return c.table; });
   }
 
   function header() {
     var tr = el("tr");
-    SAE.columns.forEach(function (c) {
-      var th = el("th", {"data-key": c, "class": "sortable"},
-                  HEADERS[c] + (c === sortKey ? (sortDesc ? " ▼" : " ▲") : ""));
+    tableColumns().forEach(function (c) {
+      var th = el("th", {"data-key": c.name, "class": "sortable", title: c.meaning},
+                  c.header + (c.name === sortKey ? (sortDesc ? " ▼" : " ▲") : ""));
       th.addEventListener("click", function () {
-        sortDesc = c === sortKey ? !sortDesc : true;
-        sortKey = c;
+        sortDesc = c.name === sortKey ? !sortDesc : true;
+        sortKey = c.name;
         header();
         table();
       });
@@ -53,22 +52,50 @@
     thead.appendChild(tr);
   }
 
+  // A bound filter passes a row whose value is on the bound's side; an undefined value
+  // (null) fails once a bound is set. A "hide" box drops the rows where the flag is true.
+  function addFilter(c, id, text, attrs, test) {
+    var input = el("input", Object.assign({id: id}, attrs));
+    var label = el("label", {title: c.meaning});
+    label.appendChild(document.createTextNode(text + " "));
+    label.appendChild(input);
+    var find = document.getElementById("find").parentNode;
+    find.parentNode.insertBefore(label, find);
+    filters.push({column: index[c.name], input: input, test: test});
+  }
+
+  function makeFilters() {
+    var bound = {type: "number", step: "any", size: 8};
+    SAE.columns.forEach(function (c) {
+      if (c.filter === "hide") {
+        addFilter(c, "hide-" + c.name, "hide " + c.header, {type: "checkbox", checked: ""},
+                  function (v, input) { return !(input.checked && v); });
+      }
+      if (c.filter === "min" || c.filter === "range") {
+        addFilter(c, "min-" + c.name, c.header + " ≥", bound, function (v, input) {
+          return input.value === "" || (v !== null && v >= Number(input.value));
+        });
+      }
+      if (c.filter === "range") {
+        addFilter(c, "max-" + c.name, c.header + " ≤", bound, function (v, input) {
+          return input.value === "" || (v !== null && v <= Number(input.value));
+        });
+      }
+    });
+    filters.forEach(function (f) { f.input.addEventListener("input", table); });
+    document.getElementById("find").addEventListener("input", table);
+  }
+
   function passes(row) {
-    if (document.getElementById("hide-dead").checked && row[col.is_dead]) return false;
-    var checks = [["min-density", "firing_rate", 1], ["max-density", "firing_rate", -1],
-                  ["min-mono", "mono_score", 1], ["min-purity", "label_purity", 1]];
-    for (var i = 0; i < checks.length; i++) {
-      var bound = num(checks[i][0]);
-      if (bound === null) continue;
-      var v = row[col[checks[i][1]]];
-      if (v === null || (v - bound) * checks[i][2] < 0) return false;
+    for (var i = 0; i < filters.length; i++) {
+      if (!filters[i].test(row[filters[i].column], filters[i].input)) return false;
     }
     var find = document.getElementById("find").value.trim();
-    return find === "" || String(row[col.feature]).indexOf(find) === 0;
+    return find === "" || String(row[0]).indexOf(find) === 0;
   }
 
   function table() {
-    var k = col[sortKey];
+    var k = index[sortKey], shown = tableColumns().map(function (c) { return index[c.name]; });
     var rows = SAE.features.filter(passes).sort(function (a, b) {
       var x = a[k], y = b[k];
       if (x === y) return a[0] - b[0];
@@ -80,10 +107,10 @@
     tbody.innerHTML = "";
     rows.slice(0, 2000).forEach(function (row) {
       var tr = el("tr", {"data-feature": row[0]});
-      row.forEach(function (v, i) {
+      shown.forEach(function (i) {
         var td = el("td");
-        if (i === 0) td.appendChild(el("a", {href: "#f" + v}, String(v)));
-        else td.textContent = fmt(v);
+        if (i === 0) td.appendChild(el("a", {href: "#f" + row[i]}, String(row[i])));
+        else td.textContent = fmt(row[i]);
         tr.appendChild(td);
       });
       tbody.appendChild(tr);
@@ -194,21 +221,26 @@
     if (!row) { box.appendChild(el("p", {"class": "problem"}, "no feature " + feature)); return; }
     box.dataset.feature = feature;
     box.appendChild(el("h2", {}, "feature " + feature));
-    box.appendChild(el("p", {"class": "meta"}, SAE.columns.slice(1).map(function (c) {
-      return HEADERS[c] + " " + fmt(row[col[c]]);
-    }).join(", ")));
+    var numbers = el("p", {"class": "meta numbers"});
+    SAE.columns.slice(1).forEach(function (c, i) {
+      if (i > 0) numbers.appendChild(document.createTextNode(", "));
+      numbers.appendChild(el("span", {"data-key": c.name, title: c.meaning},
+                             c.header + " " + fmt(row[index[c.name]])));
+    });
+    box.appendChild(numbers);
+    document.body.dataset.shownFeature = feature;
     var info = SAE.per_feature[String(feature)];
     if (!info) {
-      box.appendChild(el("p", {"class": "problem"}, row[col.is_dead] ?
+      box.appendChild(el("p", {"class": "problem"}, SAE.examples ?
         "This feature never fired on the held-out rows: no examples." :
         "No examples recorded (stats/examples.parquet is missing)."));
       return;
     }
     if (info.hist.length) {
       box.appendChild(el("h3", {}, "activation histogram of its firing rows"));
-      box.appendChild(el("p", {"class": "meta"}, "fires on " + fmt(row[col.firing_rate] * 100) +
-        "% of held-out rows; shares per bin of [0, max act], estimated from its quantile sample"));
-      box.appendChild(histogram(info.hist, row[col.max_act]));
+      box.appendChild(el("p", {"class": "meta"}, "shares of its firing rows per bin of " +
+        "[0, its largest activation], estimated from its quantile sample"));
+      box.appendChild(histogram(info.hist, info.hist_max));
     }
     ["top", "quantile"].forEach(function (kind) {
       var items = info.examples.filter(function (e) { return e[0] === kind; });
@@ -218,7 +250,6 @@
       items.forEach(function (e) { list.appendChild(example(e)); });
       box.appendChild(list);
     });
-    document.body.dataset.shownFeature = feature;
   }
 
   function route() {
@@ -235,8 +266,7 @@
     p.textContent = STREAM.problem;
     p.hidden = false;
   }
-  ["hide-dead", "min-density", "max-density", "min-mono", "min-purity", "find"].forEach(
-    function (id) { document.getElementById(id).addEventListener("input", table); });
+  makeFilters();
   header();
   table();
   window.addEventListener("hashchange", route);
