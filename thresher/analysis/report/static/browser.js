@@ -65,7 +65,7 @@
   }
 
   function makeFilters() {
-    var bound = {type: "number", step: "any", size: 8};
+    var bound = {type: "number", step: "any"};
     SAE.columns.forEach(function (c) {
       if (c.filter === "hide") {
         addFilter(c, "hide-" + c.name, "hide " + c.header, {type: "checkbox", checked: ""},
@@ -224,8 +224,9 @@
     var numbers = el("p", {"class": "meta numbers"});
     SAE.columns.slice(1).forEach(function (c, i) {
       if (i > 0) numbers.appendChild(document.createTextNode(", "));
-      numbers.appendChild(el("span", {"data-key": c.name, title: c.meaning},
-                             c.header + " " + fmt(row[index[c.name]])));
+      var v = row[index[c.name]];  // blank in a table cell, spelled out in a sentence
+      numbers.appendChild(el("span", {"data-key": c.name, title: c.meaning}, c.header + " " +
+                             (v === false ? "no" : v === "" ? "–" : fmt(v))));
     });
     box.appendChild(numbers);
     document.body.dataset.shownFeature = feature;
