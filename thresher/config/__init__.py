@@ -5,7 +5,8 @@ the file and line, and the valid choices. ``expand_sweep`` turns the ``sweep`` g
 :class:`SAEConfig` per SAE and hook of every stream; ``make_plan`` packs them onto trainers.
 
 The modules, in the order a config passes through them:
-schema (the dataclasses; beside it saes, the one declaration of the sweep keys and of each
+schema (the dataclasses; beside it backbones, each backbone kind's settings as its
+modality's spec.py declares them, and saes, the one declaration of the sweep keys and of each
 architecture's settings that the plan, the summary columns and the training code read) ->
 build (YAML values to typed fields) -> validate (checks across fields, with file:line) ->
 loader (``load_config``) -> sweep (``expand_sweep``) -> plan (``make_plan``); beside them
@@ -13,6 +14,13 @@ files (input paths and the run directory) and resources (what each actor asks fo
 imports no stage: the stages import it.
 """
 
+from thresher.config.backbones import (
+    BackboneConfig,
+    ModalitySpec,
+    ModelBackboneConfig,
+    backbone_kinds,
+    modality_specs,
+)
 from thresher.config.build import Where, build
 from thresher.config.files import config_dir, input_files, resolve_dirs, resolve_globs, run_dir_of
 from thresher.config.loader import load_config
@@ -46,8 +54,6 @@ from thresher.config.saes import (
 from thresher.config.schema import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_CONFIG_PATH,
-    MODALITY_KINDS,
-    BackboneConfig,
     Config,
     ConfigError,
     InputsConfig,
@@ -67,7 +73,6 @@ __all__ = [
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_CONFIG_PATH",
     "HYPERPARAMETER_NAMES",
-    "MODALITY_KINDS",
     "SWEEP_KEY",
     "SWEEP_KEYS",
     "TOPK_FAMILY",
@@ -82,6 +87,8 @@ __all__ = [
     "InputsConfig",
     "JumpReLUSettings",
     "MatryoshkaSettings",
+    "ModalitySpec",
+    "ModelBackboneConfig",
     "Plan",
     "ReLUSettings",
     "ResourcesConfig",
@@ -96,6 +103,7 @@ __all__ = [
     "TrainerPlan",
     "WandbConfig",
     "Where",
+    "backbone_kinds",
     "build",
     "config_dir",
     "expand_sweep",
@@ -103,6 +111,7 @@ __all__ = [
     "input_files",
     "load_config",
     "make_plan",
+    "modality_specs",
     "pack_trainers",
     "resolve_dirs",
     "resolve_globs",

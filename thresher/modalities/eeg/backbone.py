@@ -10,6 +10,7 @@ import torch
 
 from thresher.config import ConfigError, SourceConfig
 from thresher.modalities.eeg.recordings import WindowBatch, num_patches, patchtst_config
+from thresher.modalities.eeg.spec import PatchTSTConfig
 from thresher.modalities.model_tools import LayerTaps, host_rows, hub_offline, seeded
 from thresher.stream.block import ActivationBlock
 
@@ -28,6 +29,7 @@ class PatchTSTBackbone:
         from transformers import PatchTSTModel
 
         cfg = source.backbone
+        assert isinstance(cfg, PatchTSTConfig)
         config = patchtst_config(cfg)
         if cfg.config is not None:
             with seeded():
@@ -99,5 +101,8 @@ class PatchTSTBackbone:
         )
 
 
-def eeg_backbone(source: SourceConfig, device: str, base_dir: Path) -> PatchTSTBackbone:
-    return PatchTSTBackbone(source, device)
+class PatchTST:
+    """The `patchtst` kind (thresher/modalities/eeg/spec.py)."""
+
+    def load(self, source: SourceConfig, device: str, base_dir: Path) -> PatchTSTBackbone:
+        return PatchTSTBackbone(source, device)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from thresher.config import BackboneConfig, ConfigError, SourceConfig, input_files
+from thresher.config import ConfigError, ModelBackboneConfig, SourceConfig, input_files
 from thresher.modalities.contract import InputBatch, Inputs
 
 SPKIT_SAMPLE_RATE = 128  # Hz, as spkit's own loader says
@@ -135,7 +135,7 @@ def read_recordings(source: SourceConfig, base_dir: Path) -> tuple[list[Recordin
 # --------------------------------------------------------------------------------------------
 
 
-def patchtst_config(cfg: BackboneConfig) -> Any:
+def patchtst_config(cfg: ModelBackboneConfig) -> Any:
     from transformers import PatchTSTConfig
 
     if cfg.config is not None:
@@ -228,4 +228,4 @@ def prepare_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Input
     per_window = (len(manifest.column("channels")[0]) *
                   int(manifest.column("num_patches")[0].as_py())) if n else 0
     return Inputs(batches=list(batches), manifest=manifest, n_examples=n,
-                  n_tokens=n * per_window, unreadable=unreadable)
+                  planned_rows=n * per_window, unreadable=unreadable)

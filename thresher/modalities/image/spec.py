@@ -1,0 +1,45 @@
+"""The image modality's YAML words: its input kinds and its backbone kinds' settings
+(torch-free: config reads it, thresher/config/backbones.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from thresher.config.backbones import ModalitySpec, ModelBackboneConfig
+
+
+@dataclass(frozen=True)
+class VisionConfig(ModelBackboneConfig):
+    """What every image kind adds: overrides of the model's own preprocessing (size, mean, std,
+    interpolation, resize_mode), e.g. the 0.5 mean/std of SigLIP weights loaded from a file.
+    Hooks: `layer.N` (residual output of block N) or `embedding` (the final image embedding)."""
+
+    preprocess: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class OpenClipConfig(VisionConfig):
+    """An open_clip model's image tower. `model`: an architecture name (ViT-B-32,
+    ViT-B-16-SigLIP2); `checkpoint`: a local checkpoint file loaded into it (.pt, .bin,
+    .safetensors); `config`: overrides of the model config (e.g. vision_cfg)."""
+
+    kind: str = field(default="open_clip", init=False)
+    implementation: ClassVar[str] = "thresher.modalities.image.open_clip:OpenClip"
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class HFVisionConfig(VisionConfig):
+    """A transformers ViT / SigLIP vision model (or the image tower of a CLIP / SigLIP folder):
+    `model` a local save_pretrained folder, or `config` with its `model_type` (random weights)."""
+
+    kind: str = field(default="hf_vision", init=False)
+    implementation: ClassVar[str] = "thresher.modalities.image.hf_vision:HFVision"
+
+
+MODALITY = ModalitySpec(
+    "image", (OpenClipConfig, HFVisionConfig),
+    inputs=("image_folder", "image_lmdb", "hf_dataset"),
+    folder_inputs=("image_folder", "image_lmdb", "hf_dataset"),
+    chooses_tokens=True, hooks_alone=("embedding",))
