@@ -38,8 +38,19 @@ class HFVisionConfig(VisionConfig):
     implementation: ClassVar[str] = "thresher.modalities.image.hf_vision:HFVision"
 
 
+@dataclass(frozen=True)
+class DINOv2Config(VisionConfig):
+    """A transformers DINOv2 ViT (Dinov2Model; Dinov2WithRegistersModel where `config` sets
+    num_register_tokens): `model` a local save_pretrained folder, or `config` Dinov2Config
+    arguments (random weights). A layer's tokens are CLS, the registers, then the patches:
+    tokens `cls` takes the CLS, `patches` the patches."""
+
+    kind: str = field(default="dinov2", init=False)
+    implementation: ClassVar[str] = "thresher.modalities.image.dinov2:DINOv2"
+
+
 MODALITY = ModalitySpec(
-    "image", (OpenClipConfig, HFVisionConfig),
+    "image", (OpenClipConfig, HFVisionConfig, DINOv2Config),
     inputs=("image_folder", "image_lmdb", "hf_dataset"),
     folder_inputs=("image_folder", "image_lmdb", "hf_dataset"),
     chooses_tokens=True, hooks_alone=("embedding",))
