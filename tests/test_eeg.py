@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.config import ConfigError, InputsConfig, SourceConfig, load_config
+from thresher.config import ConfigError, SourceConfig, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
 from thresher.modalities.eeg.recordings import cut_windows, spkit_eeg_sample
-from thresher.modalities.eeg.spec import PatchTSTConfig
+from thresher.modalities.eeg.spec import EEGInputs, PatchTSTConfig
 
 from .tiny_models import TINY_PATCHTST
 
@@ -24,7 +24,7 @@ def eeg_source(hook: str = "layer.0", kind: str = "spkit_eeg_sample", paths: tup
     return SourceConfig(
         backbone=PatchTSTConfig(model=model, config=config),
         hook=hook,
-        inputs=InputsConfig(kind=kind, paths=paths, **{"context": 128, **inputs}),  # type: ignore[arg-type]
+        inputs=EEGInputs(kind=kind, paths=paths, **{"context": 128, **inputs}),  # type: ignore[arg-type]
         batch_size=4)
 
 

@@ -14,7 +14,6 @@ import torch
 import thresher
 from thresher.config import (
     ConfigError,
-    InputsConfig,
     SourceConfig,
     load_config,
 )
@@ -22,10 +21,10 @@ from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 from thresher.modalities.contract import InputBatch
 from thresher.modalities.eeg.recordings import WindowBatch
-from thresher.modalities.eeg.spec import PatchTSTConfig
+from thresher.modalities.eeg.spec import EEGInputs, PatchTSTConfig
 from thresher.modalities.image.decode import ImageBatch
 from thresher.modalities.image.spec import OpenClipConfig
-from thresher.modalities.text.spec import HFTextConfig, TransformerLensConfig
+from thresher.modalities.text.spec import HFTextConfig, TextInputs, TransformerLensConfig
 from thresher.modalities.text.windows import TokenBatch
 
 from .test_eeg import _write_edf
@@ -70,11 +69,11 @@ def _source(kind: str, dtype: str = "float32", dropout: bool = False) -> SourceC
                                    "attention_probs_dropout_prob": DROPOUT} if dropout else {})}
         return SourceConfig(backbone=HFTextConfig(model="", config=config,
                                                     dtype=dtype),  # type: ignore[arg-type]
-                            hook="layer.1", inputs=InputsConfig(context=16))
+                            hook="layer.1", inputs=TextInputs(context=16))
     if kind == "transformer_lens":
         return SourceConfig(backbone=TransformerLensConfig(model="",
                                                     config=TINY_TL, dtype=dtype),  # type: ignore[arg-type]
-                            hook="blocks.1.hook_resid_post", inputs=InputsConfig(context=16))
+                            hook="blocks.1.hook_resid_post", inputs=TextInputs(context=16))
     if kind == "open_clip":
         vision = {**TINY_CLIP["vision_cfg"], **({"patch_dropout": DROPOUT} if dropout else {})}
         return image_source("open_clip", "layer.1", config={**TINY_CLIP, "vision_cfg": vision},
@@ -90,7 +89,7 @@ def _source(kind: str, dtype: str = "float32", dropout: bool = False) -> SourceC
     return SourceConfig(backbone=PatchTSTConfig(model="", config=config,
                                                 dtype=dtype),  # type: ignore[arg-type]
                         hook="layer.1",
-                        inputs=InputsConfig(kind="spkit_eeg_sample", context=128))
+                        inputs=EEGInputs(kind="spkit_eeg_sample", context=128))
 
 
 def _batch(kind: str) -> InputBatch:

@@ -16,6 +16,7 @@ imports no stage: the stages import it.
 
 from thresher.config.backbones import (
     BackboneConfig,
+    InputsConfig,
     ModalitySpec,
     ModelBackboneConfig,
     backbone_kinds,
@@ -56,7 +57,6 @@ from thresher.config.schema import (
     DEFAULT_CONFIG_PATH,
     Config,
     ConfigError,
-    InputsConfig,
     ResourcesConfig,
     RunConfig,
     SourceConfig,

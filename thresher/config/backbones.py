@@ -15,7 +15,7 @@ import importlib
 import importlib.util
 import pkgutil
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_type_hints
 
 from thresher.config.errors import ConfigError
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 
 MODALITIES_PACKAGE = "thresher.modalities"
 DEFAULT_KIND = "hf_text"  # a backbone mapping without `kind`
+DEFAULT_INPUTS = "python_docstrings"  # an inputs mapping without `kind`
 
 
 @dataclass(frozen=True)
@@ -87,16 +88,51 @@ class ModelBackboneConfig(BackboneConfig):
 
 
 @dataclass(frozen=True)
+class InputsConfig:
+    """`source.inputs`: the settings of one modality's inputs; YAML's `kind` picks the
+    modality's subclass, whose `kind` field lists its input kinds (config/build.py)."""
+
+    kind: str = DEFAULT_INPUTS
+    # Files or folders (globs allowed), relative to the config file's folder.
+    paths: tuple[str, ...] = ()
+
+    @classmethod
+    def variants(cls) -> dict[str, type[InputsConfig]] | None:
+        """Every input kind's settings class, by kind, for the YAML builder."""
+        if cls is not InputsConfig:
+            return None
+        return {kind: spec.inputs_config for spec in modality_specs().values()
+                if spec.inputs_config is not None for kind in spec.inputs}
+
+    @classmethod
+    def default_variant(cls) -> str:
+        return DEFAULT_INPUTS
+
+    def describe(self) -> str:
+        """What the plan says the inputs are."""
+        return f"inputs {self.kind}"
+
+
+@dataclass(frozen=True)
 class ModalitySpec:
     """The YAML words of one modality: its backbone kinds and the input kinds they read."""
 
     name: str
     backbones: tuple[type[BackboneConfig], ...]
-    inputs: tuple[str, ...] = ()  # none: its rows come from the backbone (a store, a model)
+    # Its inputs' settings, whose `kind` Literal names its input kinds (None: its rows come
+    # from the backbone, a store or a model).
+    inputs_config: type[InputsConfig] | None = None
     folder_inputs: tuple[str, ...] = ()  # input kinds whose `paths` name folders, not files
     pathless_inputs: tuple[str, ...] = ()  # input kinds that need no `paths`
     chooses_tokens: bool = False  # `source.tokens` applies (which tokens become rows)
     hooks_alone: tuple[str, ...] = ()  # hooks of one row per example: no other hook beside
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """Its input kinds."""
+        if self.inputs_config is None:
+            return ()
+        return tuple(get_args(get_type_hints(self.inputs_config)["kind"]))
 
 
 @functools.cache
@@ -141,6 +177,12 @@ def input_modality(inputs_kind: str) -> str:
 
 def default_backbone() -> BackboneConfig:
     return backbone_kinds()[DEFAULT_KIND]()
+
+
+def default_inputs() -> InputsConfig:
+    variants = InputsConfig.variants()
+    assert variants is not None
+    return variants[DEFAULT_INPUTS]()
 
 
 def check_positive(cfg: Any, names: tuple[str, ...], where: str) -> None:

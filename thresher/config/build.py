@@ -61,7 +61,11 @@ def _build_variant(tp: Any, table: dict[str, type], value: Any, path: tuple,
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{where.at((*path, 'kind'))} is {tag!r}{hint} Valid choices: "
                           f"{' | '.join(repr(t) for t in table)}")
-    return build(table[tag], {k: v for k, v in value.items() if k != "kind"}, path, where)
+    variant = table[tag]
+    # A class of one kind fixes its `kind`; a class of several takes it as a field.
+    takes_kind = any(f.name == "kind" and f.init for f in dataclasses.fields(variant))
+    rest = {k: v for k, v in value.items() if k != "kind" or takes_kind}
+    return build(variant, rest, path, where)
 
 
 def build(tp: Any, value: Any, path: tuple, where: Where) -> Any:

@@ -78,8 +78,7 @@ class Plan:
             else:
                 what = src.backbone.describe()
             if modality_spec_of(src.backbone.kind).inputs:
-                what += (f" @ {', '.join(stream.hooks)}, inputs {src.inputs.kind} (context "
-                         f"{src.inputs.context}, max_tokens {src.inputs.max_tokens}), batch "
+                what += (f" @ {', '.join(stream.hooks)}, {src.inputs.describe()}, batch "
                          f"{src.batch_size}")
             lines += [
                 f"stream {stream.stream_id}: {what}",

@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from thresher.config.backbones import BackboneConfig, default_backbone
+from thresher.config.backbones import (
+    BackboneConfig,
+    InputsConfig,
+    default_backbone,
+    default_inputs,
+)
 from thresher.config.errors import ConfigError
 from thresher.config.saes import (
     ARCH_SPEC,
@@ -51,34 +56,6 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class InputsConfig:
-    # Text: python_docstrings (every docstring of Python's standard library); text_files
-    # (UTF-8 files named by `paths`, globs allowed, one example per file); token_files (.npy
-    # arrays of token ids, already tokenised, one example per file).
-    # Images: image_folder (folders named by `paths`, read recursively; the first sub-folder
-    # under a root names the label); image_lmdb (an LMDB whose values are encoded images; a
-    # key "label/name" names its label); hf_dataset (a datasets.save_to_disk folder).
-    # EEG: eeg_npy (.npy arrays, channels x time, one recording per file); edf (EDF files read
-    # with pyedflib); spkit_eeg_sample (the 14-channel recording shipped by spkit).
-    kind: Literal["python_docstrings", "text_files", "token_files", "image_folder",
-                  "image_lmdb", "hf_dataset", "eeg_npy", "edf",
-                  "spkit_eeg_sample"] = "python_docstrings"
-    paths: tuple[str, ...] = ()
-    # Text: tokens per window, special tokens included. EEG: samples per window (the
-    # PatchTST context_length). Unused for images (the model's preprocessing sets the size).
-    context: int = 128
-    max_tokens: int | None = None  # text: stop gathering windows once this many tokens are cut
-    min_tokens: int = 4  # text: shorter texts are dropped
-    max_examples: int | None = None  # images, EEG windows: use at most this many
-    stride: int | None = None  # EEG: samples between window starts (default: context)
-    scaling: Literal["none", "window"] = "none"  # EEG: "window" standardises each channel
-    channels: tuple[str, ...] = ()  # EEG: channel names to keep, in this order (default: all)
-    image_column: str = "image"  # hf_dataset: the column holding images
-    label_column: str | None = "label"  # hf_dataset: the class-label column (null: none)
-    split: str | None = None  # hf_dataset: the split of a saved DatasetDict
-
-
-@dataclass(frozen=True)
 class SourceConfig:
     # The stream's id in plans, SAE ids and Parquet (default s0, s1, ... in config order).
     name: str = ""
@@ -93,7 +70,8 @@ class SourceConfig:
     # patchtst: "layer.N" (output of encoder layer N) or "embeddings" (input of layer 0).
     # stored: hooks held by the cache (empty takes them all).
     hook: str | tuple[str, ...] = "layer.3"
-    inputs: InputsConfig = field(default_factory=InputsConfig)
+    # Its modality's input settings (thresher/modalities/<m>/spec.py): `kind` picks them.
+    inputs: InputsConfig = field(default_factory=default_inputs)
     batch_size: int = 64  # examples per backbone forward
     # Vision "layer.N" hooks: which tokens become rows: all, the CLS token, or the patches.
     tokens: Literal["all", "cls", "patches"] = "all"

@@ -25,7 +25,7 @@ STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 def _positive(cfg: Any, names: tuple[str, ...], path: tuple, where: Where) -> None:
     for name in names:
-        value = getattr(cfg, name)
+        value = getattr(cfg, name, None)  # inputs of one modality have only some of them
         if value is not None and value <= 0:
             raise ConfigError(f"{where.at((*path, name))} must be positive, got {value!r}")
 

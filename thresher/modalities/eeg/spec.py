@@ -4,9 +4,9 @@ config reads it, thresher/config/backbones.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from thresher.config.backbones import ModalitySpec, ModelBackboneConfig
+from thresher.config.backbones import InputsConfig, ModalitySpec, ModelBackboneConfig
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,23 @@ class PatchTSTConfig(ModelBackboneConfig):
     implementation: ClassVar[str] = "thresher.modalities.eeg.backbone:PatchTST"
 
 
+@dataclass(frozen=True)
+class EEGInputs(InputsConfig):
+    """eeg_npy: .npy arrays, channels x time, one recording per file; edf: EDF files read with
+    pyedflib; spkit_eeg_sample: the 14-channel recording shipped by spkit. One window is one
+    example."""
+
+    kind: Literal["eeg_npy", "edf", "spkit_eeg_sample"] = "eeg_npy"
+    context: int = 128  # samples per window (the PatchTST context_length)
+    stride: int | None = None  # samples between window starts (default: context)
+    scaling: Literal["none", "window"] = "none"  # "window" standardises each channel
+    channels: tuple[str, ...] = ()  # channel names to keep, in this order (default: all)
+    max_examples: int | None = None  # use at most this many windows
+
+    def describe(self) -> str:
+        return f"inputs {self.kind} (windows of {self.context} samples)"
+
+
 MODALITY = ModalitySpec(
-    "eeg", (PatchTSTConfig,), inputs=("eeg_npy", "edf", "spkit_eeg_sample"),
+    "eeg", (PatchTSTConfig,), inputs_config=EEGInputs,
     pathless_inputs=("spkit_eeg_sample",))

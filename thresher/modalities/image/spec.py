@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
-from thresher.config.backbones import ModalitySpec, ModelBackboneConfig
+from thresher.config.backbones import InputsConfig, ModalitySpec, ModelBackboneConfig
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,21 @@ class DINOv2Config(VisionConfig):
     implementation: ClassVar[str] = "thresher.modalities.image.dinov2:DINOv2"
 
 
+@dataclass(frozen=True)
+class ImageInputs(InputsConfig):
+    """image_folder: folders named by `paths`, read recursively, the first sub-folder under a
+    root naming the label; image_lmdb: an LMDB whose values are encoded images (a key
+    "label/name" names its label); hf_dataset: a datasets.save_to_disk folder. The model's
+    preprocessing sets the size."""
+
+    kind: Literal["image_folder", "image_lmdb", "hf_dataset"] = "image_folder"
+    max_examples: int | None = None  # use at most this many images
+    image_column: str = "image"  # hf_dataset: the column holding images
+    label_column: str | None = "label"  # hf_dataset: the class-label column (null: none)
+    split: str | None = None  # hf_dataset: the split of a saved DatasetDict
+
+
 MODALITY = ModalitySpec(
-    "image", (OpenClipConfig, HFVisionConfig, DINOv2Config),
-    inputs=("image_folder", "image_lmdb", "hf_dataset"),
+    "image", (OpenClipConfig, HFVisionConfig, DINOv2Config), inputs_config=ImageInputs,
     folder_inputs=("image_folder", "image_lmdb", "hf_dataset"),
     chooses_tokens=True, hooks_alone=("embedding",))

@@ -1,12 +1,12 @@
-"""The text modality's YAML words: its input kinds and its backbone kinds' settings (torch-free:
+"""The text modality's YAML words: its inputs' and its backbone kinds' settings (torch-free:
 config reads it, thresher/config/backbones.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from thresher.config.backbones import ModalitySpec, ModelBackboneConfig
+from thresher.config.backbones import InputsConfig, ModalitySpec, ModelBackboneConfig
 from thresher.config.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -57,7 +57,21 @@ class TransformerLensConfig(TextBackboneConfig):
                 "or `config` to HookedTransformerConfig arguments for a random-weight model")
 
 
+@dataclass(frozen=True)
+class TextInputs(InputsConfig):
+    """python_docstrings: every docstring of Python's standard library; text_files: UTF-8 files
+    named by `paths`, one example per file; token_files: .npy arrays of token ids, already
+    tokenised, one example per file."""
+
+    kind: Literal["python_docstrings", "text_files", "token_files"] = "python_docstrings"
+    context: int = 128  # tokens per window, special tokens included
+    max_tokens: int | None = None  # stop gathering windows once this many tokens are cut
+    min_tokens: int = 4  # shorter texts are dropped
+
+    def describe(self) -> str:
+        return f"inputs {self.kind} (context {self.context}, max_tokens {self.max_tokens})"
+
+
 MODALITY = ModalitySpec(
-    "text", (HFTextConfig, TransformerLensConfig),
-    inputs=("python_docstrings", "text_files", "token_files"),
+    "text", (HFTextConfig, TransformerLensConfig), inputs_config=TextInputs,
     pathless_inputs=("python_docstrings",))
