@@ -139,7 +139,7 @@ class Modality:
     """One modality: what the harvest, `thresher plan` and the report ask of it."""
 
     name: str
-    batch_type: type[InputBatch]  # what its backbones harvest (after any decoding)
+    batch_type: type[InputBatch]  # what its backbone kinds harvest (after any decoding)
     prepare_inputs: Callable[[SourceConfig, int, Path], Inputs]  # (source, seed, base_dir)
     manifest_schema: pa.Schema | None  # its inputs manifest (None: none of its own)
     render_examples: Callable[[ExamplesRequest], Examples]

@@ -1,2 +1,2 @@
-"""EEG: recordings, windows and the manifest (recordings.py), the PatchTST backbone, the
-report's traces; declared in modality.py."""
+"""EEG: recordings, windows and the manifest (recordings.py), the patchtst kind (backbone.py),
+the report's traces; YAML words in spec.py, declared in modality.py."""
