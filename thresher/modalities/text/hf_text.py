@@ -70,7 +70,8 @@ class HFText:
                     config = AutoConfig.from_pretrained(local_model_path(cfg.model),
                                                         local_files_only=True)
         except Exception as exc:
-            return f"cannot read the model config ({type(exc).__name__}: {exc})"
+            reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+            return f"cannot read the model config ({type(exc).__name__}: {reason})"
         # BERT-style encoders also map to an LM-head class, but only as decoders (is_decoder).
         encoder = type(config) in MODEL_FOR_MASKED_LM_MAPPING and not config.is_decoder
         if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING or encoder:
