@@ -81,7 +81,7 @@ def violations(sources: dict[str, str]) -> list[str]:
 
 
 def spec_violations(sources: dict[str, str]) -> list[str]:
-    """A modality's spec.py is read by config (thresher/config/backbones.py): it imports only
+    """A modality's spec.py is read by config (thresher/config/kinds.py): it imports only
     thresher.config and no model library, like config itself."""
     heavy = ("torch", "transformers", "transformer_lens", "open_clip", "pandas", "numpy")
     found = []

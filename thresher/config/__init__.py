@@ -5,8 +5,8 @@ the file and line, and the valid choices. ``expand_sweep`` turns the ``sweep`` g
 :class:`SAEConfig` per SAE and hook of every stream; ``make_plan`` packs them onto trainers.
 
 The modules, in the order a config passes through them:
-schema (the dataclasses; beside it backbones, each backbone kind's settings as its
-modality's spec.py declares them, and saes, the one declaration of the sweep keys and of each
+schema (the dataclasses; beside it kinds, the backbone and input settings each modality's
+spec.py declares, and saes, the one declaration of the sweep keys and of each
 architecture's settings that the plan, the summary columns and the training code read) ->
 build (YAML values to typed fields) -> validate (checks across fields, with file:line) ->
 loader (``load_config``) -> sweep (``expand_sweep``) -> plan (``make_plan``); beside them
@@ -14,7 +14,9 @@ files (input paths and the run directory) and resources (what each actor asks fo
 imports no stage: the stages import it.
 """
 
-from thresher.config.backbones import (
+from thresher.config.build import Where, build
+from thresher.config.files import config_dir, input_files, resolve_dirs, resolve_globs, run_dir_of
+from thresher.config.kinds import (
     BackboneConfig,
     InputsConfig,
     ModalitySpec,
@@ -22,8 +24,6 @@ from thresher.config.backbones import (
     backbone_kinds,
     modality_specs,
 )
-from thresher.config.build import Where, build
-from thresher.config.files import config_dir, input_files, resolve_dirs, resolve_globs, run_dir_of
 from thresher.config.loader import load_config
 from thresher.config.plan import (
     Plan,

@@ -10,8 +10,8 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from thresher.config.backbones import modality_spec_of
 from thresher.config.files import run_dir_of
+from thresher.config.kinds import modality_spec_of
 from thresher.config.resources import harvest_resources
 from thresher.config.saes import ARCH_SPEC, MONO_STEP_COST, SAEConfig
 from thresher.config.schema import Config, ConfigError, SourceConfig, TrainConfig

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from thresher.config.backbones import (
+from thresher.config.errors import ConfigError
+from thresher.config.kinds import (
     BackboneConfig,
     InputsConfig,
     default_backbone,
     default_inputs,
 )
-from thresher.config.errors import ConfigError
 from thresher.config.saes import (
     ARCH_SPEC,
     ARCH_SPECS,

@@ -8,9 +8,9 @@ import os
 import re
 from typing import Any
 
-from thresher.config.backbones import ModalitySpec, input_modality, modality_spec_of
 from thresher.config.build import Where, build
 from thresher.config.files import config_dir, resolve_dirs, resolve_globs
+from thresher.config.kinds import ModalitySpec, input_modality, modality_spec_of
 from thresher.config.saes import (
     ARCH_SPECS,
     RENAMED_SWEEP_KEYS,

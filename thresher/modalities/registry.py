@@ -8,7 +8,7 @@ without importing a stage), a `modality.py` declaring its `Modality`, and one en
 from __future__ import annotations
 
 from thresher.config import SourceConfig
-from thresher.config.backbones import modality_spec_of
+from thresher.config.kinds import modality_spec_of
 from thresher.modalities.contract import Modality
 from thresher.modalities.eeg.modality import EEG
 from thresher.modalities.image.modality import IMAGE

@@ -1,12 +1,12 @@
 """The EEG modality's YAML words: its input kinds and its backbone kinds' settings (torch-free:
-config reads it, thresher/config/backbones.py)."""
+config reads it, thresher/config/kinds.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from thresher.config.backbones import InputsConfig, ModalitySpec, ModelBackboneConfig
+from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,13 @@
 """The stored modality's YAML words: the `stored` kind, which replays an activation store
-(torch-free: config reads it, thresher/config/backbones.py)."""
+(torch-free: config reads it, thresher/config/kinds.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
-from thresher.config.backbones import BackboneConfig, ModalitySpec
 from thresher.config.errors import ConfigError
+from thresher.config.kinds import BackboneConfig, ModalitySpec
 
 if TYPE_CHECKING:
     from thresher.config.build import Where

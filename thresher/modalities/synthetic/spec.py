@@ -1,13 +1,13 @@
 """The synthetic modality's YAML words: the `synthetic` kind, rows made from a known feature
-dictionary, and its settings (torch-free: config reads it, thresher/config/backbones.py)."""
+dictionary, and its settings (torch-free: config reads it, thresher/config/kinds.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, ClassVar
 
-from thresher.config.backbones import BackboneConfig, ModalitySpec, check_positive
 from thresher.config.errors import ConfigError
+from thresher.config.kinds import BackboneConfig, ModalitySpec, check_positive
 
 if TYPE_CHECKING:
     from thresher.config.build import Where

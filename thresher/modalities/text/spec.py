@@ -1,13 +1,13 @@
 """The text modality's YAML words: its inputs' and its backbone kinds' settings (torch-free:
-config reads it, thresher/config/backbones.py)."""
+config reads it, thresher/config/kinds.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
-from thresher.config.backbones import InputsConfig, ModalitySpec, ModelBackboneConfig
 from thresher.config.errors import ConfigError
+from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig
 
 if TYPE_CHECKING:
     from thresher.config.build import Where

@@ -1,11 +1,13 @@
-"""`source.backbone`: the settings of one backbone kind, and the kinds every modality declares.
+"""`source.backbone` and `source.inputs`: the settings of one backbone kind and of one
+modality's inputs, and the kinds every modality declares.
 
 Each modality package has a torch-free `spec.py` (thresher/modalities/<m>/spec.py) holding its
-`MODALITY`: a `ModalitySpec` with the YAML words of its inputs and its backbone kinds, each kind a
-frozen dataclass subclassing `BackboneConfig` (its typed settings, its checks, the plan's line,
-and where its code lives). Config reads those spec modules by name at first use, so importing
-config imports no stage; every list of kinds (the YAML `kind` choices, each modality's kinds) is
-derived from them. A spec module imports only thresher.config (tests/test_layering.py).
+`MODALITY`: a `ModalitySpec` with its inputs' settings (an `InputsConfig` subclass whose `kind`
+lists its input kinds) and its backbone kinds, each kind a frozen dataclass subclassing
+`BackboneConfig` (its typed settings, its checks, the plan's line, and where its code lives).
+Config reads those spec modules by name at first use, so importing config imports no stage;
+every list of kinds (the YAML `kind` choices, each modality's kinds) is derived from them. A
+spec module imports only thresher.config (tests/test_layering.py).
 """
 
 from __future__ import annotations
