@@ -97,7 +97,7 @@ def test_edf_and_npy_inputs_skip_a_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / "c.edf").write_bytes(b"0       garbage that is not an EDF header" * 10)
     source = eeg_source(kind="edf", paths=("*.edf",), config=TINY_PATCHTST,
                         channels=("O1", "O2", "AF3"))
-    with pytest.raises(ConfigError, match="3 channels but the PatchTST model takes"):
+    with pytest.raises(ConfigError, match="3 channels but the patchtst model takes"):
         prepare_inputs(source, 0, tmp_path)
     three = {**TINY_PATCHTST, "num_input_channels": 3}
     source = eeg_source(kind="edf", paths=("*.edf",), config=three,

@@ -16,7 +16,7 @@ class PatchTSTConfig(ModelBackboneConfig):
     `embeddings` (input of layer 0); each (channel, patch) token is a row."""
 
     kind: str = field(default="patchtst", init=False)
-    implementation: ClassVar[str] = "thresher.modalities.eeg.backbone:PatchTST"
+    implementation: ClassVar[str] = "thresher.modalities.eeg.patchtst:PatchTST"
 
 
 @dataclass(frozen=True)
