@@ -19,10 +19,10 @@ import pyarrow.parquet as pq
 
 import thresher
 
-SOURCE = {"backbone": {"kind": "synthetic", "config": {
+SOURCE = {"backbone": {"kind": "synthetic",
     "n_features": 4096, "d_in": 256, "mean_l0": 18.0, "zipf_exponent": 0.5,
     "n_parents": 128, "children_per_parent": 4, "child_prob": 0.6,
-    "block_rows": 4096, "seed": 0}}, "hook": "synthetic"}
+    "block_rows": 4096, "seed": 0}, "hook": "synthetic"}
 
 
 def config(rows: int, out: str, jumprelu_l0: float) -> dict:

@@ -19,8 +19,8 @@ import thresher
 CONFIG = {
     "run": {"name": "digest", "seed": 0},
     "source": {
-        "backbone": {"kind": "synthetic",
-                     "config": {"n_features": 96, "d_in": 32, "mean_l0": 4, "seed": 0}},
+        "backbone": {"kind": "synthetic", "n_features": 96, "d_in": 32, "mean_l0": 4,
+                     "seed": 0},
         "hook": "synthetic",
     },
     "stream": {"chunk_rows": 1024, "capacity_chunks": 8, "mix_chunks": 2,

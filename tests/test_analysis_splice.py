@@ -3,6 +3,8 @@ against the content-only baseline."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -44,3 +46,15 @@ def test_encoder_without_lm_head_is_refused_with_reason() -> None:
                                      "hook": "layer.3"}}).source
     reason = splice_supported(source)
     assert reason is not None and "encoder" in reason
+
+
+def test_an_unreadable_model_config_is_refused_with_its_error(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text("{not json")
+    source = load_config({"source": {"backbone": {"kind": "hf_text", "model": str(tmp_path)},
+                                     "hook": "layer.0"}}).source
+    reason = splice_supported(source)
+    assert reason is not None and reason.startswith("cannot read the model config (")
+    assert "JSON" in reason or "json" in reason  # the error's own words, not only its class
+    synthetic = load_config({"source": {"backbone": {"kind": "synthetic"},
+                                        "hook": "synthetic"}}).source
+    assert splice_supported(synthetic) == "synthetic is not a language model"

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.config import BackboneConfig, ConfigError, SourceConfig, load_config
+from thresher.config import ConfigError, SourceConfig, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.modalities.contract import Inputs
-from thresher.modalities.text.backbones import load_backbone
-from thresher.modalities.text.tokenizers import load_tokenizer
+from thresher.modalities.text.kind import load_text_backbone, load_tokenizer
+from thresher.modalities.text.spec import HFTextConfig, TransformerLensConfig
 from thresher.modalities.text.windows import build_inputs
 from thresher.stream.block import ActivationBlock
 
@@ -55,7 +55,7 @@ def check_rows(block: ActivationBlock, inputs: Inputs, n_prefix: int, n_suffix: 
                reference: Any) -> None:
     """Rows are exactly the content tokens of every example, equal to `reference(ids)`."""
     fed = inputs.manifest.column("token_ids").to_pylist()
-    assert len(block) == inputs.n_tokens
+    assert len(block) == inputs.planned_rows
     assert sorted(np.unique(block.example_id)) == list(range(inputs.n_examples))
     for example, ids in enumerate(fed):
         rows = block.example_id == example
@@ -121,19 +121,19 @@ def test_random_bert_from_config_is_seeded_and_matches(tmp_path: Path) -> None:
 def test_hf_text_errors_name_the_problem(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"'layer\.3'.*valid hooks: embeddings, layer\.0, "
                                           r"layer\.1, layer\.2$"):
-        load_backbone(BackboneConfig(model="", config=TINY_BERT), "layer.3")
+        load_text_backbone(HFTextConfig(model="", config=TINY_BERT), "layer.3")
     with pytest.raises(ConfigError, match="valid hooks"):
-        load_backbone(BackboneConfig(model="", config=TINY_BERT), "blocks.0.hook_resid_post")
+        load_text_backbone(HFTextConfig(model="", config=TINY_BERT), "blocks.0.hook_resid_post")
     missing = "no-such-org/no-such-model"
-    for load in (lambda cfg: load_backbone(cfg, "layer.0"), load_tokenizer):
+    for load in (lambda cfg: load_text_backbone(cfg, "layer.0"), load_tokenizer):
         with pytest.raises(ConfigError, match=rf"'{missing}'.*not a local folder.*"
                                               r"save_pretrained.*`config`"):
-            load(BackboneConfig(kind="hf_text", model=missing))
+            load(HFTextConfig(model=missing))
     small_vocab = {**TINY_BERT, "vocab_size": 1000}
     with pytest.raises(ConfigError, match="at least 30522"):
-        load_tokenizer(BackboneConfig(model="", config=small_vocab))
+        load_tokenizer(HFTextConfig(model="", config=small_vocab))
     with pytest.raises(ConfigError, match="model_type"):
-        load_tokenizer(BackboneConfig(model="", config={"hidden_size": 64}))
+        load_tokenizer(HFTextConfig(model="", config={"hidden_size": 64}))
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,18 +182,18 @@ def test_transformer_lens_rows_equal_run_with_cache(tmp_path: Path, tiny_tl: Any
 
 
 def test_transformer_lens_errors_name_the_problem() -> None:
-    cfg = BackboneConfig(kind="transformer_lens", model="", config=TINY_TL)
+    cfg = TransformerLensConfig(model="", config=TINY_TL)
     with pytest.raises(ConfigError, match=r"'blocks\.1\.hook_resid_pots'.*closest: "
                                           r"blocks\.1\.hook_resid_post"):
-        load_backbone(cfg, "blocks.1.hook_resid_pots")
+        load_text_backbone(cfg, "blocks.1.hook_resid_pots")
     with pytest.raises(ConfigError, match="not one vector per token"):
-        load_backbone(cfg, "blocks.0.attn.hook_pattern")
+        load_text_backbone(cfg, "blocks.0.attn.hook_pattern")
     with pytest.raises(ConfigError, match="at least 257"):
-        load_tokenizer(BackboneConfig(kind="transformer_lens", model="",
+        load_tokenizer(TransformerLensConfig(model="",
                                       config={**TINY_TL, "d_vocab": 100}))
-    for load in (lambda c: load_backbone(c, "blocks.0.hook_resid_post"), load_tokenizer):
+    for load in (lambda c: load_text_backbone(c, "blocks.0.hook_resid_post"), load_tokenizer):
         with pytest.raises(ConfigError, match=r"'gpt2'.*not available offline.*`config`"):
-            load(BackboneConfig(kind="transformer_lens", model="gpt2"))
+            load(TransformerLensConfig(model="gpt2"))
 
 
 def test_context_longer_than_model_is_refused(tmp_path: Path) -> None:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.config import BackboneConfig, ConfigError, InputsConfig, SourceConfig, load_config
+from thresher.config import ConfigError, SourceConfig, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
 from thresher.modalities.eeg.recordings import cut_windows, spkit_eeg_sample
+from thresher.modalities.eeg.spec import EEGInputs, PatchTSTConfig
 
 from .eeg_data import write_edf
 from .tiny_models import TINY_PATCHTST
@@ -22,9 +23,9 @@ def eeg_source(hook: str = "layer.0", kind: str = "spkit_eeg_sample", paths: tup
                config: dict[str, Any] | None = None, model: str = "", **inputs: Any
                ) -> SourceConfig:
     return SourceConfig(
-        backbone=BackboneConfig(kind="patchtst", model=model, config=config),
+        backbone=PatchTSTConfig(model=model, config=config),
         hook=hook,
-        inputs=InputsConfig(kind=kind, paths=paths, **{"context": 128, **inputs}),  # type: ignore[arg-type]
+        inputs=EEGInputs(kind=kind, paths=paths, **{"context": 128, **inputs}),  # type: ignore[arg-type]
         batch_size=4)
 
 
@@ -64,7 +65,7 @@ def test_spkit_sample_windows_and_manifest() -> None:
     raw = rec.signals[:, first["start"]:first["start"] + 128].T
     expected = (raw - raw.mean(0)) / raw.std(0)
     np.testing.assert_allclose(window, expected, rtol=1e-4, atol=1e-4)
-    assert inputs.n_tokens == len(manifest) * 14 * 8
+    assert inputs.planned_rows == len(manifest) * 14 * 8
 
 
 def test_cut_windows_stride_and_scaling_none() -> None:
@@ -83,7 +84,7 @@ def test_edf_and_npy_inputs_skip_a_corrupt_file(tmp_path: Path) -> None:
     (tmp_path / "c.edf").write_bytes(b"0       garbage that is not an EDF header" * 10)
     source = eeg_source(kind="edf", paths=("*.edf",), config=TINY_PATCHTST,
                         channels=("O1", "O2", "AF3"))
-    with pytest.raises(ConfigError, match="3 channels but the PatchTST model takes"):
+    with pytest.raises(ConfigError, match="3 channels but the patchtst model takes"):
         prepare_inputs(source, 0, tmp_path)
     three = {**TINY_PATCHTST, "num_input_channels": 3}
     source = eeg_source(kind="edf", paths=("*.edf",), config=three,

@@ -40,9 +40,10 @@ D_SAE = 2 * N_FEATURES  # overcomplete: spare latents, as SAEs are used
 BATCH, STEPS = 512, 400
 MEAN_L0 = 3
 LR = 5e-3
-SOURCE = {"backbone": {"kind": "synthetic", "config": {
-    "n_features": N_FEATURES, "d_in": D_IN, "mean_l0": MEAN_L0, "zipf_exponent": 0.6,
-    "block_rows": BATCH * 20, "rows": BATCH * STEPS, "seed": 0}}, "hook": "synthetic"}
+SOURCE = {"backbone": {"kind": "synthetic", "n_features": N_FEATURES, "d_in": D_IN,
+                       "mean_l0": MEAN_L0, "zipf_exponent": 0.6, "block_rows": BATCH * 20,
+                       "rows": BATCH * STEPS, "seed": 0},
+          "hook": "synthetic"}
 SEEDS = (0, 1, 2)  # each arch trained with each; its MCC is the mean over them
 # Per arch: thresher's sparsity hyperparameter (k for the TopK family; l1 / l0 coefficients).
 ARCH_SAES = [

@@ -13,9 +13,7 @@ import torch
 
 import thresher
 from thresher.config import (
-    BackboneConfig,
     ConfigError,
-    InputsConfig,
     SourceConfig,
     load_config,
 )
@@ -23,7 +21,10 @@ from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 from thresher.modalities.contract import InputBatch
 from thresher.modalities.eeg.recordings import WindowBatch
+from thresher.modalities.eeg.spec import EEGInputs, PatchTSTConfig
 from thresher.modalities.image.decode import ImageBatch
+from thresher.modalities.image.spec import OpenClipConfig
+from thresher.modalities.text.spec import HFTextConfig, TextInputs, TransformerLensConfig
 from thresher.modalities.text.windows import TokenBatch
 
 from .eeg_data import write_edf
@@ -66,13 +67,13 @@ def _source(kind: str, dtype: str = "float32", dropout: bool = False) -> SourceC
     if kind == "hf_text":
         config = {**TINY_BERT, **({"hidden_dropout_prob": DROPOUT,
                                    "attention_probs_dropout_prob": DROPOUT} if dropout else {})}
-        return SourceConfig(backbone=BackboneConfig(kind="hf_text", model="", config=config,
+        return SourceConfig(backbone=HFTextConfig(model="", config=config,
                                                     dtype=dtype),  # type: ignore[arg-type]
-                            hook="layer.1", inputs=InputsConfig(context=16))
+                            hook="layer.1", inputs=TextInputs(context=16))
     if kind == "transformer_lens":
-        return SourceConfig(backbone=BackboneConfig(kind="transformer_lens", model="",
+        return SourceConfig(backbone=TransformerLensConfig(model="",
                                                     config=TINY_TL, dtype=dtype),  # type: ignore[arg-type]
-                            hook="blocks.1.hook_resid_post", inputs=InputsConfig(context=16))
+                            hook="blocks.1.hook_resid_post", inputs=TextInputs(context=16))
     if kind == "open_clip":
         vision = {**TINY_CLIP["vision_cfg"], **({"patch_dropout": DROPOUT} if dropout else {})}
         return image_source("open_clip", "layer.1", config={**TINY_CLIP, "vision_cfg": vision},
@@ -85,10 +86,10 @@ def _source(kind: str, dtype: str = "float32", dropout: bool = False) -> SourceC
     config = {**TINY_PATCHTST, **({"dropout": DROPOUT, "attention_dropout": DROPOUT,
                                    "positional_dropout": DROPOUT, "path_dropout": DROPOUT,
                                    "ff_dropout": DROPOUT} if dropout else {})}
-    return SourceConfig(backbone=BackboneConfig(kind="patchtst", model="", config=config,
+    return SourceConfig(backbone=PatchTSTConfig(model="", config=config,
                                                 dtype=dtype),  # type: ignore[arg-type]
                         hook="layer.1",
-                        inputs=InputsConfig(kind="spkit_eeg_sample", context=128))
+                        inputs=EEGInputs(kind="spkit_eeg_sample", context=128))
 
 
 def _batch(kind: str) -> InputBatch:
@@ -193,12 +194,12 @@ def test_open_clip_siglip2_uses_its_published_preprocessing() -> None:
     from thresher.modalities.image.decode import model_transform
 
     image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 90, 3), np.uint8))
-    got = model_transform(BackboneConfig(kind="open_clip", model="ViT-B-16-SigLIP2"))(image)
+    got = model_transform(OpenClipConfig(model="ViT-B-16-SigLIP2"))(image)
     expected = image_transform(224, is_train=False, mean=(0.5,) * 3, std=(0.5,) * 3,
                                interpolation="bicubic", resize_mode="squash")(image).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-6)
     # ViT-B-32's published weights all use OpenAI's mean/std: unchanged
-    clip = model_transform(BackboneConfig(kind="open_clip", model="ViT-B-32", config=TINY_CLIP))
+    clip = model_transform(OpenClipConfig(model="ViT-B-32", config=TINY_CLIP))
     openai = image_transform(32, is_train=False)(image).numpy()
     np.testing.assert_allclose(clip(image), openai, atol=1e-6)
 

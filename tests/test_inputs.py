@@ -9,17 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thresher.config import BackboneConfig, ConfigError, SourceConfig, load_config
+from thresher.config import ConfigError, SourceConfig, load_config
 from thresher.modalities.contract import Inputs
 from thresher.modalities.text.corpora import gather_python_docstrings, read_text_files
-from thresher.modalities.text.tokenizers import Tokenizer, load_tokenizer
+from thresher.modalities.text.kind import load_tokenizer
+from thresher.modalities.text.spec import TransformerLensConfig
+from thresher.modalities.text.tokenizers import Tokenizer
 from thresher.modalities.text.windows import RUN_BATCHES, build_inputs
 from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA as INPUTS_SCHEMA
 
 from .tiny_models import TINY_TL
 
 # A random-weight TransformerLens backbone: byte-level tokenizer, prefix [BOS=0], no suffix.
-BYTES = BackboneConfig(kind="transformer_lens", model="", config=TINY_TL)
+BYTES = TransformerLensConfig(model="", config=TINY_TL)
 
 
 class WordTokenizer:
@@ -116,7 +118,7 @@ def test_windows_follow_context_and_min_tokens(tmp_path: Path) -> None:
     assert sorted(len(r["token_ids"]) for r in rows) == [6, 11, 11]
     assert {r["origin"] for r in rows} == {str(tmp_path / "long.txt")}
     assert sorted(r["text"] for r in rows) == ["a" * 5, "a" * 10, "a" * 10]
-    assert inputs.n_examples == 3 and inputs.n_tokens == 25
+    assert inputs.n_examples == 3 and inputs.planned_rows == 25
     assert all(r["token_ids"][0] == 0 for r in rows)  # BOS first
 
 
@@ -125,7 +127,7 @@ def test_max_tokens_and_context_are_respected() -> None:
     inputs = build(source)
     fed = inputs.manifest.column("token_ids").to_pylist()
     content = [len(ids) - 1 for ids in fed]
-    assert inputs.n_tokens == sum(content) == 5000  # the corpus has far more
+    assert inputs.planned_rows == sum(content) == 5000  # the corpus has far more
     assert inputs.n_examples == len(fed)
     assert max(len(ids) for ids in fed) <= 64
     assert min(content) >= 5
@@ -137,7 +139,7 @@ def test_tokenises_only_what_max_tokens_needs() -> None:
     tokenizer = WordTokenizer()
     inputs = build(source, tokenizer=tokenizer)
     # the last window is cut to the budget unless fewer than min_tokens (4) would be left
-    assert 2000 - 4 < inputs.n_tokens <= 2000
+    assert 2000 - 4 < inputs.planned_rows <= 2000
     assert tokenizer.encoded < len(gather_python_docstrings()) / 10
 
 
@@ -201,7 +203,7 @@ def test_same_seed_same_batches_other_seed_other_order() -> None:
     a, b, c = build(source, seed=3), build(source, seed=3), build(source, seed=4)
     assert len(a.batches) == len(b.batches)
     for x, y in zip(a.batches, b.batches, strict=True):
-        for name, column in x.to_columns().items():
+        for name, column in vars(x).items():
             np.testing.assert_array_equal(column, getattr(y, name))
     assert a.manifest.equals(b.manifest)
     assert a.manifest.column("origin").to_pylist() != c.manifest.column("origin").to_pylist()

@@ -11,7 +11,7 @@ import pytest
 from thresher.config import ConfigError, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs, write_manifest
-from thresher.modalities.text.tokenizers import load_tokenizer
+from thresher.modalities.text.kind import load_tokenizer
 from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA as INPUTS_SCHEMA
 
 from .test_inputs import BYTES
@@ -36,7 +36,7 @@ def test_token_files_give_the_windows_of_the_raw_text(tmp_path: Path) -> None:
     assert raw.manifest.column("token_ids").equals(pre.manifest.column("token_ids"))
     assert raw.manifest.column("text").equals(pre.manifest.column("text"))
     for a, b in zip(raw.batches, pre.batches, strict=True):
-        assert all(np.array_equal(column, getattr(b, k)) for k, column in a.to_columns().items())
+        assert all(np.array_equal(column, getattr(b, k)) for k, column in vars(a).items())
     harvester = Harvester(_source("token_files", [str(tmp_path / "*.npy")]))
     block = harvester.harvest(pre.batches[0])
     assert 0 not in block.position.tolist()  # BOS (position 0) is never a row

@@ -17,7 +17,8 @@ from .package_source import PACKAGE, module_name, source_files
 EXECUTORS = ("thresher.inline", "thresher.session", "thresher.distributed", "thresher.api",
              "thresher.cli")
 FORBIDDEN: dict[str, tuple[str, ...]] = {
-    # Config is read by every stage and imports none (nor torch: see test_config_package).
+    # Config is read by every stage and imports none (nor torch: see test_config_package); it
+    # reads each modality's torch-free spec.py by name (`spec_violations` below).
     "thresher.config": ("thresher.stream", "thresher.modalities", "thresher.harvest",
                         "thresher.train", "thresher.analysis", *EXECUTORS),
     "thresher.stream": ("thresher.modalities", "thresher.harvest", "thresher.train",
@@ -69,6 +70,31 @@ def violations(sources: dict[str, str]) -> list[str]:
                 if bad and not known:
                     found.append(f"{module} imports {target}")
     return found
+
+
+def spec_violations(sources: dict[str, str]) -> list[str]:
+    """A modality's spec.py is read by config (thresher/config/kinds.py): it imports only
+    thresher.config and no model library, like config itself."""
+    heavy = ("torch", "transformers", "transformer_lens", "open_clip", "pandas", "numpy")
+    found = []
+    for module, source in sorted(sources.items()):
+        if not (within(module, "thresher.modalities") and module.endswith(".spec")):
+            continue
+        for target in sorted(imports_of(source)):
+            own = within(target, "thresher")
+            if (own and not within(target, "thresher.config")) or any(
+                    within(target, h) for h in heavy):
+                found.append(f"{module} imports {target}")
+    return found
+
+
+def test_modality_specs_import_only_config() -> None:
+    sources = package_sources()
+    assert "thresher.modalities.image.spec" in sources
+    assert spec_violations(sources) == []
+    sources["thresher.modalities.image.spec"] += "\nimport thresher.modalities.image.kind\n"
+    assert spec_violations(sources) == [
+        "thresher.modalities.image.spec imports thresher.modalities.image.kind"]
 
 
 def package_sources() -> dict[str, str]:

@@ -3,36 +3,47 @@
 from __future__ import annotations
 
 import dataclasses
-import typing
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from thresher.config import MODALITY_KINDS, BackboneConfig, SourceConfig, load_config
+from thresher.config import ConfigError, backbone_kinds, load_config, modality_specs
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
-from thresher.modalities.contract import InputBatch
+from thresher.modalities.contract import InputBatch, kind_code
 from thresher.modalities.registry import MODALITIES, modality_of
 
 # A random-weight TransformerLens model (byte tokenizer) and a small synthetic source.
 TL = {"kind": "transformer_lens", "model": "",
       "config": {"n_layers": 1, "d_model": 16, "n_ctx": 32, "d_head": 8, "n_heads": 2,
                  "d_mlp": 32, "d_vocab": 300, "act_fn": "gelu"}}
-SYNTHETIC = {"kind": "synthetic", "model": "",
-             "config": {"n_features": 32, "d_in": 8, "rows": 300, "block_rows": 100}}
+SYNTHETIC = {"kind": "synthetic", "n_features": 32, "d_in": 8, "rows": 300, "block_rows": 100}
 
 
-def test_every_backbone_kind_belongs_to_exactly_one_modality() -> None:
-    kinds = typing.get_args(typing.get_type_hints(BackboneConfig)["kind"])
-    served = [kind for modality in MODALITIES for kind in modality.backbone_kinds]
-    assert sorted(served) == sorted(kinds)  # none missing, none twice
-    # the registry and the config's declaration (what load_config checks) name the same ones
-    assert {m.name: m.backbone_kinds for m in MODALITIES} == {
-        name: kinds.backbones for name, kinds in MODALITY_KINDS.items()}
-    for modality in MODALITIES:
-        for kind in modality.backbone_kinds:
-            assert modality_of(SourceConfig(backbone=BackboneConfig(kind=kind))) is modality
+def test_each_modality_spec_has_its_registered_modality_and_kind_code() -> None:
+    assert sorted(modality_specs()) == sorted(m.name for m in MODALITIES)
+    for settings in backbone_kinds().values():
+        module, _, name = settings.implementation.partition(":")
+        kind = getattr(importlib.import_module(module), name)
+        assert callable(getattr(kind, "load", None)), settings.implementation
+
+
+def test_a_backbone_mapping_is_built_by_its_kind() -> None:
+    cfg = load_config({"source": {"backbone": SYNTHETIC, "hook": "synthetic"}})
+    backbone = cfg.source.backbone
+    assert type(backbone) is backbone_kinds()["synthetic"] and backbone.n_features == 32
+    assert modality_of(cfg.source).name == "synthetic"
+    assert type(kind_code(backbone)).__name__ == "Synthetic"
+    again = load_config(cfg.to_dict())  # run.json's form reads back as the same settings
+    assert again.source.backbone == backbone
+    with pytest.raises(ConfigError, match=r"`source.backbone.kind` is 'open_clp'; did you mean "
+                                          r"'open_clip'\? Valid choices: .*'hf_vision'"):
+        load_config({"source": {"backbone": {"kind": "open_clp"}}})
+    with pytest.raises(ConfigError, match=r"unknown key `source.backbone.checkpoint`.* Valid "
+                                          r"keys here: model, config, dtype, device$"):
+        load_config({"source": {"backbone": {"kind": "hf_text", "checkpoint": "a.pt"}}})
 
 
 def test_each_modality_harvests_its_own_batch_type() -> None:
@@ -47,19 +58,15 @@ def test_each_modality_harvests_its_own_batch_type() -> None:
                                       "max_tokens": 400}),
     (SYNTHETIC, "synthetic", {}),
 ])
-def test_a_batch_harvested_from_its_columns_gives_the_same_rows(
-        backbone: dict, hook: str, inputs: dict) -> None:
-    """What a Ray worker does (rebuild the typed batch from columns) gives the rows of the
-    batch itself: the columns carry everything the backbone reads."""
+def test_a_batch_harvests_the_same_rows_twice(backbone: dict, hook: str, inputs: dict) -> None:
+    """A backbone's harvest is a function of the batch: the same rows for the same batch."""
     source = load_config({"source": {"backbone": backbone, "hook": hook, "batch_size": 4,
                                      "inputs": inputs}}).source
     prepared = prepare_inputs(source, 0, Path("."))
     harvester = Harvester(source)
     batch = prepared.batches[0]
     assert isinstance(batch, harvester.batch_type)
-    columns = {**batch.to_columns(), "batch_index": np.int64(0)}  # an extra column is left
-    again = harvester.batch_type.from_columns(columns)
-    want, got = harvester.harvest(batch), harvester.harvest(again)
+    want, got = harvester.harvest(batch), harvester.harvest(batch)
     assert len(want) > 0
     np.testing.assert_array_equal(want.acts, got.acts)
     np.testing.assert_array_equal(want.example_id, got.example_id)

@@ -18,7 +18,7 @@ from thresher.analysis.parquet import (
     SUMMARY_SCHEMA,
 )
 from thresher.config import expand_sweep, load_config
-from thresher.modalities.text.tokenizers import load_tokenizer
+from thresher.modalities.text.kind import load_tokenizer
 from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA, build_inputs
 from thresher.rundir import RunDirError
 

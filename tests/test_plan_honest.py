@@ -45,9 +45,9 @@ def test_a_stored_plan_shows_the_store_not_text_inputs(tmp_path: Path) -> None:
 
 def test_a_synthetic_plan_shows_its_generator_not_a_model(tmp_path: Path) -> None:
     cfg = smoke_config(tmp_path)
-    cfg["source"] = {"backbone": {"kind": "synthetic", "config": {
-        "n_features": 512, "d_in": 64, "n_parents": 8, "rows": 65536, "seed": 3}},
-        "hook": "synthetic"}
+    cfg["source"] = {"backbone": {"kind": "synthetic", "n_features": 512, "d_in": 64,
+                                  "n_parents": 8, "rows": 65536, "seed": 3},
+                     "hook": "synthetic"}
     line = thresher.plan(cfg).describe().splitlines()[1]
     assert line.startswith("stream s0: synthetic: 65536 rows of 64 dims from 512 known features")
     assert "hierarchy 8 parents x 2 children" in line and "seed 3" in line

@@ -45,6 +45,7 @@ from thresher.analysis.report.plots import pareto_front
 from thresher.analysis.stats import StatsOptions
 from thresher.cli import main
 from thresher.modalities.image.report import THUMB
+from thresher.modalities.text.spec import HFTextConfig
 
 from .chromium import Browser
 from .test_stats import accumulate, synthetic
@@ -214,8 +215,7 @@ def browser() -> Any:
 def test_text_browser_highlights_the_firing_token(tmp_path: Path, browser: Browser,
                                                   monkeypatch: pytest.MonkeyPatch,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    from thresher.config import BackboneConfig
-    from thresher.modalities.text.tokenizers import load_tokenizer
+    from thresher.modalities.text.kind import load_tokenizer
 
     project = tmp_path / "project"
     project.mkdir()
@@ -228,7 +228,7 @@ def test_text_browser_highlights_the_firing_token(tmp_path: Path, browser: Brows
         "batch_size": 16}, holdout=256)
     run_dir = _run_and_report(tmp_path, config, monkeypatch, capsys)
     sae_id, feature = _open_a_feature(browser, run_dir)
-    manifest, tokenizer = _manifest(run_dir), load_tokenizer(BackboneConfig(kind="hf_text",
+    manifest, tokenizer = _manifest(run_dir), load_tokenizer(HFTextConfig(
                                                                             model="minilm"))
     for kind in ("top", "quantile"):
         shown = _shown_examples(browser, kind)

@@ -168,9 +168,8 @@ def test_a_run_exports_gated_saes_that_frozen_sae_and_saelens_read_alike(tmp_pat
     sae_lens = pytest.importorskip("sae_lens")
     config = {
         "run": {"name": "gated", "out": str(tmp_path)},
-        "source": {"backbone": {"kind": "synthetic",
-                                "config": {"n_features": 96, "d_in": 32, "mean_l0": 4,
-                                           "seed": 0}},
+        "source": {"backbone": {"kind": "synthetic", "n_features": 96, "d_in": 32,
+                                "mean_l0": 4, "seed": 0},
                    "hook": "synthetic"},
         "stream": {"chunk_rows": 1024, "capacity_chunks": 8, "mix_chunks": 2,
                    "holdout_rows": 1024, "norm_rows": 1024},

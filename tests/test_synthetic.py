@@ -25,7 +25,25 @@ HIER = {"n_features": 96, "d_in": 24, "mean_l0": 3.0, "n_parents": 6, "children_
 
 
 def _source(**extra: object) -> dict:
-    return {"backbone": {"kind": "synthetic", "config": {**HIER, **extra}}, "hook": "synthetic"}
+    return {"backbone": {"kind": "synthetic", **HIER, **extra}, "hook": "synthetic"}
+
+
+def feature_prob(m: SyntheticModel) -> np.ndarray:
+    """Marginal firing probability of every feature, from the model's firing rule."""
+    p = np.zeros(m.cfg.n_features)
+    p[m.roots] = m.root_prob
+    if m.cfg.n_parents:
+        share = m.cfg.child_prob / m.cfg.children_per_parent
+        p[m.children] = m.root_prob[: m.cfg.n_parents, None] * share
+    return p
+
+
+def dense_feature_acts(m: SyntheticModel, block: int) -> np.ndarray:
+    """Block `block`'s true activations as a dense [rows, features] array."""
+    row, feat, value, rows = m.feature_acts(block)
+    a = np.zeros((rows, m.cfg.n_features), dtype=np.float32)
+    a[row, feat] = value
+    return a
 
 
 def _model(**extra: object) -> SyntheticModel:
@@ -49,9 +67,9 @@ def test_blocks_are_a_function_of_seed_and_index() -> None:
 
 def test_firing_follows_zipf_hierarchy_and_exclusion() -> None:
     m = _model()
-    a = np.concatenate([m.dense_feature_acts(i) for i in range(40)]) > 0  # 20480 rows
+    a = np.concatenate([dense_feature_acts(m, i) for i in range(40)]) > 0  # 20480 rows
     rate = a.mean(0)
-    p = m.feature_prob
+    p = feature_prob(m)
     tolerance = 5 * np.sqrt(p * (1 - p) / len(a)) + 1e-4
     assert np.all(np.abs(rate - p) < tolerance)  # marginals kept under the copula
     assert np.all(np.diff(p[m.roots]) <= 0) and p[m.roots][0] > 5 * p[m.roots][-1]
@@ -61,7 +79,7 @@ def test_firing_follows_zipf_hierarchy_and_exclusion() -> None:
         assert on.sum(1).max() <= 1  # siblings mutually exclusive
     # The low-rank copula correlates firing: the roots' co-firing departs from independence.
     indep = _model(correlation_rank=0)
-    b = np.concatenate([indep.dense_feature_acts(i) for i in range(40)]) > 0
+    b = np.concatenate([dense_feature_acts(indep, i) for i in range(40)]) > 0
     roots = m.roots[:20]
     spread = np.corrcoef(a[:, roots].T)[np.triu_indices(20, 1)]
     flat = np.corrcoef(b[:, roots].T)[np.triu_indices(20, 1)]
@@ -73,14 +91,14 @@ def test_true_fires_matches_the_dense_activations() -> None:
     ids = np.array([5, 1030, 3, 600, 1030 + 512])
     feats = np.array([0, 7, 7, 50])
     fires, entries = true_fires(m, ids, feats)
-    dense = np.concatenate([m.dense_feature_acts(i) for i in range(4)])
+    dense = np.concatenate([dense_feature_acts(m, i) for i in range(4)])
     np.testing.assert_array_equal(fires, dense[ids][:, feats] > 0)
     assert entries == int((dense[ids] > 0).sum())
 
 
 def test_bad_synthetic_config_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"n_feature.*did you mean `n_features`"):
-        load_config({"source": {"backbone": {"kind": "synthetic", "config": {"n_feature": 3}},
+        load_config({"source": {"backbone": {"kind": "synthetic", "n_feature": 3},
                                 "hook": "synthetic"}})
     with pytest.raises(ConfigError, match=r"n_parents is 40.*lower n_parents"):
         load_config({"source": _source(n_parents=40)})
@@ -115,7 +133,7 @@ def test_run_ground_truth_equals_saelens_synthetic_evals(tmp_path: Path) -> None
 
     m = model_of(load_config({"source": _source()}).source)
     x = torch.from_numpy(np.concatenate([m.block_acts(i) for i in range(2)]))  # the holdout
-    truth = torch.from_numpy(np.concatenate([m.dense_feature_acts(i) for i in range(2)]))
+    truth = torch.from_numpy(np.concatenate([dense_feature_acts(m, i) for i in range(2)]))
     gt = torch.from_numpy(m.dictionary).float()
     for sae_id, row in summary.iterrows():
         sae = sae_lens.SAE.load_from_disk(str(run / "saes" / sae_id), device="cpu")

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from thresher.config import BackboneConfig, ConfigError, InputsConfig, SourceConfig
+from thresher.config import ConfigError, SourceConfig, backbone_kinds
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 from thresher.modalities.image.decode import ImageBatch
+from thresher.modalities.image.spec import ImageInputs
 
 from .tiny_models import TINY_CLIP, TINY_SIGLIP, TINY_VIT
 
@@ -43,9 +44,9 @@ def image_source(kind: str, hook: str, tokens: str = "all", paths: tuple[str, ..
         config = TINY_CLIP if kind == "open_clip" else TINY_VIT
     model = backbone.pop("model", "ViT-B-32" if kind == "open_clip" else "")
     return SourceConfig(
-        backbone=BackboneConfig(kind=kind, model=model, config=config, **backbone),  # type: ignore[arg-type]
+        backbone=backbone_kinds()[kind](model=model, config=config, **backbone),  # type: ignore[arg-type]
         hook=hook, tokens=tokens,  # type: ignore[arg-type]
-        inputs=InputsConfig(kind=inputs_kind, paths=paths),  # type: ignore[arg-type]
+        inputs=ImageInputs(kind=inputs_kind, paths=paths),  # type: ignore[arg-type]
         batch_size=batch_size)
 
 

@@ -111,8 +111,8 @@ def _lm_metrics(source: SourceConfig, hook: str, run_dir: Path, holdout: Activat
     """CE/KL per SAE spliced in at `hook` over the held-out windows (none, with a log line,
     where undefined)."""
     from thresher.harvest.inputs import manifest_path
+    from thresher.modalities.text.kind import load_tokenizer
     from thresher.modalities.text.splice import SplicedLM, splice_metrics, splice_supported
-    from thresher.modalities.text.tokenizers import load_tokenizer
 
     reason = splice_supported(source)
     if reason is not None:

@@ -164,13 +164,9 @@ def summary_sweep_values(sae: SAEConfig) -> dict[str, Any]:
 def identity_columns(cfg: Config, stream_id: str, trainer_id: str, sae: SAEConfig,
                      d_in: int) -> dict[str, Any]:
     backbone = cfg.source_named(stream_id).backbone
-    model = backbone.model or "<random weights>"
-    if backbone.kind == "synthetic":  # no model: name the generator (its config is in run.json)
-        config = backbone.config or {}
-        model = ("synthetic " + ", ".join(f"{k}={config[k]}" for k in sorted(config))).strip()
     return {"run_name": cfg.run.name, "stream_id": stream_id, "trainer_id": trainer_id,
             "sae_id": sae.sae_id, **summary_sweep_values(sae), "d_in": d_in,
-            "backbone": backbone.kind, "model": model, "hook": sae.hook}
+            "backbone": backbone.kind, "model": backbone.model_label, "hook": sae.hook}
 
 
 def write_run_stats(run_dir: str | Path, results: list[TrainerResult],

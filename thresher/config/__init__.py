@@ -6,8 +6,9 @@ the file and line, and the valid choices. ``expand_sweep`` turns the ``sweep`` g
 
 The modules, in the order a config passes through them:
 schema (the dataclasses; `train` is built from the architectures' specs, one module each in
-archs/, and saes, the sweep keys and one SAE's config, which the plan, the summary columns
-and the training code read) ->
+archs/; beside it kinds, the backbone and input settings each modality's spec.py declares, and
+saes, the sweep keys and one SAE's config, which the plan, the summary columns and the
+training code read) ->
 build (YAML values to typed fields) -> validate (checks across fields, with file:line) ->
 loader (``load_config``) -> sweep (``expand_sweep``) -> plan (``make_plan``); beside them
 files (input paths and the run directory) and resources (what each actor asks for). Config
@@ -18,6 +19,14 @@ from thresher.config.arch_spec import ArchSettings, ArchSpec, SweepKey
 from thresher.config.archs import ARCH_SPEC, ARCH_SPECS, ARCHITECTURES
 from thresher.config.build import Where, build
 from thresher.config.files import config_dir, input_files, resolve_dirs, resolve_globs, run_dir_of
+from thresher.config.kinds import (
+    BackboneConfig,
+    InputsConfig,
+    ModalitySpec,
+    ModelBackboneConfig,
+    backbone_kinds,
+    modality_specs,
+)
 from thresher.config.loader import load_config
 from thresher.config.plan import (
     Plan,
@@ -33,11 +42,8 @@ from thresher.config.saes import SHARED_KEYS, SWEEP_KEY, SWEEP_KEYS, SAEConfig
 from thresher.config.schema import (
     DEFAULT_CONFIG_NAME,
     DEFAULT_CONFIG_PATH,
-    MODALITY_KINDS,
-    BackboneConfig,
     Config,
     ConfigError,
-    InputsConfig,
     ResourcesConfig,
     RunConfig,
     SourceConfig,
@@ -54,7 +60,6 @@ __all__ = [
     "ARCH_SPECS",
     "DEFAULT_CONFIG_NAME",
     "DEFAULT_CONFIG_PATH",
-    "MODALITY_KINDS",
     "SHARED_KEYS",
     "SWEEP_KEY",
     "SWEEP_KEYS",
@@ -65,6 +70,8 @@ __all__ = [
     "ConfigError",
     "HarvestResources",
     "InputsConfig",
+    "ModalitySpec",
+    "ModelBackboneConfig",
     "Plan",
     "ResourcesConfig",
     "RunConfig",
@@ -78,6 +85,7 @@ __all__ = [
     "TrainerPlan",
     "WandbConfig",
     "Where",
+    "backbone_kinds",
     "build",
     "config_dir",
     "expand_sweep",
@@ -85,6 +93,7 @@ __all__ = [
     "input_files",
     "load_config",
     "make_plan",
+    "modality_specs",
     "pack_trainers",
     "resolve_dirs",
     "resolve_globs",

@@ -10,7 +10,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Literal, Union, get_args, get_origin
 
-from thresher.config.schema import ConfigError
+from thresher.config.errors import ConfigError
 
 
 @dataclass
@@ -49,9 +49,32 @@ def type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+def _build_variant(tp: Any, table: dict[str, type], value: Any, path: tuple,
+                   where: Where) -> Any:
+    """A tagged union: the mapping's `kind` names the dataclass that reads the other keys
+    (`tp.variants()`; `tp.default_variant()` where the mapping names none)."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where.at(path)} must be a mapping, got {value!r}")
+    tag = value.get("kind", tp.default_variant())
+    if tag not in table:
+        close = difflib.get_close_matches(str(tag), list(table), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"{where.at((*path, 'kind'))} is {tag!r}{hint} Valid choices: "
+                          f"{' | '.join(repr(t) for t in table)}")
+    variant = table[tag]
+    # A class of one kind fixes its `kind`; a class of several takes it as a field.
+    takes_kind = any(f.name == "kind" and f.init for f in dataclasses.fields(variant))
+    rest = {k: v for k, v in value.items() if k != "kind" or takes_kind}
+    return build(variant, rest, path, where)
+
+
 def build(tp: Any, value: Any, path: tuple, where: Where) -> Any:
     """Convert `value` to type `tp`, or raise a ConfigError naming path, file:line and choices."""
     origin = get_origin(tp)
+    variants = getattr(tp, "variants", None)
+    table = variants() if callable(variants) else None
+    if table is not None:
+        return _build_variant(tp, table, value, path, where)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where.at(path)} must be a mapping, got {value!r}")

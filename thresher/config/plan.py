@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from thresher.config.archs import ARCH_SPEC
 from thresher.config.files import run_dir_of
+from thresher.config.kinds import modality_spec_of
 from thresher.config.resources import harvest_resources
 from thresher.config.saes import MONO_STEP_COST, SAEConfig
 from thresher.config.schema import Config, ConfigError, SourceConfig, TrainConfig
 from thresher.config.sweep import expand_sweep, fmt
-from thresher.config.synthetic import describe_synthetic, synthetic_config
 
 
 def sae_cost(sae: SAEConfig) -> float:
@@ -73,16 +73,14 @@ class Plan:
         for stream in self.streams:
             src = stream.source
             harvest = harvest_resources(cfg, src)
-            model = src.backbone.model or "<random weights from config>"
             n_saes = len(stream.saes)
             if stream.store is not None:
                 what = f"stored {stream.store.description}"
-            elif src.backbone.kind == "synthetic":
-                what = describe_synthetic(synthetic_config(src.backbone))
             else:
-                what = (f"{src.backbone.kind} {model} @ {', '.join(stream.hooks)}, inputs "
-                        f"{src.inputs.kind} (context {src.inputs.context}, max_tokens "
-                        f"{src.inputs.max_tokens}), batch {src.batch_size}")
+                what = src.backbone.describe()
+            if modality_spec_of(src.backbone.kind).inputs:
+                what += (f" @ {', '.join(stream.hooks)}, {src.inputs.describe()}, batch "
+                         f"{src.batch_size}")
             lines += [
                 f"stream {stream.stream_id}: {what}",
                 f"  harvest: 1 pass for {len(stream.hooks)} hook(s), {harvest.harvesters} "
@@ -168,7 +166,7 @@ def make_plan(cfg: Config, stores: Mapping[str, StoredStore] | None = None) -> P
     `stores`: each stored source's store by stream id (`thresher.plan` reads them)."""
     stores = dict(stores or {})
     for source in cfg.sources:
-        if source.backbone.kind == "stored" and source.name not in stores:
+        if source.backbone.replays_store and source.name not in stores:
             raise ConfigError(f"stream {source.name!r} replays a store whose header this plan "
                               "was not given; plan the config with thresher.plan(config)")
     hooks = {source.name: stores[source.name].hooks if source.name in stores else source.hooks

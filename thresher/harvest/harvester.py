@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from thresher.config import SourceConfig
-from thresher.modalities.contract import Backbone, InputBatch
+from thresher.modalities.contract import Backbone, InputBatch, load_backbone
 from thresher.modalities.registry import modality_of
 from thresher.stream.block import ActivationBlock
 from thresher.stream.pump import HarvestReport
@@ -33,7 +33,7 @@ class Harvester:
         self.device = device
         self.base_dir = Path(base_dir) if base_dir is not None else Path.cwd()
         self.modality = modality_of(source)
-        self.backbone: Backbone = self.modality.load_backbone(source, device, self.base_dir)
+        self.backbone: Backbone = load_backbone(source, device, self.base_dir)
         self.unreadable = 0  # images the CPU stage could not decode, summed over batches
         self.forward_calls = 0
         self.nonfinite_rows = 0  # rows dropped for NaN or Inf, summed over batches

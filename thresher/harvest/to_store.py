@@ -30,9 +30,9 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
     stream order and every hook of it, into an LMDB store (a local path), or a shard store
     (a URI: thresher/modalities/stored/shards.py)."""
     source = cfg.source_named(stream) if stream is not None else cfg.source
-    if source.backbone.kind == "stored":
-        raise ConfigError("source.backbone.kind is 'stored': that source already replays a "
-                          "store; harvest a config with a model backbone")
+    if source.backbone.replays_store:
+        raise ConfigError(f"source.backbone.kind is {source.backbone.kind!r}: that source "
+                          "already replays a store; harvest a config with a model backbone")
     path = (out if uri_io.is_uri(out) else Path(out)) if out is not None \
         else default_store_path(cfg)
     start = time.perf_counter()

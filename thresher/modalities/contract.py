@@ -1,10 +1,12 @@
 """The contract every modality keeps, and the types the harvest hands along.
 
 A modality (one folder under thresher/modalities/) is one `Modality` value, registered in
-thresher/modalities/registry.py. It turns a source into `Inputs` (typed input batches and the
-inputs manifest), may decode a batch in a CPU stage first (`Decoder`), loads a `Backbone`
-whose `harvest(batch)` makes exactly one ActivationBlock per input batch, checks a source
-cheaply before a run (`preflight`) and renders a stream's examples for the report.
+thresher/modalities/registry.py, and its YAML words in its torch-free spec.py (its input kinds
+and its backbone kinds' settings, which config reads). It turns a source into `Inputs` (typed
+input batches and the inputs manifest), may decode a batch in a CPU stage first (`Decoder`),
+checks a source cheaply before a run (`preflight`) and renders a stream's examples for the
+report. Each backbone kind is one class (`BackboneKind`, named by its settings) that loads a
+`Backbone` whose `harvest(batch)` makes exactly one ActivationBlock per input batch.
 
 An input batch is a frozen dataclass of numpy arrays of fixed shape: across processes it
 travels as plain numpy arrays, the argument of one harvester actor call.
@@ -12,36 +14,25 @@ travels as plain numpy arrays, the argument of one harvester actor call.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from thresher.config import SourceConfig
+from thresher.config import BackboneConfig, SourceConfig
 from thresher.stream.block import ActivationBlock
 
 if TYPE_CHECKING:
     from thresher.modalities.render import Examples, ExamplesRequest
 
-B = TypeVar("B", bound="InputBatch")
-
 
 @dataclass(frozen=True, eq=False)
 class InputBatch:
     """One backbone forward's inputs; each modality's batch type subclasses it."""
-
-    def to_columns(self) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_columns(cls: type[B], columns: Mapping[str, Any]) -> B:
-        """The batch from its columns; other columns (the pipeline's batch index) are left."""
-        return cls(**{f.name: columns[f.name] for f in dataclasses.fields(cls)})
 
     @property
     def unreadable_examples(self) -> tuple[int, ...]:
@@ -81,7 +72,7 @@ class Inputs:
     batches: list[InputBatch]  # one per backbone forward, fixed shapes
     manifest: pa.Table | None  # the modality's manifest schema; a store's: the stored one
     n_examples: int
-    n_tokens: int  # the rows the harvest produces (an estimate for images)
+    planned_rows: int  # the rows the harvest produces (an estimate where the model decides)
     # Inputs skipped while listing, each named with why ("a.edf: not an EDF file"); those
     # the CPU stage cannot decode are named by the harvest (HarvestReport.unreadable_examples).
     unreadable: tuple[str, ...] = ()
@@ -112,6 +103,33 @@ def lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
+class BackboneKind(Protocol):
+    """The code of one backbone kind (its settings name it: `BackboneConfig.implementation`).
+    Each modality asks more of its kinds (text: thresher/modalities/text/kind.py, image:
+    image/kind.py); every kind loads its backbone."""
+
+    def load(self, source: SourceConfig, device: str, base_dir: Path) -> Backbone: ...
+
+
+_KINDS: dict[str, Any] = {}
+
+
+def kind_code(backbone: BackboneConfig) -> Any:
+    """The kind class named by the settings' `implementation`, made once per process and
+    imported on first use (model libraries load only where a kind runs)."""
+    path = type(backbone).implementation
+    if path not in _KINDS:
+        module, _, name = path.partition(":")
+        _KINDS[path] = getattr(importlib.import_module(module), name)()
+    return _KINDS[path]
+
+
+def load_backbone(source: SourceConfig, device: str, base_dir: Path) -> Backbone:
+    """The source's backbone, loaded by its kind."""
+    kind: BackboneKind = kind_code(source.backbone)
+    return kind.load(source, device, base_dir)
+
+
 def no_preflight(source: SourceConfig, base_dir: Path) -> None:
     """A modality without checks before a run beyond the config's."""
 
@@ -121,11 +139,8 @@ class Modality:
     """One modality: what the harvest, `thresher plan` and the report ask of it."""
 
     name: str
-    backbone_kinds: tuple[str, ...]  # the `source.backbone.kind`s it serves: config's
-    # declaration of them (thresher/config/schema.py, MODALITY_KINDS), where YAML is checked
-    batch_type: type[InputBatch]  # what its backbones harvest (after any decoding)
+    batch_type: type[InputBatch]  # what its backbone kinds harvest (after any decoding)
     prepare_inputs: Callable[[SourceConfig, int, Path], Inputs]  # (source, seed, base_dir)
-    load_backbone: Callable[[SourceConfig, str, Path], Backbone]  # (source, device, base_dir)
     manifest_schema: pa.Schema | None  # its inputs manifest (None: none of its own)
     render_examples: Callable[[ExamplesRequest], Examples]
     preflight: Callable[[SourceConfig, Path], None] = no_preflight

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from thresher.config import BackboneConfig, ConfigError
+from thresher.config import ConfigError, ModelBackboneConfig
 
 if TYPE_CHECKING:  # imported where used: the tokenizers and hub helpers need no torch
     import torch
@@ -102,7 +102,7 @@ def host_rows(rows: torch.Tensor) -> tuple[np.ndarray, bool]:
     return np.ascontiguousarray(rows.float().numpy()), False
 
 
-def torch_dtype(cfg: BackboneConfig) -> torch.dtype:
+def torch_dtype(cfg: ModelBackboneConfig) -> torch.dtype:
     import torch
 
     return torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32

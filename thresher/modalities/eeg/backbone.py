@@ -1,15 +1,17 @@
-"""The EEG backbone: a transformers PatchTSTModel; each (channel, patch) token is one row."""
+"""The patchtst kind's backbone: a transformers PatchTSTModel; each (channel, patch) token is one
+row."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from thresher.config import ConfigError, SourceConfig
-from thresher.modalities.eeg.recordings import WindowBatch, num_patches, patchtst_config
+from thresher.config import ConfigError, ModelBackboneConfig, SourceConfig
+from thresher.modalities.eeg.recordings import WindowBatch
 from thresher.modalities.model_tools import LayerTaps, host_rows, hub_offline, seeded
 from thresher.stream.block import ActivationBlock
 
@@ -24,11 +26,12 @@ class PatchTSTBackbone:
     from one forward, side by side.
     """
 
-    def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
+    def __init__(self, source: SourceConfig, config: Any, device: str = "cpu") -> None:
+        """`config`: the model's PatchTSTConfig (thresher/modalities/eeg/patchtst.py)."""
         from transformers import PatchTSTModel
 
         cfg = source.backbone
-        config = patchtst_config(cfg)
+        assert isinstance(cfg, ModelBackboneConfig)
         if cfg.config is not None:
             with seeded():
                 model = PatchTSTModel(config)
@@ -61,7 +64,6 @@ class PatchTSTBackbone:
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.device = device
         self.config = config
-        self.num_patches = num_patches(config)
         self.n_channels = int(config.num_input_channels)
         self.context = int(config.context_length)
         self.use_cls = bool(getattr(config, "use_cls_token", False))
@@ -97,7 +99,3 @@ class PatchTSTBackbone:
             example_id=np.repeat(example_id, c * p),
             position=np.tile(np.arange(c * p, dtype=np.int32), b),
         )
-
-
-def eeg_backbone(source: SourceConfig, device: str, base_dir: Path) -> PatchTSTBackbone:
-    return PatchTSTBackbone(source, device)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import Modality, lazy
 from thresher.modalities.eeg.recordings import EEG_MANIFEST_SCHEMA, WindowBatch, prepare_eeg_inputs
 
 EEG = Modality(
     name="eeg",
-    backbone_kinds=MODALITY_KINDS["eeg"].backbones,
     batch_type=WindowBatch,
     prepare_inputs=prepare_eeg_inputs,
-    load_backbone=lazy("thresher.modalities.eeg.backbone", "eeg_backbone"),
     manifest_schema=EEG_MANIFEST_SCHEMA,
     render_examples=lazy("thresher.modalities.eeg.report", "render_eeg_examples"),
 )

@@ -15,13 +15,13 @@ import importlib.util
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from thresher.config import BackboneConfig, ConfigError, SourceConfig, input_files
+from thresher.config import ConfigError, SourceConfig, input_files
 from thresher.modalities.contract import InputBatch, Inputs
+from thresher.modalities.eeg.kind import window_shape
 
 SPKIT_SAMPLE_RATE = 128  # Hz, as spkit's own loader says
 EEG_MANIFEST_SCHEMA = pa.schema([
@@ -136,26 +136,6 @@ def read_recordings(source: SourceConfig, base_dir: Path) -> tuple[list[Recordin
 # --------------------------------------------------------------------------------------------
 
 
-def patchtst_config(cfg: BackboneConfig) -> Any:
-    from transformers import PatchTSTConfig
-
-    if cfg.config is not None:
-        try:
-            return PatchTSTConfig(**cfg.config)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"source.backbone.config: {exc}") from exc
-    folder = Path(cfg.model).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"source.backbone.model {cfg.model!r} is not a local folder; patchtst "
-                          "loads a save_pretrained folder (of PatchTSTModel or a PatchTST head "
-                          "model) or builds random weights from `config`")
-    return PatchTSTConfig.from_pretrained(str(folder), local_files_only=True)
-
-
-def num_patches(config: Any) -> int:
-    return (int(config.context_length) - int(config.patch_length)) // int(config.patch_stride) + 1
-
-
 def cut_windows(signals: np.ndarray, context: int, stride: int,
                 scaling: str) -> tuple[np.ndarray, np.ndarray]:
     """(windows [n, context, channels] float32, start samples) of one recording."""
@@ -175,18 +155,19 @@ def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
     """Input batches of windows (seeded order), the manifest, and the unreadable files (each
     "path: why")."""
     cfg = source.inputs
-    config = patchtst_config(source.backbone)
-    if int(config.context_length) != cfg.context:
-        raise ConfigError(f"source.inputs.context is {cfg.context} but the PatchTST model takes "
-                          f"windows of context_length {config.context_length}; set them equal")
+    shape = window_shape(source.backbone)
+    model = f"the {source.backbone.kind} model"
+    if shape.context != cfg.context:
+        raise ConfigError(f"source.inputs.context is {cfg.context} but {model} takes windows "
+                          f"of context_length {shape.context}; set them equal")
     recordings, unreadable = read_recordings(source, base_dir)
     stride = cfg.stride or cfg.context
     windows, meta = [], []
     for rec in recordings:
-        if rec.signals.shape[0] != int(config.num_input_channels):
+        if rec.signals.shape[0] != shape.channels:
             raise ConfigError(
-                f"{rec.origin!r} has {rec.signals.shape[0]} channels but the PatchTST model "
-                f"takes num_input_channels={config.num_input_channels}; pick channels with "
+                f"{rec.origin!r} has {rec.signals.shape[0]} channels but {model} takes "
+                f"num_input_channels={shape.channels}; pick channels with "
                 "source.inputs.channels or change the model")
         w, starts = cut_windows(rec.signals, cfg.context, stride, cfg.scaling)
         windows.append(w)
@@ -218,7 +199,7 @@ def build_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path
         "length": pa.array([cfg.context] * len(chosen), type=pa.int64()),
         "channels": pa.array([rec.channels for rec, _, _ in chosen],
                              type=pa.list_(pa.string())),
-        "num_patches": pa.array([num_patches(config)] * len(chosen), type=pa.int32()),
+        "num_patches": pa.array([shape.patches] * len(chosen), type=pa.int32()),
     }, schema=EEG_MANIFEST_SCHEMA)
     return batches, manifest, tuple(unreadable)
 
@@ -229,4 +210,4 @@ def prepare_eeg_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Input
     per_window = (len(manifest.column("channels")[0]) *
                   int(manifest.column("num_patches")[0].as_py())) if n else 0
     return Inputs(batches=list(batches), manifest=manifest, n_examples=n,
-                  n_tokens=n * per_window, unreadable=unreadable)
+                  planned_rows=n * per_window, unreadable=unreadable)

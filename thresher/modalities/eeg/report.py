@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 
 from thresher.config import config_dir
-from thresher.modalities.eeg.recordings import patchtst_config, read_recordings
+from thresher.modalities.eeg.kind import window_shape
+from thresher.modalities.eeg.recordings import read_recordings
 from thresher.modalities.render import Examples, ExamplesRequest
 
 
@@ -50,6 +51,6 @@ class EEGExamples(Examples):
 
 def render_eeg_examples(request: ExamplesRequest) -> Examples:
     recordings, _ = read_recordings(request.source, config_dir(request.cfg))
-    config = patchtst_config(request.source.backbone)
+    shape = window_shape(request.source.backbone)
     return EEGExamples(request.manifest, {rec.name: rec.signals for rec in recordings},
-                       (int(config.patch_length), int(config.patch_stride)))
+                       (shape.patch_length, shape.patch_stride))

@@ -1,3 +1,4 @@
 """Images: references listed with the run seed (listing.py), the CPU stage that decodes them
-with the model's own preprocessing (decode.py), the open_clip and hf_vision backbones, the
-report's thumbnails; declared in modality.py."""
+with the model's own preprocessing (decode.py), one module per backbone kind (what it is to
+the modality: kind.py), the report's thumbnails; YAML words in spec.py, declared in
+modality.py."""

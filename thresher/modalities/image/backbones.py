@@ -21,6 +21,7 @@ from thresher.config import ConfigError, SourceConfig
 from thresher.modalities.contract import empty_block
 from thresher.modalities.image.decode import ImageBatch
 from thresher.modalities.image.model_config import hf_vision_config, open_clip_model_cfg
+from thresher.modalities.image.spec import OpenClipConfig, VisionConfig
 from thresher.modalities.model_tools import LayerTaps, host_rows, hub_offline, layer_list, seeded
 from thresher.stream.block import ActivationBlock
 
@@ -46,7 +47,7 @@ def _layer_indices(hooks: tuple[str, ...], n_layers: int, kind: str) -> dict[str
     return indices
 
 
-class _VisionBackbone(abc.ABC):
+class VisionBackbone(abc.ABC):
     """Shared row logic: capture block outputs (then stop) or take the final embedding."""
 
     model: torch.nn.Module
@@ -124,13 +125,14 @@ class _VisionBackbone(abc.ABC):
         self.d_model = sum(widths)
 
 
-class OpenClipBackbone(_VisionBackbone):
+class OpenClipBackbone(VisionBackbone):
     """The image tower of an open_clip model (OpenAI-style ViT or a timm trunk)."""
 
     def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
         import open_clip
 
         cfg = source.backbone
+        assert isinstance(cfg, OpenClipConfig)
         open_clip_model_cfg(cfg)  # a clear error for an unknown architecture
         checkpoint = cfg.checkpoint
         if checkpoint is not None and not Path(checkpoint).expanduser().is_file():
@@ -160,7 +162,7 @@ class OpenClipBackbone(_VisionBackbone):
             blocks = None
         self.hooks = source.hooks
         self.layers = _layer_indices(self.hooks, len(blocks) if blocks is not None else 0,
-                                     "open_clip")
+                                     cfg.kind)
         if blocks is None and self.layers is not None:
             raise ConfigError(f"open_clip {cfg.model!r} has no transformer blocks to hook; "
                               "use hook 'embedding'")
@@ -181,33 +183,43 @@ def _pair(size: Any) -> tuple[int, int]:
     return (int(size[0]), int(size[1]))
 
 
-class HFVisionBackbone(_VisionBackbone):
-    """A transformers ViT / SigLIP vision model (or the vision tower of a CLIP/SigLIP folder)."""
+def hf_vision_model(cfg: VisionConfig) -> tuple[torch.nn.Module, Any]:
+    """A transformers vision model (the image tower of a two-tower folder) and its config:
+    from `config` with seeded random weights, or from a local folder."""
+    from transformers import AutoModel
 
-    def __init__(self, source: SourceConfig, device: str = "cpu") -> None:
-        from transformers import AutoModel
-
-        cfg = source.backbone
-        config = hf_vision_config(cfg)
-        if cfg.config is not None:
+    config = hf_vision_config(cfg)
+    if cfg.config is not None:
+        with _offline_seeded():
+            model = AutoModel.from_config(config)
+    else:
+        try:
             with _offline_seeded():
-                model = AutoModel.from_config(config)
-        else:
-            try:
-                with _offline_seeded():
-                    model = AutoModel.from_pretrained(str(Path(cfg.model).expanduser()),
-                                                      local_files_only=True)
-            except (OSError, ValueError) as exc:
-                raise ConfigError(f"source.backbone.model {cfg.model!r}: transformers cannot "
-                                  f"load it ({str(exc)[:300]})") from exc
-        if hasattr(model, "vision_model") and hasattr(model.config, "vision_config"):
-            model = model.vision_model  # the image tower of a two-tower folder
+                model = AutoModel.from_pretrained(str(Path(cfg.model).expanduser()),
+                                                  local_files_only=True)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"source.backbone.model {cfg.model!r}: transformers cannot "
+                              f"load it ({str(exc)[:300]})") from exc
+    if hasattr(model, "vision_model") and hasattr(model.config, "vision_config"):
+        model = model.vision_model  # the image tower of a two-tower folder
+    return model, config
+
+
+class HFVisionBackbone(VisionBackbone):
+    """A transformers vision transformer (ViT, SigLIP, DINOv2): its prefix tokens (CLS,
+    registers) are what its output has beyond the patch grid."""
+
+    def __init__(self, source: SourceConfig, built: tuple[torch.nn.Module, Any],
+                 device: str = "cpu") -> None:
+        cfg = source.backbone
+        assert isinstance(cfg, VisionConfig)
+        model, config = built
         self.dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         self.model = model.to(device=device, dtype=self.dtype).eval()
         self.device = device
         n_layers = int(config.num_hidden_layers)
         self.hooks = source.hooks
-        self.layers = _layer_indices(self.hooks, n_layers, "hf_vision")
+        self.layers = _layer_indices(self.hooks, n_layers, cfg.kind)
         blocks = layer_list(_WithConfig(self.model, n_layers))[2]
         size = _pair(config.image_size)
         patch = _pair(config.patch_size)
@@ -240,9 +252,3 @@ class _WithConfig(torch.nn.Module):
         self.inner = model
         self.config = type("Cfg", (), {"num_hidden_layers": n_layers})()
         self._can_record_outputs = getattr(model, "_can_record_outputs", None)
-
-
-def image_backbone(source: SourceConfig, device: str, base_dir: Path) -> _VisionBackbone:
-    if source.backbone.kind == "open_clip":
-        return OpenClipBackbone(source, device)
-    return HFVisionBackbone(source, device)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import io
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from thresher.config import BackboneConfig, SourceConfig, resolve_dirs
+from thresher.config import SourceConfig, resolve_dirs
 from thresher.modalities.contract import InputBatch
+from thresher.modalities.image.kind import image_kind
 from thresher.modalities.image.listing import ImageRefBatch, lmdb_env, load_dataset
-from thresher.modalities.image.model_config import hf_vision_config, open_clip_model_cfg
+from thresher.modalities.image.spec import VisionConfig
 
 
 @dataclass(frozen=True, eq=False)
@@ -47,7 +47,7 @@ class ImageSpec:
     roots: tuple[str, ...]
     image_column: str
     split: str | None
-    backbone: BackboneConfig
+    backbone: VisionConfig
 
     def transform(self) -> Callable[[Any], np.ndarray]:
         return model_transform(self.backbone)
@@ -58,70 +58,15 @@ class ImageSpec:
         return decode_images(batch, self)
 
 
-def _make_transform(cfg: BackboneConfig) -> Callable[[Any], np.ndarray]:
-    if cfg.kind == "open_clip":
-        from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
-
-        model_cfg = open_clip_model_cfg(cfg)
-        pp = merge_preprocess_dict(PreprocessCfg(), model_cfg.get("preprocess_cfg", {}))
-        pp = merge_preprocess_dict(pp, _published_preprocess(cfg.model))
-        pp["size"] = model_cfg["vision_cfg"].get("image_size", pp["size"])
-        pp = merge_preprocess_dict(pp, cfg.preprocess or {})
-        tf = image_transform_v2(PreprocessCfg(**pp), is_train=False)
-        return lambda image: tf(image).numpy()
-    processor = _hf_image_processor(cfg)
-    return lambda image: processor(images=image, return_tensors="np")["pixel_values"][0]
-
-
-def _published_preprocess(name: str) -> dict[str, Any]:
-    """The preprocessing of an open_clip architecture's published weights (mean, std,
-    interpolation, resize mode), where all its pretrained tags agree; {} where they differ.
-
-    open_clip applies it only when it downloads a tag; a random-weight model or one loaded from
-    a checkpoint file gets it here too (SigLIP2: mean/std 0.5 and squash, not OpenAI's).
-    """
-    from open_clip.pretrained import get_pretrained_cfg, list_pretrained_tags_by_model
-
-    keys = ("mean", "std", "interpolation", "resize_mode")
-    found = set()
-    for tag in list_pretrained_tags_by_model(name):
-        published = get_pretrained_cfg(name, tag)
-        found.add(json.dumps({k: published[k] for k in keys if k in published}))
-    return json.loads(found.pop()) if len(found) == 1 else {}
-
-
 _TRANSFORMS: dict[str, Callable[[Any], np.ndarray]] = {}
 
 
-def model_transform(cfg: BackboneConfig) -> Callable[[Any], np.ndarray]:
+def model_transform(cfg: VisionConfig) -> Callable[[Any], np.ndarray]:
     """The model's preprocessing, built once per process (keyed by repr: configs hold dicts)."""
     key = repr(cfg)
     if key not in _TRANSFORMS:
-        _TRANSFORMS[key] = _make_transform(cfg)
+        _TRANSFORMS[key] = image_kind(cfg).transform(cfg)
     return _TRANSFORMS[key]
-
-
-def _hf_image_processor(cfg: BackboneConfig) -> Any:
-    from transformers import AutoImageProcessor, ViTImageProcessor
-
-    overrides = dict(cfg.preprocess or {})
-    folder = Path(cfg.model).expanduser() if cfg.model else None
-    own = folder is not None and (folder / "preprocessor_config.json").is_file()
-    if cfg.config is None and own:
-        processor = AutoImageProcessor.from_pretrained(str(folder), local_files_only=True)
-    else:
-        config = hf_vision_config(cfg)
-        size = int(config.image_size)
-        # ViT and SigLIP processors both resize to a square and normalise with mean/std 0.5.
-        processor = ViTImageProcessor(size={"height": size, "width": size},
-                                      image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
-    if "size" in overrides:
-        s = int(overrides["size"])
-        processor.size = {"height": s, "width": s}
-    for key in ("mean", "std"):
-        if key in overrides:
-            setattr(processor, f"image_{key}", list(overrides[key]))
-    return processor
 
 
 def read_image(spec: ImageSpec, ref: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import Modality, lazy
 from thresher.modalities.image.decode import ImageBatch, image_spec
 from thresher.modalities.image.inputs import prepare_image_inputs
@@ -10,10 +9,8 @@ from thresher.modalities.image.listing import IMAGE_MANIFEST_SCHEMA
 
 IMAGE = Modality(
     name="image",
-    backbone_kinds=MODALITY_KINDS["image"].backbones,
     batch_type=ImageBatch,
     prepare_inputs=prepare_image_inputs,
-    load_backbone=lazy("thresher.modalities.image.backbones", "image_backbone"),
     manifest_schema=IMAGE_MANIFEST_SCHEMA,
     render_examples=lazy("thresher.modalities.image.report", "render_image_examples"),
     decoder=image_spec,

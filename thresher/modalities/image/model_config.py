@@ -6,10 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from thresher.config import BackboneConfig, ConfigError
+from thresher.config import ConfigError
+from thresher.modalities.image.spec import VisionConfig
 
 
-def open_clip_model_cfg(cfg: BackboneConfig) -> dict[str, Any]:
+def open_clip_model_cfg(cfg: VisionConfig) -> dict[str, Any]:
     import open_clip
 
     model_cfg = open_clip.get_model_config(cfg.model)
@@ -20,7 +21,7 @@ def open_clip_model_cfg(cfg: BackboneConfig) -> dict[str, Any]:
     return {**model_cfg, **(cfg.config or {})}
 
 
-def hf_vision_config(cfg: BackboneConfig) -> Any:
+def hf_vision_config(cfg: VisionConfig) -> Any:
     from transformers import AutoConfig
 
     from thresher.modalities.model_tools import transformers_config

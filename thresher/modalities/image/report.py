@@ -14,6 +14,7 @@ import pandas as pd
 
 from thresher.config import SourceConfig, config_dir
 from thresher.modalities.image.decode import image_spec, read_image
+from thresher.modalities.image.kind import image_kind
 from thresher.modalities.render import Examples, ExamplesRequest
 
 THUMB = 112  # thumbnail side, pixels
@@ -72,7 +73,7 @@ def render_image_examples(request: ExamplesRequest) -> Examples:
         return read_image(spec, f"{roots.index(root)}:{key}")
 
     layout = token_layout(source, request.record, request.stream_id, request.examples)
-    return ImageExamples(request.manifest, read, layout, crop=source.backbone.kind == "open_clip",
+    return ImageExamples(request.manifest, read, layout, crop=image_kind(source.backbone).crop,
                          folder=request.out / "images" / request.stream_id)
 
 

@@ -44,10 +44,6 @@ class ShardStoreError(ConfigError):
     """A shard store that cannot be replayed; the message names the object and the fix."""
 
 
-def is_shard_store(location: str) -> bool:
-    return uri_io.is_file(uri_io.join(location, MANIFEST))
-
-
 class BlockLayout:
     """What every block of one store shares (width, label column, dtype, hooks): the first
     block sets it, the others must match. A mixin of both store writers, whose fields these

@@ -15,15 +15,22 @@ from thresher.modalities.contract import BlockIndexBatch, Inputs
 from thresher.modalities.render import Examples, ExamplesRequest
 from thresher.modalities.stored.lmdb import LmdbStore
 from thresher.modalities.stored.npy import NpyShardStore
+from thresher.modalities.stored.spec import StoredConfig
 from thresher.modalities.stored.store import Store, hooks_of, open_store, rows_of
 from thresher.stream.block import ActivationBlock
 
 
 def store_path(source: SourceConfig, base_dir: Path) -> Path | str:
-    if uri_io.is_uri(source.backbone.model):  # a shard store in an object store
-        return source.backbone.model
-    p = Path(source.backbone.model).expanduser()
+    location = stored_settings(source).model
+    if uri_io.is_uri(location):  # a shard store in an object store
+        return location
+    p = Path(location).expanduser()
     return p if p.is_absolute() else Path(base_dir) / p
+
+
+def stored_settings(source: SourceConfig) -> StoredConfig:
+    assert isinstance(source.backbone, StoredConfig)
+    return source.backbone
 
 
 class StoredBackbone:
@@ -67,7 +74,7 @@ def check_stored_hook(source: SourceConfig, store: Store
 def read_stores(cfg: Config) -> dict[str, StoredStore]:
     """The header of each stored source's store, by stream id: what its plan replays."""
     return {source.name: read_store(source, config_dir(cfg))
-            for source in cfg.sources if source.backbone.kind == "stored"}
+            for source in cfg.sources if source.backbone.replays_store}
 
 
 def read_store(source: SourceConfig, base_dir: Path) -> StoredStore:
@@ -97,7 +104,7 @@ def prepare_stored_inputs(source: SourceConfig, seed: int, base_dir: Path) -> In
         manifest = _as_harvested(store.manifest())
         n = manifest.num_rows if manifest is not None else 0
         return Inputs(batches=list(batches), manifest=manifest, n_examples=n,
-                      n_tokens=rows_of(store))
+                      planned_rows=rows_of(store))
     finally:
         store.close()
 
@@ -112,8 +119,11 @@ def _as_harvested(manifest: pa.Table | None) -> pa.Table | None:
     return manifest.cast(pa.schema(fields, metadata=manifest.schema.metadata))
 
 
-def stored_backbone(source: SourceConfig, device: str, base_dir: Path) -> StoredBackbone:
-    return StoredBackbone(source, base_dir)
+class Stored:
+    """The `stored` kind (thresher/modalities/stored/spec.py): its backbone reads the store."""
+
+    def load(self, source: SourceConfig, device: str, base_dir: Path) -> StoredBackbone:
+        return StoredBackbone(source, base_dir)
 
 
 def preflight_stored(source: SourceConfig, base_dir: Path) -> None:

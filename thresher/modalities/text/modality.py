@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from thresher.config import MODALITY_KINDS
 from thresher.modalities.contract import Modality, lazy
 from thresher.modalities.text.preflight import preflight_text
 from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA, TokenBatch, prepare_text_inputs
 
 TEXT = Modality(
     name="text",
-    backbone_kinds=MODALITY_KINDS["text"].backbones,
     batch_type=TokenBatch,
     prepare_inputs=prepare_text_inputs,
-    load_backbone=lazy("thresher.modalities.text.backbones", "text_backbone"),
     manifest_schema=TEXT_MANIFEST_SCHEMA,
     render_examples=lazy("thresher.modalities.text.report", "render_text_examples"),
     preflight=preflight_text,

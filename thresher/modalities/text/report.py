@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 
 from thresher.modalities.render import Examples, ExamplesRequest
-from thresher.modalities.text.tokenizers import load_tokenizer
+from thresher.modalities.text.kind import load_tokenizer
 
 
 class TextExamples(Examples):

@@ -15,15 +15,15 @@ over the content positions (the last one included). `*_content` columns keep thr
 baseline, which zeroes only the content positions and leaves BOS/[CLS]/[SEP] intact: a milder
 ablation (models lean on BOS as an attention sink), hence a smaller CE_zero − CE_clean.
 
-transformer_lens: a TransformerLens hook (`run_with_hooks`) on the full HookedTransformer.
-hf_text: a forward hook on the hooked layer of a causal LM (`AutoModelForCausalLM`); encoders
-without a language-model head (MiniLM) have no next-token loss, and `splice_supported` says so.
+Each text kind wires the replacement into its whole model (`SplicingKind.splice`):
+transformer_lens with `run_with_hooks`, hf_text with a forward hook on the hooked layer of a
+causal LM (`AutoModelForCausalLM`); encoders without a language-model head (MiniLM) have no
+next-token loss, and `splice_supported` says so.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -32,12 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from thresher.config import BackboneConfig, ConfigError, SourceConfig
-from thresher.modalities.model_tools import hub_offline, layer_list, seeded
-from thresher.modalities.text.backbones import TransformerLensBackbone
-from thresher.modalities.text.loading import hf_config, local_model_path
-
-Replace = Callable[[torch.Tensor], torch.Tensor]
+from thresher.config import ConfigError, SourceConfig
+from thresher.modalities.contract import kind_code
+from thresher.modalities.text.kind import Replace, SplicingKind
 
 
 @dataclass(frozen=True)
@@ -73,19 +70,10 @@ class SplicedLM:
         self.hook = hook
         self._replace: Replace | None = None
         self._content: torch.Tensor | None = None  # [B, T] bool: positions to replace
-        kind = source.backbone.kind
-        if kind == "transformer_lens":
-            tl = TransformerLensBackbone(source.backbone, hook, device)
-            self.model: Any = tl.model
-            self._logits = self._tl_logits
-        elif kind == "hf_text":
-            self.model = _hf_causal_lm(source.backbone, device)
-            self._layer = _hf_layer(self.model, hook)
-            self._layer.register_forward_hook(self._hf_hook)
-            self._logits = self._hf_logits
-        else:
-            raise ConfigError(f"cannot splice into a {kind!r} backbone; "
-                              "valid: transformer_lens, hf_text")
+        kind: SplicingKind = kind_code(source.backbone)
+        target = kind.splice(source.backbone, hook, device, self._apply)
+        self.model: Any = target.model
+        self._logits = target.logits
 
     # -- replacement at the hook ---------------------------------------------------------------
 
@@ -99,18 +87,6 @@ class SplicedLM:
         rows = flat[mask].float()
         out[mask] = self._replace(rows).to(out.dtype)
         return out.reshape(shape)
-
-    def _hf_hook(self, module: torch.nn.Module, args: tuple, output: Any) -> Any:
-        if isinstance(output, tuple):
-            return (self._apply(output[0]), *output[1:])
-        return self._apply(output)
-
-    def _tl_logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hook = [(self.hook, lambda acts, hook: self._apply(acts))]
-        return self.model.run_with_hooks(tokens, fwd_hooks=hook, return_type="logits")
-
-    def _hf_logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=tokens, attention_mask=attention_mask).logits
 
     @contextmanager
     def replacing(self, replace: Replace | None, content: torch.Tensor) -> Iterator[None]:
@@ -127,61 +103,13 @@ class SplicedLM:
             return self._logits(tokens.to(self.device), attention_mask.to(self.device)).float()
 
 
-def _hf_causal_lm(cfg: BackboneConfig, device: str) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    try:
-        if cfg.config is not None:
-            with seeded():
-                model = AutoModelForCausalLM.from_config(hf_config(cfg))
-        else:
-            with hub_offline():
-                model = AutoModelForCausalLM.from_pretrained(
-                    local_model_path(cfg.model), local_files_only=True)
-    except ValueError as exc:  # transformers: "Unrecognized configuration class ..."
-        raise ConfigError(f"source.backbone {cfg.model or cfg.config!r} is not a causal "
-                          f"language model, so it has no next-token loss to splice into "
-                          f"({str(exc).splitlines()[0][:200]})") from exc
-    return model.to(device=device).eval()
-
-
-def _hf_layer(model: torch.nn.Module, hook: str) -> torch.nn.Module:
-    match = re.fullmatch(r"layer\.(\d+)", hook)
-    if match is None:
-        raise ConfigError(f"splicing into an hf_text model needs a `layer.N` hook, got {hook!r}")
-    _, _, layers = layer_list(model)
-    index = int(match.group(1))
-    if index >= len(layers):
-        raise ConfigError(f"hook {hook!r}: the model has {len(layers)} layers")
-    return layers[index]
-
-
 def splice_supported(source: SourceConfig) -> str | None:
     """None if CE/KL can be measured for this source, else the reason why not."""
-    if source.backbone.kind == "transformer_lens":
-        return None
-    if source.backbone.kind == "hf_text":
-        from transformers import AutoConfig
-
-        try:
-            if source.backbone.config is not None:
-                config = hf_config(source.backbone)
-            else:
-                with hub_offline():
-                    config = AutoConfig.from_pretrained(
-                        local_model_path(source.backbone.model),
-                        local_files_only=True)
-        except Exception as exc:
-            return f"cannot read the model config ({type(exc).__name__})"
-        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING, MODEL_FOR_MASKED_LM_MAPPING
-
-        # BERT-style encoders also map to an LM-head class, but only as decoders (is_decoder).
-        encoder = type(config) in MODEL_FOR_MASKED_LM_MAPPING and not config.is_decoder
-        if type(config) not in MODEL_FOR_CAUSAL_LM_MAPPING or encoder:
-            return (f"{type(config).__name__} is an encoder without a next-token head "
-                    "(CE-loss recovered is defined for causal language models)")
-        return None
-    return f"{source.backbone.kind} is not a language model"
+    splice_problem = getattr(kind_code(source.backbone), "splice_problem", None)
+    if splice_problem is None:
+        return f"{source.backbone.kind} is not a language model"
+    problem: str | None = splice_problem(source)
+    return problem
 
 
 def _pad(windows: Sequence[np.ndarray], pad_id: int, n_prefix: int, n_suffix: int

@@ -1,7 +1,7 @@
 """Tokenizers of the text backbones: content ids, and the special ids put around a window.
 
-`load_tokenizer` gives the tokenizer that matches a backbone config, loaded without the model:
-a transformers tokenizer (hf_text; TransformerLens models that name one) or UTF-8 bytes for a
+Each text kind loads its own (thresher/modalities/text/kind.py, `load_tokenizer`): a
+transformers tokenizer (hf_text; TransformerLens models that name one) or UTF-8 bytes for a
 random-weight TransformerLens model without one.
 """
 
@@ -10,17 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from thresher.config import BackboneConfig, ConfigError
 from thresher.modalities.model_tools import hub_offline
-from thresher.modalities.text.loading import (
-    BYTE_BOS,
-    BYTE_VOCAB,
-    MINILM,
-    check_vocab,
-    hf_config,
-    local_model_path,
-    unloadable,
-)
+from thresher.modalities.text.loading import BYTE_BOS, BYTE_VOCAB, unloadable
+from thresher.modalities.text.spec import TextBackboneConfig
 
 
 class Tokenizer(Protocol):
@@ -94,7 +86,8 @@ class ByteTokenizer:
             "utf-8", errors="replace")
 
 
-def _hf_auto_tokenizer(name: str, cfg: BackboneConfig, **kwargs: Any) -> Any:
+def hf_auto_tokenizer(name: str, cfg: TextBackboneConfig, **kwargs: Any) -> Any:
+    """A transformers tokenizer from a local folder or the cache, offline."""
     from transformers import AutoTokenizer
 
     try:
@@ -102,57 +95,3 @@ def _hf_auto_tokenizer(name: str, cfg: BackboneConfig, **kwargs: Any) -> Any:
             return AutoTokenizer.from_pretrained(name, local_files_only=True, **kwargs)
     except Exception as exc:  # transformers raises OSError, ValueError, ... for a missing model
         raise unloadable(cfg, exc) from exc
-
-
-def _hf_text_tokenizer(cfg: BackboneConfig) -> HFTokenizer:
-    # A random-weight model built from `config` without a model folder uses MiniLM's tokenizer.
-    tokenizer = HFTokenizer(_hf_auto_tokenizer(local_model_path(cfg.model or MINILM), cfg))
-    if cfg.config is not None:
-        check_vocab(hf_config(cfg).vocab_size, tokenizer.size,
-                     f"the tokenizer of {cfg.model or MINILM!r}")
-    return tokenizer
-
-
-def _tl_tokenizer_from_name(tokenizer_name: str, prepend_bos: bool,
-                            cfg: BackboneConfig) -> HFTokenizer:
-    hf = _hf_auto_tokenizer(tokenizer_name, cfg)
-    if hf.pad_token_id is None and hf.eos_token_id is not None:
-        hf.pad_token = hf.eos_token  # as TransformerLens does for GPT-style tokenizers
-    bos = hf.bos_token_id if hf.bos_token_id is not None else hf.eos_token_id
-    prefix = [int(bos)] if prepend_bos and bos is not None else []
-    return HFTokenizer(hf, prefix=prefix, suffix=[])
-
-
-def _transformer_lens_tokenizer(cfg: BackboneConfig) -> HFTokenizer | ByteTokenizer:
-    if cfg.config is not None:
-        config = cfg.config
-        prepend_bos = bool(config.get("default_prepend_bos", True))
-        if config.get("tokenizer_name"):
-            return _tl_tokenizer_from_name(str(config["tokenizer_name"]), prepend_bos, cfg)
-        check_vocab(int(config.get("d_vocab", -1)), BYTE_VOCAB,
-                     "the byte-level tokenizer (used when the config names no tokenizer_name)")
-        return ByteTokenizer(prepend_bos)
-    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
-
-    try:
-        with hub_offline():
-            tl_cfg = get_pretrained_model_config(cfg.model, local_files_only=True)
-    except Exception as exc:
-        raise unloadable(cfg, exc) from exc
-    return _tl_tokenizer_from_name(tl_cfg.tokenizer_name or cfg.model,
-                                   bool(tl_cfg.default_prepend_bos), cfg)
-
-
-def load_tokenizer(cfg: BackboneConfig) -> Tokenizer:
-    """The tokenizer that matches `load_backbone(cfg, ...)`, loaded without the model."""
-    if cfg.kind == "hf_text":
-        return _hf_text_tokenizer(cfg)
-    if cfg.kind == "transformer_lens":
-        return _transformer_lens_tokenizer(cfg)
-    raise ConfigError(f"source.backbone.kind {cfg.kind!r} is not a text backbone; "
-                      "valid: hf_text, transformer_lens")
-
-
-# --------------------------------------------------------------------------------------------
-# hf_text
-# --------------------------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import pyarrow as pa
 from thresher.config import ConfigError, SourceConfig
 from thresher.modalities.contract import InputBatch, Inputs
 from thresher.modalities.text.corpora import read_corpus
-from thresher.modalities.text.tokenizers import Tokenizer, load_tokenizer
+from thresher.modalities.text.kind import load_tokenizer
+from thresher.modalities.text.tokenizers import Tokenizer
 
 RUN_BATCHES = 32  # windows are length-sorted in runs of this many batches
 
@@ -136,7 +137,7 @@ def build_inputs(source: SourceConfig, seed: int, base_dir: Path,
         schema=TEXT_MANIFEST_SCHEMA,
     )
     return Inputs(batches=batches, manifest=manifest, n_examples=len(fed),
-                  n_tokens=int(sum(len(w) for w in windows)))
+                  planned_rows=int(sum(len(w) for w in windows)))
 
 
 def prepare_text_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:

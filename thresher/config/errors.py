@@ -1,0 +1,5 @@
+"""The one error a config raises: what is wrong, where, and how to fix it."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message says where and how to fix it."""
