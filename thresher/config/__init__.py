@@ -24,6 +24,7 @@ from thresher.config.plan import (
     make_plan,
     pack_trainers,
     sae_cost,
+    train_steps,
 )
 from thresher.config.resources import HarvestResources, harvest_resources, torch_threads
 from thresher.config.saes import (
@@ -110,4 +111,5 @@ __all__ = [
     "sae_cost",
     "to_plain",
     "torch_threads",
+    "train_steps",
 ]

@@ -25,12 +25,13 @@ from thresher.config.saes import (
     ReLUSettings,
     TopKSettings,
 )
+from thresher.errors import UserError
 
 DEFAULT_CONFIG_NAME = "default"
 DEFAULT_CONFIG_PATH = Path(__file__).parents[1] / "configs" / "default.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config that cannot run; the message says where and how to fix it."""
 
 
