@@ -8,7 +8,6 @@ actor resumes where its last complete checkpoint left off.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 
 from thresher import uri_io
 from thresher.analysis.curves import TrainingCurves
-from thresher.config import SAEConfig, TrainConfig
+from thresher.config import SAEConfig, TrainConfig, train_steps
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.stats import StreamStats
@@ -45,7 +44,7 @@ class Trainer:
         # A URI (a trainer on another node) or a local path: the folder written through.
         self.run_dir = uri_io.working_dir(run_dir)
         self.hook_name = hook_name
-        self.total_steps = max(1, math.ceil(train.rows / train.batch_size))
+        self.total_steps = train_steps(train)
         self.bank = SAEBank(self.saes, stats, train, self.total_steps, device=device)
         self.rows_seen = 0
         self.tensor_copied_rows = 0  # rows x copies batch_tensor made of them
