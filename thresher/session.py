@@ -17,6 +17,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from thresher.analysis.curves import TrainingCurves
 from thresher.analysis.evaluate import (
     CopiesPerRow,
     TrainerCounters,
@@ -78,6 +79,10 @@ class TrainerSession:
         # Restores from the trainer's own checkpoints, so a restarted trainer resumes here.
         self.trainer = Trainer(plan.trainer_id, plan.saes, cfg.train, stats, run_dir,
                                device=device, hook_name=plan.hook)
+        self.trainer.track_curves(TrainingCurves(
+            plan.trainer_id, [s.sae_id for s in plan.saes], self.trainer.bank.d_in,
+            [s.d_sae for s in plan.saes], every=cfg.train.curve_every,
+            first_step=self.trainer.step))
         # A CUDA trainer gathers into pinned memory, whence batches go to the GPU directly.
         on_cuda = self.trainer.bank.device.type == "cuda"
         # Gathers take the trainer's threads where those are free: between steps, or while a
