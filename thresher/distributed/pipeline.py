@@ -165,7 +165,7 @@ def _finish_stream(running: _RunningStream, curves: CurveLog
 
     actor = running.stream_actor
     harvest, log_summary, stats, placement, pump, progress, points = ray.get([
-        running.harvest_ref, actor.log_summary.remote(), actor.stats.remote(),
+        running.harvest_ref, actor.log_summary.remote(), actor.stream_stats.remote(),
         actor.placement.remote(), actor.pump_cost.remote(), actor.progress.remote(),
         actor.take_curve_points.remote()])
     curves.add(points)

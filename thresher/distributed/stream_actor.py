@@ -152,17 +152,18 @@ class StreamActor(StreamService[Ref, Ref]):
         """This process's CPU seconds, and its memory growth while it streamed (sampled)."""
         return self.memory.cost()
 
-    def stats(self, hook: str | None = None, timeout: float = 5.0
-              ) -> StreamStats | dict[str, StreamStats] | None:
-        """A hook's scale and bias estimate (every hook's without `hook`), once the first
-        rows are in; None while they are not."""
+    def stream_stats(self, timeout: float = 5.0) -> dict[str, StreamStats] | None:
+        """Every hook's scale and bias estimate, once the first rows are in; None while they
+        are not after `timeout` seconds."""
         import ray
 
         pending = self.stats_estimate(timeout)
-        if pending is None:
-            return None
-        stats: dict[str, StreamStats] = ray.get(pending)  # a small task result
-        return stats if hook is None else stats[hook]
+        return None if pending is None else ray.get(pending)  # a small task result
+
+    def hook_stats(self, hook: str, timeout: float = 5.0) -> StreamStats | None:
+        """One hook's estimate (a trainer's), as `stream_stats`."""
+        stats = self.stream_stats(timeout)
+        return None if stats is None else stats[hook]
 
 
 class MemorySampler:

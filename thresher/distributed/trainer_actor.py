@@ -109,7 +109,7 @@ class TrainerActor:
         tid, hook = self.plan.trainer_id, self.plan.hook
         stats = None
         while stats is None:
-            stats = ray.get(actor.stats.remote(hook))
+            stats = ray.get(actor.hook_stats.remote(hook))
         stream = ActorTrainerStream(actor, tid, hook)
         session = TrainerSession(self.cfg, self.stream_id, self.plan, stats, self.run_dir,
                                  self.device, stream=stream)
