@@ -248,3 +248,22 @@ def test_curve_points_wait_for_the_driver_once(tmp_path: Path) -> None:
     service.report_curve_points([{"sae_id": "a", "step": 16}])
     assert [p["step"] for p in service.take_curve_points()] == [8, 16]
     assert service.take_curve_points() == []
+
+
+def test_a_harvester_actor_s_call_without_ray(tmp_path: Path) -> None:
+    """HarvestWorker is a plain class: one call harvests one batch into the columns the object
+    store will hold, reporting their bytes and the copies a row takes to get there (the store's
+    write; one hook needs no column of its own)."""
+    from thresher.distributed.harvest_worker import HarvestWorker
+    from thresher.harvest.harvester import Harvester
+    from thresher.modalities.contract import BlockIndexBatch
+
+    source = load_config(synthetic_config(tmp_path)).source
+    (report, nbytes), columns = HarvestWorker(source, 0.0, 1, str(tmp_path)).harvest(
+        BlockIndexBatch.of(3))
+    expected = Harvester(source).harvest(BlockIndexBatch.of(3))
+    block = ActivationBlock.from_columns(columns)
+    np.testing.assert_array_equal(block.acts, expected.acts)
+    np.testing.assert_array_equal(block.example_id, expected.example_id)
+    assert nbytes == sum(c.nbytes for c in columns.values())
+    assert (report.rows, report.forward_calls, report.row_copies) == (BLOCK_ROWS, 1, 1)
