@@ -26,7 +26,7 @@ from thresher.outcome import RunOutcome, StreamOutcome, TrainerOutcome
 from thresher.progress import Progress
 from thresher.session import TrainerSession
 from thresher.stream.block import ActivationBlock
-from thresher.stream.chunker import load_pieces
+from thresher.stream.chunker import Piece, load_pieces
 from thresher.stream.stats import StreamStats, estimate_hook_stats
 
 # Inline, a block's handle is the block itself.
@@ -50,7 +50,7 @@ def run_inline(plan: Plan, run_dir: Path, curves: CurveLog,
     return outcome
 
 
-def _estimate(pieces: list) -> dict[str, StreamStats]:
+def _estimate(pieces: list[Piece[ActivationBlock]]) -> dict[str, StreamStats]:
     return estimate_hook_stats(load_pieces(pieces, list))
 
 

@@ -129,6 +129,19 @@ class _RunningStream:
         """What the driver waits on: trainer results, and the harvest until it is over."""
         return [*self.pending, *([] if self.harvest_done else [self.harvest_ref])]
 
+    def take(self, done: list[Any]) -> None:
+        """Take this stream's finished calls among `done`: its harvest (raising if it failed)
+        and its trainers' results."""
+        import ray
+
+        for ref in done:
+            if ref == self.harvest_ref:
+                ray.get(ref)  # raises if the harvest failed
+                self.harvest_done = True
+            elif ref in self.pending:
+                self.pending.pop(ref)
+                self.results.append(ray.get(ref))
+
 
 def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
                   streams_at_once: int, cluster: Mapping[str, float]) -> _RunningStream:
@@ -213,13 +226,7 @@ def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool 
             done.sort(key=lambda ref: ref not in harvests)
             steps: dict[str, int] = {}
             for stream_id, r in list(running.items()):
-                for ref in done:
-                    if ref == r.harvest_ref:
-                        ray.get(ref)  # raises if the harvest failed
-                        r.harvest_done = True
-                    elif ref in r.pending:
-                        r.pending.pop(ref)
-                        r.results.append(ray.get(ref))
+                r.take(done)
                 if not r.pending:  # every trainer of the stream returned
                     trainers, outcome.streams[stream_id] = _finish_stream(r, curves)
                     outcome.trainers += trainers
