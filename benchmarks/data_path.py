@@ -120,6 +120,7 @@ def consumer_cls() -> Any:
             import torch
 
             from thresher.distributed.blocks import load_blocks
+            from thresher.harvest.service import group_of
             from thresher.stream.reader import BatchReader, EndOfStream, NotReady
             from thresher.train.loop import CURSOR_DONE
             from thresher.train.trainer import batch_tensor
@@ -127,12 +128,7 @@ def consumer_cls() -> Any:
             stream = ray.get_actor(stream_name)
 
             def fetch(g: int) -> Any:
-                status, payload = ray.get(stream.group.remote(trainer_id, g, 0))
-                if status == "end":
-                    raise EndOfStream
-                if status == "wait":
-                    raise NotReady
-                return payload
+                return group_of(ray.get(stream.group.remote(trainer_id, g, 0)))
 
             cpu = torch.device("cpu")
 
@@ -182,13 +178,13 @@ def measure(args: argparse.Namespace, shards: Path, out: Path, consumers: int,
 
     import thresher
     from thresher.config import load_config
-    from thresher.distributed.stream_actor import stream_actor_cls
+    from thresher.distributed.stream_actor import stream_actor_class
 
     cfg = load_config(config(args, shards, out, consumers))
     (stream,) = thresher.plan(cfg).streams
     name = f"data-path-{consumers}-{time.time_ns()}"
-    actor = stream_actor_cls().options(name=name).remote(cfg, stream, str(out), name)
-    harvest = actor.harvest.remote()
+    actor = stream_actor_class().options(name=name).remote(cfg, stream, str(out))
+    harvest = actor.run_harvest.remote()
     workers = [consumer_cls().remote() for _ in stream.trainers]
     if passes > 1:
         ray.get(harvest)  # the stream fits in the log: the harvest ends with every chunk in

@@ -117,10 +117,10 @@ def faulty_run(ray_session: Any, shards: Path,
     thread.start()
     stream = ray.get_actor(named_actor(ray, "thresher-stream-fault-")[0])
     trainer = ray.get_actor(named_actor(ray, "thresher-trainer-fault-")[0])
-    progress = wait_until(lambda: (p := ray.get(stream.progress.remote()))["steps"]["t0"] >= 10
+    progress = wait_until(lambda: (p := ray.get(stream.progress.remote())).steps["t0"] >= 10
                           and p, "the trainer to pass two checkpoints")
     # The log bounds the harvest: it cannot be over yet.
-    assert progress["rows"] < progress["wanted_rows"] + progress["holdout_rows"]
+    assert progress.rows < progress.wanted_rows + progress.holdout_rows
     (harvester,) = processes_titled(HARVEST_WORKER) - before
     os.kill(harvester, signal.SIGKILL)  # a harvester actor's process dies
     ray.kill(trainer, no_restart=False)  # as a lost worker would: Ray restarts the actor
@@ -197,7 +197,7 @@ def test_killed_driver_resumes_from_checkpoints_and_stream_cursors(
     last_step = 0  # the newest step the dead driver's trainer reached, as its stream heard it
     try:
         while True:
-            last_step = max(last_step, ray.get(stream.progress.remote())["steps"]["t0"])
+            last_step = max(last_step, ray.get(stream.progress.remote()).steps["t0"])
             time.sleep(0.05)
     except ray.exceptions.RayActorError:
         pass  # Ray removed the dead driver's actors

@@ -143,6 +143,29 @@ def test_run_json_counts_the_copies_of_a_row(ray_run: Path, inline_run: Path) ->
             assert (copies["gather"], copies["batch"], copies["tensor"]) == (1.0, 0.0, 0.0)
 
 
+def key_paths(value: Any, at: str = "") -> set[str]:
+    """Every key path of a JSON value ('a.b', lists as 'a[]'), values left out."""
+    if isinstance(value, dict):
+        return {path for key, item in value.items()
+                for path in {f"{at}.{key}", *key_paths(item, f"{at}.{key}")}}
+    if isinstance(value, list):
+        return {path for item in value for path in key_paths(item, f"{at}[]")}
+    return set()
+
+
+def test_run_json_has_the_same_keys_under_both_executors(ray_run: Path,
+                                                         inline_run: Path) -> None:
+    """One typed outcome per stream and per trainer: the executors differ in values (node ids,
+    the object store, the pump's cost), never in what run.json says."""
+    ray, inline = run_json(ray_run), run_json(inline_run)
+    assert (ray["executor"], inline["executor"]) == ("ray", "inline")
+    assert key_paths(ray) - key_paths(inline) == set()
+    assert key_paths(inline) - key_paths(ray) == set()
+    for trainer in inline["trainers"].values():  # nothing restarted inline: said as zero
+        assert (trainer["restarts"], trainer["restart_log"], trainer["steps_lost"]) == (0, [], 0)
+    assert key_paths({"a": [{"b": 1}], "c": 2}) == {".a", ".a[].b", ".c"}
+
+
 def test_an_existing_run_needs_resume_or_overwrite(inline_run: Path) -> None:
     cfg = smoke_config(inline_run.parent)
     before = load_file(next((inline_run / "saes").iterdir()) / "sae_weights.safetensors")

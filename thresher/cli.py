@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from thresher.config import ConfigError
+from thresher.errors import UserError
 from thresher.rundir import RunDirError
 
 
@@ -115,17 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors whose message names the problem and the fix: the user's to act on."""
-    from thresher.train.checkpoint import CheckpointError
-    from thresher.train.loop import CheckpointWriteError
-
-    # FileNotFoundError: analyze/report on what is not a (finished) run directory.
-    return (ConfigError, RunDirError, CheckpointError, CheckpointWriteError,
-            FileNotFoundError)
-
-
-USER_ERRORS = _user_errors()
+# FileNotFoundError: analyze/report on what is not a (finished) run directory.
+USER_ERRORS = (UserError, FileNotFoundError)
 
 
 def _recorded(run_location: str | None) -> dict | None:

@@ -1,10 +1,11 @@
 """The inline executor: the same plain classes as the Ray pipeline, in one process.
 
 For stepping through with a debugger and for a single-GPU box without Ray. Streams run one
-after another. Within a stream it interleaves the roles cooperatively: harvest until the log is
-full (or every row wanted is in), then let each trainer step until it needs a group that is not
-there yet. Same config and seed give the same chunks, the same schedule and therefore the same
-SAE weights as the Ray executor.
+after another. Each stream's `StreamService` (thresher/harvest/service.py), the one the Ray
+stream actor wraps, is driven cooperatively: feed it harvest outputs until the log is full (or
+every row wanted is in), then let each trainer step until it needs a group that is not there
+yet. Same config and seed give the same chunks, the same schedule and therefore the same SAE
+weights as the Ray executor.
 """
 
 from __future__ import annotations
@@ -15,112 +16,108 @@ from pathlib import Path
 import torch
 
 from thresher.analysis.curves import CurveLog
-from thresher.analysis.evaluate import TrainerResult
-from thresher.config import (
-    Config,
-    Plan,
-    StreamPlan,
-    harvest_resources,
-    torch_threads,
-)
+from thresher.config import Config, Plan, StreamPlan, harvest_resources, torch_threads
 from thresher.devices import torch_device
 from thresher.harvest.inputs import close_inputs, open_inputs
 from thresher.harvest.local import LocalHarvest
-from thresher.outcome import RunOutcome, StreamOutcome
+from thresher.harvest.report import StreamPlacement
+from thresher.harvest.service import LocalTrainerStream, StreamService
+from thresher.outcome import RunOutcome, StreamOutcome, TrainerOutcome
 from thresher.progress import Progress
 from thresher.session import TrainerSession
 from thresher.stream.block import ActivationBlock
-from thresher.stream.chunker import load_pieces
-from thresher.stream.pump import Pump
-from thresher.stream.reader import fetch_group
+from thresher.stream.chunker import Piece, load_pieces
 from thresher.stream.stats import StreamStats, estimate_hook_stats
+
+# Inline, a block's handle is the block itself.
+LocalService = StreamService[ActivationBlock, dict[str, StreamStats]]
 
 
 def run_inline(plan: Plan, run_dir: Path, curves: CurveLog,
                progress_enabled: bool | None = None) -> RunOutcome:
-    cfg = plan.config
-    steps_total = -(-cfg.train.rows // cfg.train.batch_size)
-    progress = Progress(len(plan.streams) * (cfg.train.rows + cfg.stream.holdout_rows),
-                        {t.trainer_id: steps_total for t in plan.trainers},
-                        enabled=progress_enabled)
-    outcome = RunOutcome(results=[], streams={})
+    progress = Progress.of_plan(plan, enabled=progress_enabled)
+    outcome = RunOutcome(trainers=[], streams={})
     rows_before = 0
     try:
         for stream in plan.streams:
-            results, streamed = _run_stream(cfg, stream, run_dir, curves, progress, rows_before)
-            outcome.results += results
+            trainers, streamed = _run_stream(plan.config, stream, run_dir, curves, progress,
+                                             rows_before)
+            outcome.trainers += trainers
             outcome.streams[stream.stream_id] = streamed
-            rows_before += int(streamed.harvest["rows"])
+            rows_before += streamed.harvest.rows
     finally:
         progress.close()
     return outcome
 
 
+def _estimate(pieces: list[Piece[ActivationBlock]]) -> dict[str, StreamStats]:
+    return estimate_hook_stats(load_pieces(pieces, list))
+
+
 def _run_stream(cfg: Config, stream: StreamPlan, run_dir: Path, curves: CurveLog,
                 progress: Progress, rows_before: int
-                ) -> tuple[list[TrainerResult], StreamOutcome]:
+                ) -> tuple[list[TrainerOutcome], StreamOutcome]:
     source = stream.source
     harvest_threads = torch_threads(cfg, "harvester", source)
     train_threads = torch_threads(cfg, "trainer")
+    resources = harvest_resources(cfg, source)
 
     start = time.perf_counter()
+    service: LocalService = StreamService(cfg, stream, estimate=_estimate)
     inputs = open_inputs(cfg, stream, run_dir)
+    service.planned_rows = inputs.planned_rows
     torch.set_num_threads(harvest_threads)
-    device = torch_device(harvest_resources(cfg, source).gpus_per_harvester,
-                          source.backbone.device, role="harvester")
-    harvest = LocalHarvest(cfg, source, device=device, inputs=inputs)
-    # Inline, a block's handle is the block itself.
-    pump: Pump[ActivationBlock, dict[str, StreamStats]] = Pump(
-        cfg, stream, estimate=lambda pieces: estimate_hook_stats(load_pieces(pieces, list)))
-    harvested = iter(harvest)
+    device = torch_device(resources.gpus_per_harvester, source.backbone.device, role="harvester")
+    outputs = iter(LocalHarvest(cfg, source, device=device, inputs=inputs))
     harvest_seconds = time.perf_counter() - start
 
     sessions: dict[str, TrainerSession] = {}
     while not sessions or not all(s.done for s in sessions.values()):
-        moved = False
-        # Harvest while it is useful: room in the log and rows still wanted.
         torch.set_num_threads(harvest_threads)
         t0 = time.perf_counter()
-        while not pump.harvest_done and not pump.pending:
-            item = None if pump.chunker.done else next(harvested, None)
-            if item is None:
-                pump.finish_harvest()
-                break
-            pump.add(item.block, len(item.block), item.report)
-            moved = True
+        moved = service.feed(outputs)  # while the log has room and rows are wanted
         harvest_seconds += time.perf_counter() - t0
-
-        if not sessions and pump.stats is not None:
-            for t in stream.trainers:
-                sessions[t.trainer_id] = TrainerSession(
-                    cfg, stream.stream_id, t, pump.stats[t.hook], run_dir,
-                    device=torch_device(cfg.resources.gpus_per_trainer),
-                    fetch=lambda g: fetch_group(pump.log, g), load=list,
-                    commit=lambda c, tid=t.trainer_id: pump.commit(tid, c),
-                    on_points=curves.add)
+        if not sessions and (stats := service.stats_estimate(timeout=0)) is not None:
+            sessions = _start_sessions(cfg, stream, run_dir, service, stats)
 
         torch.set_num_threads(train_threads)
         for session in sessions.values():
             if session.done:
                 continue
-            before = (session.trainer.step, pump.log.counters.released)
-            session.advance(lambda: pump.log.full)
-            moved |= (session.trainer.step, pump.log.counters.released) != before or session.done
-        progress.update(rows_before + pump.counters.rows,
-                        {tid: s.trainer.step for tid, s in sessions.items()}, curves.newest)
+            before = (session.trainer.step, service.log_summary().released)
+            session.advance()
+            moved |= (session.trainer.step, service.log_summary().released) != before \
+                or session.done
+        curves.add(service.take_curve_points())
+        state = service.progress()
+        progress.update(rows_before + state.rows, state.steps, curves.newest)
         if not moved:
             raise RuntimeError(
                 f"stream {stream.stream_id} stalled: no trainer can step and the pump cannot "
-                f"append; log holds {pump.log.held}/{pump.log.capacity} chunks. Raise "
+                f"append; log holds {state.held}/{state.capacity} chunks. Raise "
                 "stream.capacity_chunks (it must hold 2 x mix_chunks) or lower "
                 "stream.mix_chunks")
 
-    holdout = load_pieces(pump.chunker.holdout, list)
+    holdout = load_pieces(service.holdout(timeout=0), list)
     results = [session.finish(holdout.select(session.plan.hook))
                for session in sessions.values()]
-    close_inputs(inputs, stream, run_dir, pump.counters)
-    counters = pump.counters.to_dict()
-    counters["seconds"] = harvest_seconds
-    log = {"appended": pump.log.counters.appended, "released": pump.log.counters.released,
-           "peak_held": pump.log.counters.peak_held, "capacity": pump.log.capacity}
-    return results, StreamOutcome(harvest=counters, log=log, stats=pump.stats)
+    close_inputs(inputs, stream, run_dir, service.counters)
+    service.counters.seconds = harvest_seconds
+    restarts = service.progress().restarts
+    trainers = [TrainerOutcome(r, restarts[r.trainer_id]) for r in results]
+    placement = StreamPlacement(harvesters=1, cpus_per_harvester=resources.cpus_per_harvester,
+                                gpus_per_harvester=resources.gpus_per_harvester)
+    return trainers, StreamOutcome(harvest=service.counters, log_summary=service.log_summary(),
+                                   stats=service.pump.stats, placement=placement)
+
+
+def _start_sessions(cfg: Config, stream: StreamPlan, run_dir: Path, service: LocalService,
+                    stats: dict[str, StreamStats]) -> dict[str, TrainerSession]:
+    sessions = {}
+    for t in stream.trainers:
+        sessions[t.trainer_id] = TrainerSession(
+            cfg, stream.stream_id, t, stats[t.hook], run_dir,
+            device=torch_device(cfg.resources.gpus_per_trainer),
+            stream=LocalTrainerStream(service, t.trainer_id))
+        service.trainer_started(t.trainer_id, sessions[t.trainer_id].trainer.step)
+    return sessions

@@ -13,8 +13,18 @@ from typing import Any
 
 from tqdm import tqdm
 
+from thresher.config import Plan, train_steps
+
 
 class Progress:
+    @classmethod
+    def of_plan(cls, plan: Plan, enabled: bool | None = None) -> Progress:
+        """A run's bars: every stream's rows (held-out and training), each trainer's steps."""
+        cfg = plan.config
+        return cls(len(plan.streams) * (cfg.train.rows + cfg.stream.holdout_rows),
+                   dict.fromkeys((t.trainer_id for t in plan.trainers), train_steps(cfg.train)),
+                   enabled=enabled)
+
     def __init__(self, harvest_rows: int, trainer_steps: dict[str, int],
                  enabled: bool | None = None) -> None:
         self.enabled = sys.stderr.isatty() if enabled is None else enabled

@@ -27,6 +27,7 @@ from typing import Any
 
 from thresher import uri_io
 from thresher.config import Config, Plan, load_config, run_dir_of
+from thresher.errors import UserError
 
 RUN_JSON_FORMAT_VERSION = 1  # run.json's layout (docs/formats.md)
 # Set by Ray in the driver of a `ray job submit` job (ray/_private/runtime_env/constants.py).
@@ -58,7 +59,7 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-class RunDirError(ValueError):
+class RunDirError(UserError, ValueError):
     """A run directory that cannot be used as asked (exists, missing, or temporary)."""
 
 

@@ -22,6 +22,7 @@ from thresher.analysis.probing import PROBE_METRIC_NAMES
 from thresher.analysis.stats import Rows, StatsOptions
 from thresher.config import SWEEP_KEY, Config, SAEConfig, SourceConfig
 from thresher.stream.block import ActivationBlock
+from thresher.train.loop import LoopSummary
 from thresher.train.trainer import Trainer
 
 EncodeDecode = Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
@@ -95,14 +96,46 @@ def evaluate_trainer(trainer: Trainer, holdout: ActivationBlock,
                          [sae.d_sae for sae in trainer.saes], holdout, batch_rows)
 
 
+@dataclass(frozen=True)
+class CopiesPerRow:
+    """Copies of a row a trainer made, by stage, per row it read: the gather into the group's
+    order, joining a batch that spans two groups, making the tensor (a copy out of read-only
+    memory, widening, the pinned staging and the transfer to a GPU). The harvest side's copies
+    are the stream's (`HarvestCounters.copies_per_row`)."""
+
+    gather: float
+    batch: float
+    tensor: float
+
+
+@dataclass(frozen=True)
+class TrainerPlacement:
+    """Where a trainer ran: Ray's node id and the GPUs Ray gave it (inline: empty)."""
+
+    node_id: str = ""
+    gpu_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TrainerCounters:
+    """A trainer's run: its loop, the time it spent gathering groups (in any thread), its
+    copies of a row, and where it ran."""
+
+    loop: LoopSummary
+    gather_seconds: float
+    copies_per_row: CopiesPerRow
+    placement: TrainerPlacement = field(default_factory=TrainerPlacement)
+
+
 @dataclass
 class TrainerResult:
-    """What a trainer hands back to the driver: rows for the Parquet files and counters."""
+    """What a trainer hands back to the driver: rows for the Parquet files and counters (none
+    where the rows come from an analysis of finished SAEs)."""
 
     trainer_id: str
     summary_rows: list[dict[str, Any]]
     feature_columns: list[dict[str, np.ndarray]]
-    loop: dict[str, Any] = field(default_factory=dict)
+    counters: TrainerCounters | None = None
     seconds: float = 0.0
     example_columns: list[dict[str, np.ndarray]] = field(default_factory=list)
     label_columns: list[dict[str, np.ndarray]] = field(default_factory=list)
@@ -126,13 +159,14 @@ def sae_tables(sae_id: str, stats: FeatureStatistics, weights: SAEWeights
 
 
 def trainer_result(cfg: Config, stream_id: str, trainer: Trainer, holdout: ActivationBlock,
-                   loop: dict[str, Any], seconds: float,
+                   counters: TrainerCounters, seconds: float,
                    curve_rows: list[dict[str, Any]] | None = None) -> TrainerResult:
     stats = evaluate_trainer(trainer, holdout)
     norms = trainer.bank.decoder_norms()
     if curve_rows is None:
         curve_rows = trainer.finish_curves()
-    result = TrainerResult(trainer.trainer_id, [], [], loop, seconds, curve_rows=list(curve_rows))
+    result = TrainerResult(trainer.trainer_id, [], [], counters, seconds,
+                           curve_rows=list(curve_rows))
     bank = trainer.bank
     decoders = {sid: bank.sae_params(sid)["W_dec"].detach().cpu().numpy() for sid in bank.sae_ids}
     extra = source_metrics(cfg.source_named(stream_id), holdout,

@@ -36,6 +36,7 @@ from thresher.config.plan import (
     make_plan,
     pack_trainers,
     sae_cost,
+    train_steps,
 )
 from thresher.config.resources import HarvestResources, harvest_resources, torch_threads
 from thresher.config.saes import SHARED_KEYS, SWEEP_KEY, SWEEP_KEYS, SAEConfig
@@ -101,4 +102,5 @@ __all__ = [
     "sae_cost",
     "to_plain",
     "torch_threads",
+    "train_steps",
 ]

@@ -1,5 +1,7 @@
 """The one error a config raises: what is wrong, where, and how to fix it."""
 
+from thresher.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A config that cannot run; the message says where and how to fix it."""

@@ -101,9 +101,14 @@ class Plan:
         return "\n".join(lines)
 
 
+def train_steps(train: TrainConfig) -> int:
+    """Steps each SAE takes: train.rows in whole batches, rounded up."""
+    return -(-train.rows // train.batch_size)
+
+
 def _rows_each(train: TrainConfig) -> str:
     """Rows per SAE as trained: whole batches, so train.rows is rounded up to them (said so)."""
-    steps = -(-train.rows // train.batch_size)
+    steps = train_steps(train)
     if steps * train.batch_size == train.rows:
         return f"{train.rows} rows each"
     return (f"{steps * train.batch_size} rows each (train.rows {train.rows} rounded up to "

@@ -1,7 +1,7 @@
 """The Ray executor: the only package that imports ray.
 
-`pipeline.run_ray` starts one `StreamActor` per stream (pump + broadcast log, running the harvest
-pool) and the stream's `TrainerActor`s; both wrap the plain classes of `thresher.stream`,
-`thresher.harvest` and `thresher.train` and share their choreography with the inline executor
-(`thresher.session`).
+`pipeline.run_ray` starts one `StreamActor` per stream (the stream's `StreamService` of
+thresher/harvest/service.py, with the harvester pool, store budget and placement that need Ray)
+and the stream's `TrainerActor`s (a `TrainerSession` reading its stream through Ray). Each is a
+module-level class given to `ray.remote` where it starts.
 """

@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-from thresher.config import ConfigError
+from thresher.errors import UserError
 
 
-def user_error(exc: BaseException) -> BaseException | None:
-    """The error a user can act on inside a chain of Ray's wrappings, if there is one.
-
-    ConfigError (and StoreError), a run directory or checkpoint that cannot be used, or a
-    checkpoint that could not be written: their messages name the problem and the fix, which
-    Ray's task wrappers would otherwise bury under remote tracebacks.
-    """
-    from thresher.rundir import RunDirError
-    from thresher.train.checkpoint import CheckpointError
-    from thresher.train.loop import CheckpointWriteError
-
-    wanted = (ConfigError, RunDirError, CheckpointError, CheckpointWriteError)
+def user_error(exc: BaseException) -> UserError | None:
+    """The error a user can act on (a `UserError`) inside a chain of Ray's wrappings, if there
+    is one: its message names the problem and the fix, which Ray's task wrappers would
+    otherwise bury under remote tracebacks."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         # Ray's task errors are instances of their cause's class too: look inside them.
-        if isinstance(current, wanted) and not _is_ray_wrapper(current):
+        if isinstance(current, UserError) and not _is_ray_wrapper(current):
             return current
         current = (getattr(current, "cause", None) or current.__cause__
                    or current.__context__)
@@ -30,8 +22,6 @@ def user_error(exc: BaseException) -> BaseException | None:
 
 
 def _is_ray_wrapper(exc: BaseException) -> bool:
-    try:
-        from ray.exceptions import RayError
-    except ImportError:
-        return False
+    from ray.exceptions import RayError
+
     return isinstance(exc, RayError)

@@ -20,14 +20,13 @@ import logging
 import os
 from collections import deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from thresher.config import ConfigError, SourceConfig
+from thresher.harvest.report import Harvested, HarvestReport
 from thresher.modalities.contract import Decoder, InputBatch
-from thresher.stream.pump import HarvestReport
 
 log = logging.getLogger(__name__)
 
@@ -38,53 +37,53 @@ NODE_MARKER = 0.001
 NODE_ID_LABEL = "ray.io/node-id"
 
 
-@functools.cache
-def harvest_worker_cls() -> Any:
-    """The Ray actor class, built on first use so importing this module never needs Ray."""
+class HarvestWorker:
+    """A Harvester in one actor, on the GPU Ray gave it."""
+
+    def __init__(self, source: SourceConfig, gpus: float, threads: int, base_dir: str) -> None:
+        # Loading a backbone draws the hub's per-file progress bars, which a healthy run
+        # should not forward to the driver's terminal from every harvester (set before the
+        # hub is imported; a runtime env would cost the actor a worker started ahead).
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from thresher.devices import torch_device
+        from thresher.harvest.harvester import Harvester
+
+        self.failure: ConfigError | None = None
+        try:
+            device = torch_device(gpus, source.backbone.device, role="harvester")
+            self.harvester = Harvester(source, device=device, threads=threads,
+                                       base_dir=base_dir)
+        except ConfigError as exc:
+            # Raised from the first call instead: Ray hands a call's error on as is, but
+            # keeps only the text of a failed constructor.
+            self.failure = exc
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def harvest(self, batch: InputBatch
+                ) -> tuple[tuple[HarvestReport, int], dict[str, np.ndarray]]:
+        """(the block's report and bytes, the block as columns: one array per hook, so a
+        trainer maps only its hook's rows out of the store). Called with two returns, so the
+        columns stay in the store while the caller fetches the small first."""
+        if self.failure is not None:
+            raise self.failure
+        block = self.harvester.harvest(batch)
+        columns = block.to_columns()
+        # Ray writes the columns into the object store (one copy of each row), after
+        # to_columns gave each of several hooks a contiguous array of its own (another).
+        split = 1 if len(block.hook_layout) > 1 else 0
+        report = self.harvester.report(block, transport_copies=1 + split)
+        return (report, sum(column.nbytes for column in columns.values())), columns
+
+
+def harvest_worker_class() -> Any:
+    """`HarvestWorker` as a Ray actor class that Ray restarts, retrying its calls."""
     import ray
 
-    @ray.remote(max_restarts=-1, max_task_retries=-1)
-    class HarvestWorker:
-        """A Harvester in one actor, on the GPU Ray gave it."""
-
-        def __init__(self, source: SourceConfig, gpus: float, threads: int,
-                     base_dir: str) -> None:
-            # Loading a backbone draws the hub's per-file progress bars, which a healthy run
-            # should not forward to the driver's terminal from every harvester (set before the
-            # hub is imported; a runtime env would cost the actor a worker started ahead).
-            os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-            from thresher.devices import torch_device
-            from thresher.harvest.harvester import Harvester
-
-            self.failure: ConfigError | None = None
-            try:
-                device = torch_device(gpus, source.backbone.device, role="harvester")
-                self.harvester = Harvester(source, device=device, threads=threads,
-                                           base_dir=base_dir)
-            except ConfigError as exc:
-                # Raised from the first call instead: Ray hands a call's error on as is, but
-                # keeps only the text of a failed constructor.
-                self.failure = exc
-
-        def node_id(self) -> str:
-            return ray.get_runtime_context().get_node_id()
-
-        @ray.method(num_returns=2)
-        def harvest(self, batch: InputBatch
-                    ) -> tuple[tuple[HarvestReport, int], dict[str, np.ndarray]]:
-            """(the block's report and bytes, the block as columns: one array per hook, so a
-            trainer maps only its hook's rows out of the store)."""
-            if self.failure is not None:
-                raise self.failure
-            block = self.harvester.harvest(batch)
-            columns = block.to_columns()
-            # Ray writes the columns into the object store (one copy of each row), after
-            # to_columns gave each of several hooks a contiguous array of its own (another).
-            split = 1 if len(block.hook_layout) > 1 else 0
-            report = self.harvester.report(block, transport_copies=1 + split)
-            return (report, sum(column.nbytes for column in columns.values())), columns
-
-    return HarvestWorker
+    return ray.remote(max_restarts=-1, max_task_retries=-1)(HarvestWorker)
 
 
 def _decode(decoder: Decoder, batch: InputBatch) -> InputBatch:
@@ -99,15 +98,6 @@ def decode_task() -> Any:
     return ray.remote(num_cpus=1)(_decode)
 
 
-@dataclass
-class Harvested:
-    """One input batch's output: the ref of its block (left in the store) and its report."""
-
-    block: Any  # ObjectRef of the block's columns (ActivationBlock.to_columns)
-    report: HarvestReport
-    block_bytes: int
-
-
 class HarvestPool:
     """Harvester actors over a sequence of input batches, at most `in_flight` out at once.
 
@@ -119,7 +109,7 @@ class HarvestPool:
 
     def __init__(self, source: SourceConfig, *, actors: int, in_flight: int, gpus: float,
                  threads: int, base_dir: str, options: dict[str, Any] | None = None) -> None:
-        worker = harvest_worker_cls().options(**(options or {}))
+        worker = harvest_worker_class().options(**(options or {}))
         self.actors = [worker.remote(source, gpus, threads, base_dir) for _ in range(actors)]
         self.in_flight = max(in_flight, 1)
         self.out: deque[tuple[int, Any, Any]] = deque()  # (actor, report ref, block ref)
@@ -139,12 +129,12 @@ class HarvestPool:
         if decode is not None:
             batch = decode_task().remote(decode, batch)  # the actor waits for its pixels
         i = min(range(len(self.actors)), key=lambda a: (self.calls[a], a))
-        report, block = self.actors[i].harvest.remote(batch)
+        report, block = self.actors[i].harvest.options(num_returns=2).remote(batch)
         self.out.append((i, report, block))
         self.calls[i] += 1
 
     def harvest(self, batches: Sequence[InputBatch], decode: Decoder | None = None
-                ) -> Iterator[Harvested]:
+                ) -> Iterator[Harvested[Any]]:
         """The blocks of `batches`, in their order (decoded first by CPU tasks with `decode`)."""
         import ray
 
@@ -156,7 +146,7 @@ class HarvestPool:
             i, head, block = self.out.popleft()
             self.calls[i] -= 1
             report, block_bytes = ray.get(head)
-            yield Harvested(block=block, report=report, block_bytes=block_bytes)
+            yield Harvested(block=block, report=report, store_bytes=block_bytes)
 
     def stop(self, timeout: float = 60.0) -> None:
         """Let the calls out finish (a harvest stopped early has a few), then end the actors:

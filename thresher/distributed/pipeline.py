@@ -33,18 +33,19 @@ from thresher.analysis.evaluate import TrainerResult
 from thresher.config import Config, Plan, StreamPlan, harvest_resources
 from thresher.distributed.errors import user_error
 from thresher.distributed.harvest_worker import NODE_MARKER
-from thresher.distributed.stream_actor import stream_actor_cls
-from thresher.distributed.trainer_actor import trainer_actor_cls
-from thresher.outcome import RunOutcome, StreamOutcome
+from thresher.distributed.stream_actor import stream_actor_class
+from thresher.distributed.trainer_actor import trainer_actor_class
+from thresher.harvest.service import StreamProgress
+from thresher.outcome import RunOutcome, StreamOutcome, TrainerOutcome
 from thresher.progress import Progress
 from thresher.rundir import RunDirError
 
 # No runtime env of our own for the actors: an actor whose env differs from the job's cannot use
 # the workers Ray starts ahead, and waits for a new process. Trainers keep OpenMP's own wait
 # policy (spin a little, then sleep; less spinning when threads outnumber cores): forcing PASSIVE
-# left a lone trainer's two threads a quarter idle (stored source, 2 cores: 57 s of SAE steps
-# against 36-40 s, inline 30-33 s; benchmarks/ray_vs_inline.py). A user's OMP_WAIT_POLICY reaches
-# them through the job's environment.
+# left a lone trainer's threads idle part of the time (benchmarks/ray_vs_inline.py compares SAE
+# step time on Ray and inline). A user's OMP_WAIT_POLICY reaches them through the job's
+# environment.
 
 
 def ensure_ray(cfg: Config) -> None:
@@ -128,6 +129,19 @@ class _RunningStream:
         """What the driver waits on: trainer results, and the harvest until it is over."""
         return [*self.pending, *([] if self.harvest_done else [self.harvest_ref])]
 
+    def take(self, done: list[Any]) -> None:
+        """Take this stream's finished calls among `done`: its harvest (raising if it failed)
+        and its trainers' results."""
+        import ray
+
+        for ref in done:
+            if ref == self.harvest_ref:
+                ray.get(ref)  # raises if the harvest failed
+                self.harvest_done = True
+            elif ref in self.pending:
+                self.pending.pop(ref)
+                self.results.append(ray.get(ref))
+
 
 def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
                   streams_at_once: int, cluster: Mapping[str, float]) -> _RunningStream:
@@ -139,39 +153,40 @@ def _start_stream(cfg: Config, stream: StreamPlan, run_dir: Path, tag: str,
     stream_tag = f"{tag}-{stream.stream_id}-{uuid.uuid4().hex[:8]}"
     stream_name = f"thresher-stream-{stream_tag}"
     harvest_marker = node_marker(res.harvest_node_resource, cluster)
-    stream_actor = (stream_actor_cls()
+    stream_actor = (stream_actor_class()
                     .options(name=stream_name, resources=harvest_marker)
-                    .remote(cfg, stream, location, stream_name, streams_at_once, harvest_marker))
+                    .remote(cfg, stream, location, streams_at_once, harvest_marker))
     trainers = [
-        trainer_actor_cls()
+        trainer_actor_class()
         .options(name=f"thresher-trainer-{stream_tag}-{t.trainer_id}",
                  num_cpus=res.cpus_per_trainer, num_gpus=res.gpus_per_trainer,
                  resources=node_marker(res.train_node_resource, cluster))
         .remote(cfg, stream.stream_id, t, location, stream_name)
         for t in stream.trainers
     ]
-    running = _RunningStream(stream, stream_actor, stream_actor.harvest.remote(), trainers)
+    running = _RunningStream(stream, stream_actor, stream_actor.run_harvest.remote(), trainers)
     running.pending = {actor.run.remote(): t.trainer_id
                        for actor, t in zip(trainers, stream.trainers, strict=True)}
     return running
 
 
-def _finish_stream(running: _RunningStream) -> StreamOutcome:
+def _finish_stream(running: _RunningStream, curves: CurveLog
+                   ) -> tuple[list[TrainerOutcome], StreamOutcome]:
+    """The stream's outcome and its trainers', with the restarts it recorded; the curve points
+    its trainers sent last go to `curves`."""
     import ray
 
-    harvest = ray.get(running.harvest_ref)
-    log = ray.get(running.stream_actor.log_counters.remote())
-    log.pop("held_history", None)
-    stats = ray.get(running.stream_actor.stats.remote())
-    restarts = ray.get(running.stream_actor.progress.remote())["restarts"]
-    for result in running.results:
-        # Steps redone after a trainer restart: at most one checkpoint interval each.
-        record = restarts.get(result.trainer_id, [])
-        result.loop.update({"restarts": len(record), "restart_log": record,
-                            "steps_lost": sum(r["steps_lost"] for r in record)})
+    actor = running.stream_actor
+    harvest, log_summary, stats, placement, pump, progress, points = ray.get([
+        running.harvest_ref, actor.log_summary.remote(), actor.stream_stats.remote(),
+        actor.placement.remote(), actor.pump_cost.remote(), actor.progress.remote(),
+        actor.take_curve_points.remote()])
+    curves.add(points)
     _stop(running)
-    return StreamOutcome(harvest=harvest, log=log, stats=stats,
-                         started_beside=running.started_beside)
+    trainers = [TrainerOutcome(r, progress.restarts[r.trainer_id]) for r in running.results]
+    return trainers, StreamOutcome(harvest=harvest, log_summary=log_summary, stats=stats,
+                                   placement=placement, pump=pump,
+                                   started_beside=running.started_beside)
 
 
 def _stop(running: _RunningStream) -> None:
@@ -194,11 +209,8 @@ def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool 
     limit = concurrent_streams(cfg, cluster)
     queue = list(plan.streams)
     running: dict[str, _RunningStream] = {}
-    outcome = RunOutcome(results=[], streams={})
-    steps_total = -(-cfg.train.rows // cfg.train.batch_size)
-    progress = Progress(len(plan.streams) * (cfg.train.rows + cfg.stream.holdout_rows),
-                        {t.trainer_id: steps_total for t in plan.trainers},
-                        enabled=progress_enabled)
+    outcome = RunOutcome(trainers=[], streams={})
+    progress = Progress.of_plan(plan, enabled=progress_enabled)
     rows_done: dict[str, int] = {}
     try:
         while queue or running:
@@ -214,22 +226,17 @@ def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool 
             done.sort(key=lambda ref: ref not in harvests)
             steps: dict[str, int] = {}
             for stream_id, r in list(running.items()):
-                for ref in done:
-                    if ref == r.harvest_ref:
-                        ray.get(ref)  # raises if the harvest failed
-                        r.harvest_done = True
-                    elif ref in r.pending:
-                        r.pending.pop(ref)
-                        r.results.append(ray.get(ref))
+                r.take(done)
                 if not r.pending:  # every trainer of the stream returned
-                    outcome.streams[stream_id] = _finish_stream(r)
-                    outcome.results += r.results
+                    trainers, outcome.streams[stream_id] = _finish_stream(r, curves)
+                    outcome.trainers += trainers
                     del running[stream_id]
                     continue
+                info: StreamProgress
                 info, points = ray.get([r.stream_actor.progress.remote(),
                                         r.stream_actor.take_curve_points.remote()])
-                rows_done[stream_id] = info["rows"]
-                steps.update(info["steps"])
+                rows_done[stream_id] = info.rows
+                steps.update(info.steps)
                 curves.add(points)
             progress.update(sum(rows_done.values()), steps, curves.newest)
     except ray.exceptions.RayError as exc:
@@ -242,5 +249,5 @@ def run_ray(plan: Plan, run_dir: Path, curves: CurveLog, progress_enabled: bool 
         progress.close()
         for r in running.values():
             _stop(r)
-    outcome.results.sort(key=lambda r: int(r.trainer_id.lstrip("t") or 0))
+    outcome.trainers.sort(key=lambda t: int(t.result.trainer_id.lstrip("t") or 0))
     return outcome

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 
 from thresher.config import SourceConfig
+from thresher.harvest.report import HarvestReport
 from thresher.modalities.contract import Backbone, InputBatch, load_backbone
 from thresher.modalities.registry import modality_of
 from thresher.stream.block import ActivationBlock
-from thresher.stream.pump import HarvestReport
 
 
 class Harvester:

@@ -19,9 +19,9 @@ import pyarrow as pa
 
 from thresher import uri_io
 from thresher.config import Config, SourceConfig, StreamPlan, config_dir
+from thresher.harvest.report import NAMED, HarvestCounters
 from thresher.modalities.contract import InputBatch, Inputs
 from thresher.modalities.registry import modality_of
-from thresher.stream.pump import NAMED, HarvestCounters
 
 
 def prepare_inputs(source: SourceConfig, seed: int, base_dir: Path) -> Inputs:

@@ -8,23 +8,15 @@ executor runs the same Harvester per input batch in each of its harvester actors
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 from thresher.config import Config, SourceConfig, config_dir, torch_threads
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.harvest.report import Harvested
 from thresher.modalities.contract import Inputs
 from thresher.stream.block import ActivationBlock
 from thresher.stream.chunker import Chunker, load_pieces
-from thresher.stream.pump import HarvestReport
-
-
-@dataclass
-class Harvested:
-    """One forward's rows and what the harvester says about them."""
-
-    block: ActivationBlock
-    report: HarvestReport
+from thresher.stream.pump import stream_chunker
 
 
 class LocalHarvest:
@@ -38,7 +30,7 @@ class LocalHarvest:
                                    threads=torch_threads(cfg, "harvester", source),
                                    base_dir=config_dir(cfg))
 
-    def __iter__(self) -> Iterator[Harvested]:
+    def __iter__(self) -> Iterator[Harvested[ActivationBlock]]:
         for item in self.inputs.batches:
             block = self.harvester.harvest(decode_batch(self.inputs, item))  # CPU stage, forward
             yield Harvested(block, self.harvester.report(block))
@@ -54,11 +46,8 @@ def collect_rows(cfg: Config, source: SourceConfig, training_rows: bool = True
     """(held-out rows, training rows in stream order) of a source, every hook side by side,
     cut exactly as a run cuts them; only the held-out rows are harvested without
     `training_rows`."""
-    steps = -(-cfg.train.rows // cfg.train.batch_size)
     s = cfg.stream
-    chunker: Chunker[ActivationBlock] = Chunker(
-        s.chunk_rows, s.holdout_rows, s.norm_rows,
-        wanted_rows=steps * cfg.train.batch_size)
+    chunker: Chunker[ActivationBlock] = stream_chunker(cfg)  # the pump's, so cut as a run cuts
     chunks = []
     for harvested in LocalHarvest(cfg, source):
         if chunker.done if training_rows else chunker.holdout_count >= s.holdout_rows:

@@ -11,9 +11,9 @@ from thresher import uri_io
 from thresher.config import Config, ConfigError, run_dir_of, to_plain
 from thresher.harvest.inputs import mark_unreadable, name_unreadable
 from thresher.harvest.local import LocalHarvest
+from thresher.harvest.report import HarvestCounters
 from thresher.modalities.stored.lmdb import DEFAULT_MAP_SIZE
 from thresher.modalities.stored.store import hooks_of, open_store, store_writer
-from thresher.stream.pump import HarvestCounters
 
 
 def default_store_path(cfg: Config) -> Path | str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 import numpy as np
@@ -65,7 +65,6 @@ class LogCounters:
     appended: int = 0
     released: int = 0
     peak_held: int = 0
-    held_history: list[int] = field(default_factory=list)
 
 
 class BroadcastLog(Generic[Handle]):
@@ -106,7 +105,6 @@ class BroadcastLog(Generic[Handle]):
         self._chunks.append(_LogEntry(handle, rows))
         self.counters.appended += 1
         self.counters.peak_held = max(self.counters.peak_held, self.held)
-        self.counters.held_history.append(self.held)
         return len(self._chunks) - 1
 
     def finish(self) -> None:

@@ -34,6 +34,7 @@ from safetensors.torch import save as save_torch_bytes
 
 from thresher import uri_io
 from thresher.config import SAEConfig
+from thresher.errors import UserError
 from thresher.stream.log import Cursor
 from thresher.train.archs.registry import architecture_class
 
@@ -50,7 +51,7 @@ SAELENS_FORMAT_VERSION = "6.0.0"
 SCALE_RTOL = 1e-4
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint that cannot be resumed; the message says why and what to do."""
 
 

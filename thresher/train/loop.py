@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from thresher.errors import UserError
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.reader import BatchReader, EndOfStream, NotReady, example_id_entropy_bits
@@ -30,7 +31,7 @@ CURSOR_DONE = Cursor(group=2**62, offset=0)
 Status = Literal["finished", "blocked"]
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(UserError, OSError):
     """A checkpoint the disk had no room for; the previous checkpoint is intact."""
 
 
@@ -54,24 +55,37 @@ class LoopCounters:
     # stream, and both executors, must end with the same digest.
     digest: Any = field(default_factory=hashlib.sha256)
 
-    def to_dict(self) -> dict[str, Any]:
+    def summary(self) -> LoopSummary:
         mean = self.entropy_bits_sum / self.batches if self.batches else float("nan")
-        return {
-            "batches": self.batches,
-            "checkpoints": self.checkpoints,
-            "skipped_nonfinite_batches": self.skipped_batches,
-            "resumed_from_step": self.resumed_from_step,
-            "step_seconds": self.seconds,
-            "wait_seconds": self.wait_seconds,
-            "first_batch_at": self.first_batch_at,
-            "finished_at": self.finished_at,
-            # Shuffle quality: entropy of example ids per batch vs its maximum log2(batch rows).
-            "example_id_entropy_bits_mean": mean,
-            "example_id_entropy_bits_min": self.entropy_bits_min if self.batches else float("nan"),
-            "example_id_entropy_bits_max_possible": float(np.log2(max(self.batch_rows, 1))),
-            "last_metrics": self.last_metrics,
-            "batch_digest": self.digest.hexdigest(),
-        }
+        return LoopSummary(
+            batches=self.batches, checkpoints=self.checkpoints,
+            skipped_nonfinite_batches=self.skipped_batches,
+            resumed_from_step=self.resumed_from_step, step_seconds=self.seconds,
+            wait_seconds=self.wait_seconds, first_batch_at=self.first_batch_at,
+            finished_at=self.finished_at, example_id_entropy_bits_mean=mean,
+            example_id_entropy_bits_min=self.entropy_bits_min if self.batches else float("nan"),
+            example_id_entropy_bits_max_possible=float(np.log2(max(self.batch_rows, 1))),
+            last_metrics=dict(self.last_metrics), batch_digest=self.digest.hexdigest())
+
+
+@dataclass(frozen=True)
+class LoopSummary:
+    """A trainer's loop at its end (run.json's `trainers.<id>`, with the session's counters)."""
+
+    batches: int
+    checkpoints: int
+    skipped_nonfinite_batches: int
+    resumed_from_step: int
+    step_seconds: float  # stepping
+    wait_seconds: float  # getting the next batch
+    first_batch_at: float
+    finished_at: float
+    # Shuffle quality: entropy of example ids per batch vs its maximum log2(batch rows).
+    example_id_entropy_bits_mean: float
+    example_id_entropy_bits_min: float
+    example_id_entropy_bits_max_possible: float
+    last_metrics: dict[str, list[float]]
+    batch_digest: str
 
 
 class TrainLoop:

@@ -8,16 +8,15 @@ actor resumes where its last complete checkpoint left off.
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
 from thresher import uri_io
-from thresher.analysis.curves import TrainingCurves
-from thresher.config import SAEConfig, TrainConfig
+from thresher.config import SAEConfig, TrainConfig, train_steps
 from thresher.stream.block import ActivationBlock
 from thresher.stream.log import Cursor
 from thresher.stream.stats import StreamStats
@@ -34,6 +33,21 @@ from thresher.train.checkpoint import (
 log = logging.getLogger(__name__)
 
 
+class StepCurves(Protocol):
+    """A trainer's training curves: each step's metrics, the latents of the batches a curve
+    window observes, the points closed so far."""
+
+    rows: list[dict[str, Any]]
+
+    def observe(self, x: torch.Tensor,
+                latents: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> None: ...
+
+    def record_step(self, metrics: Mapping[str, np.ndarray], rows: int
+                    ) -> list[dict[str, Any]]: ...
+
+    def finish(self) -> list[dict[str, Any]]: ...
+
+
 class Trainer:
     def __init__(self, trainer_id: str, saes: Sequence[SAEConfig], train: TrainConfig,
                  stats: StreamStats, run_dir: str | Path, device: str = "cpu",
@@ -45,16 +59,14 @@ class Trainer:
         # A URI (a trainer on another node) or a local path: the folder written through.
         self.run_dir = uri_io.working_dir(run_dir)
         self.hook_name = hook_name
-        self.total_steps = max(1, math.ceil(train.rows / train.batch_size))
+        self.total_steps = train_steps(train)
         self.bank = SAEBank(self.saes, stats, train, self.total_steps, device=device)
         self.rows_seen = 0
         self.tensor_copied_rows = 0  # rows x copies batch_tensor made of them
         self.resumed_cursor = Cursor()
         self._restore()
-        # Curve points from here on (a restarted trainer keeps those since its restart).
-        self.curves = TrainingCurves(trainer_id, [s.sae_id for s in self.saes], self.bank.d_in,
-                                     [s.d_sae for s in self.saes], every=train.curve_every,
-                                     first_step=self.step)
+        # Curve points from here on, where the caller asks for them (`track_curves`).
+        self.curves: StepCurves | None = None
         self._points_sent = 0
 
     @property
@@ -95,6 +107,8 @@ class Trainer:
         self.tensor_copied_rows += copies * len(batch)
         metrics = self.bank.step(x)
         self.rows_seen += len(batch)
+        if self.curves is None:
+            return metrics
         if self._observed_for_curves():
             # A no-grad pass with the weights just updated: the window's FVE, L0, dense
             # fractions. Only the window's last few batches, so it costs a few percent.
@@ -108,14 +122,23 @@ class Trainer:
         left_in_run = self.total_steps - self.step
         return min(left_in_window, left_in_run) < min(self.train.curve_batches, every)
 
+    def track_curves(self, curves: StepCurves) -> None:
+        """Record training curves from the current step on (a restarted trainer: those since
+        its restart) into `curves` (thresher.analysis.curves.TrainingCurves)."""
+        self.curves = curves
+
     def new_curve_points(self) -> list[dict]:
         """The curve points closed since the last call (for the driver, while the run goes)."""
+        if self.curves is None:
+            return []
         points = self.curves.rows[self._points_sent:]
         self._points_sent = len(self.curves.rows)
         return points
 
     def finish_curves(self) -> list[dict]:
         """Close the last, partial curve window; returns every point of this process."""
+        if self.curves is None:
+            return []
         self.curves.finish()
         return self.curves.rows
 
