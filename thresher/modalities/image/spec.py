@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig
+from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig, Requirement
+
+# transformers' image processors (hf_vision, dinov2) and open_clip's transforms run on
+# torchvision; the `vision` extra brings it with open_clip.
+TORCHVISION = Requirement("torchvision", "vision")
 
 
 @dataclass(frozen=True)
@@ -16,6 +21,7 @@ class VisionConfig(ModelBackboneConfig):
     Hooks: `layer.N` (residual output of block N) or `embedding` (the final image embedding)."""
 
     preprocess: dict[str, Any] | None = None
+    requires: ClassVar[tuple[Requirement, ...]] = (TORCHVISION,)
 
 
 @dataclass(frozen=True)
@@ -26,6 +32,8 @@ class OpenClipConfig(VisionConfig):
 
     kind: str = field(default="open_clip", init=False)
     implementation: ClassVar[str] = "thresher.modalities.image.open_clip:OpenClip"
+    requires: ClassVar[tuple[Requirement, ...]] = (Requirement("open_clip", "vision"),
+                                                   TORCHVISION)
     checkpoint: str | None = None
 
 
@@ -61,6 +69,8 @@ class ImageInputs(InputsConfig):
     image_column: str = "image"  # hf_dataset: the column holding images
     label_column: str | None = "label"  # hf_dataset: the class-label column (null: none)
     split: str | None = None  # hf_dataset: the split of a saved DatasetDict
+    requires: ClassVar[Mapping[str, tuple[Requirement, ...]]] = {
+        "hf_dataset": (Requirement("datasets", "hf-datasets"),)}
 
 
 MODALITY = ModalitySpec(

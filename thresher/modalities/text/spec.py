@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from thresher.config.errors import ConfigError
-from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig
+from thresher.config.kinds import InputsConfig, ModalitySpec, ModelBackboneConfig, Requirement
 
 if TYPE_CHECKING:
     from thresher.config.build import Where
@@ -45,6 +45,8 @@ class TransformerLensConfig(TextBackboneConfig):
 
     kind: str = field(default="transformer_lens", init=False)
     implementation: ClassVar[str] = "thresher.modalities.text.transformer_lens:TransformerLens"
+    requires: ClassVar[tuple[Requirement, ...]] = (
+        Requirement("transformer_lens", "transformer-lens"),)
     load_fix: ClassVar[str] = (
         "put the model's weights in the Hugging Face cache first (this machine loads offline), "
         "or set `config` to HookedTransformerConfig arguments (e.g. {n_layers: 2, d_model: 64, "
