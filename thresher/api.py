@@ -23,10 +23,10 @@ ConfigLike = str | os.PathLike[str] | dict | Config | None
 def plan(config: ConfigLike = None) -> Plan:
     """Validate a config and expand it into streams, trainers and SAEs; runs nothing."""
     from thresher.modalities.stored.source import read_stores
-    from thresher.preflight import check_libraries, preflight
+    from thresher.preflight import preflight
 
     cfg = load_config(config)
-    check_libraries(cfg)  # before a store or a model's config is read
+    cfg.check_libraries()  # before a store or a model's config is read
     the_plan = make_plan(cfg, read_stores(cfg))
     preflight(the_plan)  # cheap checks of hooks and stores, before Ray or a backbone starts
     return the_plan

@@ -20,8 +20,9 @@ from packaging.utils import canonicalize_name
 
 import thresher
 from thresher import cli
-from thresher.config import ConfigError, backbone_kinds, modality_specs
+from thresher.config import ConfigError, backbone_kinds, load_config, modality_specs
 from thresher.config.kinds import Requirement
+from thresher.harvest.to_store import harvest_to_store
 from thresher.modalities.eeg.recordings import spkit_eeg_sample
 
 from ..package_source import module_name, source_files
@@ -224,6 +225,16 @@ def test_the_command_line_prints_the_line_alone(
     assert captured.out == ""
     assert captured.err == ("thresher: config error: source.backbone.kind open_clip needs the "
                             'open_clip package: pip install "thresher[vision]"\n')
+
+
+def test_harvest_says_the_same_before_it_loads_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = load_config({"source": source_of("transformer_lens", tmp_path)})
+    hide(monkeypatch, "transformer_lens")
+    with pytest.raises(ConfigError) as raised:
+        harvest_to_store(cfg, tmp_path / "store")
+    assert str(raised.value) == MISSING[3][2]
+    assert not (tmp_path / "store").exists()
 
 
 def test_a_second_source_is_named_by_its_place(

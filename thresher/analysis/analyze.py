@@ -57,6 +57,7 @@ def analyze_run(run_dir: str | Path, lm_metrics: bool = True,
 
     run_dir = open_run(run_dir)  # a URI: its working copy, brought up to date
     record, cfg = run_config(run_dir)
+    cfg.check_libraries()  # its held-out rows are harvested again
     by_stream: dict[str, list[FrozenSAE]] = {}
     for sae in load_run_saes(run_dir):
         by_stream.setdefault(sae.sae.stream_id or cfg.sources[0].name, []).append(sae)

@@ -34,7 +34,8 @@ DEFAULT_INPUTS = "python_docstrings"  # an inputs mapping without `kind`
 @dataclass(frozen=True)
 class Requirement:
     """A library that a kind imports and thresher's core dependencies leave out: its top-level
-    module and the extra of thresher (pyproject.toml) that installs it."""
+    module (looked up, not imported) and the extra of thresher (pyproject.toml) that installs
+    it."""
 
     module: str
     extra: str

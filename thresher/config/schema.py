@@ -189,6 +189,19 @@ class Config:
         raise ConfigError(f"no source named {name!r}; this config has "
                           f"{', '.join(s.name for s in self.sources)}")
 
+    def check_libraries(self) -> None:
+        """One ConfigError line for the first library that a source's backbone kind or input
+        kind needs and this environment lacks: the key, the kind, the module and the extra to
+        install (each kind's `requires`, thresher/config/kinds.py). Run before anything reads a
+        store or a model (`thresher plan`, `harvest`, `analyze`)."""
+        for i, source in enumerate(self.sources):
+            key = "source" if len(self.sources) == 1 else f"sources.{i}"
+            backbone, inputs = source.backbone, source.inputs
+            for requirement in backbone.requires:
+                requirement.check(f"{key}.backbone.kind {backbone.kind}")
+            for requirement in inputs.requires.get(inputs.kind, ()):
+                requirement.check(f"{key}.inputs.kind {inputs.kind}")
+
     def to_dict(self) -> dict[str, Any]:
         """Plain data that `load_config` reads back; one stream is written as `source:`.
         `source_file` is not config but where it came from (give it to `load_config`)."""

@@ -14,7 +14,6 @@ from thresher.harvest.local import LocalHarvest
 from thresher.harvest.report import HarvestCounters
 from thresher.modalities.stored.lmdb import DEFAULT_MAP_SIZE
 from thresher.modalities.stored.store import hooks_of, open_store, store_writer
-from thresher.preflight import check_libraries
 
 
 def default_store_path(cfg: Config) -> Path | str:
@@ -34,7 +33,7 @@ def harvest_to_store(cfg: Config, out: str | Path | None = None,
     if source.backbone.replays_store:
         raise ConfigError(f"source.backbone.kind is {source.backbone.kind!r}: that source "
                           "already replays a store; harvest a config with a model backbone")
-    check_libraries(cfg)
+    cfg.check_libraries()
     path = (out if uri_io.is_uri(out) else Path(out)) if out is not None \
         else default_store_path(cfg)
     start = time.perf_counter()
