@@ -62,8 +62,8 @@ class BackboneConfig:
     # The source replays an activation store: its hooks may be left empty (the store's own),
     # and `thresher harvest` has nothing to harvest.
     replays_store: ClassVar[bool] = False
-    # The libraries of an extra that the kind's code imports (checked before a run,
-    # thresher/preflight.py).
+    # The libraries of an extra that the kind's code imports (checked before anything loads,
+    # `Config.check_libraries`).
     requires: ClassVar[tuple[Requirement, ...]] = ()
 
     @classmethod
