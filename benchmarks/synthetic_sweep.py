@@ -33,7 +33,7 @@ def config(rows: int, out: str, jumprelu_l0: float) -> dict:
                    "holdout_rows": 16384, "norm_rows": 8192},
         "train": {"batch_size": 1024, "rows": rows, "checkpoint_every": 100,
                   "warmup_steps": 20, "d_sae": 1024, "k": 20, "lr": 2e-3,
-                  # As in tests/test_ground_truth.py: from the defaults' 0.001 the threshold
+                  # As in tests/train/test_ground_truth.py: from the defaults' 0.001 the threshold
                   # barely moves in a few hundred steps and JumpReLU stays dense.
                   "jumprelu": {"init_threshold": 0.5, "bandwidth": 0.5}},
         "sweep": [{"arch": ["topk", "batchtopk", "matryoshka"]},

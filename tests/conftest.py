@@ -21,6 +21,15 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "thresher-test")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that starts Ray (the session Ray, through any of its fixtures) is `slow`: the fast
+    tier checks the executors' logic through their plain classes and leaves Ray to the full
+    suite."""
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[Any]:
     import ray

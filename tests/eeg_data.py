@@ -8,11 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from tests.tiny_models import TINY_PATCHTST
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 from thresher.stream.block import ActivationBlock
-
-from .tiny_models import TINY_PATCHTST
 
 
 def write_edf(path: Path, signals: np.ndarray, labels: list[str], rate: int = 128) -> None:

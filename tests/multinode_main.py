@@ -1,11 +1,11 @@
 """Run a thresher config on a `ray.cluster_utils.Cluster` and record where it ran.
 
-Started by tests/test_multinode.py in a subprocess of its own: a Cluster cannot share a process
-with the test session's Ray. The head is the harvest node (it declares `harvest_node` and one
-GPU), each further node a train node (`train_node` and one GPU). The GPUs are logical only:
-Ray schedules against them and sets CUDA_VISIBLE_DEVICES; torch, seeing no CUDA device, runs on
-the CPU. Recorded per node: the bytes its object store has created, which counts each object
-pulled in from another node once.
+Started by tests/distributed/test_multinode.py in a subprocess of its own: a Cluster cannot
+share a process with the test session's Ray. The head is the harvest node (it declares
+`harvest_node` and one GPU), each further node a train node (`train_node` and one GPU). The
+GPUs are logical only: Ray schedules against them and sets CUDA_VISIBLE_DEVICES; torch,
+seeing no CUDA device, runs on the CPU. Recorded per node: the bytes its object store has
+created, which counts each object pulled in from another node once.
 
     python -m tests.multinode_main CONFIG.json OUT.json TEMP_DIR [TRAIN_NODES]
 """

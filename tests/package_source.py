@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "thresher"
+from tests.paths import PACKAGE
 
 
 def source_files() -> list[Path]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .conftest import with_overrides
+from tests.conftest import with_overrides
 
 HOOK = "blocks.0.hook_resid_post"
 

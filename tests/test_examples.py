@@ -11,12 +11,10 @@ import pytest
 import yaml
 
 import thresher
+from tests.paths import EXAMPLES
+from tests.tiny_models import TINY_VIT
 from thresher.analysis.parquet import SUMMARY_SCHEMA
 from thresher.cli import main as cli_main
-
-from .tiny_models import TINY_VIT
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _example(name: str, out: Path, **sections: Any) -> Path:
@@ -114,7 +112,7 @@ def test_images_on_ray_decode_in_a_cpu_stage_and_count_unreadable(
     cfg: dict[str, Any] = {
         "run": {"name": "ray-images", "out": str(tmp_path), "seed": 0},
         # A transformers ViT: its actor imports in half the time of open_clip's (open_clip's
-        # own rows are checked in-process, tests/test_vision.py).
+        # own rows are checked in-process, tests/modalities/image/test_vision.py).
         "source": {"backbone": {"kind": "hf_vision", "model": "", "config": TINY_VIT},
                    "hook": "layer.1", "inputs": {"kind": "image_folder", "paths": [str(folder)]},
                    "batch_size": 8},

@@ -16,10 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import thresher
+from tests.oracles import pca_fve
 from thresher.config import load_config
 from thresher.harvest.collect import collect_stream
-
-from .oracles import pca_fve
 
 pytestmark = pytest.mark.slow  # long end-to-end runs: the full suite only
 

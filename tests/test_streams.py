@@ -14,18 +14,17 @@ import yaml
 from safetensors.numpy import load_file
 
 import thresher
+from tests.conftest import smoke_config
+from tests.modalities.eeg.test_eeg import eeg_source
+from tests.modalities.image.test_vision import image_source, write_images
+from tests.modalities.text.test_backbones import source_of
+from tests.tiny_models import TINY_BERT, TINY_GPT2, TINY_PATCHTST, TINY_TL
 from thresher.config import ConfigError, SourceConfig, load_config, make_plan
 from thresher.harvest.collect import collect_stream
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 from thresher.stream.block import ActivationBlock
 from thresher.stream.stats import estimate_stream_stats
-
-from .conftest import smoke_config
-from .test_backbones import source_of
-from .test_eeg import eeg_source
-from .test_vision import image_source, write_images
-from .tiny_models import TINY_BERT, TINY_GPT2, TINY_PATCHTST, TINY_TL
 
 # --------------------------------------------------------------------------------------------
 # Config and plan

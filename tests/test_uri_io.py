@@ -103,7 +103,7 @@ def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
     import thresher
     from thresher.analysis.analyze import analyze_run
 
-    from .stored_data import stored_config, write_shards
+    from tests.stored_data import stored_config, write_shards
 
     out = uri_io.join(s3_uri, tmp_path.name)
     cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
@@ -146,7 +146,7 @@ def test_ray_trainers_write_an_s3_run_from_their_own_working_copy(
     unset): the exported SAEs reach the store from the trainers, not from the driver."""
     import thresher
 
-    from .stored_data import stored_config, write_shards
+    from tests.stored_data import stored_config, write_shards
 
     out = uri_io.join(s3_uri, tmp_path.name)
     cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),

@@ -19,6 +19,7 @@ from packaging.requirements import Requirement as Dependency
 from packaging.utils import canonicalize_name
 
 import thresher
+from tests.paths import ROOT
 from thresher import cli
 from thresher.config import ConfigError, backbone_kinds, load_config, modality_specs
 from thresher.config.kinds import Requirement
@@ -27,7 +28,7 @@ from thresher.modalities.eeg.recordings import spkit_eeg_sample
 
 from ..package_source import module_name, source_files
 
-PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"
+PYPROJECT = ROOT / "pyproject.toml"
 # Imported by thresher but in no kind's `requires`, each with why that is right.
 UNDECLARED = {
     # run.wandb without wandb installed logs a warning and the run goes on

@@ -6,7 +6,7 @@ the report's feature browser shows them: `Column`), may accumulate over an SAE's
 When it emits it can read what every statistic shares (`Shared`: the firing moments, the label
 counts) and, if it declares NEEDS_WEIGHTS, the SAE's frozen weights. FEATURES_SCHEMA
 (analysis/parquet.py) is `sae_id`, `feature` and the registered columns in this order,
-tests/test_formats_doc.py checks docs/formats.md's table against the declarations, and the
+tests/analysis/test_formats_doc.py checks docs/formats.md's table against the declarations, and the
 feature browser (analysis/report/browser.py) lists them as they ask. Adding a statistic is a
 class here under `@feature_statistic` and its line in docs/formats.md.
 """

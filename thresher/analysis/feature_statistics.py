@@ -5,7 +5,7 @@ counts), each registered per-feature statistic (analysis/feature_columns.py), an
 tables (analysis/topk_examples.py: the top-N max-activating rows per feature, one per example,
 and a bottom-hash sample of its firing rows read at activation quantiles). Every selection
 breaks ties by a fixed key, so one pass gives the same numbers as a brute-force recomputation
-over all rows at once (tests/test_stats.py checks this).
+over all rows at once (tests/analysis/test_stats.py checks this).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Ground-truth metrics of an SAE on a synthetic source (thresher/modalities/synthetic/).
 
 The definitions are those of SAELens's `sae_lens.synthetic.evals` (checked against it in
-tests/test_synthetic.py), with d the SAE's decoder rows and t the true feature directions, and
-cos the absolute cosine (norms clamped at 1e-8, so a zero row matches nothing):
+tests/modalities/synthetic/test_synthetic.py), with d the SAE's decoder rows and t the true
+feature directions, and cos the absolute cosine (norms clamped at 1e-8, so a zero row matches
+nothing):
 
 - mcc: the mean of cos over the best one-to-one matching of decoder rows to true features
   (Hungarian, scipy's linear_sum_assignment), over min(d_sae, n_features) pairs;

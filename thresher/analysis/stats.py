@@ -9,7 +9,7 @@
 
 The per-feature columns are computed by the statistics of feature_columns.py, which read these;
 feature_statistics.py runs them all over an SAE's held-out rows. Sums are kept in float64, so
-the result does not depend on how the rows were batched (tests/test_stats.py checks this).
+the result does not depend on how the rows were batched (tests/analysis/test_stats.py checks this).
 """
 
 from __future__ import annotations

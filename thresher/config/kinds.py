@@ -8,7 +8,7 @@ lists its input kinds) and its backbone kinds, each kind a frozen dataclass subc
 libraries beyond thresher's core that it imports, `requires`).
 Config reads those spec modules by name at first use, so importing config imports no stage;
 every list of kinds (the YAML `kind` choices, each modality's kinds) is derived from them. A
-spec module imports only thresher.config (tests/test_layering.py).
+spec module imports only thresher.config (tests/structure/test_layering.py).
 """
 
 from __future__ import annotations

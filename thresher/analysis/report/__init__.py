@@ -126,7 +126,7 @@ def _index_page(summary: pd.DataFrame, front: pd.DataFrame, images: dict[str, Pa
 
 
 # After load, the body records how many images rendered and how many failed; a headless
-# browser's DOM dump shows it (tests/test_analysis.py).
+# browser's DOM dump shows it (tests/analysis/test_analyze.py).
 _IMAGE_CHECK = """<script>window.addEventListener('load', function () {
   var imgs = Array.from(document.images);
   document.body.dataset.imagesLoaded = imgs.filter(i => i.complete && i.naturalWidth > 0).length;

@@ -16,8 +16,8 @@ class MatryoshkaSettings(BatchTopKSettings):
     fractions: tuple[float, ...] = (0.0625, 0.25)
     # Keep decoder rows at unit norm, as the other TopK-family archs do. Off by default, as
     # sae_lens trains it: with free rows Matryoshka recovers the ground truth of
-    # tests/test_ground_truth.py as well as sae_lens does (mean MCC 0.895), held at unit norm it
-    # loses 0.03 (0.865). On is Bussmann et al.'s reference training.
+    # tests/train/test_ground_truth.py as well as sae_lens does (mean MCC 0.895), held at unit
+    # norm it loses 0.03 (0.865). On is Bussmann et al.'s reference training.
     unit_norm_decoder: bool = False
 
     def problems(self) -> Problems:

@@ -3,7 +3,8 @@
 The whole model runs (not cut at the hook, unlike the harvest backbones); at the hook the
 activations of the content positions (the rows an SAE sees: not BOS/[CLS]/[SEP], not padding)
 are replaced by `replace(x) -> x_hat`, with x [rows, d] raw activations. SAELens's
-definitions (sae_lens/evals.py, `get_recons_loss`; tests/test_splice_saelens.py checks them):
+definitions (sae_lens/evals.py, `get_recons_loss`; checked by
+tests/modalities/text/test_splice_saelens.py):
 
   CE recovered = (CE_zero − CE_sae) / (CE_zero − CE_clean)     zero: the hook's output set to 0
   KL recovered = (KL_zero − KL_sae) / KL_zero                  KL = KL(p_clean ‖ p_spliced)

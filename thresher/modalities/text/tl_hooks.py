@@ -2,7 +2,7 @@
 source's hooks against them (no import of transformer_lens, no weights), and the backbone turns
 on the model options a hook needs to fire.
 
-tests/test_preflight.py checks these tables against the `hook_dict` of HookedTransformers of
+tests/config/test_preflight.py checks these tables against the `hook_dict` of HookedTransformers of
 several architectures, so a TransformerLens that adds or renames a hook fails a test here.
 """
 
