@@ -101,9 +101,8 @@ def test_an_s3_run_resumes_and_is_analysed_on_other_machines(
     """Each "machine" is a working-copy folder of its own (THRESHER_WORKDIR): what one wrote
     reaches the others only through the object store."""
     import thresher
-    from thresher.analysis.analyze import analyze_run
-
     from tests.stored_data import stored_config, write_shards
+    from thresher.analysis.analyze import analyze_run
 
     out = uri_io.join(s3_uri, tmp_path.name)
     cfg = stored_config(out, write_shards(tmp_path / "shards", d=32, shards=12),
@@ -145,7 +144,6 @@ def test_ray_trainers_write_an_s3_run_from_their_own_working_copy(
     """The driver's working copy is elsewhere than the actors' (their THRESHER_WORKDIR is
     unset): the exported SAEs reach the store from the trainers, not from the driver."""
     import thresher
-
     from tests.stored_data import stored_config, write_shards
 
     out = uri_io.join(s3_uri, tmp_path.name)

@@ -155,7 +155,6 @@ def test_logged_out_online_wandb_only_warns(tmp_path: Path, monkeypatch: pytest.
 def test_a_run_writes_curves_and_logs_them_to_offline_wandb(tmp_path: Path) -> None:
     pytest.importorskip("wandb")
     import thresher
-
     from tests.stored_data import stored_config, write_shards
 
     shards = write_shards(tmp_path / "shards", d=32, shards=16)
