@@ -9,8 +9,10 @@ from typing import Any
 import numpy as np
 
 from tests.tiny_models import TINY_PATCHTST
+from thresher.config import SourceConfig
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
+from thresher.modalities.eeg.spec import EEGInputs, PatchTSTConfig
 from thresher.stream.block import ActivationBlock
 
 
@@ -60,3 +62,14 @@ def harvested_rows(cfg: Any, base: Path) -> ActivationBlock:
     harvester = Harvester(cfg.source, base_dir=base)
     return ActivationBlock.concat([harvester.harvest(decode_batch(inputs, b))
                                    for b in inputs.batches])
+
+
+def eeg_source(hook: str = "layer.0", kind: str = "spkit_eeg_sample", paths: tuple = (),
+               config: dict[str, Any] | None = None, model: str = "", **inputs: Any
+               ) -> SourceConfig:
+    """A PatchTST source over EEG recordings (spkit's sample unless `kind`/`paths` say)."""
+    return SourceConfig(
+        backbone=PatchTSTConfig(model=model, config=config),
+        hook=hook,
+        inputs=EEGInputs(kind=kind, paths=paths, **{"context": 128, **inputs}),  # type: ignore[arg-type]
+        batch_size=4)

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
-from tests.conftest import with_overrides
+from tests.run_configs import with_overrides
 
 HOOK = "blocks.0.hook_resid_post"
 
@@ -46,3 +47,13 @@ def stored_config(out: Path, shards: Path, name: str = "stored", **overrides: An
                       "cpus_per_trainer": 0, "harvester_threads": 1, "trainer_threads": 1},
     }
     return with_overrides(cfg, overrides)
+
+
+def long_config(tmp_path: Path) -> Path:
+    """A stored run of 1,500 cheap steps, a checkpoint every 8: long enough to interrupt."""
+    shards = write_shards(tmp_path / "shards", shards=60)
+    cfg = stored_config(tmp_path / "runs", shards, name="long",
+                        train={"rows": 1500 * 256, "checkpoint_every": 8, "d_sae": 128})
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

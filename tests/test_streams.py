@@ -14,10 +14,10 @@ import yaml
 from safetensors.numpy import load_file
 
 import thresher
-from tests.conftest import smoke_config
-from tests.modalities.eeg.test_eeg import eeg_source
-from tests.modalities.image.test_vision import image_source, write_images
-from tests.modalities.text.test_backbones import source_of
+from tests.eeg_data import eeg_source
+from tests.image_data import image_source, write_images
+from tests.run_configs import smoke_config
+from tests.text_data import source_of
 from tests.tiny_models import TINY_BERT, TINY_GPT2, TINY_PATCHTST, TINY_TL
 from thresher.config import ConfigError, SourceConfig, load_config, make_plan
 from thresher.harvest.collect import collect_stream

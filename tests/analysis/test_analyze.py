@@ -18,8 +18,8 @@ import pytest
 import torch
 
 import thresher
-from tests.analysis.test_stats import assert_equal_to_brute_force, brute_force
-from tests.conftest import smoke_config
+from tests.run_configs import smoke_config
+from tests.stats_data import assert_equal_to_brute_force, brute_force
 from thresher.analysis.analyze import analyze_run, run_config
 from thresher.analysis.frozen import load_run_saes
 from thresher.analysis.parquet import (

@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tests.analysis.test_stats import accumulate, synthetic
+from tests.stats_data import accumulate, synthetic
 from thresher.analysis.feature_columns import (
     FEATURE_STATISTICS,
     Column,

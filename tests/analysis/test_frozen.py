@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import with_arch_settings
+from tests.run_configs import with_arch_settings
 from thresher.analysis.frozen import FrozenSAE, load_run_saes
 from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
 from thresher.config.saes import own_arch_keys

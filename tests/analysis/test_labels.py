@@ -15,8 +15,8 @@ import pyarrow.parquet as pq
 import torch
 
 import thresher
-from tests.modalities.image.test_vision import TINY_CLIP
 from tests.paths import EXAMPLES
+from tests.tiny_models import TINY_CLIP
 from thresher.analysis.analyze import analyze_run, run_config
 from thresher.analysis.frozen import load_run_saes
 from thresher.analysis.parquet import LABELS_SCHEMA

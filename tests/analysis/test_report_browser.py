@@ -26,9 +26,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.analysis.test_stats import accumulate, synthetic
 from tests.chromium import Browser
 from tests.paths import EXAMPLES
+from tests.stats_data import accumulate, synthetic
 from tests.tiny_models import TINY_CLIP, TINY_PATCHTST
 from thresher.analysis.feature_columns import (
     FEATURE_STATISTICS,

@@ -21,9 +21,8 @@ from safetensors.numpy import load_file
 
 import thresher
 from tests.stored_data import stored_config, write_shards
-from tests.stream.test_stream import reader_for
+from tests.stream_data import make_log, reader_for
 from tests.tiny_models import TINY_BERT
-from tests.train.test_loop import make_log
 from thresher.cli import main as cli_main
 from thresher.config import ConfigError, expand_sweep, load_config
 from thresher.stream.budget import MIB, StoreBudget, store_budget

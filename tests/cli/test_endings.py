@@ -8,33 +8,19 @@ status, and `--resume` finishes the run.
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import yaml
 
-from tests.stored_data import stored_config, write_shards
+from tests.cli_runs import THRESHER, record
+from tests.stored_data import long_config, stored_config
 from thresher.modalities.stored.lmdb import StoreWriter
 from thresher.stream.block import ActivationBlock
-
-THRESHER = str(Path(sys.executable).parent / "thresher")
-
-
-def long_config(tmp_path: Path) -> Path:
-    """A stored run of 1,500 cheap steps, a checkpoint every 8: long enough to interrupt."""
-    shards = write_shards(tmp_path / "shards", shards=60)
-    cfg = stored_config(tmp_path / "runs", shards, name="long",
-                        train={"rows": 1500 * 256, "checkpoint_every": 8, "d_sae": 128})
-    path = tmp_path / "long.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def start(config: Path, *extra: str) -> subprocess.Popen[str]:
@@ -55,10 +41,6 @@ def wait_for_checkpoint(run_dir: Path, proc: subprocess.Popen[str], saes: int = 
 
 def last_line(text: str) -> str:
     return text.strip().splitlines()[-1]
-
-
-def record(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / "run.json").read_text())
 
 
 @pytest.mark.slow

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import smoke_config
 from tests.paths import ROOT
+from tests.run_configs import smoke_config
 from tests.stored_data import stored_config, write_shards
 from thresher.config import ConfigError, load_config, make_plan, torch_threads
 from thresher.devices import torch_device

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import thresher
-from tests.conftest import smoke_config
+from tests.run_configs import smoke_config
 from tests.stored_data import HOOK, stored_config, write_shards
 from thresher.config import ConfigError, load_config, make_plan
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 import thresher
-from tests.conftest import smoke_config
+from tests.run_configs import smoke_config
 from tests.stored_data import HOOK, stored_config, write_shards
 from tests.tiny_models import TINY_TL
 from thresher.cli import main

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import smoke_config
+from tests.run_configs import smoke_config
 from thresher.config import load_config, make_plan
 from thresher.rundir import SUBMITTED_JOB_ENV, RunDirError, create_run_dir
 

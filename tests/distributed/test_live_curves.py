@@ -15,8 +15,9 @@ import pytest
 import yaml
 
 import thresher
-from tests.cli.test_endings import THRESHER, long_config, record
-from tests.conftest import smoke_config
+from tests.cli_runs import THRESHER, record
+from tests.run_configs import smoke_config
+from tests.stored_data import long_config
 from tests.wandb_files import history_and_summary
 from thresher.analysis.curves import CurveLog
 from thresher.analysis.parquet import CURVES_SCHEMA

@@ -12,7 +12,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import thresher
-from tests.conftest import smoke_config
+from tests.run_configs import smoke_config
 from thresher.analysis.parquet import (
     CURVES_SCHEMA,
     FEATURES_SCHEMA,

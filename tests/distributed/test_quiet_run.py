@@ -6,15 +6,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import smoke_config
-
-THRESHER = str(Path(sys.executable).parent / "thresher")
+from tests.cli_runs import THRESHER
+from tests.run_configs import smoke_config
 
 
 @pytest.mark.slow

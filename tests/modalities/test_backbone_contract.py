@@ -13,7 +13,7 @@ import torch
 
 import thresher
 from tests.eeg_data import write_edf
-from tests.modalities.image.test_vision import image_source, write_images
+from tests.image_data import image_source, write_images
 from tests.tiny_models import (
     TINY_BERT,
     TINY_CLIP,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.stream_data import reader_for, whole
 from thresher.stream.block import ActivationBlock
 from thresher.stream.chunker import Chunk, Chunker, Piece, load_pieces
 from thresher.stream.log import BroadcastLog, Cursor, Group, LogFull
@@ -14,7 +15,6 @@ from thresher.stream.reader import (
     EndOfStream,
     NotReady,
     example_id_entropy_bits,
-    fetch_group,
     gather_group,
 )
 from thresher.stream.stats import estimate_hook_stats, geometric_median
@@ -25,11 +25,6 @@ def make_block(start: int, rows: int, d: int = 4) -> ActivationBlock:
     acts = np.stack([ids, ids * 2, ids * 3, np.ones(rows)], axis=1)[:, :d].astype(np.float32)
     return ActivationBlock(acts=acts, example_id=ids.astype(np.int64),
                            position=np.zeros(rows, dtype=np.int32))
-
-
-def whole(block: ActivationBlock) -> Chunk[ActivationBlock]:
-    """A chunk of one whole block (the log's handles are chunks)."""
-    return Chunk((Piece(block, 0, len(block)),))
 
 
 def rows_of(pieces: list[Piece[ActivationBlock]]) -> ActivationBlock:
@@ -130,12 +125,6 @@ def test_log_refuses_past_capacity() -> None:
         log.append(whole(make_block(i, 1)), 1)
     with pytest.raises(LogFull):
         log.append(whole(make_block(9, 1)), 1)
-
-
-def reader_for(log: BroadcastLog, batch_size: int, cursor: Cursor | None = None,
-               prefetch: bool = False) -> BatchReader:
-    return BatchReader(lambda g: fetch_group(log, g), list, batch_size, cursor or Cursor(),
-                       prefetch=prefetch)
 
 
 def drain(reader: BatchReader) -> list[ActivationBlock]:

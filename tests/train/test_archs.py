@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import with_arch_settings
 from tests.oracles import mono_pairwise_loss
 from tests.paths import PACKAGE
+from tests.run_configs import with_arch_settings
 from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
 from thresher.config.saes import own_arch_keys
 from thresher.stream.block import ActivationBlock

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import with_arch_settings
+from tests.run_configs import with_arch_settings
 from thresher.config import SAEConfig, TrainConfig
 from thresher.config.saes import own_arch_keys
 from thresher.stream.stats import StreamStats, estimate_stream_stats

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import thresher
-from tests.conftest import with_arch_settings
+from tests.run_configs import with_arch_settings
 from thresher.analysis.frozen import FrozenSAE
 from thresher.config import SAEConfig, TrainConfig
 from thresher.stream.block import ActivationBlock

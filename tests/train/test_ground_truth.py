@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import with_arch_settings
+from tests.run_configs import with_arch_settings
 from thresher.analysis.ground_truth import mcc
 from thresher.config import SAEConfig, TrainConfig, load_config
 from thresher.modalities.contract import BlockIndexBatch

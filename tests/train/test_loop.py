@@ -7,25 +7,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tests.stream.test_stream import reader_for, whole
+from tests.stream_data import make_log, reader_for
 from thresher.config import expand_sweep, load_config
 from thresher.stream.block import ActivationBlock
-from thresher.stream.log import BroadcastLog
 from thresher.stream.stats import estimate_stream_stats
 from thresher.train.loop import CURSOR_DONE, TrainLoop
 from thresher.train.trainer import Trainer
-
-
-def make_log(chunks: list[np.ndarray]) -> BroadcastLog:
-    log = BroadcastLog(capacity_chunks=8, mix_chunks=2, seed=0, trainer_ids=["t0"])
-    start = 0
-    for acts in chunks:
-        n = len(acts)
-        log.append(whole(ActivationBlock(acts.astype(np.float32), np.arange(start, start + n),
-                                         np.zeros(n, dtype=np.int32))), n)
-        start += n
-    log.finish()
-    return log
 
 
 def test_nonfinite_batches_are_skipped_and_never_reach_the_weights(tmp_path: Path) -> None:

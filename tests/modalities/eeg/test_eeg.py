@@ -3,29 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
-from tests.eeg_data import write_edf
+from tests.eeg_data import eeg_source, write_edf
 from tests.tiny_models import TINY_PATCHTST
-from thresher.config import ConfigError, SourceConfig, load_config
+from thresher.config import ConfigError, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs
 from thresher.modalities.eeg.recordings import cut_windows, spkit_eeg_sample
-from thresher.modalities.eeg.spec import EEGInputs, PatchTSTConfig
-
-
-def eeg_source(hook: str = "layer.0", kind: str = "spkit_eeg_sample", paths: tuple = (),
-               config: dict[str, Any] | None = None, model: str = "", **inputs: Any
-               ) -> SourceConfig:
-    return SourceConfig(
-        backbone=PatchTSTConfig(model=model, config=config),
-        hook=hook,
-        inputs=EEGInputs(kind=kind, paths=paths, **{"context": 128, **inputs}),  # type: ignore[arg-type]
-        batch_size=4)
 
 
 @pytest.mark.parametrize(("hook", "index"), [("embeddings", 0), ("layer.0", 1), ("layer.1", 2),

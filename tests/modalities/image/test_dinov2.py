@@ -18,7 +18,7 @@ from transformers import (
 )
 
 import thresher
-from tests.modalities.image.test_vision import write_images
+from tests.image_data import write_images
 from thresher.config import ConfigError, SourceConfig, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs

@@ -10,43 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.image_data import image_source, write_images
 from tests.tiny_models import TINY_CLIP, TINY_SIGLIP, TINY_VIT
-from thresher.config import ConfigError, SourceConfig, backbone_kinds
+from thresher.config import ConfigError
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import decode_batch, prepare_inputs
 from thresher.modalities.image.decode import ImageBatch
-from thresher.modalities.image.spec import ImageInputs
-
-
-def write_images(root: Path, per_label: int = 3, size: int = 40) -> Path:
-    """A labelled folder of random PNG/JPEG images (labels: the sub-folder names)."""
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for label in ("cat", "dog"):
-        folder = root / label / "nested" if label == "dog" else root / label
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(per_label):
-            pixels = rng.integers(0, 256, (size, size + 8 * i, 3), dtype=np.uint8)
-            suffix = "png" if i % 2 == 0 else "jpg"
-            Image.fromarray(pixels).save(folder / f"{i}.{suffix}")
-    return root
-
-
-_TINY = object()
-
-
-def image_source(kind: str, hook: str, tokens: str = "all", paths: tuple[str, ...] = (),
-                 config: Any = _TINY, batch_size: int = 4,
-                 inputs_kind: str = "image_folder", **backbone: Any) -> SourceConfig:
-    if config is _TINY:
-        config = TINY_CLIP if kind == "open_clip" else TINY_VIT
-    model = backbone.pop("model", "ViT-B-32" if kind == "open_clip" else "")
-    return SourceConfig(
-        backbone=backbone_kinds()[kind](model=model, config=config, **backbone),  # type: ignore[arg-type]
-        hook=hook, tokens=tokens,  # type: ignore[arg-type]
-        inputs=ImageInputs(kind=inputs_kind, paths=paths),  # type: ignore[arg-type]
-        batch_size=batch_size)
 
 
 @pytest.fixture(scope="module")

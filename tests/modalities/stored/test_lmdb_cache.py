@@ -13,7 +13,8 @@ import pytest
 
 import thresher
 from tests.eeg_data import eeg_config, harvested_rows, write_yaml
-from tests.modalities.image.test_vision import TINY_CLIP, write_images
+from tests.image_data import write_images
+from tests.tiny_models import TINY_CLIP
 from thresher.cli import main as cli_main
 from thresher.config import ConfigError, load_config
 from thresher.harvest.harvester import Harvester

@@ -13,37 +13,15 @@ import numpy as np
 import pytest
 import torch
 
+from tests.text_data import source_of
 from tests.tiny_models import TINY_BERT, TINY_TL
-from thresher.config import ConfigError, SourceConfig, load_config
+from thresher.config import ConfigError
 from thresher.harvest.harvester import Harvester
 from thresher.modalities.contract import Inputs
 from thresher.modalities.text.kind import load_text_backbone, load_tokenizer
 from thresher.modalities.text.spec import HFTextConfig, TransformerLensConfig
 from thresher.modalities.text.windows import build_inputs
 from thresher.stream.block import ActivationBlock
-
-TEXTS = [
-    "Return the sum of a and b.",
-    "A much longer docstring that spans more tokens than the context window holds, so that "
-    "the window cutter splits it into several windows of different lengths, the last of "
-    "which is short.",
-    "Ünïcödé text: naïve café, 数字, and emoji 🙂 exercise multi-byte tokens.",
-    "x",  # too short: dropped
-    "Open a file and return a stream.",
-    "Raise ValueError if the argument is negative.",
-]
-
-
-def source_of(tmp_path: Path, backbone: dict[str, Any], hook: str, context: int = 24,
-              batch_size: int = 4) -> SourceConfig:
-    for i, text in enumerate(TEXTS):
-        (tmp_path / f"doc{i}.txt").write_text(text, encoding="utf-8")
-    cfg = load_config({
-        "source": {"backbone": backbone, "hook": hook, "batch_size": batch_size,
-                   "inputs": {"kind": "text_files", "paths": [str(tmp_path / "doc*.txt")],
-                              "context": context, "min_tokens": 3}},
-    })
-    return cfg.source
 
 
 def harvest_all(harvester: Harvester, inputs: Inputs) -> ActivationBlock:

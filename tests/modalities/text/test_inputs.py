@@ -9,18 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.tiny_models import TINY_TL
+from tests.text_data import BYTES
 from thresher.config import ConfigError, SourceConfig, load_config
 from thresher.modalities.contract import Inputs
 from thresher.modalities.text.corpora import gather_python_docstrings, read_text_files
 from thresher.modalities.text.kind import load_tokenizer
-from thresher.modalities.text.spec import TransformerLensConfig
 from thresher.modalities.text.tokenizers import Tokenizer
 from thresher.modalities.text.windows import RUN_BATCHES, build_inputs
 from thresher.modalities.text.windows import TEXT_MANIFEST_SCHEMA as INPUTS_SCHEMA
-
-# A random-weight TransformerLens backbone: byte-level tokenizer, prefix [BOS=0], no suffix.
-BYTES = TransformerLensConfig(model="", config=TINY_TL)
 
 
 class WordTokenizer:

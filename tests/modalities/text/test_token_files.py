@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from tests.modalities.text.test_inputs import BYTES
+from tests.text_data import BYTES
 from thresher.config import ConfigError, load_config
 from thresher.harvest.harvester import Harvester
 from thresher.harvest.inputs import prepare_inputs, write_manifest
