@@ -138,7 +138,7 @@ def save_json(path: str | os.PathLike[str], obj: Any,
     return save(path, (json.dumps(obj, indent=2, default=default) + "\n").encode())
 
 
-def write_table_atomic(table: pa.Table, path: str | os.PathLike[str]) -> Path:
+def write_table_atomic(path: str | os.PathLike[str], table: pa.Table) -> Path:
     """Write a Parquet file of the run directory (atomic; published where it is remote)."""
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink)

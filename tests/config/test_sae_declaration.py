@@ -55,7 +55,7 @@ def test_every_sweep_key_is_a_summary_column_null_where_its_arch_does_not_read_i
         identity = identity_columns(cfg, sae.stream_id, "t0", sae, d_in=384)
         rows.append({**identity,
                      **{name: None for name in SUMMARY_SCHEMA.names if name not in identity}})
-    path = write_table_atomic(table_from_rows(rows, SUMMARY_SCHEMA), tmp_path / "summary.parquet")
+    path = write_table_atomic(tmp_path / "summary.parquet", table_from_rows(rows, SUMMARY_SCHEMA))
     back = pq.read_table(path).to_pylist()
     shared = {"d_sae": 64, "mono_coef": 0.5, "lr": 0.002, "seed": 3, "stream_id": "s0",
               "hook": "layer.3"}

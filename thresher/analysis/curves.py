@@ -157,5 +157,5 @@ class CurveLog:
         from thresher.analysis.parquet import CURVES_SCHEMA, table_from_rows
         from thresher.uri_io import write_table_atomic
 
-        write_table_atomic(table_from_rows(self.rows(), CURVES_SCHEMA), self.path)
+        write_table_atomic(self.path, table_from_rows(self.rows(), CURVES_SCHEMA))
         self.dirty, self.saved_at = False, time.monotonic()

@@ -221,7 +221,7 @@ def write_run_stats(run_dir: str | Path, results: list[TrainerResult],
     stats_dir = Path(run_dir) / "stats"
     rows = [row for r in results for row in r.summary_rows]
     summary = table_from_rows(sorted(rows, key=lambda r: r["sae_id"]), SUMMARY_SCHEMA)
-    written = {"summary": write_table_atomic(summary, stats_dir / "summary.parquet")}
+    written = {"summary": write_table_atomic(stats_dir / "summary.parquet", summary)}
     for name, schema, attr in (("features", FEATURES_SCHEMA, "feature_columns"),
                                ("examples", EXAMPLES_SCHEMA, "example_columns"),
                                ("labels", LABELS_SCHEMA, "label_columns")):
@@ -231,11 +231,11 @@ def write_run_stats(run_dir: str | Path, results: list[TrainerResult],
         columns.sort(key=lambda c: str(c["sae_id"][0]) if len(c["sae_id"]) else "")
         table = table_from_columns(
             {n: np.concatenate([c[n] for c in columns]) for n in schema.names}, schema)
-        written[name] = write_table_atomic(table, stats_dir / f"{name}.parquet")
+        written[name] = write_table_atomic(stats_dir / f"{name}.parquet", table)
     if curves is None:
         curves = [row for r in results for row in r.curve_rows]
     curves = sorted(curves, key=lambda row: (row["sae_id"], row["step"]))
     if curves:
-        written["curves"] = write_table_atomic(table_from_rows(curves, CURVES_SCHEMA),
-                                               stats_dir / "curves.parquet")
+        written["curves"] = write_table_atomic(stats_dir / "curves.parquet",
+                                               table_from_rows(curves, CURVES_SCHEMA))
     return written

@@ -47,7 +47,7 @@ def write_manifest(run_dir: str | Path, stream_id: str,
     """The stream's manifest, in its modality's schema (a store's: the one it holds)."""
     if manifest is None:
         return None
-    return uri_io.write_table_atomic(manifest, manifest_path(run_dir, stream_id))
+    return uri_io.write_table_atomic(manifest_path(run_dir, stream_id), manifest)
 
 
 def mark_unreadable(manifest: pa.Table, example_ids: list[int]) -> pa.Table:
