@@ -15,6 +15,7 @@ every run); and nothing is running when the pool is stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -70,12 +71,12 @@ class HarvestWorker:
         columns stay in the store while the caller fetches the small first."""
         if self.failure is not None:
             raise self.failure
-        block = self.harvester.harvest(batch)
+        block, report = self.harvester.harvest_reported(batch)
         columns = block.to_columns()
         # Ray writes the columns into the object store (one copy of each row), after
         # to_columns gave each of several hooks a contiguous array of its own (another).
         split = 1 if len(block.hook_layout) > 1 else 0
-        report = self.harvester.report(block, transport_copies=1 + split)
+        report = dataclasses.replace(report, row_copies=report.row_copies + 1 + split)
         return (report, sum(column.nbytes for column in columns.values())), columns
 
 

@@ -37,11 +37,6 @@ class Harvester:
         self.unreadable = 0  # images the CPU stage could not decode, summed over batches
         self.forward_calls = 0
         self.nonfinite_rows = 0  # rows dropped for NaN or Inf, summed over batches
-        # The last batch's: examples the CPU stage could not read, rows dropped for NaN or Inf
-        # and the examples they came from (what `report` tells).
-        self.last_unreadable: tuple[int, ...] = ()
-        self.last_nonfinite_rows = 0
-        self.last_nonfinite: tuple[int, ...] = ()
 
     @property
     def d_model(self) -> int:
@@ -58,7 +53,12 @@ class Harvester:
         return tuple(zip(self.backbone.hooks, self.backbone.hook_widths, strict=True))
 
     def harvest(self, batch: InputBatch) -> ActivationBlock:
-        """ONE backbone forward for one input batch, rows for every hook of the stream.
+        """ONE backbone forward for one input batch, rows for every hook of the stream."""
+        return self.harvest_reported(batch)[0]
+
+    def harvest_reported(self, batch: InputBatch) -> tuple[ActivationBlock, HarvestReport]:
+        """`harvest`, with what the harvester says about that block (its report counts the
+        copies made here; the caller adds those it makes on the way to the trainers).
 
         Rows holding NaN or Inf are dropped here, where every block is made, and counted
         (`nonfinite_rows`, with the examples they came from): one such row would poison every
@@ -66,25 +66,18 @@ class Harvester:
         """
         if not isinstance(batch, self.batch_type) and self.modality.decoder is not None:
             batch = self.modality.decoder(self.source, self.base_dir).decode(batch)  # no CPU stage
-        self.last_unreadable = batch.unreadable_examples
-        self.unreadable += len(self.last_unreadable)
+        unreadable = batch.unreadable_examples
+        self.unreadable += len(unreadable)
         block = dataclasses.replace(self.backbone.harvest(batch), hook_layout=self.hook_layout)
         self.forward_calls += 1
         finite = np.isfinite(block.float32()).all(axis=1)
-        if finite.all():
-            self.last_nonfinite_rows, self.last_nonfinite = 0, ()
-            return block
-        self.last_nonfinite = tuple(np.unique(block.example_id[~finite]).tolist())
-        self.last_nonfinite_rows = int((~finite).sum())
-        self.nonfinite_rows += self.last_nonfinite_rows
-        return block.take(finite)
-
-    def report(self, block: ActivationBlock, transport_copies: int = 0) -> HarvestReport:
-        """What the harvester says about the block it just made; `transport_copies`: the
-        copies of its rows the caller makes on their way to the trainers."""
-        dropped = 1 if self.last_nonfinite_rows else 0  # `take` copied the finite rows
-        return HarvestReport(
+        nonfinite_rows = int((~finite).sum())
+        nonfinite: tuple[int, ...] = ()
+        if nonfinite_rows:
+            nonfinite = tuple(np.unique(block.example_id[~finite]).tolist())
+            self.nonfinite_rows += nonfinite_rows
+            block = block.take(finite)  # a copy of the finite rows
+        return block, HarvestReport(
             forward_calls=1, examples=len(np.unique(block.example_id)),
-            unreadable_examples=self.last_unreadable, rows=len(block),
-            nonfinite_rows=self.last_nonfinite_rows, nonfinite_examples=self.last_nonfinite,
-            row_copies=dropped + transport_copies)
+            unreadable_examples=unreadable, rows=len(block), nonfinite_rows=nonfinite_rows,
+            nonfinite_examples=nonfinite, row_copies=1 if nonfinite_rows else 0)

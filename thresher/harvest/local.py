@@ -32,8 +32,8 @@ class LocalHarvest:
 
     def __iter__(self) -> Iterator[Harvested[ActivationBlock]]:
         for item in self.inputs.batches:
-            block = self.harvester.harvest(decode_batch(self.inputs, item))  # CPU stage, forward
-            yield Harvested(block, self.harvester.report(block))
+            # The CPU stage, then the forward.
+            yield Harvested(*self.harvester.harvest_reported(decode_batch(self.inputs, item)))
 
 
 def _themselves(blocks: Sequence[ActivationBlock]) -> list[ActivationBlock]:
