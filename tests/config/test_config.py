@@ -102,3 +102,32 @@ def test_cli_plan_prints_plan_and_errors_exit_2(tmp_path: Path,
     path = write(tmp_path, "sweeps: []\n")
     assert main(["plan", str(path)]) == 2
     assert "unknown key `sweeps`" in capsys.readouterr().err
+
+
+def test_an_empty_config_file_is_refused_not_read_as_defaults(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path, "# every key left out\n")
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"config file {str(path)!r} is empty" in err[0]
+    assert "omit the file to run the built-in default" in err[0]
+
+
+@pytest.mark.parametrize(("text", "sae"), [
+    ("train: {d_sae: 32, k: 64}\n", "00-topk has k 64, not below its d_sae 32"),
+    ("train: {d_sae: 32}\nsweep:\n  - {arch: [relu, batchtopk], k: [4, 32]}\n",
+     "03-batchtopk-k32 has k 32, not below its d_sae 32"),
+])
+def test_k_at_or_above_d_sae_is_refused_at_plan_time(tmp_path: Path, text: str,
+                                                     sae: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert f"SAE {sae}".replace(" has", f" in {path} has") in str(err.value)
+    assert "lower k or raise d_sae" in str(err.value)
+
+
+def test_k_of_an_architecture_that_does_not_read_it_is_not_checked() -> None:
+    saes = expand_sweep(load_config({"train": {"d_sae": 32},
+                                     "sweep": [{"arch": "relu", "k": [64]}]}))
+    assert [s.arch_keys for s in saes] == [{"l1_coef": 5.0}]

@@ -25,6 +25,8 @@ class SweepKey:
     minimum: Literal["positive", "non-negative"] | None = None
     in_plan: Literal["always", "when_set"] = "always"  # when_set: only where not 0
     column_type: str = "float64"  # its summary.parquet column (a pyarrow type's name)
+    # Another sweep key this one's value must stay below (k of d_sae), checked per SAE.
+    below: str | None = None
 
 
 class ArchSettings(Protocol):

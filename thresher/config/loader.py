@@ -73,7 +73,12 @@ def load_config(source: str | os.PathLike | dict | Config | None = None, *,
             f"config file {str(path)!r} does not exist; pass a YAML file "
             "(see examples/) or omit it to run the built-in default"
         )
-    data, where = _parse_yaml(path.read_text(), str(path))
+    text = path.read_text()
+    if yaml.load(text, Loader=_Loader) is None:
+        raise ConfigError(
+            f"config file {str(path)!r} is empty; write the sections to change (see examples/) "
+            "or omit the file to run the built-in default")
+    data, where = _parse_yaml(text, str(path))
     return validate(data, where)
 
 

@@ -14,6 +14,7 @@ from thresher.config.files import config_dir, resolve_dirs, resolve_globs
 from thresher.config.kinds import ModalitySpec, input_modality, modality_spec_of
 from thresher.config.saes import SWEEP_KEY, SWEEP_KEYS, sweep_key_type
 from thresher.config.schema import Config, ConfigError, SourceConfig
+from thresher.config.sweep import expand_sweep
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -93,6 +94,20 @@ def check_config(cfg: Config, where: Where) -> None:
                 item_path = ("sweep", i, key) + ((j,) if isinstance(value, list) else ())
                 _check_sweep_value(key, item, item_path, where)
                 _check_sweep_target(cfg, key, item, item_path, where)
+    _check_saes(cfg, where)
+
+
+def _check_saes(cfg: Config, where: Where) -> None:
+    """Each SAE of the sweep: a key declared to stay below another (k of d_sae) does."""
+    for sae in expand_sweep(cfg):
+        for name, value in sae.arch_keys.items():
+            other = SWEEP_KEY[name].below
+            if other is not None and value >= sae.value(other):
+                file = f" in {where.file}" if where.file else ""
+                raise ConfigError(
+                    f"SAE {sae.sae_id}{file} has {name} {value}, not below its {other} "
+                    f"{sae.value(other)}: lower {name} or raise {other} (train.{name}, "
+                    f"train.{other} or the sweep)")
 
 
 def _check_train(cfg: Config, where: Where) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from thresher.config.arch_spec import ArchSpec, Problems, SweepKey
 
 # Active latents per row, read by the whole TopK family.
-K = SweepKey("k", int, 32, minimum="positive", column_type="int32")
+K = SweepKey("k", int, 32, minimum="positive", column_type="int32", below="d_sae")
 
 
 @dataclass(frozen=True)
