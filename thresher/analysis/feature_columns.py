@@ -13,6 +13,7 @@ class here under `@feature_statistic` and its line in docs/formats.md.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import ClassVar, Literal, TypeVar, get_args
 
@@ -89,7 +90,7 @@ class Shared:
     weights: SAEWeights | None  # only for statistics that declare NEEDS_WEIGHTS
 
 
-class FeatureStatistic:
+class FeatureStatistic(ABC):
     """One or more per-feature columns of one SAE."""
 
     COLUMNS: ClassVar[tuple[Column, ...]]
@@ -100,10 +101,11 @@ class FeatureStatistic:
 
     def update(self, batch: Batch) -> None:
         """Accumulate one held-out batch (nothing, for a statistic of the shared sums alone)."""
+        del batch  # a statistic read from the shared sums keeps no state of its own
 
+    @abstractmethod
     def values(self, shared: Shared) -> dict[str, np.ndarray]:
         """One [d_sae] array per declared column."""
-        raise NotImplementedError
 
 
 StatisticClass = TypeVar("StatisticClass", bound=type[FeatureStatistic])

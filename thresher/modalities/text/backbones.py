@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -55,7 +56,7 @@ def hook_list(hooks: str | Sequence[str]) -> tuple[str, ...]:
     return (hooks,) if isinstance(hooks, str) else tuple(hooks)
 
 
-class TextBackbone:
+class TextBackbone(ABC):
     """What both text backbones share: the content rows of one forward over a TokenBatch."""
 
     hooks: tuple[str, ...]
@@ -63,10 +64,10 @@ class TextBackbone:
     d_model: int
     n_ctx: int | None  # longest window the model takes (None: no limit known)
 
+    @abstractmethod
     def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Activations at the hooks side by side, [B, T, d_model] in the model's dtype, for
         tokens [B, T]."""
-        raise NotImplementedError
 
     def harvest(self, batch: TokenBatch) -> ActivationBlock:
         real = np.asarray(batch.example_id) >= 0  # filler rows of a short last batch
