@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -87,6 +88,26 @@ def transformers_config(kwargs: dict[str, Any], needs_model_type: str) -> Any:
         return AutoConfig.for_model(model_type, **config)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"source.backbone.config: {exc}") from exc
+
+
+def library_config(cfg: ModelBackboneConfig, build: Callable[[dict[str, Any]], Any],
+                   from_folder: Callable[[str], Any], folder_hint: str = "") -> Any:
+    """The model library's config of a backbone: `build(backbone.config)` (a model with random
+    weights), else `from_folder` of the local save_pretrained folder `backbone.model` (this
+    machine may be offline); `folder_hint` says more of the folder the kind loads."""
+    if cfg.config is not None:
+        try:
+            return build(dict(cfg.config))
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"source.backbone.config: {exc}") from exc
+    folder = Path(cfg.model).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"source.backbone.model {cfg.model!r} is not a local folder; "
+                          f"{cfg.kind} loads a save_pretrained folder{folder_hint} (this machine "
+                          "is offline) or builds random weights from `config`")
+    return from_folder(str(folder))
 
 
 def host_rows(rows: torch.Tensor) -> tuple[np.ndarray, bool]:

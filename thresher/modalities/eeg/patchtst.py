@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from thresher.config import ConfigError, ModelBackboneConfig, SourceConfig
+from thresher.config import ModelBackboneConfig, SourceConfig
 from thresher.modalities.contract import Backbone
 from thresher.modalities.eeg.kind import WindowShape
 
@@ -29,14 +29,9 @@ class PatchTST:
 def patchtst_config(cfg: ModelBackboneConfig) -> Any:
     from transformers import PatchTSTConfig
 
-    if cfg.config is not None:
-        try:
-            return PatchTSTConfig(**cfg.config)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"source.backbone.config: {exc}") from exc
-    folder = Path(cfg.model).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"source.backbone.model {cfg.model!r} is not a local folder; patchtst "
-                          "loads a save_pretrained folder (of PatchTSTModel or a PatchTST head "
-                          "model) or builds random weights from `config`")
-    return PatchTSTConfig.from_pretrained(str(folder), local_files_only=True)
+    from thresher.modalities.model_tools import library_config
+
+    return library_config(
+        cfg, lambda kwargs: PatchTSTConfig(**kwargs),
+        lambda folder: PatchTSTConfig.from_pretrained(folder, local_files_only=True),
+        " (of PatchTSTModel or a PatchTST head model)")

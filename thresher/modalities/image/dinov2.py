@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from thresher.config import ConfigError, SourceConfig
 from thresher.modalities.image.spec import VisionConfig
-from thresher.modalities.model_tools import hub_offline, seeded
+from thresher.modalities.model_tools import hub_offline, library_config, seeded
 
 if TYPE_CHECKING:
     import numpy as np
@@ -49,21 +49,13 @@ def dinov2_config(cfg: VisionConfig) -> Any:
     """The model's config: built from `config`, or read from the local folder."""
     from transformers import AutoConfig, Dinov2Config, Dinov2WithRegistersConfig
 
-    if cfg.config is not None:
-        kwargs = dict(cfg.config)
-        registers = kwargs.get("num_register_tokens", 0)
-        config_class = Dinov2WithRegistersConfig if registers else Dinov2Config
+    def build(kwargs: dict[str, Any]) -> Any:
         kwargs.pop("model_type", None)
-        try:
-            return config_class(**kwargs)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"source.backbone.config: {exc}") from exc
-    folder = Path(cfg.model).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"source.backbone.model {cfg.model!r} is not a local folder; dinov2 "
-                          "loads a save_pretrained folder (this machine is offline) or builds "
-                          "random weights from `config` (Dinov2Config arguments)")
-    return AutoConfig.from_pretrained(str(folder), local_files_only=True)
+        registers = kwargs.get("num_register_tokens", 0)
+        return (Dinov2WithRegistersConfig if registers else Dinov2Config)(**kwargs)
+
+    return library_config(
+        cfg, build, lambda folder: AutoConfig.from_pretrained(folder, local_files_only=True))
 
 
 def _model(cfg: VisionConfig) -> tuple[Any, Any]:

@@ -3,7 +3,6 @@ preprocessing and the patch grid come from them."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from thresher.config import ConfigError
@@ -24,15 +23,10 @@ def open_clip_model_cfg(cfg: VisionConfig) -> dict[str, Any]:
 def hf_vision_config(cfg: VisionConfig) -> Any:
     from transformers import AutoConfig
 
-    from thresher.modalities.model_tools import transformers_config
+    from thresher.modalities.model_tools import library_config, transformers_config
 
-    if cfg.config is not None:
-        return transformers_config(cfg.config, "(vit or siglip_vision_model) to build an "
-                                               "hf_vision model")
-    folder = Path(cfg.model).expanduser()
-    if not folder.is_dir():
-        raise ConfigError(f"source.backbone.model {cfg.model!r} is not a local folder; "
-                          "hf_vision loads a save_pretrained folder (this machine is offline) "
-                          "or builds random weights from `config`")
-    config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    return getattr(config, "vision_config", config)
+    config = library_config(
+        cfg, lambda kwargs: transformers_config(kwargs, "(vit or siglip_vision_model) to build "
+                                                        "an hf_vision model"),
+        lambda folder: AutoConfig.from_pretrained(folder, local_files_only=True))
+    return config if cfg.config is not None else getattr(config, "vision_config", config)
