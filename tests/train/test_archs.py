@@ -19,10 +19,9 @@ import torch
 from tests.oracles import mono_pairwise_loss
 from tests.paths import PACKAGE
 from tests.run_configs import with_arch_settings
+from tests.trainer_resume import resumed_states
 from thresher.config import ARCHITECTURES, SAEConfig, TrainConfig
 from thresher.config.saes import own_arch_keys
-from thresher.stream.block import ActivationBlock
-from thresher.stream.log import Cursor
 from thresher.stream.stats import StreamStats, estimate_stream_stats
 from thresher.train.archs.base import PARAM_NAMES, Architecture
 from thresher.train.archs.jumprelu import jumprelu, step_function
@@ -31,7 +30,6 @@ from thresher.train.archs.registry import architecture_class
 from thresher.train.archs.relu import resample_uniforms
 from thresher.train.archs.topk_family import TopKFamily
 from thresher.train.bank import SAEBank
-from thresher.train.trainer import Trainer
 
 F64 = torch.float64
 D_IN = 16
@@ -344,24 +342,7 @@ def test_resume_is_exact_for_every_arch(tmp_path: Path, data: tuple[np.ndarray, 
     saes = [sae(f"{i:02d}-{arch}", arch, seed=i) for i, arch in
             enumerate(("topk", "batchtopk", "matryoshka", "jumprelu", "relu"))]
     train = dataclasses.replace(TRAIN, batch_size=64, rows=64 * 10)
-
-    def block(i: int) -> ActivationBlock:
-        acts = x[i * 64:(i + 1) * 64]
-        return ActivationBlock(acts=acts, example_id=np.arange(64, dtype=np.int64),
-                               position=np.zeros(64, dtype=np.int32))
-
-    first = Trainer("t0", saes, train, stats, tmp_path)
-    for i in range(4):
-        first.train_step(block(i))
-    first.save_checkpoint(Cursor(0, 4 * 64))
-    resumed = Trainer("t0", saes, train, stats, tmp_path)
-    assert resumed.step == 4
-    for i in range(4, 7):
-        a, b = first.train_step(block(i)), resumed.train_step(block(i))
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
-    for s in saes:
-        a, b = first.bank.get_sae_state(s.sae_id), resumed.bank.get_sae_state(s.sae_id)
+    for a, b in resumed_states(saes, train, stats, x, tmp_path):
         assert "rows_since_fired" in a
         for key in a:
             assert torch.equal(a[key], b[key]) or (a[key].isnan().all() and b[key].isnan().all())

@@ -14,13 +14,11 @@ import torch
 
 import thresher
 from tests.run_configs import with_arch_settings
+from tests.trainer_resume import resumed_states
 from thresher.analysis.frozen import FrozenSAE
 from thresher.config import SAEConfig, TrainConfig
-from thresher.stream.block import ActivationBlock
-from thresher.stream.log import Cursor
 from thresher.stream.stats import StreamStats, estimate_stream_stats
 from thresher.train.bank import SAEBank
-from thresher.train.trainer import Trainer
 
 F64 = torch.float64
 D_IN = 16
@@ -140,24 +138,8 @@ def test_gated_trains_in_a_bank_exactly_as_alone(data: tuple[np.ndarray, StreamS
 def test_gated_resumes_exactly(tmp_path: Path, data: tuple[np.ndarray, StreamStats]) -> None:
     x, stats = data
     saes = [gated("g-a", seed=1), gated("g-b", l1_coef=1.0, seed=2)]
-
-    def block(i: int) -> ActivationBlock:
-        return ActivationBlock(acts=x[i * 64:(i + 1) * 64], example_id=np.arange(64),
-                               position=np.zeros(64, dtype=np.int32))
-
     train = TrainConfig(batch_size=64, rows=64 * 10, warmup_steps=2)
-    first = Trainer("t0", saes, train, stats, tmp_path)
-    for i in range(4):
-        first.train_step(block(i))
-    first.save_checkpoint(Cursor(0, 4 * 64))
-    resumed = Trainer("t0", saes, train, stats, tmp_path)
-    assert resumed.step == 4
-    for i in range(4, 7):
-        a, b = first.train_step(block(i)), resumed.train_step(block(i))
-        for key in a:
-            np.testing.assert_array_equal(a[key], b[key])
-    for s in saes:
-        a, b = first.bank.get_sae_state(s.sae_id), resumed.bank.get_sae_state(s.sae_id)
+    for a, b in resumed_states(saes, train, stats, x, tmp_path):
         assert {"b_mag", "r_mag", "adam_m.r_mag"} <= set(a)
         for key in a:
             assert torch.equal(a[key], b[key]), key
