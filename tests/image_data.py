@@ -8,9 +8,22 @@ from typing import Any
 
 import numpy as np
 
+from tests.paths import EXAMPLES
 from tests.tiny_models import TINY_CLIP, TINY_VIT
 from thresher.config import SourceConfig, backbone_kinds
 from thresher.modalities.image.spec import ImageInputs
+
+
+def example_image_folder(root: Path, **kwargs: Any) -> Path:
+    """The folder of real photos that examples/make_image_folder.py writes (kwargs: its own)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_image_folder",
+                                                  EXAMPLES / "make_image_folder.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_image_folder(root, **kwargs)
 
 
 def write_images(root: Path, per_label: int = 3, size: int = 40) -> Path:

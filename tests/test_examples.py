@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 import thresher
+from tests.image_data import example_image_folder
 from tests.paths import EXAMPLES
 from tests.tiny_models import TINY_VIT
 from thresher.analysis.parquet import SUMMARY_SCHEMA
@@ -41,14 +42,7 @@ def _check_run(run_dir: Path) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("make_image_folder",
-                                                  EXAMPLES / "make_image_folder.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.make_image_folder(tmp_path_factory.mktemp("data") / "images")
+    return example_image_folder(tmp_path_factory.mktemp("data") / "images")
 
 
 @pytest.mark.slow

@@ -6,7 +6,6 @@ tests/analysis/test_report_browser.py.)
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import pyarrow.parquet as pq
 import torch
 
 import thresher
-from tests.paths import EXAMPLES
+from tests.image_data import example_image_folder
 from tests.tiny_models import TINY_CLIP
 from thresher.analysis.analyze import analyze_run, run_config
 from thresher.analysis.frozen import load_run_saes
@@ -38,12 +37,7 @@ def _small_run(out: Path, name: str, source: dict[str, Any], holdout: int) -> Pa
 
 
 def test_labels_and_purity_match_brute_force(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("make_image_folder",
-                                                  EXAMPLES / "make_image_folder.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    folder = module.make_image_folder(tmp_path / "images", crops=3)
+    folder = example_image_folder(tmp_path / "images", crops=3)
     run_dir = _small_run(tmp_path, "img", {
         "backbone": {"kind": "open_clip", "model": "ViT-B-32", "config": TINY_CLIP},
         "hook": "layer.1", "inputs": {"kind": "image_folder", "paths": [str(folder)]},

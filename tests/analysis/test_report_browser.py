@@ -12,7 +12,6 @@ values, and a statistic registered only here reaches the page with no edit to th
 from __future__ import annotations
 
 import importlib.resources
-import importlib.util
 import math
 from collections.abc import Iterator
 from decimal import ROUND_HALF_UP, Decimal
@@ -27,7 +26,7 @@ import pytest
 import yaml
 
 from tests.chromium import Browser
-from tests.paths import EXAMPLES
+from tests.image_data import example_image_folder
 from tests.stats_data import accumulate, synthetic
 from tests.tiny_models import TINY_CLIP, TINY_PATCHTST
 from thresher.analysis.feature_columns import (
@@ -246,13 +245,8 @@ def test_image_browser_outlines_the_firing_patch(tmp_path: Path, browser: Browse
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("make_image_folder",
-                                                  EXAMPLES / "make_image_folder.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     project = tmp_path / "project"
-    module.make_image_folder(project / "data" / "images", crops=3)
+    example_image_folder(project / "data" / "images", crops=3)
     config = _config_file(project, "images", {
         "backbone": {"kind": "open_clip", "model": "ViT-B-32", "config": TINY_CLIP},
         "hook": "layer.1", "inputs": {"kind": "image_folder", "paths": ["data/images"]},
@@ -325,13 +319,8 @@ def test_eeg_browser_marks_channel_and_patch(tmp_path: Path, browser: Browser,
 def test_a_renderer_that_cannot_render_says_why_on_the_page(
         tmp_path: Path, browser: Browser, monkeypatch: pytest.MonkeyPatch) -> None:
     """Images moved after the run: the browser shows ids and a sentence naming the folder."""
-    spec = importlib.util.spec_from_file_location("make_image_folder",
-                                                  EXAMPLES / "make_image_folder.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     project = tmp_path / "project"
-    module.make_image_folder(project / "data" / "images", crops=2)
+    example_image_folder(project / "data" / "images", crops=2)
     config = _config_file(project, "moved", {
         "backbone": {"kind": "open_clip", "model": "ViT-B-32", "config": TINY_CLIP},
         "hook": "layer.1", "inputs": {"kind": "image_folder", "paths": ["data/images"]},
