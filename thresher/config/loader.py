@@ -43,16 +43,19 @@ def _record_lines(node: yaml.Node, path: tuple, lines: dict) -> None:
             _record_lines(value_node, (*path, i), lines)
 
 
-def _parse_yaml(text: str, file: str | None) -> tuple[Any, Where]:
+def _parse_yaml(text: str, file: str) -> tuple[Any, Where]:
     try:
         data = yaml.load(text, Loader=_Loader)
         node = yaml.compose(text, Loader=_Loader)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{file or 'config'} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"{file} is not valid YAML: {exc}") from exc
+    if data is None:  # nothing but comments: the schema's defaults are no run anyone asked for
+        raise ConfigError(
+            f"config file {file!r} is empty; write the sections to change (see examples/) "
+            "or omit the file to run the built-in default")
     lines: dict = {}
-    if node is not None:
-        _record_lines(node, (), lines)
-    return ({} if data is None else data), Where(file, lines)
+    _record_lines(node, (), lines)
+    return data, Where(file, lines)
 
 
 def load_config(source: str | os.PathLike | dict | Config | None = None, *,
@@ -73,12 +76,7 @@ def load_config(source: str | os.PathLike | dict | Config | None = None, *,
             f"config file {str(path)!r} does not exist; pass a YAML file "
             "(see examples/) or omit it to run the built-in default"
         )
-    text = path.read_text()
-    if yaml.load(text, Loader=_Loader) is None:
-        raise ConfigError(
-            f"config file {str(path)!r} is empty; write the sections to change (see examples/) "
-            "or omit the file to run the built-in default")
-    data, where = _parse_yaml(text, str(path))
+    data, where = _parse_yaml(path.read_text(), str(path))
     return validate(data, where)
 
 
