@@ -23,6 +23,10 @@ CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "goog
                  if shutil.which(n)), None)
 
 
+
+class BetweenDocuments(RuntimeError):
+    """Chromium's answer to a call made while its page was navigating to another document."""
+
 class Browser:
     """One headless Chromium with one page; close() ends the process it started."""
 
@@ -71,6 +75,8 @@ class Browser:
             while True:
                 reply = json.loads((await self.ws.receive(timeout=60)).data)
                 if reply.get("id") == msg_id:
+                    if "error" in reply and "navigated" in reply["error"].get("message", ""):
+                        raise BetweenDocuments(f"{method}: {reply['error']}")
                     if "error" in reply:
                         raise RuntimeError(f"{method}: {reply['error']}")
                     return reply.get("result", {})
@@ -89,7 +95,7 @@ class Browser:
         while time.monotonic() < deadline:
             try:
                 value = self.evaluate(expression)
-            except AssertionError:  # the page is between documents
+            except (AssertionError, BetweenDocuments):  # the page is between documents
                 value = None
             if value:
                 return value
